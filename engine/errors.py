@@ -1,0 +1,183 @@
+"""The one exception hierarchy of the engine.
+
+Every error the engine raises derives from :class:`EngineError`. Exchange errors say, in their type,
+what is known about the outcome of the call, because that decides whether a withdrawal may be retried::
+
+    EngineError
+    ├── ConfigError                      bad configuration; names the key
+    ├── InvalidRequest                   a WithdrawalRequest failed validation; names the field
+    ├── IdempotencyConflict              known idempotency key, different request
+    ├── WorkflowNotFound
+    ├── InvalidTransition                trigger not allowed from the current state
+    │   └── GuardRejected                the transition exists, its guard said no
+    ├── StoreError
+    │   ├── StaleVersion                 compare-and-set lost: someone else moved the workflow
+    │   └── LaneBusy                     another unresolved submit holds the lane (design §3.3)
+    └── ExchangeError                    anything from talking to Upbit (status, name, message, endpoint)
+        ├── ExchangeRefused              a 4xx with an Upbit error object: nothing was created
+        │   └── ExchangeNotFound         404 (withdraw_not_found, currency_not_found)
+        ├── ExchangeThrottled            429: not executed; retry after ``retry_after`` seconds
+        │   └── ExchangeBlocked          418: every call of the account paused for ``retry_after``
+        └── OutcomeUnknown               timeout, reset, 5xx, unreadable answer: the call may have acted
+            ├── ExchangeTimeout
+            ├── ExchangeConnectionError
+            ├── ExchangeServerError      5xx
+            └── ExchangeBadResponse      2xx/4xx body we could not read
+
+A class docstring is its default message (as in procrastinate), so every error reads well without one.
+No error ever carries a key, a secret or a token: the client builds them from status, Upbit's error name
+and message, and the endpoint path only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EngineError",
+    "ExchangeBadResponse",
+    "ExchangeBlocked",
+    "ExchangeConnectionError",
+    "ExchangeError",
+    "ExchangeNotFound",
+    "ExchangeRefused",
+    "ExchangeServerError",
+    "ExchangeThrottled",
+    "ExchangeTimeout",
+    "GuardRejected",
+    "IdempotencyConflict",
+    "InvalidRequest",
+    "InvalidTransition",
+    "LaneBusy",
+    "OutcomeUnknown",
+    "StaleVersion",
+    "StoreError",
+    "WorkflowNotFound",
+]
+
+
+class EngineError(Exception):
+    """The engine failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip().splitlines()[0])
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return str(self.args[0])
+
+
+class ConfigError(EngineError):
+    """The configuration is invalid."""
+
+    def __init__(self, message: str | None = None, *, key: str | None = None) -> None:
+        self.key = key
+        text = message or "invalid value"
+        super().__init__(f"{key}: {text}" if key else text)
+
+
+class InvalidRequest(EngineError):
+    """The withdrawal request is invalid."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        self.field = field
+        text = message or "invalid value"
+        super().__init__(f"{field}: {text}" if field else text)
+
+
+class IdempotencyConflict(EngineError):
+    """This idempotency key was already used for a different request."""
+
+
+class WorkflowNotFound(EngineError):
+    """No workflow has this id."""
+
+
+class InvalidTransition(EngineError):
+    """That trigger is not allowed from the workflow's current state."""
+
+
+class StoreError(EngineError):
+    """The store failed."""
+
+
+class StaleVersion(StoreError):
+    """The workflow changed since it was read (compare-and-set lost)."""
+
+
+class LaneBusy(StoreError):
+    """Another unresolved submit holds this lane (account, currency, net_type, amount)."""
+
+
+class ExchangeError(EngineError):
+    """The exchange call failed."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        name: str | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.status = status
+        self.name = name
+        self.endpoint = endpoint
+        parts = [p for p in (endpoint, str(status) if status else None, name) if p]
+        base = message or (self.__doc__ or "").strip().splitlines()[0]
+        super().__init__(f"{' '.join(parts)}: {base}" if parts else base)
+        self.detail = base
+
+    def as_dict(self) -> dict[str, str | int | None]:
+        """A JSON-ready view for events and API answers."""
+        return {
+            "error": type(self).__name__,
+            "status": self.status,
+            "name": self.name,
+            "message": self.detail,
+            "endpoint": self.endpoint,
+        }
+
+
+class ExchangeRefused(ExchangeError):
+    """The exchange refused the request; nothing was created."""
+
+
+class ExchangeNotFound(ExchangeRefused):
+    """The exchange does not know that object."""
+
+
+class ExchangeThrottled(ExchangeError):
+    """The exchange throttled the request (429); it was not executed."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0, **kw: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class ExchangeBlocked(ExchangeThrottled):
+    """The exchange blocked the account for a while (418) after repeated throttling."""
+
+
+class OutcomeUnknown(ExchangeError):
+    """The call may or may not have acted at the exchange; it must not be repeated blindly."""
+
+
+class ExchangeTimeout(OutcomeUnknown):
+    """The exchange did not answer in time."""
+
+
+class ExchangeConnectionError(OutcomeUnknown):
+    """The connection to the exchange failed or was dropped."""
+
+
+class ExchangeServerError(OutcomeUnknown):
+    """The exchange answered with a server error (5xx)."""
+
+
+class ExchangeBadResponse(OutcomeUnknown):
+    """The exchange's answer could not be read."""
+
+
+class GuardRejected(InvalidTransition):
+    """The transition exists but its guard refused it."""

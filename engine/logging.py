@@ -1,0 +1,76 @@
+"""structlog setup: the engine's only process-global configuration (structlog's "global state department").
+
+Events are stable dotted names (``workflow.transitioned``, ``exchange.request_refused``) with data as
+key/value pairs. JSON lines when stderr is not a terminal, readable console output when it is. The
+:func:`redact_secrets` processor runs last before rendering: it masks JWTs, bearer tokens, registered
+secrets and any value under a key that names a secret, wherever they hide in the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "redact_secrets", "register_secret"]
+
+_JWT_RE = re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]{5,}")
+_BEARER_RE = re.compile(r"(?i)bearer\s+[\w.\-~+/]+=*")
+_SECRET_KEYS = re.compile(r"(?i)(secret|token|password|authorization|api[_-]?key|access[_-]?key|jwt)")
+_registered: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Mask this exact string wherever it appears in a log event (keys loaded from config call this)."""
+    if value and len(value) >= 6:
+        _registered.add(value)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        text = _BEARER_RE.sub("Bearer ***", _JWT_RE.sub("***jwt***", value))
+        for secret in _registered:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+    if isinstance(value, dict):
+        return {k: "***" if _SECRET_KEYS.search(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secrets in every value (recursively) and under secret-named keys."""
+    for key in list(event_dict):
+        if _SECRET_KEYS.search(key):
+            event_dict[key] = "***"
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(*, level: str = "INFO", json: bool | None = None, stream: TextIO | None = None) -> None:
+    """Configure structlog once per process. ``json=None`` picks JSON unless the stream is a terminal."""
+    out = stream or sys.stderr
+    use_json = (not out.isatty()) if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

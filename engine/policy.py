@@ -1,0 +1,60 @@
+"""Local policy and workflow timings: plain data, loaded from the config and handed to the steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+__all__ = ["CurrencyPolicy", "Policy", "WorkflowSettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurrencyPolicy:
+    """Limits for one currency on top of what Upbit enforces."""
+
+    max_per_withdrawal: Decimal | None = None
+    max_per_day: Decimal | None = None
+    #: When set, only these addresses may receive this currency (a pin-list on top of Upbit's allowlist).
+    pinned_addresses: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    """Per-currency limits and the dry-run switch (everything but the POST)."""
+
+    currencies: Mapping[str, CurrencyPolicy] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def for_currency(self, currency: str) -> CurrencyPolicy:
+        """The currency's policy, or no limits."""
+        return self.currencies.get(currency, _NO_LIMITS)
+
+
+_NO_LIMITS = CurrencyPolicy()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowSettings:
+    """Timings of the withdrawal workflow, in seconds."""
+
+    preflight_deadline: float = 1800.0
+    """Give up (aborted) if the pre-flight checks cannot pass within this time of submission."""
+    wallet_recheck_initial: float = 5.0
+    wallet_recheck_max: float = 120.0
+    read_retry_initial: float = 1.0
+    read_retry_max: float = 60.0
+    poll_initial: float = 1.0
+    poll_max: float = 60.0
+    poll_jitter: float = 0.5
+    reconcile_delay: float = 2.0
+    """First look for an outcome-unknown POST's withdrawal after this long."""
+    reconcile_grace: float = 120.0
+    """Keep looking this long before handing the workflow to an operator (needs_review)."""
+    clock_skew: float = 120.0
+    """Exchange withdrawals created up to this long before our intent still count as candidates."""
+    lane_retry: float = 0.5
+    hold_on_block_delayed: bool = False
+    """Treat a ``delayed`` block state like a paused wallet (wait) instead of sending."""
+    recent_pages: int = 5
+    """Pages of 100 recent withdrawals a reconciliation reads at most."""

@@ -1,0 +1,237 @@
+"""The asyncio runner: claim due workflows, step them under a concurrency bound, persist, repeat.
+
+A sleeping workflow costs nothing here: it is a row with ``next_run_at``; no task, no machine object.
+The loop leases what is due (up to the free slots), drives each leased workflow through as many steps as
+are due right away, and gives the lease back. Between rounds it sleeps until the earliest due time, a
+wake-up (a new submission, a cancel) or a freed slot, whichever comes first.
+
+A step that fails does not fail its workflow: a read error reschedules it with tenacity backoff (and
+past the pre-flight deadline aborts it, nothing having been sent); a lost compare-and-set ends the drive
+and the workflow is picked up again from the store. Shutdown stops claiming, lets steps in flight finish
+(a POST in flight gets its answer recorded) for ``drain_timeout`` seconds, then cancels what remains;
+the store already says where each of those stands, so the next start resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import replace
+
+import structlog
+
+from engine.context import StepContext
+from engine.errors import EngineError, ExchangeError, InvalidTransition, StaleVersion, WorkflowNotFound
+from engine.models import AbortReason, Workflow
+from workflows.withdrawal import STEPS, backoff_delay
+
+__all__ = ["Runner"]
+
+log = structlog.get_logger("engine.runner")
+
+
+class Runner:
+    """Drives workflows from the store. One per process (per SQLite file; several on PostgreSQL)."""
+
+    def __init__(
+        self,
+        ctx: StepContext,
+        *,
+        concurrency: int = 200,
+        lease_seconds: float = 30.0,
+        idle_poll: float = 1.0,
+        max_chain: int = 12,
+        drain_timeout: float = 30.0,
+        exclusive: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.ctx = ctx
+        self.owner = ctx.owner or f"runner-{secrets.token_hex(4)}"
+        self.ctx.owner = self.owner
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.idle_poll = idle_poll
+        self.max_chain = max_chain
+        self.drain_timeout = drain_timeout
+        self.exclusive = exclusive
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._released: list[str] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.steps_run = 0
+
+    def __repr__(self) -> str:
+        return f"<Runner {self.owner} inflight={len(self._inflight)}/{self.concurrency} steps={self.steps_run}>"
+
+    def wake(self) -> None:
+        """Look for due work now (a submission or a cancel just arrived)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; ``run`` drains and returns."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        """Workflows being stepped right now."""
+        return len(self._inflight)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; then drain."""
+        if self.exclusive:
+            await self.ctx.store.clear_leases()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="runner-heartbeat")
+        try:
+            while not self._stopping.is_set():
+                await self._round()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._drain()
+
+    async def run_until_idle(self, *, timeout: float = 60.0) -> None:
+        """Run until no workflow is scheduled (all terminal or awaiting an operator), or ``timeout``.
+
+        Deterministic endings for tests and batch jobs (arq's burst mode)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(0.02)
+                if not self._inflight and await self.ctx.store.next_due_at(any_lease=True) is None:
+                    self.stop()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.wait_for(self.run(), timeout)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _round(self) -> None:
+        await self._flush_releases()
+        free = self.concurrency - len(self._inflight)
+        claimed: list[Workflow] = []
+        if free > 0:
+            claimed = await self.ctx.store.claim_due(
+                now=self.ctx.now(), limit=free, owner=self.owner, lease_seconds=self.lease_seconds
+            )
+            for wf in claimed:
+                self._start(wf)
+        if claimed and len(claimed) == free:
+            await asyncio.sleep(0)
+            return
+        await self._idle()
+
+    async def _idle(self) -> None:
+        due = await self.ctx.store.next_due_at()
+        delay = self.idle_poll
+        if due is not None:
+            delay = min(delay, max(0.0, (due - self.ctx.now()).total_seconds()))
+        if delay <= 0 and len(self._inflight) >= self.concurrency:
+            delay = self.idle_poll
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(delay, 0.001))
+
+    def _start(self, wf: Workflow) -> None:
+        task = asyncio.create_task(self._drive(wf), name=f"drive-{wf.id}")
+        self._inflight[wf.id] = task
+        task.add_done_callback(lambda _t, wid=wf.id: self._finished(wid))
+
+    def _finished(self, workflow_id: str) -> None:
+        self._inflight.pop(workflow_id, None)
+        self._released.append(workflow_id)
+        self._wake.set()
+
+    async def _flush_releases(self) -> None:
+        if self._released:
+            ids, self._released = self._released, []
+            await self.ctx.store.release(ids, owner=self.owner)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            with contextlib.suppress(EngineError):
+                await self.ctx.store.renew(
+                    list(self._inflight), now=self.ctx.now(), owner=self.owner, lease_seconds=self.lease_seconds
+                )
+
+    async def _drain(self) -> None:
+        tasks = list(self._inflight.values())
+        if tasks:
+            log.info("runner.draining", inflight=len(tasks), timeout=self.drain_timeout)
+            _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._flush_releases()
+        log.info("runner.stopped", owner=self.owner, steps=self.steps_run)
+
+    # -- driving one workflow ----------------------------------------------------------------------
+
+    async def _drive(self, wf: Workflow) -> None:
+        with structlog.contextvars.bound_contextvars(workflow_id=wf.id):
+            current: Workflow | None = wf
+            for _ in range(self.max_chain):
+                if current is None or not self._due(current):
+                    return
+                step = STEPS.get(current.state)
+                if step is None:
+                    return
+                current = await self._step(step, current)
+
+    def _due(self, wf: Workflow) -> bool:
+        return wf.next_run_at is not None and wf.next_run_at <= self.ctx.now()
+
+    async def _step(self, step: object, wf: Workflow) -> Workflow | None:
+        self.steps_run += 1
+        try:
+            if self._past_deadline(wf):
+                return await self.ctx.transition(
+                    wf, "abort", event_data={"detail": "pre-flight did not pass before the deadline"},
+                    reason=AbortReason.DEADLINE_EXCEEDED.value,
+                )  # fmt: skip
+            return await step(wf, self.ctx)  # type: ignore[operator, no-any-return]
+        except StaleVersion:
+            log.info("workflow.moved_elsewhere", workflow_id=wf.id)
+            return None
+        except ExchangeError as exc:
+            return await self._retry_later(wf, exc, exc.as_dict())
+        except (InvalidTransition, WorkflowNotFound) as exc:
+            log.error("workflow.step_refused", workflow_id=wf.id, state=wf.state.value, error=str(exc))
+            return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
+        except Exception as exc:
+            log.exception("workflow.step_crashed", workflow_id=wf.id, state=wf.state.value)
+            return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
+
+    def _past_deadline(self, wf: Workflow) -> bool:
+        from engine.models import State
+
+        pre = wf.state in (State.PENDING, State.VERIFYING_ADDRESS, State.CHECKING_WALLET)
+        return pre and wf.deadline_at is not None and self.ctx.now() >= wf.deadline_at
+
+    async def _retry_later(self, wf: Workflow, exc: Exception, error: dict[str, object]) -> Workflow | None:
+        """Reschedule with backoff after a failed step (never an event per retry: they can be many)."""
+        settings = self.ctx.settings
+        delay = backoff_delay(
+            wf.attempt, initial=settings.read_retry_initial, maximum=settings.read_retry_max, jitter=0.5
+        )
+        log.warning(
+            "workflow.retry_later", workflow_id=wf.id, state=wf.state.value, delay=round(delay, 3), error=str(exc)
+        )
+        try:
+            fresh = await self.ctx.store.get(wf.id)
+            if fresh.version != wf.version:
+                return None
+            return await self.ctx.reschedule(replace(fresh), delay, attempt=wf.attempt + 1, error=error)
+        except EngineError:
+            return None

@@ -1,0 +1,105 @@
+"""The Store contract: what the runner, the engine and the API need from durable storage.
+
+Rules every implementation keeps (the contract suite in ``tests/integration/test_store_contract.py``
+checks them against each one):
+
+- ``commit`` is a compare-and-set on ``version`` (and, with an ``owner``, on the lease): the workflow row
+  and its event are written in one transaction, or neither is.
+- At most one workflow per lane has ``lane_held`` (a unique index, not memory): ``LaneBusy``.
+- An exchange uuid belongs to at most one workflow (a unique index).
+- Events are append-only, numbered 1..n per workflow, each hash-chained to the one before.
+- Only the lease owner (the runner stepping a workflow) writes states and events. Operators' requests
+  (cancel, resolve) set flag columns the owner reads, so they never race a step's compare-and-set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from engine.models import Event, State, Workflow
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Durable home of workflows and their events."""
+
+    async def open(self) -> None:
+        """Connect and migrate the schema to the current version."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+        ...
+
+    async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
+        """Insert a new workflow with its first event; for a known idempotency key return
+        ``(existing, False)`` instead."""
+        ...
+
+    async def get(self, workflow_id: str) -> Workflow:
+        """The workflow, or ``WorkflowNotFound``."""
+        ...
+
+    async def get_by_idempotency_key(self, key: str) -> Workflow | None:
+        """The workflow submitted under ``key``, if any."""
+        ...
+
+    async def list(
+        self, *, state: State | None = None, limit: int = 100, before_id: str | None = None
+    ) -> list[Workflow]:
+        """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
+        ...
+
+    async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
+        """Write ``workflow`` (whose ``version`` is the one read) and ``event``; returns the stored
+        workflow with ``version + 1``. Raises ``StaleVersion`` or ``LaneBusy``."""
+        ...
+
+    async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> list[Workflow]:
+        """Lease up to ``limit`` workflows whose ``next_run_at`` has come, oldest due first."""
+        ...
+
+    async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
+        """Extend the leases this owner holds."""
+        ...
+
+    async def release(self, workflow_ids: Sequence[str], *, owner: str) -> None:
+        """Give these leases back (those this owner still holds)."""
+        ...
+
+    async def clear_leases(self) -> None:
+        """Drop every lease (an exclusive runner taking over after a crash)."""
+        ...
+
+    async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:
+        """When the earliest unleased sleeping workflow falls due (``any_lease``: leased ones too)."""
+        ...
+
+    async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
+        """Flag the workflow for cancellation and make it due now."""
+        ...
+
+    async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
+        """Record an operator's decision for a ``needs_review`` workflow and make it due now."""
+        ...
+
+    async def events(self, workflow_id: str, *, after_seq: int = 0) -> list[Event]:
+        """The workflow's events after ``after_seq``, in order."""
+        ...
+
+    async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
+        """Which workflow owns each of these exchange uuids (absent: none)."""
+        ...
+
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
+        """Total amount of this account's withdrawals of ``currency`` submitted since ``since`` and not
+        ended as refused or abandoned (the daily policy limit reads this)."""
+        ...
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many workflows are in each state."""
+        ...

@@ -1,0 +1,70 @@
+"""Schema migrations, numbered; a store applies every one above its recorded version, in order.
+
+PostgreSQL keeps the same tables, columns and constraints in its own dialect (``POSTGRES_MIGRATIONS`` in
+``engine/store/postgres.py``), so both stores pass one contract suite.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SQLITE_MIGRATIONS"]
+
+_V1 = """
+CREATE TABLE workflows (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request TEXT NOT NULL,
+    account TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    lane_held INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT UNIQUE,
+    exchange_uuid TEXT UNIQUE,
+    txid TEXT,
+    exchange_state TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    submit_count INTEGER NOT NULL DEFAULT 0,
+    next_run_at REAL,
+    deadline_at TEXT,
+    submit_body TEXT,
+    submitted_at TEXT,
+    cancel_requested_at TEXT,
+    resolution TEXT,
+    reason TEXT,
+    error TEXT,
+    data TEXT NOT NULL DEFAULT '{}',
+    version INTEGER NOT NULL,
+    event_seq INTEGER NOT NULL,
+    last_hash TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+-- Design §3.3: at most one unresolved submit per lane, enforced here and not in memory.
+CREATE UNIQUE INDEX workflows_lane_unresolved ON workflows (lane) WHERE lane_held = 1;
+CREATE INDEX workflows_due ON workflows (next_run_at) WHERE next_run_at IS NOT NULL;
+CREATE INDEX workflows_state ON workflows (state, id);
+CREATE INDEX workflows_spent ON workflows (account, currency, submitted_at);
+
+CREATE TABLE events (
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, seq)
+);
+-- The audit trail is append-only: the database itself refuses edits and deletions.
+CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+"""
+
+SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]

@@ -1,0 +1,128 @@
+"""Conversion between records and store rows, shared by every Store implementation.
+
+Timestamps are ISO-8601 text in UTC, except the two scheduling columns (``next_run_at`` and the lease
+expiry) which are epoch seconds so that "what is due" is a cheap indexed numeric comparison. JSON
+columns hold the request, the step data and the last error. Amounts stay exact decimal strings.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.models import Event, State, WithdrawalRequest, Workflow
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "WORKFLOW_COLUMNS",
+    "epoch",
+    "event_from_row",
+    "event_to_row",
+    "from_epoch",
+    "workflow_from_row",
+    "workflow_to_row",
+]
+
+WORKFLOW_COLUMNS = (
+    "id", "kind", "state", "request", "account", "currency", "amount", "lane", "lane_held",
+    "idempotency_key", "exchange_uuid", "txid", "exchange_state", "attempt", "submit_count",
+    "next_run_at", "deadline_at", "submit_body", "submitted_at", "cancel_requested_at", "resolution",
+    "reason", "error", "data", "version", "event_seq", "last_hash", "created_at", "updated_at",
+)  # fmt: skip
+EVENT_COLUMNS = ("workflow_id", "seq", "at", "trigger", "from_state", "to_state", "data", "prev_hash", "hash")
+
+
+def epoch(value: datetime | None) -> float | None:
+    """Epoch seconds of an aware datetime (None stays None)."""
+    return None if value is None else value.timestamp()
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    """An aware UTC datetime from epoch seconds."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def workflow_to_row(wf: Workflow) -> tuple[Any, ...]:
+    """Values in ``WORKFLOW_COLUMNS`` order."""
+    req = wf.request
+    return (
+        wf.id, wf.kind, wf.state.value, _dumps(req.to_dict()), req.account, req.currency,
+        format(req.amount, "f"), wf.lane, int(wf.lane_held), wf.idempotency_key, wf.exchange_uuid,
+        wf.txid, wf.exchange_state, wf.attempt, wf.submit_count, epoch(wf.next_run_at),
+        _iso(wf.deadline_at), wf.submit_body, _iso(wf.submitted_at), _iso(wf.cancel_requested_at),
+        wf.resolution, wf.reason, None if wf.error is None else _dumps(wf.error), _dumps(wf.data),
+        wf.version, wf.event_seq, wf.last_hash, _iso(wf.created_at), _iso(wf.updated_at),
+    )  # fmt: skip
+
+
+def workflow_from_row(row: Any) -> Workflow:
+    """A Workflow from a mapping-like row with ``WORKFLOW_COLUMNS`` keys."""
+    error = row["error"]
+    created = _from_iso(row["created_at"])
+    updated = _from_iso(row["updated_at"])
+    assert created is not None and updated is not None
+    return Workflow(
+        id=row["id"],
+        kind=row["kind"],
+        state=State(row["state"]),
+        request=WithdrawalRequest.from_dict(json.loads(row["request"])),
+        lane_held=bool(row["lane_held"]),
+        idempotency_key=row["idempotency_key"],
+        exchange_uuid=row["exchange_uuid"],
+        txid=row["txid"],
+        exchange_state=row["exchange_state"],
+        attempt=row["attempt"],
+        submit_count=row["submit_count"],
+        next_run_at=from_epoch(row["next_run_at"]),
+        deadline_at=_from_iso(row["deadline_at"]),
+        submit_body=row["submit_body"],
+        submitted_at=_from_iso(row["submitted_at"]),
+        cancel_requested_at=_from_iso(row["cancel_requested_at"]),
+        resolution=row["resolution"],
+        reason=row["reason"],
+        error=None if error is None else json.loads(error),
+        data=json.loads(row["data"]),
+        version=row["version"],
+        event_seq=row["event_seq"],
+        last_hash=row["last_hash"],
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def event_to_row(event: Event) -> tuple[Any, ...]:
+    """Values in ``EVENT_COLUMNS`` order."""
+    return (
+        event.workflow_id, event.seq, _iso(event.at), event.trigger, event.from_state, event.to_state,
+        _dumps(event.data), event.prev_hash, event.hash,
+    )  # fmt: skip
+
+
+def event_from_row(row: Any) -> Event:
+    """An Event from a mapping-like row with ``EVENT_COLUMNS`` keys."""
+    at = _from_iso(row["at"])
+    assert at is not None
+    return Event(
+        workflow_id=row["workflow_id"],
+        seq=row["seq"],
+        at=at,
+        trigger=row["trigger"],
+        from_state=row["from_state"],
+        to_state=row["to_state"],
+        data=json.loads(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )

@@ -1,0 +1,419 @@
+"""The embedded default store: SQLite through aiosqlite, WAL mode, commits grouped over a few ms.
+
+Why grouped: a withdrawal makes about six transitions, and each must be durable before the effect that
+follows it (intent before effect). One fsync per transition would cap the engine at a few hundred
+transitions a second; one fsync per batch of whatever is queued lifts that cap without weakening the
+rule, because every caller's ``await`` returns only after the batch that holds its write committed.
+
+``synchronous=FULL`` is the default: with ``NORMAL`` a power cut could lose a committed intent whose
+POST already left, and the engine would then send it again. Writes go through one writer task on one
+connection; reads use a second connection, so they never see a batch that might still roll back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from engine.errors import LaneBusy, StaleVersion, StoreError, WorkflowNotFound
+from engine.models import TERMINAL, Event, State, Workflow
+from engine.store.migrations import SQLITE_MIGRATIONS
+from engine.store.rows import (
+    EVENT_COLUMNS,
+    WORKFLOW_COLUMNS,
+    epoch,
+    event_from_row,
+    event_to_row,
+    from_epoch,
+    workflow_from_row,
+    workflow_to_row,
+)
+
+__all__ = ["SQLiteStore"]
+
+_INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_UPDATABLE = [c for c in WORKFLOW_COLUMNS if c not in ("id", "cancel_requested_at", "resolution", "created_at")]
+_UPDATE_WF = (
+    f"UPDATE workflows SET {', '.join(f'{c} = ?' for c in _UPDATABLE)}, lease_owner = lease_owner "
+    "WHERE id = ? AND version = ? AND (? IS NULL OR lease_owner = ?)"
+)
+_TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
+_NOT_SUBMITTED = ("aborted",)
+
+Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class _Write:
+    op: Op
+    future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _update_params(wf: Workflow, owner: str | None) -> tuple[Any, ...]:
+    row = dict(zip(WORKFLOW_COLUMNS, workflow_to_row(wf), strict=True))
+    row["version"] = wf.version + 1
+    return (*(row[c] for c in _UPDATABLE), wf.id, wf.version, owner, owner)
+
+
+class SQLiteStore:
+    """A :class:`~engine.store.base.Store` in one SQLite file."""
+
+    def __init__(self, path: str | Path, *, group_window: float = 0.002, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
+        self.path = Path(path)
+        self._group_window = group_window
+        self._synchronous = synchronous.upper()
+        self._writer_conn: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path} batches={self.batches} writes={self.writes}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open both connections, set WAL, migrate, start the writer."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_conn = await self._connect()
+        await self._migrate(self._writer_conn)
+        self._reader = await self._connect()
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with conn.execute("SELECT MAX(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = (row[0] if row else None) or 0
+        for version, script in SQLITE_MIGRATIONS:
+            if version > current:
+                await conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;"
+                )
+
+    async def close(self) -> None:
+        """Drain queued writes, then close."""
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        for conn in (self._writer_conn, self._reader):
+            if conn is not None:
+                await conn.close()
+        self._writer_conn = self._reader = None
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the writer ----------------------------------------------------------------------------------
+
+    async def _submit(self, op: Op) -> Any:
+        if self._writer is None:
+            raise StoreError("store is not open")
+        item = _Write(op)
+        await self._queue.put(item)
+        return await item.future
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            if self._group_window > 0:
+                await asyncio.sleep(self._group_window)
+            while not self._queue.empty() and len(batch) < 1000:
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Write]) -> None:
+        conn = self._writer_conn
+        assert conn is not None
+        results: list[tuple[_Write, bool, Any]] = []
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            for index, item in enumerate(batch):
+                await conn.execute(f"SAVEPOINT s{index}")
+                try:
+                    value = await item.op(conn)
+                except Exception as exc:
+                    await conn.execute(f"ROLLBACK TO s{index}")
+                    results.append((item, False, exc))
+                else:
+                    results.append((item, True, value))
+                await conn.execute(f"RELEASE s{index}")
+            await conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            error = StoreError(f"write batch failed: {exc}")
+            results = [(item, False, error) for item in batch]
+        self.batches += 1
+        self.writes += len(batch)
+        for item, ok, value in results:
+            if item.future.done():
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
+        """Insert, or return the workflow already stored under the idempotency key."""
+
+        async def op(conn: aiosqlite.Connection) -> tuple[Workflow, bool]:
+            if workflow.idempotency_key is not None:
+                existing = await _fetch_wf(conn, "idempotency_key = ?", (workflow.idempotency_key,))
+                if existing is not None:
+                    return existing, False
+            await conn.execute(_INSERT_WF, workflow_to_row(workflow))
+            await conn.execute(_INSERT_EVENT, event_to_row(event))
+            return workflow, True
+
+        result: tuple[Workflow, bool] = await self._submit(op)
+        return result
+
+    async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
+        """Compare-and-set the row on version (and lease owner); append the event in the same batch."""
+        params = _update_params(workflow, owner)
+
+        async def op(conn: aiosqlite.Connection) -> Workflow:
+            try:
+                cursor = await conn.execute(_UPDATE_WF, params)
+            except sqlite3.IntegrityError as exc:
+                raise _integrity(exc, workflow) from exc
+            if cursor.rowcount != 1:
+                raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
+            if event is not None:
+                await conn.execute(_INSERT_EVENT, event_to_row(event))
+            return replace(workflow, version=workflow.version + 1)
+
+        result: Workflow = await self._submit(op)
+        return result
+
+    async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> list[Workflow]:
+        """Lease the due workflows that nobody holds (or whose lease expired)."""
+        now_s = epoch(now)
+        assert now_s is not None
+
+        async def op(conn: aiosqlite.Connection) -> list[Workflow]:
+            async with conn.execute(
+                "SELECT id FROM workflows WHERE next_run_at <= ? "
+                "AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY next_run_at LIMIT ?",
+                (now_s, now_s, limit),
+            ) as cur:
+                ids = [row[0] for row in await cur.fetchall()]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            await conn.execute(
+                f"UPDATE workflows SET lease_owner = ?, lease_expires_at = ? WHERE id IN ({marks})",  # noqa: S608
+                (owner, now_s + lease_seconds, *ids),
+            )
+            return await _fetch_many(conn, f"id IN ({marks}) ORDER BY next_run_at", ids)
+
+        result: list[Workflow] = await self._submit(op)
+        return result
+
+    async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
+        """Push the lease expiry of these workflows forward."""
+        if not workflow_ids:
+            return
+        expiry = epoch(now) or 0.0
+        ids = list(workflow_ids)
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            marks = ",".join("?" * len(ids))
+            await conn.execute(
+                f"UPDATE workflows SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",  # noqa: S608
+                (expiry + lease_seconds, owner, *ids),
+            )
+
+        await self._submit(op)
+
+    async def release(self, workflow_ids: Sequence[str], *, owner: str) -> None:
+        """Clear the leases this owner still holds on these workflows."""
+        ids = list(workflow_ids)
+        if not ids:
+            return
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            marks = ",".join("?" * len(ids))
+            await conn.execute(
+                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL "
+                f"WHERE lease_owner = ? AND id IN ({marks})",
+                (owner, *ids),
+            )
+
+        await self._submit(op)
+
+    async def clear_leases(self) -> None:
+        """Drop every lease: the one runner of a SQLite file takes over what a dead process held."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
+            )
+
+        await self._submit(op)
+
+    async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
+        """Set the cancel flag (once) and wake the workflow."""
+        return await self._flag(
+            workflow_id,
+            "cancel_requested_at = COALESCE(cancel_requested_at, ?), next_run_at = MIN(COALESCE(next_run_at, ?), ?)",
+            (at.isoformat(), epoch(at), epoch(at)),
+            require_state=None,
+        )
+
+    async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
+        """Record the operator's action for a needs_review workflow and wake it."""
+        return await self._flag(
+            workflow_id,
+            "resolution = ?, next_run_at = ?",
+            (action, epoch(at)),
+            require_state=State.NEEDS_REVIEW,
+        )
+
+    async def _flag(
+        self, workflow_id: str, assignments: str, params: tuple[Any, ...], *, require_state: State | None
+    ) -> Workflow:
+        async def op(conn: aiosqlite.Connection) -> Workflow:
+            condition = "id = ? AND state NOT IN ({})".format(",".join("?" * len(_TERMINAL_VALUES)))
+            args: tuple[Any, ...] = (*params, workflow_id, *_TERMINAL_VALUES)
+            if require_state is not None:
+                condition += " AND state = ?"
+                args = (*args, require_state.value)
+            await conn.execute(f"UPDATE workflows SET {assignments} WHERE {condition}", args)  # noqa: S608
+            found = await _fetch_wf(conn, "id = ?", (workflow_id,))
+            if found is None:
+                raise WorkflowNotFound(f"no workflow {workflow_id}")
+            return found
+
+        result: Workflow = await self._submit(op)
+        return result
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def _read_conn(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("store is not open")
+        return self._reader
+
+    async def get(self, workflow_id: str) -> Workflow:
+        """The workflow by id."""
+        found = await _fetch_wf(self._read_conn(), "id = ?", (workflow_id,))
+        if found is None:
+            raise WorkflowNotFound(f"no workflow {workflow_id}")
+        return found
+
+    async def get_by_idempotency_key(self, key: str) -> Workflow | None:
+        """The workflow submitted under this key."""
+        return await _fetch_wf(self._read_conn(), "idempotency_key = ?", (key,))
+
+    async def list(
+        self, *, state: State | None = None, limit: int = 100, before_id: str | None = None
+    ) -> list[Workflow]:
+        """Newest first, filtered by state, paged by id."""
+        clauses, args = ["1 = 1"], []
+        if state is not None:
+            clauses.append("state = ?")
+            args.append(state.value)
+        if before_id is not None:
+            clauses.append("id < ?")
+            args.append(before_id)
+        where = " AND ".join(clauses) + " ORDER BY id DESC LIMIT ?"
+        return await _fetch_many(self._read_conn(), where, [*args, limit])
+
+    async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:
+        """Earliest next_run_at among workflows nobody holds (or among all, with ``any_lease``)."""
+        unheld = "" if any_lease else " AND lease_owner IS NULL"
+        async with self._read_conn().execute(
+            f"SELECT MIN(next_run_at) FROM workflows WHERE next_run_at IS NOT NULL{unheld}"  # noqa: S608
+        ) as cur:
+            row = await cur.fetchone()
+        return from_epoch(row[0] if row else None)
+
+    async def events(self, workflow_id: str, *, after_seq: int = 0) -> list[Event]:
+        """Events in order."""
+        async with self._read_conn().execute(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE workflow_id = ? AND seq > ? ORDER BY seq",  # noqa: S608
+            (workflow_id, after_seq),
+        ) as cur:
+            return [event_from_row(row) for row in await cur.fetchall()]
+
+    async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
+        """uuid -> owning workflow id."""
+        if not exchange_uuids:
+            return {}
+        marks = ",".join("?" * len(exchange_uuids))
+        async with self._read_conn().execute(
+            f"SELECT exchange_uuid, id FROM workflows WHERE exchange_uuid IN ({marks})",  # noqa: S608
+            list(exchange_uuids),
+        ) as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
+        """Sum of amounts submitted since ``since`` that were not refused or abandoned."""
+        async with self._read_conn().execute(
+            "SELECT amount FROM workflows WHERE account = ? AND currency = ? AND submitted_at >= ? "
+            "AND state NOT IN (?)",
+            (account, currency, since.isoformat(), *_NOT_SUBMITTED),
+        ) as cur:
+            return sum((Decimal(row[0]) for row in await cur.fetchall()), Decimal(0))
+
+    async def count_by_state(self) -> dict[str, int]:
+        """State -> count."""
+        async with self._read_conn().execute("SELECT state, COUNT(*) FROM workflows GROUP BY state") as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def _fetch_wf(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> Workflow | None:
+    rows = await _fetch_many(conn, where, args)
+    return rows[0] if rows else None
+
+
+async def _fetch_many(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> list[Workflow]:
+    async with conn.execute(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args) as cur:  # noqa: S608
+        return [workflow_from_row(row) for row in await cur.fetchall()]
+
+
+def _integrity(exc: sqlite3.IntegrityError, workflow: Workflow) -> Exception:
+    text = str(exc)
+    if "lane" in text:
+        return LaneBusy(f"lane {workflow.lane} has an unresolved submit")
+    return StaleVersion(f"{workflow.id}: {text}")
