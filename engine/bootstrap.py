@@ -1,0 +1,100 @@
+"""Wiring: turn a :class:`~engine.config.Config` into a store, gateways and an :class:`~engine.Engine`.
+
+Kept apart from the config (pure data) and from the CLI/API (presentation), so the demo, the service,
+the benchmarks and the tests all build the engine the same way.
+"""
+
+from __future__ import annotations
+
+from engine.clock import Clock, SystemClock
+from engine.config import AccountConfig, Config, GatewayConfig
+from engine.context import TransitionObserver
+from engine.core import Engine
+from engine.errors import ConfigError
+from engine.logging import register_secret
+from engine.store.base import Store
+from engine.upbit.auth import Algorithm
+from engine.upbit.client import CallObserver, UpbitClient
+from engine.upbit.gateway import Gateway
+from engine.upbit.ratelimit import RateLimiter
+
+__all__ = ["build_engine", "build_gateway", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///path`` or ``postgresql://...`` -> an unopened store."""
+    if url.startswith("sqlite:///"):
+        from engine.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from engine.store.postgres import PostgresStore  # type: ignore[import-not-found, unused-ignore]
+        except ImportError as exc:  # pragma: no cover - until the PostgreSQL store exists
+            raise ConfigError("the PostgreSQL store is not available", key="engine.database") from exc
+        store: Store = PostgresStore(url)
+        return store
+    raise ConfigError("must start with sqlite:/// or postgresql://", key="engine.database")
+
+
+def build_gateway(
+    account: AccountConfig,
+    gateway: GatewayConfig,
+    *,
+    clock: Clock,
+    observer: CallObserver | None = None,
+    limiter: RateLimiter | None = None,
+) -> Gateway:
+    """One account's client (its own rate budget) behind a gateway."""
+    credentials = account.credentials()
+    register_secret(credentials.secret_key)
+    register_secret(credentials.access_key)
+    client = UpbitClient(
+        credentials,
+        region=None if account.base_url else account.region,
+        base_url=account.base_url,
+        limiter=limiter or RateLimiter(account.rate_limit, clock=clock),
+        timeout=account.timeout,
+        algorithm=Algorithm(account.algorithm),
+        clock=clock,
+        observer=observer,
+    )
+    return Gateway(
+        client,
+        clock=clock,
+        allowlist_ttl=gateway.allowlist_ttl,
+        wallet_ttl=gateway.wallet_ttl,
+        chance_ttl=gateway.chance_ttl,
+        poll_window=gateway.poll_window,
+    )
+
+
+def build_engine(
+    config: Config,
+    *,
+    run_runner: bool = True,
+    clock: Clock | None = None,
+    observers: list[TransitionObserver] | None = None,
+    call_observer: CallObserver | None = None,
+    exclusive: bool | None = None,
+) -> Engine:
+    """An engine for ``config`` (enter it with ``async with``)."""
+    clock = clock or SystemClock()
+    store = open_store(config.engine.database)
+    gateways = {
+        name: build_gateway(account, config.gateway, clock=clock, observer=call_observer)
+        for name, account in config.accounts.items()
+    }
+    is_sqlite = config.engine.database.startswith("sqlite:///")
+    return Engine(
+        store=store,
+        gateways=gateways,
+        clock=clock,
+        settings=config.workflow,
+        policy=config.policy,
+        run_runner=run_runner,
+        concurrency=config.engine.concurrency,
+        lease_seconds=config.engine.lease_seconds,
+        exclusive=is_sqlite if exclusive is None else exclusive,
+        observers=observers,
+    )
