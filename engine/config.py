@@ -215,7 +215,7 @@ def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> None
 
 def _decimal(value: Any, key: str) -> Decimal:
     if isinstance(value, float):
-        raise ConfigError("write amounts as strings (\"1.5\"), never as floats", key=key)
+        raise ConfigError('write amounts as strings ("1.5"), never as floats', key=key)
     try:
         result = Decimal(str(value))
     except InvalidOperation:

@@ -8,6 +8,7 @@ returns is a frozen record read from the store; nothing in memory is authoritati
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
@@ -156,7 +157,9 @@ class Engine:
         """The workflow as stored now."""
         return await self.store.get(workflow_id)
 
-    async def list(self, *, state: State | None = None, limit: int = 100, before: str | None = None) -> list[Workflow]:
+    async def list(
+        self, *, state: State | None = None, limit: int = 100, before: str | None = None
+    ) -> builtins.list[Workflow]:
         """Newest first; pass the last id as ``before`` for the next page."""
         if not 1 <= limit <= 1000:
             raise InvalidRequest("must be between 1 and 1000", field="limit")

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
-from dataclasses import replace
+from collections.abc import Mapping
 
 import structlog
 
 from engine.context import StepContext
 from engine.errors import EngineError, ExchangeError, InvalidTransition, StaleVersion, WorkflowNotFound
-from engine.models import AbortReason, Workflow
+from engine.models import AbortReason, State, Workflow
 from workflows.withdrawal import STEPS, backoff_delay
 
 __all__ = ["Runner"]
@@ -144,9 +145,9 @@ class Runner:
     def _start(self, wf: Workflow) -> None:
         task = asyncio.create_task(self._drive(wf), name=f"drive-{wf.id}")
         self._inflight[wf.id] = task
-        task.add_done_callback(lambda _t, wid=wf.id: self._finished(wid))
+        task.add_done_callback(functools.partial(self._finished, wf.id))
 
-    def _finished(self, workflow_id: str) -> None:
+    def _finished(self, workflow_id: str, _task: object = None) -> None:
         self._inflight.pop(workflow_id, None)
         self._released.append(workflow_id)
         self._wake.set()
@@ -214,12 +215,10 @@ class Runner:
             return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
 
     def _past_deadline(self, wf: Workflow) -> bool:
-        from engine.models import State
-
         pre = wf.state in (State.PENDING, State.VERIFYING_ADDRESS, State.CHECKING_WALLET)
         return pre and wf.deadline_at is not None and self.ctx.now() >= wf.deadline_at
 
-    async def _retry_later(self, wf: Workflow, exc: Exception, error: dict[str, object]) -> Workflow | None:
+    async def _retry_later(self, wf: Workflow, exc: Exception, error: Mapping[str, object]) -> Workflow | None:
         """Reschedule with backoff after a failed step (never an event per retry: they can be many)."""
         settings = self.ctx.settings
         delay = backoff_delay(
@@ -232,6 +231,6 @@ class Runner:
             fresh = await self.ctx.store.get(wf.id)
             if fresh.version != wf.version:
                 return None
-            return await self.ctx.reschedule(replace(fresh), delay, attempt=wf.attempt + 1, error=error)
+            return await self.ctx.reschedule(fresh, delay, attempt=wf.attempt + 1, error=dict(error))
         except EngineError:
             return None

@@ -474,6 +474,7 @@ async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
         wf = await _send_cancel(wf, ctx)
         if wf.state.is_terminal:
             return wf
+    assert wf.exchange_uuid is not None
     current = await ctx.gateway(wf).poll(wf.exchange_uuid)
     if current is None or current.raw_state == wf.exchange_state:
         return await ctx.reschedule(wf, _poll_delay(ctx, wf.attempt + 1), attempt=wf.attempt + 1)

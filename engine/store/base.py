@@ -21,6 +21,9 @@ from typing import Protocol
 
 from engine.models import Event, State, Workflow
 
+WorkflowList = list[Workflow]
+EventList = list[Event]
+
 __all__ = ["Store"]
 
 
@@ -48,9 +51,7 @@ class Store(Protocol):
         """The workflow submitted under ``key``, if any."""
         ...
 
-    async def list(
-        self, *, state: State | None = None, limit: int = 100, before_id: str | None = None
-    ) -> list[Workflow]:
+    async def list(self, *, state: State | None = None, limit: int = 100, before_id: str | None = None) -> WorkflowList:
         """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
         ...
 
@@ -59,7 +60,7 @@ class Store(Protocol):
         workflow with ``version + 1``. Raises ``StaleVersion`` or ``LaneBusy``."""
         ...
 
-    async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> list[Workflow]:
+    async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:
         """Lease up to ``limit`` workflows whose ``next_run_at`` has come, oldest due first."""
         ...
 
@@ -87,7 +88,7 @@ class Store(Protocol):
         """Record an operator's decision for a ``needs_review`` workflow and make it due now."""
         ...
 
-    async def events(self, workflow_id: str, *, after_seq: int = 0) -> list[Event]:
+    async def events(self, workflow_id: str, *, after_seq: int = 0) -> EventList:
         """The workflow's events after ``after_seq``, in order."""
         ...
 

@@ -40,6 +40,9 @@ from engine.store.rows import (
 
 __all__ = ["SQLiteStore"]
 
+WorkflowList = list[Workflow]
+EventList = list[Event]
+
 _INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 _UPDATABLE = [c for c in WORKFLOW_COLUMNS if c not in ("id", "cancel_requested_at", "resolution", "created_at")]
@@ -225,12 +228,12 @@ class SQLiteStore:
         result: Workflow = await self._submit(op)
         return result
 
-    async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> list[Workflow]:
+    async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:
         """Lease the due workflows that nobody holds (or whose lease expired)."""
         now_s = epoch(now)
         assert now_s is not None
 
-        async def op(conn: aiosqlite.Connection) -> list[Workflow]:
+        async def op(conn: aiosqlite.Connection) -> WorkflowList:
             async with conn.execute(
                 "SELECT id FROM workflows WHERE next_run_at <= ? "
                 "AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY next_run_at LIMIT ?",
@@ -345,9 +348,7 @@ class SQLiteStore:
         """The workflow submitted under this key."""
         return await _fetch_wf(self._read_conn(), "idempotency_key = ?", (key,))
 
-    async def list(
-        self, *, state: State | None = None, limit: int = 100, before_id: str | None = None
-    ) -> list[Workflow]:
+    async def list(self, *, state: State | None = None, limit: int = 100, before_id: str | None = None) -> WorkflowList:
         """Newest first, filtered by state, paged by id."""
         clauses, args = ["1 = 1"], []
         if state is not None:
@@ -368,7 +369,7 @@ class SQLiteStore:
             row = await cur.fetchone()
         return from_epoch(row[0] if row else None)
 
-    async def events(self, workflow_id: str, *, after_seq: int = 0) -> list[Event]:
+    async def events(self, workflow_id: str, *, after_seq: int = 0) -> EventList:
         """Events in order."""
         async with self._read_conn().execute(
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE workflow_id = ? AND seq > ? ORDER BY seq",  # noqa: S608
@@ -407,7 +408,7 @@ async def _fetch_wf(conn: aiosqlite.Connection, where: str, args: Sequence[Any])
     return rows[0] if rows else None
 
 
-async def _fetch_many(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> list[Workflow]:
+async def _fetch_many(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> WorkflowList:
     async with conn.execute(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args) as cur:  # noqa: S608
         return [workflow_from_row(row) for row in await cur.fetchall()]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -48,6 +48,7 @@ REGIONS: dict[str, str] = {
     "th": "https://th-api.upbit.com",
 }
 MAX_LIST_IDS = 100
+_T = TypeVar("_T")
 _REMAINING_RE = re.compile(r"group=(?P<group>[\w-]+).*?sec=(?P<sec>\d+)")
 
 #: Called after every exchange call with (endpoint, status or 0 for no answer, seconds taken).
@@ -267,14 +268,14 @@ class UpbitClient:
         return data
 
     @staticmethod
-    def _parse_list(data: list[Any], parse: Callable[[Any], Any], path: str) -> list[Any]:
+    def _parse_list(data: list[Any], parse: Callable[[Any], _T], path: str) -> list[_T]:
         try:
             return [parse(item) for item in data]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ExchangeBadResponse(f"unreadable answer: {exc}", endpoint=path) from exc
 
     @staticmethod
-    def _parse_one(data: Any, parse: Callable[[Any], Any], path: str) -> Any:
+    def _parse_one(data: Any, parse: Callable[[Any], _T], path: str) -> _T:
         try:
             return parse(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

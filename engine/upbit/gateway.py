@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -169,7 +170,7 @@ class Gateway:
         cursor: str | None = None
         for _ in range(max_pages):
             page = await self._retrying(
-                lambda c=cursor: self.client.list_withdraws(currency=currency, limit=MAX_LIST_IDS, to=c)
+                functools.partial(self.client.list_withdraws, currency=currency, limit=MAX_LIST_IDS, to=cursor)
             )
             found.extend(w for w in page if w.created_at >= since)
             if len(page) < MAX_LIST_IDS or page[-1].created_at < since:

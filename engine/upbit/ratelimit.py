@@ -6,7 +6,9 @@ fixed second, so the engine stays inside the budget without knowing where Upbit'
 
 Corrections from the exchange: ``Remaining-Req: ... sec=N`` that shows fewer calls left than our own
 count explains means someone else (another process, another tool) spends this account's budget; we book
-the difference as phantom calls for one window. A 429 blocks the account to the next second; a 418
+the difference as phantom calls for one window. When several runner processes share one account, each
+gets a static share (``rate``) of the account's budget (``account_rate``): simple and correct, since
+the shares never add up to more than the budget; only use beyond the other shares counts as foreign. A 429 blocks the account to the next second; a 418
 blocks it for the time the exchange names. Waiters are served by priority (submits and cancels before
 reads) and, within a priority, first come first served.
 """
@@ -51,6 +53,7 @@ class RateLimiter:
         self,
         rate: int = 30,
         *,
+        account_rate: int | None = None,
         window: float = 1.0,
         enabled: bool = True,
         clock: Clock | None = None,
@@ -58,6 +61,7 @@ class RateLimiter:
         if rate < 1:
             raise ValueError("rate must be at least 1 call per window")
         self.rate = rate
+        self.account_rate = max(rate, account_rate or rate)
         self.window = window
         self.enabled = enabled
         self._clock = clock or SystemClock()
@@ -97,7 +101,8 @@ class RateLimiter:
         """Book calls that others spent, as told by ``Remaining-Req: sec=remaining``."""
         now = self._clock.monotonic()
         self._expire(now)
-        foreign = (self.rate - max(0, remaining)) - len(self._grants)
+        others_share = self.account_rate - self.rate
+        foreign = (self.account_rate - max(0, remaining)) - len(self._grants) - others_share
         for _ in range(max(0, foreign)):
             self._grants.append(now)
         self.stats.phantom += max(0, foreign)
