@@ -56,9 +56,21 @@ _NOT_SUBMITTED = ("aborted",)
 Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 
+class _FastPathMiss(Exception):
+    """A grouped commit lost a compare-and-set: fall back to one savepoint per write."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FastCommit:
+    params: tuple[Any, ...]
+    event_row: tuple[Any, ...] | None
+    result: Workflow
+
+
 @dataclass(slots=True)
 class _Write:
     op: Op
+    fast: _FastCommit | None = None
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -137,10 +149,10 @@ class SQLiteStore:
 
     # -- the writer ----------------------------------------------------------------------------------
 
-    async def _submit(self, op: Op) -> Any:
+    async def _submit(self, op: Op, fast: _FastCommit | None = None) -> Any:
         if self._writer is None:
             raise StoreError("store is not open")
-        item = _Write(op)
+        item = _Write(op, fast)
         await self._queue.put(item)
         return await item.future
 
@@ -167,18 +179,14 @@ class SQLiteStore:
         results: list[tuple[_Write, bool, Any]] = []
         try:
             await conn.execute("BEGIN IMMEDIATE")
-            for index, item in enumerate(batch):
-                await conn.execute(f"SAVEPOINT s{index}")
-                try:
-                    value = await item.op(conn)
-                except Exception as exc:
-                    await conn.execute(f"ROLLBACK TO s{index}")
-                    results.append((item, False, exc))
-                else:
-                    results.append((item, True, value))
-                await conn.execute(f"RELEASE s{index}")
+            fast = [item for item in batch if item.fast is not None]
+            done = await self._fast_commits(conn, fast) if len(fast) > 1 else []
+            results.extend(done)
+            handled = {id(item) for item, _, _ in done}
+            for index, item in enumerate(i for i in batch if id(i) not in handled):
+                results.append(await self._one(conn, index, item))
             await conn.execute("COMMIT")
-        except Exception as exc:
+        except Exception as exc:  # the whole batch failed: tell every caller
             with contextlib.suppress(Exception):
                 await conn.execute("ROLLBACK")
             error = StoreError(f"write batch failed: {exc}")
@@ -192,6 +200,39 @@ class SQLiteStore:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+
+    @staticmethod
+    async def _one(conn: aiosqlite.Connection, index: int, item: _Write) -> tuple[_Write, bool, Any]:
+        """One write under its own savepoint: its failure is its caller's, not the batch's."""
+        await conn.execute(f"SAVEPOINT s{index}")
+        try:
+            value = await item.op(conn)
+        except Exception as exc:  # each write's failure belongs to its caller
+            await conn.execute(f"ROLLBACK TO s{index}")
+            await conn.execute(f"RELEASE s{index}")
+            return item, False, exc
+        await conn.execute(f"RELEASE s{index}")
+        return item, True, value
+
+    @staticmethod
+    async def _fast_commits(conn: aiosqlite.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
+        """All commits of the batch in two ``executemany`` calls. If any row lost its compare-and-set or
+        hit a unique index, undo and let the slow path (one savepoint each) sort out who failed."""
+        plans = [item.fast for item in items if item.fast is not None]
+        await conn.execute("SAVEPOINT fast")
+        try:
+            cursor = await conn.executemany(_UPDATE_WF, [plan.params for plan in plans])
+            if cursor.rowcount != len(plans):
+                raise _FastPathMiss
+            events = [plan.event_row for plan in plans if plan.event_row is not None]
+            if events:
+                await conn.executemany(_INSERT_EVENT, events)
+        except (sqlite3.IntegrityError, _FastPathMiss):
+            await conn.execute("ROLLBACK TO fast")
+            await conn.execute("RELEASE fast")
+            return []
+        await conn.execute("RELEASE fast")
+        return [(item, True, plan.result) for item, plan in zip(items, plans, strict=True)]
 
     # -- writes --------------------------------------------------------------------------------------
 
@@ -223,9 +264,11 @@ class SQLiteStore:
                 raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
             if event is not None:
                 await conn.execute(_INSERT_EVENT, event_to_row(event))
-            return replace(workflow, version=workflow.version + 1)
+            return stored
 
-        result: Workflow = await self._submit(op)
+        stored = replace(workflow, version=workflow.version + 1)
+        fast = _FastCommit(params, None if event is None else event_to_row(event), stored)
+        result: Workflow = await self._submit(op, fast)
         return result
 
     async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:
