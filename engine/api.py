@@ -1,0 +1,403 @@
+"""The HTTP API (aiohttp.web): submit and follow withdrawals, health, metrics, and the OpenAPI document.
+
+Routes (``engine/openapi.json`` is the contract; a test validates every answer against it)::
+
+    POST /v1/withdrawals                 201 new, 200 replay (same Idempotency-Key, same body), 409, 422
+    GET  /v1/withdrawals                 ?state=&limit=&cursor=  (cursor: the last id of the previous page)
+    GET  /v1/withdrawals/{id}            404 when unknown
+    POST /v1/withdrawals/{id}/cancel     202; 409 when already terminal
+    POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon"}: 202; 409 unless needs_review
+    GET  /v1/withdrawals/{id}/events     the audit log, in order
+    GET  /healthz                        no authentication
+    GET  /metrics                        Prometheus text format
+    GET  /openapi.json
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time). Every
+error answer has one shape: ``{"error": {"name": ..., "message": ..., "fields": {...}}}``. Amounts are
+strings, always. Answers never carry a key, a token or a JWT: the workflow view holds none, and engine
+errors are built without them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from engine.core import Engine
+from engine.errors import (
+    EngineError,
+    IdempotencyConflict,
+    InvalidRequest,
+    InvalidTransition,
+    WorkflowNotFound,
+)
+from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from engine.metrics import Metrics
+from engine.models import State, WithdrawalRequest, Workflow
+
+__all__ = [
+    "ApiError",
+    "create_app",
+    "error_body",
+    "openapi_document",
+    "parse_withdrawal",
+    "start_site",
+    "workflow_view",
+]
+
+log = structlog.get_logger("engine.api")
+
+ENGINE = web.AppKey("engine", Engine)
+METRICS = web.AppKey("metrics", Metrics)
+MAX_BODY = web.AppKey("max_body_bytes", int)
+OPENAPI = web.AppKey("openapi", bytes)
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+_ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
+_REQUIRED = ("currency", "net_type", "amount", "address")
+#: Valid stand-ins: a field that failed is replaced by one, so the next failing field shows up too.
+_STAND_INS: dict[str, Any] = {
+    "currency": "BTC",
+    "net_type": "BTC",
+    "amount": "1",
+    "address": "stand-in",
+    "secondary_address": None,
+    "transaction_type": "default",
+    "account": "default",
+    "exchange_name": None,
+}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable machine name, a sentence, and per-field messages."""
+
+    def __init__(self, status: int, name: str, message: str, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.name = name
+        self.message = message
+        self.fields = dict(fields or {})
+
+    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
+        """The JSON error answer."""
+        return _json(error_body(self.name, self.message, self.fields), status=self.status, headers=headers)
+
+
+def error_body(name: str, message: str, fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``{"error": {"name", "message"[, "fields"]}}``: the one error shape of the API."""
+    error: dict[str, Any] = {"name": name, "message": message}
+    if fields:
+        error["fields"] = dict(fields)
+    return {"error": error}
+
+
+def workflow_view(wf: Workflow) -> dict[str, Any]:
+    """The one JSON view of a workflow (API answers, ``--json`` CLI output)."""
+    return {
+        "id": wf.id,
+        "state": wf.state.value,
+        "request": wf.request.to_dict(),
+        "exchange_uuid": wf.exchange_uuid,
+        "txid": wf.txid,
+        "exchange_state": wf.exchange_state,
+        "reason": wf.reason,
+        "error": wf.error,
+        "submit_count": wf.submit_count,
+        "cancel_requested": wf.cancel_requested,
+        "resolution": wf.resolution,
+        "created_at": wf.created_at.isoformat(),
+        "updated_at": wf.updated_at.isoformat(),
+        "lane": wf.lane,
+    }
+
+
+def parse_withdrawal(data: object) -> WithdrawalRequest:
+    """A request from a JSON body, or an :class:`ApiError` (422) naming *every* bad field.
+
+    The model validates one field at a time; a failed field is swapped for a valid stand-in and the
+    model asked again, so the answer lists all problems at once while the rules stay in one place.
+    """
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    fields = {key: "unknown field" for key in sorted(set(data) - set(_STAND_INS))}
+    candidate = {key: value for key, value in data.items() if key in _STAND_INS}
+    for key in _REQUIRED:
+        if candidate.get(key) in (None, ""):
+            fields[key] = "is required"
+            candidate[key] = _STAND_INS[key]
+    if isinstance(candidate.get("amount"), bool | int | float):
+        fields["amount"] = 'must be a string holding a decimal number, e.g. "0.01"'
+        candidate["amount"] = _STAND_INS["amount"]
+    for _ in range(len(_STAND_INS) + 1):
+        try:
+            request = WithdrawalRequest.from_dict(candidate)
+            break
+        except InvalidRequest as exc:
+            if exc.field not in _STAND_INS or exc.field in fields:
+                fields[exc.field or "body"] = exc.message
+                break
+            fields[exc.field] = exc.message.removeprefix(f"{exc.field}: ")
+            candidate[exc.field] = _STAND_INS[exc.field]
+    if fields:
+        raise ApiError(422, "invalid_request", "the withdrawal request is invalid", fields)
+    return request
+
+
+def openapi_document() -> bytes:
+    """``engine/openapi.json``, as shipped in the package."""
+    return resources.files("engine").joinpath("openapi.json").read_bytes()
+
+
+def _json(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":"), default=str).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+# -- middlewares ---------------------------------------------------------------------------------------
+
+
+def _error_middleware() -> Any:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            return exc.response()
+        except EngineError as exc:
+            answer = _engine_error(exc)
+            status = answer.status
+            return answer.response()
+        except web.HTTPException as exc:
+            status = exc.status
+            return _http_error(exc).response()
+        except Exception:
+            log.exception("api.crashed", method=request.method, path=request.path)
+            return ApiError(500, "internal_error", "internal error; see the service log").response()
+        finally:
+            log.info(
+                "api.request", method=request.method, path=request.path, status=status,
+                ms=round((time.monotonic() - started) * 1000, 1),
+            )  # fmt: skip
+
+    return errors
+
+
+def _engine_error(exc: EngineError) -> ApiError:
+    if isinstance(exc, InvalidRequest):
+        field = exc.field or "body"
+        return ApiError(422, "invalid_request", exc.message, {field: exc.message.removeprefix(f"{field}: ")})
+    if isinstance(exc, WorkflowNotFound):
+        return ApiError(404, "not_found", exc.message)
+    if isinstance(exc, IdempotencyConflict):
+        return ApiError(409, "idempotency_conflict", exc.message)
+    if isinstance(exc, InvalidTransition):
+        return ApiError(409, "invalid_transition", exc.message)
+    log.error("api.engine_error", error=type(exc).__name__, message=exc.message)
+    return ApiError(503, "unavailable", "the engine could not complete the request; see the service log")
+
+
+def _http_error(exc: web.HTTPException) -> ApiError:
+    names = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+    name = names.get(exc.status, "http_error")
+    message = "no such route" if exc.status == 404 else exc.reason
+    if exc.status == 413:
+        message = "the body is larger than api.max_body_bytes"
+    return ApiError(exc.status, name, message)
+
+
+def _auth_middleware(token: str) -> Any:
+    expected = token.encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+            error = ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+            return error.response(headers={"WWW-Authenticate": 'Bearer realm="upbit-withdraw"'})
+        return await handler(request)
+
+    return auth
+
+
+# -- handlers ------------------------------------------------------------------------------------------
+
+
+async def _body(request: web.Request) -> Any:
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", "the body is larger than api.max_body_bytes")
+    raw = await request.read()
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+
+
+def _workflow_id(request: web.Request) -> str:
+    workflow_id = request.match_info["id"]
+    if not _ID_RE.fullmatch(workflow_id):
+        raise ApiError(404, "not_found", f"no workflow has the id {workflow_id[:80]!r}")
+    return workflow_id
+
+
+async def submit(request: web.Request) -> web.Response:
+    """POST /v1/withdrawals."""
+    withdrawal = parse_withdrawal(await _body(request))
+    key = request.headers.get("Idempotency-Key")
+    engine = request.app[ENGINE]
+    replay = bool(key) and await engine.store.get_by_idempotency_key(key or "") is not None
+    wf = await engine.submit(withdrawal, idempotency_key=key)
+    return _json(workflow_view(wf), status=200 if replay else 201, headers={"Location": f"/v1/withdrawals/{wf.id}"})
+
+
+async def get_withdrawal(request: web.Request) -> web.Response:
+    """GET /v1/withdrawals/{id}."""
+    return _json(workflow_view(await request.app[ENGINE].get(_workflow_id(request))))
+
+
+def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | None]:
+    fields: dict[str, str] = {}
+    for key in sorted(set(query) - {"state", "limit", "cursor"}):
+        fields[key] = "unknown parameter"
+    state: State | None = None
+    if query.get("state"):
+        try:
+            state = State(query["state"])
+        except ValueError:
+            fields["state"] = f"must be one of {', '.join(s.value for s in State)}"
+    limit = DEFAULT_PAGE
+    if query.get("limit"):
+        try:
+            limit = int(query["limit"])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            fields["limit"] = f"must be an integer between 1 and {MAX_PAGE}"
+    cursor = query.get("cursor") or None
+    if cursor is not None and not _ID_RE.fullmatch(cursor):
+        fields["cursor"] = "must be a workflow id (the next_cursor of the previous page)"
+    if fields:
+        raise ApiError(422, "invalid_request", "invalid query parameters", fields)
+    return state, limit, cursor
+
+
+async def list_withdrawals(request: web.Request) -> web.Response:
+    """GET /v1/withdrawals?state=&limit=&cursor=."""
+    state, limit, cursor = _list_params(request.query)
+    items = await request.app[ENGINE].list(state=state, limit=limit, before=cursor)
+    next_cursor = items[-1].id if len(items) == limit else None
+    return _json({"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """POST /v1/withdrawals/{id}/cancel."""
+    return _json(workflow_view(await request.app[ENGINE].cancel(_workflow_id(request))), status=202)
+
+
+async def resolve(request: web.Request) -> web.Response:
+    """POST /v1/withdrawals/{id}/resolve with ``{"action": "resubmit"|"abandon"}``."""
+    workflow_id = _workflow_id(request)
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) != {"action"} or not isinstance(body["action"], str):
+        raise ApiError(
+            422, "invalid_request", 'the body must be {"action": "resubmit"} or {"action": "abandon"}',
+            {"action": "must be resubmit or abandon"},
+        )  # fmt: skip
+    return _json(workflow_view(await request.app[ENGINE].resolve(workflow_id, body["action"])), status=202)
+
+
+async def events(request: web.Request) -> web.Response:
+    """GET /v1/withdrawals/{id}/events."""
+    workflow_id = _workflow_id(request)
+    found = [e.to_dict() async for e in request.app[ENGINE].events(workflow_id, follow=False)]
+    return _json({"workflow_id": workflow_id, "events": found})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the store answers."""
+    try:
+        await request.app[ENGINE].store.count_by_state()
+    except Exception as exc:
+        log.warning("api.unhealthy", error=type(exc).__name__)
+        return _json({"status": "unavailable"}, status=503)
+    return _json({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics."""
+    registry = request.app[METRICS]
+    await registry.refresh()
+    response = web.Response(body=registry.render())
+    response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+# -- wiring --------------------------------------------------------------------------------------------
+
+
+def create_app(
+    engine: Engine, *, token: str, metrics_registry: Metrics | None = None, max_body_bytes: int = 65536
+) -> web.Application:
+    """The API over ``engine`` (entered by the caller). ``token`` must be at least 16 characters."""
+    if len(token) < 16:
+        raise ValueError("the API token must be at least 16 characters")
+    app = web.Application(middlewares=[_error_middleware(), _auth_middleware(token)], client_max_size=max_body_bytes)
+    app[ENGINE] = engine
+    if metrics_registry is None:
+        metrics_registry = Metrics()
+        metrics_registry.bind(engine)
+    app[METRICS] = metrics_registry
+    app[MAX_BODY] = max_body_bytes
+    app[OPENAPI] = openapi_document()
+    app.router.add_post("/v1/withdrawals", submit)
+    app.router.add_get("/v1/withdrawals", list_withdrawals, allow_head=False)
+    app.router.add_get("/v1/withdrawals/{id}", get_withdrawal, allow_head=False)
+    app.router.add_post("/v1/withdrawals/{id}/cancel", cancel)
+    app.router.add_post("/v1/withdrawals/{id}/resolve", resolve)
+    app.router.add_get("/v1/withdrawals/{id}/events", events, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
+    return app
+
+
+async def start_site(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on host:port (0: any free port); returns the runner (``await runner.cleanup()``) and
+    the URL it listens on."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0]
+    bound_host, bound_port = str(bound[0]), int(bound[1])
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return runner, f"http://{shown}:{bound_port}"

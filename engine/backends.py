@@ -1,0 +1,248 @@
+"""Where the CLI's workflow commands go: straight to the store, or to a running service over HTTP.
+
+Both backends speak the HTTP API's vocabulary: they take and return the API's JSON views
+(:func:`engine.api.workflow_view`) and fail with :class:`engine.api.ApiError` or an
+:class:`~engine.errors.EngineError`, so the CLI renders and maps exit codes once for both.
+
+The store backend opens an :class:`~engine.Engine` with ``run_runner=False``: it writes intents and
+reads state; a ``upbit-withdraw run`` service (or any runner on the same store) does the work. It loads
+no exchange keys: a CLI that only reads and writes the store has no business holding them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from engine.api import ApiError, parse_withdrawal, workflow_view
+from engine.bootstrap import open_store
+from engine.clock import SystemClock
+from engine.config import AccountConfig, Config
+from engine.core import Engine
+from engine.errors import ConfigError, EngineError
+from engine.models import State
+from engine.upbit.auth import Credentials
+from engine.upbit.client import UpbitClient
+from engine.upbit.gateway import Gateway
+
+__all__ = ["API_TOKEN_ENV", "Backend", "HttpBackend", "ServiceUnreachable", "StoreBackend", "wait_settled"]
+
+API_TOKEN_ENV = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the name of a variable, not a token
+#: Placeholder credentials of the store backend's gateways. They are never used (no runner runs in a CLI
+#: process); if they were, the exchange would refuse them. Only account *names* matter there.
+_OFFLINE = Credentials("offline-cli-no-exchange-access", "offline-cli-no-exchange-access")
+
+
+class ServiceUnreachable(EngineError):
+    """The service (or the exchange) could not be reached."""
+
+
+class Backend(Protocol):
+    """The workflow commands, in the HTTP API's JSON vocabulary."""
+
+    async def __aenter__(self) -> Backend: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """(workflow view, True when newly created)."""
+        ...
+
+    async def get(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow view."""
+        ...
+
+    async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        """``{"withdrawals": [...], "next_cursor": ...}``."""
+        ...
+
+    async def cancel(self, workflow_id: str) -> dict[str, Any]:
+        """Ask to cancel; the workflow view."""
+        ...
+
+    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
+        """An operator's decision; the workflow view."""
+        ...
+
+    async def events(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The audit log."""
+        ...
+
+
+def _offline_gateway(account: AccountConfig) -> Gateway:
+    client = UpbitClient(_OFFLINE, region=None if account.base_url else account.region, base_url=account.base_url)
+    return Gateway(client)
+
+
+class StoreBackend:
+    """Reads and writes the store directly (``Engine(run_runner=False)``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.engine = Engine(
+            store=open_store(config.engine.database),
+            gateways={name: _offline_gateway(account) for name, account in config.accounts.items()},
+            clock=SystemClock(),
+            settings=config.workflow,
+            policy=config.policy,
+            run_runner=False,
+            concurrency=config.engine.concurrency,
+            lease_seconds=config.engine.lease_seconds,
+        )
+
+    async def __aenter__(self) -> StoreBackend:
+        await self.engine.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.engine.__aexit__(*exc)
+
+    async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """Validate (every bad field named), persist, report whether it was new."""
+        request = parse_withdrawal(dict(body))
+        replay = bool(idempotency_key) and (
+            await self.engine.store.get_by_idempotency_key(idempotency_key or "") is not None
+        )
+        wf = await self.engine.submit(request, idempotency_key=idempotency_key)
+        return workflow_view(wf), not replay
+
+    async def get(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow view."""
+        return workflow_view(await self.engine.get(workflow_id))
+
+    async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        """One page, newest first."""
+        try:
+            wanted = State(state) if state else None
+        except ValueError:
+            raise ApiError(422, "invalid_request", "invalid state", {"state": f"unknown state {state!r}"}) from None
+        items = await self.engine.list(state=wanted, limit=limit, before=cursor)
+        next_cursor = items[-1].id if len(items) == limit else None
+        return {"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor}
+
+    async def cancel(self, workflow_id: str) -> dict[str, Any]:
+        """Flag for cancellation."""
+        return workflow_view(await self.engine.cancel(workflow_id))
+
+    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
+        """Record the operator's decision."""
+        return workflow_view(await self.engine.resolve(workflow_id, action))
+
+    async def events(self, workflow_id: str) -> list[dict[str, Any]]:
+        """Every event so far."""
+        return [e.to_dict() async for e in self.engine.events(workflow_id, follow=False)]
+
+
+class HttpBackend:
+    """Talks to a running ``upbit-withdraw run`` service."""
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 15.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"not an http(s) URL: {url!r}", key="--api")
+        if not token:
+            raise ConfigError(f"set {API_TOKEN_ENV} to the service's API token", key=API_TOKEN_ENV)
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<HttpBackend {self.url}>"
+
+    async def __aenter__(self) -> HttpBackend:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(
+        self, method: str, path: str, *, body: Any = None, headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:  # fmt: skip
+        if self._session is None:
+            raise RuntimeError("use 'async with HttpBackend(...)'")
+        data = None if body is None else json.dumps(body).encode()
+        sent = {**(headers or {}), **({"Content-Type": "application/json"} if data is not None else {})}
+        try:
+            async with self._session.request(
+                method, f"{self.url}{path}", data=data, headers=sent, params=params
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ServiceUnreachable(f"cannot reach the service at {self.url}: {type(exc).__name__}") from None
+        return status, self._decode(status, raw)
+
+    @staticmethod
+    def _decode(status: int, raw: bytes) -> Any:
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = None
+        if status < 400:
+            if payload is None:
+                raise ServiceUnreachable(f"the service answered {status} without a JSON body")
+            return payload
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            raise ApiError(status, str(error.get("name")), str(error.get("message")), error.get("fields"))
+        raise ApiError(status, "http_error", f"the service answered {status}")
+
+    async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """POST /v1/withdrawals."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        status, payload = await self._call("POST", "/v1/withdrawals", body=dict(body), headers=headers)
+        return payload, status == 201
+
+    async def get(self, workflow_id: str) -> dict[str, Any]:
+        """GET /v1/withdrawals/{id}."""
+        return dict((await self._call("GET", f"/v1/withdrawals/{workflow_id}"))[1])
+
+    async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        """GET /v1/withdrawals."""
+        params = {k: v for k, v in (("state", state), ("limit", str(limit)), ("cursor", cursor)) if v}
+        return dict((await self._call("GET", "/v1/withdrawals", params=params))[1])
+
+    async def cancel(self, workflow_id: str) -> dict[str, Any]:
+        """POST /v1/withdrawals/{id}/cancel."""
+        return dict((await self._call("POST", f"/v1/withdrawals/{workflow_id}/cancel"))[1])
+
+    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
+        """POST /v1/withdrawals/{id}/resolve."""
+        path = f"/v1/withdrawals/{workflow_id}/resolve"
+        return dict((await self._call("POST", path, body={"action": action}))[1])
+
+    async def events(self, workflow_id: str) -> list[dict[str, Any]]:
+        """GET /v1/withdrawals/{id}/events."""
+        return list((await self._call("GET", f"/v1/withdrawals/{workflow_id}/events"))[1]["events"])
+
+
+async def wait_settled(
+    backend: Backend,
+    workflow_id: str,
+    *,
+    on_change: Callable[[dict[str, Any]], None] | None = None,
+    interval: float = 0.25,
+) -> dict[str, Any]:
+    """Poll until the workflow is terminal or needs an operator; ``on_change(view)`` on every new state.
+
+    Bound it with ``asyncio.timeout``."""
+    settled = {s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value}
+    seen: str | None = None
+    while True:
+        view = await backend.get(workflow_id)
+        if view["state"] != seen:
+            seen = view["state"]
+            if on_change is not None:
+                on_change(view)
+        if view["state"] in settled:
+            return view
+        await asyncio.sleep(interval)
