@@ -1,0 +1,559 @@
+"""``upbit-withdraw``: the command line (click + rich). Tables for people, ``--json`` for programs.
+
+Workflow commands (submit, status, list, history, cancel, resolve) work on the store directly, or with
+``--api URL`` on a running service (token from ``UPBIT_WITHDRAW_API_TOKEN``). Exchange commands
+(addresses, wallet-status, chance) call Upbit through the configured account. ``run`` is the service,
+``sandbox`` the simulated exchange, ``demo`` both at once with a scripted batch.
+
+Exit codes (documented in the README and ``--help``)::
+
+    0   ok
+    1   the workflow did not end DONE (failed, rejected, cancelled, aborted, needs_review) - submit --wait
+    2   usage or configuration error (the message names the option or the config key)
+    3   not found
+    4   conflict: idempotency key reused for another request, or a transition not allowed now
+    5   the exchange, the store or the service is unreachable (or refused the call)
+    6   submit --wait timed out (the workflow goes on)
+    70  internal error (a bug: please report it)
+
+Errors print one line on stderr: never a traceback, never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine.api import ApiError
+from engine.backends import API_TOKEN_ENV, Backend, HttpBackend, ServiceUnreachable, StoreBackend, wait_settled
+from engine.bootstrap import build_gateway
+from engine.clock import SystemClock
+from engine.config import Config, load_config
+from engine.demo import run_demo
+from engine.errors import (
+    ConfigError,
+    EngineError,
+    ExchangeError,
+    IdempotencyConflict,
+    InvalidRequest,
+    InvalidTransition,
+    WorkflowNotFound,
+)
+from engine.logging import configure_logging, redact_secrets
+from engine.models import State
+from engine.sandbox import run_sandbox
+from engine.service import serve
+
+__all__ = ["EXIT", "cli", "main", "run_cli"]
+
+T = TypeVar("T")
+
+EXIT = {
+    "ok": 0,
+    "workflow_failed": 1,
+    "usage": 2,
+    "not_found": 3,
+    "conflict": 4,
+    "unreachable": 5,
+    "timeout": 6,
+    "internal": 70,
+}
+_PATH = ("pending", "verifying_address", "checking_wallet", "submitting", "WAITING", "PROCESSING")
+_SETTLED = {s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value}
+_STATE_STYLE = {"DONE": "green", "aborted": "red", "FAILED": "red", "REJECTED": "red", "needs_review": "yellow"}
+
+
+class WaitTimeout(EngineError):
+    """Stopped waiting; the workflow goes on."""
+
+
+@dataclasses.dataclass(slots=True)
+class Options:
+    """Global options (accepted before or after the command name)."""
+
+    config: str | None = None
+    database: str | None = None
+    json: bool = False
+    api: str | None = None
+
+
+def _remember(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, _: click.Parameter, value: Any) -> Any:
+        if value not in (None, False):
+            setattr(ctx.ensure_object(Options), name, value)
+        return value
+
+    return callback
+
+
+def _global_options(func: Callable[..., T]) -> Callable[..., T]:
+    options = [
+        click.option(
+            "--config", type=click.Path(dir_okay=False), envvar="UPBIT_WITHDRAW_CONFIG", expose_value=False,
+            callback=_remember("config"), help="TOML config file (env UPBIT_WITHDRAW_CONFIG).",
+        ),
+        click.option(
+            "--database", expose_value=False, callback=_remember("database"),
+            help="Store URL override (sqlite:///path or postgresql://...).",
+        ),
+        click.option("--json", is_flag=True, expose_value=False, callback=_remember("json"), help="Machine output."),
+        click.option(
+            "--api", metavar="URL", expose_value=False, callback=_remember("api"),
+            help=f"Talk to a running service (token from {API_TOKEN_ENV}) instead of the store.",
+        ),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _opts() -> Options:
+    return click.get_current_context().ensure_object(Options)
+
+
+def _load(opts: Options, **overrides: Any) -> Config:
+    return load_config(opts.config, overrides={"engine.database": opts.database, **overrides})
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+# -- output ----------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: Decimals and datetimes as strings, dataclasses as objects."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    converters: list[tuple[type, Callable[[Any], Any]]] = [
+        (Decimal, lambda d: format(d, "f")),
+        (datetime, lambda d: d.isoformat()),
+        (Enum, lambda e: e.value),
+    ]
+    return next((convert(value) for kind, convert in converters if isinstance(value, kind)), value)
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(_plain(data), indent=2, ensure_ascii=False))
+
+
+def _styled(state: str) -> str:
+    style = _STATE_STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state
+
+
+def _show_workflow(view: dict[str, Any], title: str | None = None) -> None:
+    req = view["request"]
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("id", view["id"]),
+        ("state", _styled(view["state"])),
+        ("withdrawal", f"{req['amount']} {req['currency']} on {req['net_type']} ({req['transaction_type']})"),
+        ("to", req["address"] + (f"  tag/memo {req['secondary_address']}" if req["secondary_address"] else "")),
+        ("account", req["account"]),
+        ("reason", view["reason"]),
+        ("exchange uuid", view["exchange_uuid"]),
+        ("exchange state", view["exchange_state"]),
+        ("txid", view["txid"]),
+        ("submits", str(view["submit_count"])),
+        ("cancel requested", "yes" if view["cancel_requested"] else None),
+        ("resolution", view["resolution"]),
+        ("error", json.dumps(view["error"]) if view["error"] else None),
+        ("created", view["created_at"]),
+        ("updated", view["updated_at"]),
+    ]
+    for name, value in rows:
+        if value:
+            table.add_row(name, value)
+    _console().print(table)
+
+
+def _show_page(page: dict[str, Any]) -> None:
+    table = Table("id", "state", "withdrawal", "reason", "updated")
+    for view in page["withdrawals"]:
+        req = view["request"]
+        table.add_row(
+            view["id"], _styled(view["state"]), f"{req['amount']} {req['currency']}/{req['net_type']}",
+            view["reason"] or "", view["updated_at"],
+        )  # fmt: skip
+    console = _console()
+    console.print(table)
+    if page["next_cursor"]:
+        console.print(f"more: --cursor {page['next_cursor']}")
+
+
+def _show_events(events: list[dict[str, Any]]) -> None:
+    table = Table("seq", "at", "trigger", "from", "to", "data")
+    for event in events:
+        data = json.dumps(event["data"], separators=(",", ":"), default=str)
+        table.add_row(
+            str(event["seq"]), event["at"], event["trigger"], event["from"] or "", _styled(event["to"]),
+            data if len(data) <= 100 else data[:97] + "...",
+        )  # fmt: skip
+    _console().print(table)
+
+
+def _show_rows(title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    _console().print(table)
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+
+
+def _clean(message: str) -> str:
+    """One line, secrets masked (registered keys, JWTs, bearer tokens)."""
+    scrubbed = redact_secrets(None, "", {"message": message})["message"]
+    return " ".join(str(scrubbed).split())
+
+
+def _api_error_code(exc: ApiError) -> int:
+    if exc.status == 404:
+        return EXIT["not_found"]
+    if exc.status == 409:
+        return EXIT["conflict"]
+    if exc.status >= 500:
+        return EXIT["unreachable"]
+    return EXIT["usage"]
+
+
+def _describe(exc: BaseException) -> tuple[int, str]:
+    """Exit code and one-line message for an error that ends a command."""
+    if isinstance(exc, ApiError):
+        detail = "; ".join(f"{k}: {v}" for k, v in exc.fields.items())
+        suffix = f" ({detail})" if detail else ""
+        if exc.status == 401:
+            return EXIT["usage"], f"the service refused the token: check {API_TOKEN_ENV}"
+        return _api_error_code(exc), f"{exc.message}{suffix}"
+    table: list[tuple[type[BaseException], str, str]] = [
+        (ConfigError, "usage", "configuration error: "),
+        (InvalidRequest, "usage", "invalid request: "),
+        (WorkflowNotFound, "not_found", "not found: "),
+        (IdempotencyConflict, "conflict", "conflict: "),
+        (InvalidTransition, "conflict", "not allowed now: "),
+        (WaitTimeout, "timeout", ""),
+        (ServiceUnreachable, "unreachable", ""),
+        (ExchangeError, "unreachable", "exchange error: "),
+        (EngineError, "unreachable", "store error: "),
+    ]
+    for kind, code, prefix in table:
+        if isinstance(exc, kind):
+            return EXIT[code], prefix + str(exc)
+    if isinstance(exc, ValueError):
+        return EXIT["usage"], str(exc)
+    if isinstance(exc, OSError):
+        return EXIT["unreachable"], f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return EXIT["internal"], f"internal error ({type(exc).__name__}): {exc}; please report it"
+
+
+# -- the group -------------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_global_options
+@click.version_option(package_name="upbit-withdraw-engine", prog_name="upbit-withdraw")
+def cli() -> None:
+    """Crash-safe withdrawals off Upbit: each one is a persisted state machine.
+
+    \b
+    Exit codes: 0 ok; 1 the workflow did not end DONE (submit --wait); 2 usage or config error;
+    3 not found; 4 conflict (idempotency key, transition not allowed); 5 exchange, store or
+    service unreachable; 6 submit --wait timed out; 70 internal error.
+    """
+    configure_logging(level="WARNING", stream=sys.stderr)
+
+
+def _backend(opts: Options) -> Backend:
+    if opts.api:
+        return HttpBackend(opts.api, os.environ.get(API_TOKEN_ENV))
+    return StoreBackend(_load(opts))
+
+
+async def _with_backend(opts: Options, action: Callable[[Backend], Coroutine[Any, Any, T]]) -> T:
+    async with _backend(opts) as backend:
+        return await action(backend)
+
+
+# -- workflow commands -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@_global_options
+@click.option("--currency", required=True, help="Currency code, e.g. BTC.")
+@click.option("--net-type", required=True, help="Network, e.g. BTC, ETH, TRX.")
+@click.option("--amount", required=True, help="Decimal amount, e.g. 0.01 (exact; never rounded).")
+@click.option("--address", required=True, help="Destination; must be in the Open API allowlist.")
+@click.option("--secondary-address", help="Tag/memo (omit to use the registered one).")
+@click.option("--transaction-type", type=click.Choice(["default", "internal"]), default="default", show_default=True)
+@click.option("--account", default="default", show_default=True, help="Configured account that pays.")
+@click.option("--exchange-name", help="Receiving exchange, when the allowlist names one.")
+@click.option("--idempotency-key", help="Same key + same request = the same workflow, never a second one.")
+@click.option("--wait", is_flag=True, help="Follow the workflow until it ends (progress on stderr).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=900.0, show_default=True, help="--wait limit (s).")
+def submit(
+    *,
+    currency: str, net_type: str, amount: str, address: str, secondary_address: str | None,
+    transaction_type: str, account: str, exchange_name: str | None, idempotency_key: str | None,
+    wait: bool, timeout: float,
+) -> None:  # fmt: skip
+    """Submit a withdrawal (and optionally wait for its end)."""
+    opts = _opts()
+    body = {
+        "currency": currency.upper(), "net_type": net_type.upper(), "amount": amount, "address": address,
+        "secondary_address": secondary_address, "transaction_type": transaction_type, "account": account,
+        "exchange_name": exchange_name,
+    }  # fmt: skip
+    body = {k: v for k, v in body.items() if v is not None}
+
+    async def go(backend: Backend) -> dict[str, Any]:
+        view, created = await backend.submit(body, idempotency_key)
+        if not opts.json:
+            note = "submitted" if created else "already submitted under this idempotency key"
+            click.echo(f"{view['id']}: {note}", err=True)
+        if wait and view["state"] not in _SETTLED:
+            view = await _follow(backend, view, limit=timeout)
+        return view
+
+    view = _run(_with_backend(opts, go))
+    _emit_json(view) if opts.json else _show_workflow(view)
+    if wait and view["state"] != State.DONE.value:
+        sys.exit(EXIT["workflow_failed"])
+
+
+async def _follow(backend: Backend, view: dict[str, Any], *, limit: float) -> dict[str, Any]:
+    """Poll until settled, with a progress bar on stderr; a hint when nothing processes the store."""
+    stderr = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    started = time.monotonic()
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        task = progress.add_task(view["id"], total=len(_PATH))
+
+        def update(current: dict[str, Any]) -> None:
+            state = current["state"]
+            done = len(_PATH) if state in _SETTLED else _PATH.index(state) if state in _PATH else 3
+            hint = ""
+            if state == "pending" and time.monotonic() - started > 5:
+                hint = "  (no runner has picked it up: is `upbit-withdraw run` serving this store?)"
+            progress.update(task, completed=done, description=f"{current['id']} {_styled(state)}{hint}")
+
+        try:
+            async with asyncio.timeout(limit):
+                return await wait_settled(backend, view["id"], on_change=update)
+        except TimeoutError:
+            raise WaitTimeout(f"still not finished after {limit:g} s; follow it with: status {view['id']}") from None
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+def status(workflow_id: str) -> None:
+    """Show one withdrawal."""
+    opts = _opts()
+    view = _run(_with_backend(opts, lambda b: b.get(workflow_id)))
+    _emit_json(view) if opts.json else _show_workflow(view)
+
+
+@cli.command(name="list")
+@_global_options
+@click.option("--state", type=click.Choice([s.value for s in State]), help="Only this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", help="The id printed as 'more: --cursor ...' by the previous page.")
+def list_(state: str | None, limit: int, cursor: str | None) -> None:
+    """List withdrawals, newest first."""
+    opts = _opts()
+    page = _run(_with_backend(opts, lambda b: b.page(state=state, limit=limit, cursor=cursor)))
+    _emit_json(page) if opts.json else _show_page(page)
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+def history(workflow_id: str) -> None:
+    """Show a withdrawal's audit log (every transition, in order)."""
+    opts = _opts()
+    events = _run(_with_backend(opts, lambda b: b.events(workflow_id)))
+    _emit_json(events) if opts.json else _show_events(events)
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+def cancel(workflow_id: str) -> None:
+    """Ask to cancel: locally before submission, at the exchange after."""
+    opts = _opts()
+    view = _run(_with_backend(opts, lambda b: b.cancel(workflow_id)))
+    _emit_json(view) if opts.json else _show_workflow(view, title="cancellation requested")
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+@click.option("--action", type=click.Choice(["resubmit", "abandon"]), required=True)
+def resolve(workflow_id: str, action: str) -> None:
+    """Decide a needs_review withdrawal: resubmit (send again) or abandon (end as aborted)."""
+    opts = _opts()
+    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action)))
+    _emit_json(view) if opts.json else _show_workflow(view, title=f"resolution recorded: {action}")
+
+
+# -- exchange commands -----------------------------------------------------------------------------------
+
+
+def _exchange_call(opts: Options, account: str, call: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    if opts.api:
+        raise click.UsageError("this command calls the exchange through the configured account; drop --api")
+    config = _load(opts)
+    if account not in config.accounts:
+        raise ConfigError(
+            f"no such account (configured: {', '.join(sorted(config.accounts))})", key=f"accounts.{account}"
+        )
+
+    async def go() -> T:
+        gateway = build_gateway(config.accounts[account], config.gateway, clock=SystemClock())
+        try:
+            return await call(gateway.client)
+        finally:
+            await gateway.aclose()
+
+    return _run(go())
+
+
+@cli.command()
+@_global_options
+@click.option("--account", default="default", show_default=True)
+@click.option("--currency", help="Only this currency.")
+def addresses(account: str, currency: str | None) -> None:
+    """List the Open API withdrawal allowlist (addresses registered on the Upbit website)."""
+    opts = _opts()
+    rows = [_plain(a) for a in _exchange_call(opts, account, lambda c: c.coin_addresses())]
+    rows = [r for r in rows if currency is None or r["currency"] == currency.upper()]
+    if opts.json:
+        _emit_json(rows)
+        return
+    columns = ["currency", "net_type", "withdraw_address", "secondary_address", "beneficiary_name", "exchange_name"]
+    _show_rows("Open API withdrawal allowlist", columns, rows)
+
+
+@cli.command(name="wallet-status")
+@_global_options
+@click.option("--account", default="default", show_default=True)
+@click.option("--currency", help="Only this currency.")
+def wallet_status(account: str, currency: str | None) -> None:
+    """Show deposit/withdrawal status per network (working, withdraw_only, paused, ...)."""
+    opts = _opts()
+    rows = [_plain(w) for w in _exchange_call(opts, account, lambda c: c.wallet_status())]
+    rows = [r for r in rows if currency is None or r["currency"] == currency.upper()]
+    if opts.json:
+        _emit_json(rows)
+        return
+    columns = ["currency", "net_type", "wallet_state", "block_state", "block_height", "block_elapsed_minutes"]
+    _show_rows("Wallet status", columns, rows)
+
+
+@cli.command()
+@_global_options
+@click.option("--account", default="default", show_default=True)
+@click.option("--currency", required=True)
+@click.option("--net-type", required=True)
+def chance(account: str, currency: str, net_type: str) -> None:
+    """Show what the exchange allows for (currency, network): fee, minimum, balance, limits."""
+    opts = _opts()
+    result = _plain(_exchange_call(opts, account, lambda c: c.chance(currency.upper(), net_type.upper())))
+    if opts.json:
+        _emit_json(result)
+        return
+    table = Table(title=f"Withdrawal chance {currency.upper()}/{net_type.upper()}", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    _console().print(table)
+
+
+# -- processes -------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@_global_options
+@click.option("--host", help="Bind address of the HTTP API (overrides api.host).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of the HTTP API (overrides api.port).")
+def run(host: str | None, port: int | None) -> None:
+    """Run the service: the runner and the HTTP API, until SIGTERM/SIGINT (then drain, exit 0)."""
+    opts = _opts()
+    config = _load(opts, **{"api.host": host, "api.port": port})
+    fmt = config.engine.log_format
+    configure_logging(level=config.engine.log_level, json=None if fmt == "auto" else fmt == "json")
+    _run(serve(config))
+
+
+@cli.command()
+@_global_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback only: the admin routes are open.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="Seed TOML (default: the built-in seed).")
+def sandbox(host: str, port: int, seed: str | None) -> None:
+    """Run the sandbox exchange (a simulated Upbit; demo keys; never real funds)."""
+    run_sandbox(host, port, seed)
+
+
+@cli.command()
+@_global_options
+@click.option("--count", type=click.IntRange(1, 500), default=20, show_default=True, help="Withdrawals to submit.")
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite file to keep (default: a temporary one).")
+def demo(count: int, db: str | None) -> None:
+    """Run a scripted batch against an in-process sandbox and show how each withdrawal ended."""
+    sys.exit(run_demo(count=count, db=db, as_json=_opts().json))
+
+
+# -- entry point -----------------------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (errors already printed)."""
+    try:
+        result = cli.main(args=argv, prog_name="upbit-withdraw", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT["usage"]
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("upbit-withdraw: interrupted", err=True)
+        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT["ok"]
+    except Exception as exc:
+        if os.environ.get("UPBIT_WITHDRAW_DEBUG") == "1":
+            raise
+        code, message = _describe(exc)
+        click.echo(f"upbit-withdraw: error: {_clean(message)}", err=True)
+        return code
+    return result if isinstance(result, int) else EXIT["ok"]
+
+
+def main() -> None:
+    """Console script entry point."""
+    sys.exit(run_cli())
