@@ -25,7 +25,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -154,7 +154,7 @@ def parse_withdrawal(data: object) -> WithdrawalRequest:
 
 def openapi_document() -> bytes:
     """``engine/openapi.json``, as shipped in the package."""
-    return resources.files("engine").joinpath("openapi.json").read_bytes()
+    return Path(__file__).with_name("openapi.json").read_bytes()
 
 
 def _json(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

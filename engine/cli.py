@@ -254,10 +254,10 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         return _api_error_code(exc), f"{exc.message}{suffix}"
     table: list[tuple[type[BaseException], str, str]] = [
         (ConfigError, "usage", "configuration error: "),
-        (InvalidRequest, "usage", "invalid request: "),
-        (WorkflowNotFound, "not_found", "not found: "),
-        (IdempotencyConflict, "conflict", "conflict: "),
-        (InvalidTransition, "conflict", "not allowed now: "),
+        (InvalidRequest, "usage", ""),
+        (WorkflowNotFound, "not_found", ""),
+        (IdempotencyConflict, "conflict", ""),
+        (InvalidTransition, "conflict", ""),
         (WaitTimeout, "timeout", ""),
         (ServiceUnreachable, "unreachable", ""),
         (ExchangeError, "unreachable", "exchange error: "),
@@ -557,3 +557,7 @@ def run_cli(argv: list[str] | None = None) -> int:
 def main() -> None:
     """Console script entry point."""
     sys.exit(run_cli())
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m engine.cli``
+    main()
