@@ -8,7 +8,7 @@ observers. Whatever effect follows (the POST) therefore happens after its intent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,12 +22,15 @@ from engine.policy import Policy, WorkflowSettings
 from engine.store.base import Store
 from engine.upbit.gateway import Gateway
 
-__all__ = ["StepContext", "TransitionObserver"]
+__all__ = ["Step", "StepContext", "TransitionObserver"]
 
 #: Called after every committed transition with (workflow before, workflow after, event).
 TransitionObserver = Callable[[Workflow, Workflow, Event], None]
 
 log = structlog.get_logger("engine")
+
+#: A step function: given a workflow due in its state, do I/O and move it (returns the stored result).
+Step = Callable[[Workflow, "StepContext"], Awaitable[Workflow]]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -41,6 +44,7 @@ class StepContext:
     settings: WorkflowSettings
     policy: Policy
     owner: str | None
+    steps: Mapping[State, Step] = field(default_factory=dict)
     observers: list[TransitionObserver] = field(default_factory=list)
 
     def gateway(self, workflow: Workflow) -> Gateway:

@@ -24,7 +24,6 @@ from engine.policy import Policy, WorkflowSettings
 from engine.runner import Runner
 from engine.store.base import Store
 from engine.upbit.gateway import Gateway
-from workflows.withdrawal import MACHINE
 
 __all__ = ["Engine"]
 
@@ -61,6 +60,10 @@ class Engine:
         self.policy = policy or Policy()
         self._changed = asyncio.Condition()
         self._notifications: set[asyncio.Task[None]] = set()
+        # Imported here, not at module top: workflows import engine modules, and engine/__init__ exports
+        # Engine, so a top-level import would make "import workflows.withdrawal" first a circular import.
+        from workflows.withdrawal import MACHINE, STEPS  # noqa: PLC0415
+
         self.ctx = StepContext(
             store=store,
             machine=MACHINE,
@@ -69,6 +72,7 @@ class Engine:
             settings=self.settings,
             policy=self.policy,
             owner=owner,
+            steps=STEPS,
             observers=[*(observers or []), self._on_transition],
         )
         self.runner = Runner(self.ctx, concurrency=concurrency, lease_seconds=lease_seconds, exclusive=exclusive)
@@ -85,10 +89,12 @@ class Engine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-        for gateway in self.gateways.values():
-            await gateway.aclose()
-        await self.store.close()
+        try:
+            await self.stop()
+            for gateway in self.gateways.values():
+                await gateway.aclose()
+        finally:
+            await self.store.close()
 
     async def stop(self) -> None:
         """Stop the runner gracefully (steps in flight finish)."""

@@ -34,7 +34,7 @@ __all__ = [
 
 _CODE_RE = re.compile(r"[A-Z0-9]{1,32}")
 _ACCOUNT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_DECIMAL_RE = re.compile(r"\d{1,30}(\.\d{1,30})?")
+_DECIMAL_RE = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 MAX_ADDRESS_LEN = 256
 MAX_SECONDARY_LEN = 128
@@ -121,7 +121,7 @@ def _parse_amount(value: object) -> Decimal:
         raise InvalidRequest("must be a finite number greater than zero", field="amount")
     if value >= MAX_AMOUNT:
         raise InvalidRequest("is absurdly large", field="amount")
-    exponent = value.normalize().as_tuple().exponent
+    exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > MAX_DECIMALS:
         raise InvalidRequest(f"has more than {MAX_DECIMALS} decimal places", field="amount")
     return value

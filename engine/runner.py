@@ -25,7 +25,7 @@ import structlog
 from engine.context import StepContext
 from engine.errors import EngineError, ExchangeError, InvalidTransition, StaleVersion, WorkflowNotFound
 from engine.models import AbortReason, State, Workflow
-from workflows.withdrawal import STEPS, backoff_delay
+from engine.backoff import backoff_delay
 
 __all__ = ["Runner"]
 
@@ -185,7 +185,7 @@ class Runner:
             for _ in range(self.max_chain):
                 if current is None or not self._due(current):
                     return
-                step = STEPS.get(current.state)
+                step = self.ctx.steps.get(current.state)
                 if step is None:
                     return
                 current = await self._step(step, current)

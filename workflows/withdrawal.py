@@ -22,8 +22,8 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from tenacity import RetryCallState, wait_exponential_jitter
 
+from engine.backoff import backoff_delay
 from engine.context import StepContext
 from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, LaneBusy, OutcomeUnknown
 from engine.machine import TransitionSpec, WorkflowMachine
@@ -239,14 +239,6 @@ def choose_candidate(
 def trigger_for(state: ExchangeState) -> str | None:
     """The trigger that records an exchange state; None for an unknown one (kept in flight)."""
     return _TRIGGERS.get(state)
-
-
-def backoff_delay(attempt: int, *, initial: float, maximum: float, jitter: float = 0.0) -> float:
-    """Seconds before try ``attempt`` (0-based) by tenacity's exponential-with-jitter strategy."""
-    strategy = wait_exponential_jitter(initial=initial, max=maximum, jitter=jitter)
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt + 1
-    return float(strategy(state))
 
 
 # -- steps ---------------------------------------------------------------------------------------------

@@ -10,6 +10,13 @@ checks them against each one):
 - Events are append-only, numbered 1..n per workflow, each hash-chained to the one before.
 - Only the lease owner (the runner stepping a workflow) writes states and events. Operators' requests
   (cancel, resolve) set flag columns the owner reads, so they never race a step's compare-and-set.
+
+Optional capability (not part of the protocol; check with ``hasattr(store, "listen")``):
+``async def listen(self, callback: Callable[[], None]) -> None`` asks the store to call ``callback`` (no
+arguments, on the event loop) whenever any process creates a workflow or flags one for cancel or
+resolution, so a runner wakes without waiting for its next poll. ``close()`` removes the listeners.
+Notifications can be missed (a dropped connection), so a runner must still poll. ``PostgresStore``
+implements it with ``LISTEN``/``NOTIFY``; ``SQLiteStore`` has no other processes to hear and does not.
 """
 
 from __future__ import annotations

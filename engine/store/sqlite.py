@@ -17,7 +17,7 @@ import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,28 @@ __all__ = ["SQLiteStore"]
 WorkflowList = list[Workflow]
 EventList = list[Event]
 
-_INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"
-_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-_UPDATABLE = [c for c in WORKFLOW_COLUMNS if c not in ("id", "cancel_requested_at", "resolution", "created_at")]
-_UPDATE_WF = (
-    f"UPDATE workflows SET {', '.join(f'{c} = ?' for c in _UPDATABLE)}, lease_owner = lease_owner "
-    "WHERE id = ? AND version = ? AND (? IS NULL OR lease_owner = ?)"
-)
+_INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"  # noqa: S608
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"  # noqa: S608
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
+# A commit writes these columns as given. The operators' flag columns and next_run_at follow the rules
+# in _UPDATE_WF: the owner never writes a cancel flag, a resolution is cleared once the workflow leaves
+# needs_review, and a flag the writer had not seen keeps the row due (its wake-up is not lost). With an
+# owner, the lease must be held and unexpired at the writer's time (the updated_at it writes).
+_UPDATABLE = [
+    c for c in WORKFLOW_COLUMNS if c not in ("id", "cancel_requested_at", "resolution", "created_at", "next_run_at")
+]
+_UNSEEN_FLAG = (
+    "(cancel_requested_at IS NOT NULL AND :seen_cancel IS NULL) "
+    "OR (resolution IS NOT NULL AND :seen_resolution IS NULL AND :state = 'needs_review')"
+)
+_UPDATE_WF = (
+    f"UPDATE workflows SET {', '.join(f'{c} = :{c}' for c in _UPDATABLE)}, "  # noqa: S608
+    "resolution = CASE WHEN :state = 'needs_review' THEN resolution END, "
+    f"next_run_at = CASE WHEN ({_UNSEEN_FLAG}) AND :state NOT IN ({', '.join(repr(v) for v in _TERMINAL_VALUES)}) "
+    "THEN MIN(COALESCE(:next_run_at, next_run_at), COALESCE(next_run_at, :next_run_at)) ELSE :next_run_at END "
+    "WHERE id = :id AND version = :read_version "
+    "AND (:owner IS NULL OR (lease_owner = :owner AND lease_expires_at >= :writer_now))"
+)
 _NOT_SUBMITTED = ("aborted",)
 
 Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
@@ -62,7 +76,7 @@ class _FastPathMiss(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _FastCommit:
-    params: tuple[Any, ...]
+    params: dict[str, Any]
     event_row: tuple[Any, ...] | None
     result: Workflow
 
@@ -74,10 +88,22 @@ class _Write:
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def _update_params(wf: Workflow, owner: str | None) -> tuple[Any, ...]:
+def _update_params(wf: Workflow, owner: str | None) -> dict[str, Any]:
     row = dict(zip(WORKFLOW_COLUMNS, workflow_to_row(wf), strict=True))
-    row["version"] = wf.version + 1
-    return (*(row[c] for c in _UPDATABLE), wf.id, wf.version, owner, owner)
+    params = {c: row[c] for c in (*_UPDATABLE, "id", "next_run_at")}
+    params.update(
+        version=wf.version + 1,
+        read_version=wf.version,
+        owner=owner,
+        writer_now=epoch(wf.updated_at),
+        seen_cancel=row["cancel_requested_at"],
+        seen_resolution=wf.resolution,
+    )
+    return params
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
 
 
 class SQLiteStore:
@@ -252,18 +278,18 @@ class SQLiteStore:
         return result
 
     async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
-        """Compare-and-set the row on version (and lease owner); append the event in the same batch."""
+        """Compare-and-set the row on version (and lease owner and expiry); append the event in the same batch."""
         params = _update_params(workflow, owner)
 
         async def op(conn: aiosqlite.Connection) -> Workflow:
             try:
                 cursor = await conn.execute(_UPDATE_WF, params)
+                if cursor.rowcount != 1:
+                    raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
+                if event is not None:
+                    await conn.execute(_INSERT_EVENT, event_to_row(event))
             except sqlite3.IntegrityError as exc:
                 raise _integrity(exc, workflow) from exc
-            if cursor.rowcount != 1:
-                raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-            if event is not None:
-                await conn.execute(_INSERT_EVENT, event_to_row(event))
             return stored
 
         stored = replace(workflow, version=workflow.version + 1)
@@ -320,7 +346,7 @@ class SQLiteStore:
         async def op(conn: aiosqlite.Connection) -> None:
             marks = ",".join("?" * len(ids))
             await conn.execute(
-                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL "
+                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL "  # noqa: S608
                 f"WHERE lease_owner = ? AND id IN ({marks})",
                 (owner, *ids),
             )
@@ -342,7 +368,7 @@ class SQLiteStore:
         return await self._flag(
             workflow_id,
             "cancel_requested_at = COALESCE(cancel_requested_at, ?), next_run_at = MIN(COALESCE(next_run_at, ?), ?)",
-            (at.isoformat(), epoch(at), epoch(at)),
+            (_utc_iso(at), epoch(at), epoch(at)),
             require_state=None,
         )
 
@@ -436,7 +462,7 @@ class SQLiteStore:
         async with self._read_conn().execute(
             "SELECT amount FROM workflows WHERE account = ? AND currency = ? AND submitted_at >= ? "
             "AND state NOT IN (?)",
-            (account, currency, since.isoformat(), *_NOT_SUBMITTED),
+            (account, currency, _utc_iso(since), *_NOT_SUBMITTED),
         ) as cur:
             return sum((Decimal(row[0]) for row in await cur.fetchall()), Decimal(0))
 

@@ -66,8 +66,8 @@ class Credentials:
 
     @property
     def redacted_access_key(self) -> str:
-        """The first four characters and a mask: enough to tell keys apart in logs."""
-        return self.access_key[:4] + "***"
+        """The first four characters and a mask (only the mask for a short key): tells keys apart."""
+        return (self.access_key[:4] if len(self.access_key) >= 16 else "") + "***"
 
     @property
     def is_demo(self) -> bool:

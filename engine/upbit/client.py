@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 
 from engine.clock import Clock, SystemClock
 from engine.errors import (
@@ -81,6 +82,13 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+def plain_decimal(value: Decimal) -> str:
+    """``Decimal("25.10")`` -> ``"25.1"``; ``Decimal("1E+2")`` -> ``"100"``: no exponent, no trailing zeros,
+    so the decimals sent are the decimals checked against ``withdraw_limit.fixed``."""
+    text = format(value.normalize(), "f")
+    return text
+
+
 def parse_remaining_req(header: str | None) -> tuple[str, int] | None:
     """``group=default; min=1800; sec=29`` -> ("default", 29); None when absent or unreadable."""
     if not header:
@@ -105,7 +113,7 @@ class WithdrawBody:
         pairs = [
             ("currency", self.currency),
             ("net_type", self.net_type),
-            ("amount", format(self.amount, "f")),
+            ("amount", plain_decimal(self.amount)),
             ("address", self.address),
         ]
         if self.secondary_address:
@@ -307,7 +315,7 @@ class UpbitClient:
         try:
             session = self._ensure_session()
             async with session.request(
-                method, url, data=body or None, headers=headers, timeout=self._timeout
+                method, yarl.URL(url, encoded=True), data=body or None, headers=headers, timeout=self._timeout
             ) as response:
                 status = response.status
                 raw = await response.read()
@@ -344,7 +352,8 @@ class UpbitClient:
             self.limiter.throttled()
             raise ExchangeThrottled("too many requests", retry_after=self.limiter.window, status=429, endpoint=endpoint)
         if status == 418:
-            seconds = answer.retry_after or _seconds_in_text(answer.body) or 60.0
+            stated = answer.retry_after if answer.retry_after is not None else _seconds_in_text(answer.body)
+            seconds = max(1.0, stated if stated is not None else 60.0)
             self.limiter.block(seconds)
             raise ExchangeBlocked(
                 f"account blocked for {seconds:g} s", retry_after=seconds, status=418, endpoint=endpoint

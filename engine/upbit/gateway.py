@@ -110,7 +110,7 @@ class Gateway:
     async def _retrying(self, fetch: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._read_attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
             retry=retry_if_exception(_transient),
             sleep=self._clock.sleep,
             reraise=True,

@@ -242,10 +242,6 @@ class TestCredentials:
         assert ACCESS not in text
         assert ACCESS[:4] in text
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: Credentials.redacted_access_key keeps the first 4 characters: a key of <= 4 chars is fully shown",
-    )
     @pytest.mark.parametrize("access_key", ["Q", "QZ9W"])
     def test_short_access_key_not_fully_shown(self, access_key: str) -> None:
         """Even a very short access key is not shown in full by the repr."""

@@ -583,11 +583,6 @@ async def _wire() -> AsyncIterator[tuple[str, list[bytes]]]:
 class TestWire:
     """The request line that really leaves the client (aioresponses normalises URLs, so a bare server looks)."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: UpbitClient._send passes the URL as a str, so aiohttp/yarl re-quote the query: 'uuids[]' goes out "
-        "as 'uuids%5B%5D' and '%2F' as '/', not the query encode_params built (reference §2.3)",
-    )
     async def test_query_sent_as_encoded(
         self, wire: tuple[str, list[bytes]], make_client: Callable[..., UpbitClient]
     ) -> None:

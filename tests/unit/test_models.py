@@ -76,10 +76,6 @@ class TestAmount:
         assert caught.value.field == "amount"
         assert str(caught.value).startswith("amount: ")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: engine/models.py _DECIMAL_RE uses \\d, which matches any Unicode digit, and Decimal() parses them",
-    )
     @pytest.mark.parametrize(
         "amount", ["\uff11", "\u0661\u0660", "1.\uff15", "\u0663"], ids=["fullwidth", "arabic-indic", "mixed", "three"]
     )

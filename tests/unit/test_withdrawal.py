@@ -33,20 +33,11 @@ MakeRequest = Callable[..., WithdrawalRequest]
 MakeAddress = Callable[..., AllowedAddress]
 REPO = Path(__file__).resolve().parents[2]
 
-#: tenacity >= 9.2 deprecates ``initial``; backoff_delay still passes it (see TestBackoffDelay's xfail).
-IGNORE_INITIAL_DEPRECATION = pytest.mark.filterwarnings(
-    "ignore:The 'initial' parameter is deprecated:DeprecationWarning"
-)
 
 
 class TestImport:
     """The workflow module can be imported on its own."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: circular import: workflows.withdrawal -> engine.context -> engine/__init__ -> engine.core -> "
-        "engine.runner -> 'from workflows.withdrawal import STEPS' (partially initialised)",
-    )
     def test_import_first(self) -> None:
         """``import workflows.withdrawal`` works as the first import of a fresh interpreter."""
         result = subprocess.run(
@@ -247,11 +238,6 @@ class TestChanceVerdict:
         check = chance_verdict(make_request(**request_kw), make_chance(**chance_kw))
         assert (check.verdict, check.reason) == (verdict, reason)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: chance_verdict counts decimals after Decimal.normalize(), but the POST body "
-        "(WithdrawBody.params: format(amount, 'f')) keeps trailing zeros: '25.10' passes fixed=1, is sent as '25.10'",
-    )
     @pytest.mark.parametrize(("amount", "fixed"), [("25.10", 1), ("25.0", 0), ("0.100000000", 8)])
     def test_sent_amount_within_fixed(
         self, make_request: MakeRequest, make_chance: Callable[..., Chance], amount: str, fixed: int
@@ -398,7 +384,6 @@ class TestTriggerFor:
 class TestBackoffDelay:
     """backoff_delay: exponential growth, capped, with bounded jitter."""
 
-    @IGNORE_INITIAL_DEPRECATION
     @pytest.mark.parametrize(
         ("attempt", "expected"),
         [(0, 2.0), (1, 4.0), (2, 8.0), (3, 16.0), (4, 30.0), (10, 30.0), (5000, 30.0)],
@@ -411,7 +396,6 @@ class TestBackoffDelay:
         """With initial 1 the delays are 1, 2, 4, ..."""
         assert [backoff_delay(a, initial=1.0, maximum=100.0) for a in range(4)] == [1.0, 2.0, 4.0, 8.0]
 
-    @IGNORE_INITIAL_DEPRECATION
     @pytest.mark.parametrize("attempt", [0, 1, 2, 3])
     def test_jitter_bounded(self, attempt: int) -> None:
         """Jitter adds between 0 and ``jitter`` seconds to the base delay."""
@@ -420,16 +404,10 @@ class TestBackoffDelay:
         assert all(base <= d <= base + 0.25 for d in delays)
         assert len(set(delays)) > 1
 
-    @IGNORE_INITIAL_DEPRECATION
     def test_jitter_never_exceeds_maximum(self) -> None:
         """The cap applies after jitter."""
         assert all(backoff_delay(10, initial=5.0, maximum=120.0, jitter=0.5) <= 120.0 for _ in range(100))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: backoff_delay passes tenacity's deprecated 'initial' to wait_exponential_jitter; tenacity 9.2 "
-        "warns on every call with initial != 1 (an error under filterwarnings=error)",
-    )
     def test_no_deprecation_warning(self) -> None:
         """Computing a delay with the workflow's real settings emits no warning."""
         with warnings.catch_warnings(record=True) as caught:

@@ -1,0 +1,521 @@
+"""The scale-out store: PostgreSQL through asyncpg, shared by several runner processes (design §5).
+
+Same tables, columns and rules as the SQLite store (the mapping in :mod:`engine.store.rows` is reused
+as is: ISO text timestamps, epoch-second ``DOUBLE PRECISION`` scheduling columns, JSON as text), so both
+pass one contract suite. What differs is how concurrency is handled:
+
+- **Claims** lease due rows with ``SELECT ... FOR UPDATE SKIP LOCKED``: concurrent claimers never get the
+  same workflow and never wait on each other. A dead worker's rows are claimable once its lease expired.
+- **Fencing.** ``commit`` is a compare-and-set on ``version`` and, with an owner, on the lease: the row
+  must still be leased to that owner and the lease unexpired at the writer's time (the ``updated_at`` it
+  writes, read from the same clock that chose the claim's ``now``). A worker that lost its lease gets
+  :class:`~engine.errors.StaleVersion` and writes nothing.
+- **One round trip per write.** Each write is a single statement (data-modifying CTEs), hence its own
+  transaction: a commit's row update and event insert land together or not at all, and ``create``
+  settles the idempotency-key race with ``ON CONFLICT DO NOTHING``. No write grouping is needed here.
+- **Wake-ups.** ``create``, ``request_cancel`` and ``request_resolution`` ``NOTIFY`` a channel in the
+  same transaction; :meth:`PostgresStore.listen` lets a runner in any process wake on it. Notifications
+  only cut latency: runners poll anyway, so a lost one costs at most an idle poll.
+- **Migrations** run in one transaction under ``pg_advisory_xact_lock``, so processes starting together
+  migrate once and never see a half-built schema.
+
+Operators' flag columns (``cancel_requested_at``, ``resolution``) follow the same rules as in SQLite: a
+commit never writes a cancel flag, clears ``resolution`` once the workflow leaves ``needs_review``, and
+keeps the row due if it carries a flag the writer had not seen (so the wake-up is not lost).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import structlog
+
+from engine.errors import LaneBusy, StaleVersion, StoreError, WorkflowNotFound
+from engine.models import TERMINAL, Event, State, Workflow
+from engine.store.rows import (
+    EVENT_COLUMNS,
+    WORKFLOW_COLUMNS,
+    epoch,
+    event_from_row,
+    event_to_row,
+    from_epoch,
+    workflow_from_row,
+    workflow_to_row,
+)
+
+__all__ = ["POSTGRES_MIGRATIONS", "PostgresStore"]
+
+log = structlog.get_logger("engine.store")
+
+_V1 = """
+CREATE TABLE workflows (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request TEXT NOT NULL,
+    account TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    lane_held BOOLEAN NOT NULL DEFAULT FALSE,
+    idempotency_key TEXT CONSTRAINT workflows_idempotency_key_key UNIQUE,
+    exchange_uuid TEXT CONSTRAINT workflows_exchange_uuid_key UNIQUE,
+    txid TEXT,
+    exchange_state TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    submit_count INTEGER NOT NULL DEFAULT 0,
+    next_run_at DOUBLE PRECISION,
+    deadline_at TEXT COLLATE "C",
+    submit_body TEXT,
+    submitted_at TEXT COLLATE "C",
+    cancel_requested_at TEXT COLLATE "C",
+    resolution TEXT,
+    reason TEXT,
+    error TEXT,
+    data TEXT NOT NULL DEFAULT '{}',
+    version BIGINT NOT NULL,
+    event_seq BIGINT NOT NULL,
+    last_hash TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    created_at TEXT COLLATE "C" NOT NULL,
+    updated_at TEXT COLLATE "C" NOT NULL
+);
+-- Design §3.3: at most one unresolved submit per lane, enforced here and not in memory.
+CREATE UNIQUE INDEX workflows_lane_unresolved ON workflows (lane) WHERE lane_held;
+CREATE INDEX workflows_due ON workflows (next_run_at) WHERE next_run_at IS NOT NULL;
+CREATE INDEX workflows_state ON workflows (state, id);
+CREATE INDEX workflows_spent ON workflows (account, currency, submitted_at);
+
+CREATE TABLE events (
+    workflow_id TEXT COLLATE "C" NOT NULL REFERENCES workflows (id),
+    seq BIGINT NOT NULL,
+    at TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    CONSTRAINT events_pkey PRIMARY KEY (workflow_id, seq)
+);
+-- The audit trail is append-only: the database itself refuses edits, deletions and truncation.
+CREATE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are append-only' USING ERRCODE = 'restrict_violation';
+END
+$$;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION events_append_only();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_append_only();
+"""
+
+#: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+
+#: ``pg_advisory_xact_lock`` key serialising migrations ("UPBIT_WD" in ASCII).
+_MIGRATION_LOCK = 0x5550_4249_545F_5744
+
+_N = len(WORKFLOW_COLUMNS)
+_COLS = ", ".join(WORKFLOW_COLUMNS)
+_EV_COLS = ", ".join(EVENT_COLUMNS)
+_EV_TYPES = ("text", "bigint", "text", "text", "text", "text", "text", "text", "text")
+_LANE_HELD = WORKFLOW_COLUMNS.index("lane_held")
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+_LANE_INDEX = "workflows_lane_unresolved"
+
+
+def _event_select(first: int) -> str:
+    """``$first::text, $first+1::bigint, ...``: typed placeholders for an ``INSERT ... SELECT``."""
+    return ", ".join(f"${first + i}::{t}" for i, t in enumerate(_EV_TYPES))
+
+
+# $1..$29 the row, $30..$38 the event, $39 the channel.
+_CREATE = f"""
+WITH wf AS (
+    INSERT INTO workflows ({_COLS}) VALUES ({", ".join(f"${i + 1}" for i in range(_N))})
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), ev AS (
+    INSERT INTO events ({_EV_COLS}) SELECT {_event_select(_N + 1)} FROM wf RETURNING workflow_id
+)
+SELECT pg_notify(${_N + len(EVENT_COLUMNS) + 1}::text, workflow_id) FROM ev
+"""  # noqa: S608
+
+# Columns a commit writes as given; the flag columns and next_run_at follow the rules in _COMMIT_ROW.
+_UPDATABLE = [
+    c for c in WORKFLOW_COLUMNS if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at")
+]
+# $1 id, $2 version read, $3 owner, $4 writer's now (epoch), $5 cancel flag seen, $6 resolution seen,
+# $7 new next_run_at, $8 new state, then the _UPDATABLE values (state among them), then the event.
+_FIXED = 8
+_UNSEEN_FLAG = (
+    "(cancel_requested_at IS NOT NULL AND $5::text IS NULL) "
+    "OR (resolution IS NOT NULL AND $6::text IS NULL AND $8::text = 'needs_review')"
+)
+_COMMIT_ROW = f"""
+UPDATE workflows SET
+    {", ".join(f"{c} = ${_FIXED + 1 + i}" for i, c in enumerate(_UPDATABLE))},
+    resolution = CASE WHEN $8::text = 'needs_review' THEN resolution END,
+    next_run_at = CASE
+        WHEN ({_UNSEEN_FLAG}) AND $8::text NOT IN ({_TERMINAL_SQL}) THEN LEAST($7::float8, next_run_at)
+        ELSE $7::float8 END
+WHERE id = $1 AND version = $2
+    AND ($3::text IS NULL OR (lease_owner = $3::text AND lease_expires_at >= $4::float8))
+RETURNING {_COLS}
+"""  # noqa: S608
+_COMMIT = _COMMIT_ROW
+_COMMIT_WITH_EVENT = f"""
+WITH upd AS ({_COMMIT_ROW}), ev AS (
+    INSERT INTO events ({_EV_COLS}) SELECT {_event_select(_FIXED + len(_UPDATABLE) + 1)} FROM upd
+)
+SELECT {_COLS} FROM upd
+"""  # noqa: S608
+
+_CLAIM = f"""
+WITH due AS (
+    SELECT id FROM workflows
+    WHERE next_run_at <= $1 AND (lease_owner IS NULL OR lease_expires_at < $1)
+    ORDER BY next_run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE workflows AS w SET lease_owner = $3, lease_expires_at = $4
+FROM due WHERE w.id = due.id
+RETURNING {", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS)}
+"""  # noqa: S608
+
+_CANCEL = f"""
+WITH upd AS (
+    UPDATE workflows SET cancel_requested_at = COALESCE(cancel_requested_at, $2::text),
+        next_run_at = LEAST(next_run_at, $3::float8)
+    WHERE id = $1 AND state NOT IN ({_TERMINAL_SQL})
+    RETURNING {_COLS}
+)
+SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
+"""  # noqa: S608
+
+_RESOLVE = f"""
+WITH upd AS (
+    UPDATE workflows SET resolution = $2::text, next_run_at = $3::float8
+    WHERE id = $1 AND state = '{State.NEEDS_REVIEW.value}'
+    RETURNING {_COLS}
+)
+SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
+"""  # noqa: S608
+
+Listener = Callable[[Any, int, str, str], None]
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _row_values(wf: Workflow) -> builtins.list[Any]:
+    values = list(workflow_to_row(wf))
+    values[_LANE_HELD] = bool(values[_LANE_HELD])
+    return values
+
+
+def _commit_params(wf: Workflow, event: Event | None, owner: str | None) -> builtins.list[Any]:
+    row = dict(zip(WORKFLOW_COLUMNS, _row_values(wf), strict=True))
+    row["version"] = wf.version + 1
+    cancel_seen = None if wf.cancel_requested_at is None else _utc_iso(wf.cancel_requested_at)
+    fixed = (wf.id, wf.version, owner, epoch(wf.updated_at), cancel_seen, wf.resolution, row["next_run_at"])
+    tail = () if event is None else event_to_row(event)
+    return [*fixed, wf.state.value, *(row[c] for c in _UPDATABLE), *tail]
+
+
+def _redacted(dsn: str) -> str:
+    """The DSN without its password (for reprs and errors)."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.contextmanager
+def _mapped(workflow: Workflow | None = None) -> Iterator[None]:
+    """Translate driver errors into the engine's store errors, once, at the boundary."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        constraint = getattr(exc, "constraint_name", None) or ""
+        subject = workflow.id if workflow is not None else "workflow"
+        if constraint == _LANE_INDEX:
+            lane = workflow.lane if workflow is not None else "?"
+            raise LaneBusy(f"lane {lane} has an unresolved submit") from exc
+        raise StaleVersion(f"{subject}: {constraint or 'unique constraint'} already taken") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise StoreError(f"postgres: {type(exc).__name__}: {exc}") from exc
+
+
+class PostgresStore:
+    """A :class:`~engine.store.base.Store` in a PostgreSQL database shared by several runners.
+
+    Args:
+        dsn: ``postgresql://user[:password]@host[:port]/database``; asyncpg passes query parameters it
+            does not know on as server settings (``?search_path=myschema`` puts the tables in a schema).
+        pool_min: connections opened up front.
+        pool_max: most connections this process holds (claims, commits and reads share them).
+        notify_channel: the ``LISTEN``/``NOTIFY`` channel that announces new or flagged workflows.
+    """
+
+    def __init__(
+        self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, notify_channel: str = "upbit_withdraw_due"
+    ) -> None:
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise ValueError("need 0 <= pool_min <= pool_max and pool_max >= 1")
+        self.dsn = dsn
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.notify_channel = notify_channel
+        self._pool: Any = None
+        self._listen_conn: Any = None
+        self._listeners: builtins.list[Listener] = []
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return f"<PostgresStore {_redacted(self.dsn)} {state} pool={self.pool_min}..{self.pool_max}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the connection pool and migrate the schema (once, whoever starts first)."""
+        if self._pool is not None:
+            raise StoreError("store is already open")
+        with _mapped():
+            pool = await asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max)
+        try:
+            with _mapped():
+                async with pool.acquire() as conn:
+                    await _migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (idempotent)."""
+        conn, self._listen_conn = self._listen_conn, None
+        listeners, self._listeners = self._listeners, []
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                for listener in listeners:
+                    await conn.remove_listener(self.notify_channel, listener)
+            await conn.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _db(self) -> Any:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return self._pool
+
+    # -- notifications -----------------------------------------------------------------------------
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on this event loop) whenever any process creates or flags a workflow.
+
+        Uses one dedicated connection outside the pool; :meth:`close` removes the listeners. Only a
+        latency optimisation: a runner must still poll, because a notification can be missed (the
+        connection dropped, or the runner was busy starting).
+        """
+        self._db()
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+            try:
+                callback()
+            except Exception:
+                log.exception("store.listener_failed", channel=self.notify_channel)
+
+        with _mapped():
+            if self._listen_conn is None:
+                self._listen_conn = await asyncpg.connect(self.dsn)
+            await self._listen_conn.add_listener(self.notify_channel, on_notify)
+        self._listeners.append(on_notify)
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
+        """Insert the workflow and its first event, or return the one stored under the idempotency key."""
+        params = [*_row_values(workflow), *event_to_row(event), self.notify_channel]
+        with _mapped(workflow):
+            created = await self._db().fetchrow(_CREATE, *params)
+        if created is not None:
+            return workflow, True
+        key = workflow.idempotency_key
+        existing = None if key is None else await self.get_by_idempotency_key(key)
+        if existing is None:
+            raise StoreError(f"{workflow.id} was neither inserted nor found under its idempotency key")
+        return existing, False
+
+    async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
+        """Compare-and-set the row on version and lease, and append the event, in one statement."""
+        sql = _COMMIT if event is None else _COMMIT_WITH_EVENT
+        with _mapped(workflow):
+            row = await self._db().fetchrow(sql, *_commit_params(workflow, event, owner))
+        if row is None:
+            raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
+        return workflow_from_row(row)
+
+    async def claim_due(
+        self, *, now: datetime, limit: int, owner: str, lease_seconds: float
+    ) -> builtins.list[Workflow]:
+        """Lease due rows nobody holds (or whose lease expired), skipping rows another claimer has locked."""
+        now_s = now.timestamp()
+        with _mapped():
+            rows = await self._db().fetch(_CLAIM, now_s, limit, owner, now_s + lease_seconds)
+        return [workflow_from_row(row) for row in sorted(rows, key=lambda r: (r["next_run_at"], r["id"]))]
+
+    async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
+        """Push the lease expiry of these workflows forward (those this owner still holds)."""
+        if not workflow_ids:
+            return
+        with _mapped():
+            await self._db().execute(
+                "UPDATE workflows SET lease_expires_at = $1 WHERE lease_owner = $2 AND id = ANY($3::text[])",
+                now.timestamp() + lease_seconds,
+                owner,
+                list(workflow_ids),
+            )
+
+    async def release(self, workflow_ids: Sequence[str], *, owner: str) -> None:
+        """Clear the leases this owner still holds on these workflows."""
+        if not workflow_ids:
+            return
+        with _mapped():
+            await self._db().execute(
+                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE lease_owner = $1 AND id = ANY($2::text[])",
+                owner,
+                list(workflow_ids),
+            )
+
+    async def clear_leases(self) -> None:
+        """Drop every lease. Only for a single exclusive runner: shared runners use ``exclusive=False``."""
+        with _mapped():
+            await self._db().execute(
+                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
+            )
+
+    async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
+        """Set the cancel flag (once) and make the workflow due; terminal ones are returned unchanged."""
+        return await self._flag(_CANCEL, workflow_id, _utc_iso(at), at.timestamp())
+
+    async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
+        """Record the operator's action for a needs_review workflow and make it due (others: unchanged)."""
+        return await self._flag(_RESOLVE, workflow_id, action, at.timestamp())
+
+    async def _flag(self, sql: str, workflow_id: str, value: str, due: float) -> Workflow:
+        with _mapped():
+            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel)
+        return workflow_from_row(row) if row is not None else await self.get(workflow_id)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def _fetch(self, where: str, *args: Any) -> builtins.list[Workflow]:
+        with _mapped():
+            rows = await self._db().fetch(f"SELECT {_COLS} FROM workflows WHERE {where}", *args)  # noqa: S608
+        return [workflow_from_row(row) for row in rows]
+
+    async def get(self, workflow_id: str) -> Workflow:
+        """The workflow by id."""
+        found = await self._fetch("id = $1", workflow_id)
+        if not found:
+            raise WorkflowNotFound(f"no workflow {workflow_id}")
+        return found[0]
+
+    async def get_by_idempotency_key(self, key: str) -> Workflow | None:
+        """The workflow submitted under this key."""
+        found = await self._fetch("idempotency_key = $1", key)
+        return found[0] if found else None
+
+    async def list(
+        self, *, state: State | None = None, limit: int = 100, before_id: str | None = None
+    ) -> builtins.list[Workflow]:
+        """Newest first (ids sort by creation time), filtered by state, paged by id."""
+        return await self._fetch(
+            "($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+            None if state is None else state.value,
+            before_id,
+            limit,
+        )
+
+    async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:
+        """Earliest next_run_at among workflows nobody holds (or among all, with ``any_lease``)."""
+        with _mapped():
+            value = await self._db().fetchval(
+                "SELECT MIN(next_run_at) FROM workflows WHERE next_run_at IS NOT NULL AND ($1 OR lease_owner IS NULL)",
+                any_lease,
+            )
+        return from_epoch(value)
+
+    async def events(self, workflow_id: str, *, after_seq: int = 0) -> builtins.list[Event]:
+        """Events in order."""
+        with _mapped():
+            rows = await self._db().fetch(
+                f"SELECT {_EV_COLS} FROM events WHERE workflow_id = $1 AND seq > $2 ORDER BY seq",  # noqa: S608
+                workflow_id,
+                after_seq,
+            )
+        return [event_from_row(row) for row in rows]
+
+    async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
+        """uuid -> owning workflow id."""
+        if not exchange_uuids:
+            return {}
+        with _mapped():
+            rows = await self._db().fetch(
+                "SELECT exchange_uuid, id FROM workflows WHERE exchange_uuid = ANY($1::text[])", list(exchange_uuids)
+            )
+        return {row["exchange_uuid"]: row["id"] for row in rows}
+
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
+        """Exact sum of amounts submitted since ``since`` that were not refused or abandoned (aborted)."""
+        with _mapped():
+            total = await self._db().fetchval(
+                "SELECT COALESCE(SUM(amount::numeric), 0) FROM workflows "
+                "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 AND state <> $4",
+                account,
+                currency,
+                _utc_iso(since),
+                State.ABORTED.value,
+            )
+        return Decimal(total)
+
+    async def count_by_state(self) -> dict[str, int]:
+        """State -> count."""
+        with _mapped():
+            rows = await self._db().fetch("SELECT state, COUNT(*) AS n FROM workflows GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+
+async def _migrate(conn: Any) -> None:
+    """Apply every migration above the recorded version, in one transaction under an advisory lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        for version, script in POSTGRES_MIGRATIONS:
+            if version > current:
+                await conn.execute(script)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                log.info("store.migrated", version=version)
