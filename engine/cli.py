@@ -334,9 +334,8 @@ def submit(
 
     async def go(backend: Backend) -> dict[str, Any]:
         view, created = await backend.submit(body, idempotency_key)
-        if not opts.json:
-            note = "submitted" if created else "already submitted under this idempotency key"
-            click.echo(f"{view['id']}: {note}", err=True)
+        note = "submitted" if created else "already submitted under this idempotency key"
+        click.echo(f"{view['id']}: {note}", err=True)
         if wait and view["state"] not in _SETTLED:
             view = await _follow(backend, view, limit=timeout)
         return view

@@ -1,0 +1,138 @@
+"""Configuration and connection errors: exit 2 (naming the key) or 5, one line on stderr, no secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import TOKEN_ENV, Result, clean_env, free_port, run_cli
+
+SECRET = "very-secret-value-0123456789abcdef"
+
+
+def one_line(result: Result) -> str:
+    """The single error line."""
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("upbit-withdraw: error:"), result.err
+    return lines[0]
+
+
+def config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[engine]\ncolour = 'blue'\n", "engine.colour"),
+        ("[engine]\nconcurrency = 'many'\n", "engine.concurrency"),
+        ("[engine]\nlog_format = 'xml'\n", "engine.log_format"),
+        ("[workflow]\npoll_initial = -1.0\n", "workflow.poll_initial"),
+        ("[accounts.default]\nregion = 'mars'\n", "accounts.default.region"),
+        ("[policy.BTC]\nmax_per_day = 1.5\n", "policy.BTC.max_per_day"),
+        ("[api]\nport = 70000\n", "api.port"),
+        ("[exchange]\nx = 1\n", "exchange"),
+        ("[engine\n", "config"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    """A wrong key or value stops the command at start; the message names the key."""
+    result = run_cli(["--config", str(config(tmp_path, text)), "status", "wd_0000"])
+    assert result.code == 2
+    assert key in one_line(result)
+
+
+def test_bad_environment_value_names_the_key(tmp_path: Path) -> None:
+    """Environment overrides are validated like the file."""
+    result = run_cli(["list"], env=clean_env(UPBIT_WITHDRAW_ENGINE_CONCURRENCY="lots"), cwd=tmp_path)
+    assert result.code == 2 and "engine.concurrency" in one_line(result)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A config file that is not there is a usage error."""
+    result = run_cli(["--config", str(tmp_path / "nope.toml"), "list"])
+    assert result.code == 2 and "nope.toml" in one_line(result)
+
+
+def test_bad_database_override(tmp_path: Path) -> None:
+    """--database is checked like engine.database."""
+    result = run_cli(["--database", "mysql://db/x", "list"], cwd=tmp_path)
+    assert result.code == 2 and "engine.database" in one_line(result)
+
+
+def test_group_readable_secret_file_is_refused(tmp_path: Path) -> None:
+    """A key file others can read is refused (chmod 600), without printing its content."""
+    secret = tmp_path / "keys"
+    secret.write_text(f"access_key=abc\nsecret_key={SECRET}\n")
+    secret.chmod(0o640)
+    path = config(tmp_path, f"[accounts.default]\nbase_url = 'http://127.0.0.1:1'\nsecret_file = '{secret}'\n")
+    result = run_cli(["--config", str(path), "addresses"])
+    line = one_line(result)
+    assert result.code == 2 and "accounts.default.secret_file" in line and "chmod 600" in line
+    assert SECRET not in result.err + result.out
+
+
+def test_group_readable_token_file_is_refused(tmp_path: Path) -> None:
+    """The service will not start with a token file others can read."""
+    token = tmp_path / "token"
+    token.write_text(SECRET)
+    token.chmod(0o644)
+    path = config(tmp_path, f"[engine]\ndatabase = 'sqlite:///{tmp_path}/w.sqlite3'\n[api]\ntoken_file = '{token}'\n")
+    result = run_cli(["--config", str(path), "run", "--port", str(free_port())], timeout=30)
+    assert result.code == 2 and "api.token_file" in one_line(result)
+    assert SECRET not in result.err + result.out
+
+
+def test_run_without_token_exits_2(tmp_path: Path) -> None:
+    """run refuses to start without an API token."""
+    path = config(tmp_path, f"[engine]\ndatabase = 'sqlite:///{tmp_path}/w.sqlite3'\n")
+    result = run_cli(["--config", str(path), "run", "--port", str(free_port())], timeout=30)
+    assert result.code == 2 and "api.token" in one_line(result)
+
+
+def test_run_without_exchange_keys_exits_2(tmp_path: Path) -> None:
+    """run refuses to start when an account has no keys, naming the account and the variables."""
+    path = config(tmp_path, f"[engine]\ndatabase = 'sqlite:///{tmp_path}/w.sqlite3'\n")
+    env = clean_env(**{TOKEN_ENV: "token-0123456789abcdef"})
+    result = run_cli(["--config", str(path), "run", "--port", str(free_port())], env=env, timeout=30)
+    line = one_line(result)
+    assert result.code == 2 and "accounts.default" in line and "UPBIT_ACCESS_KEY" in line
+
+
+def test_demo_keys_are_refused_for_real_hosts(tmp_path: Path) -> None:
+    """The sandbox's published keys are never sent to a real Upbit host."""
+    path = config(tmp_path, "[accounts.default]\nregion = 'kr'\ndemo = true\n")
+    result = run_cli(["--config", str(path), "addresses"])
+    assert result.code == 2 and "demo keys" in one_line(result)
+
+
+def test_store_commands_need_no_exchange_keys(tmp_path: Path) -> None:
+    """status/list read the store only: no exchange key needs to be present."""
+    result = run_cli(["--database", f"sqlite:///{tmp_path}/w.sqlite3", "--json", "list"])
+    assert result.code == 0 and result.json() == {"withdrawals": [], "next_cursor": None}
+
+
+def test_api_without_token_exits_2() -> None:
+    """--api needs UPBIT_WITHDRAW_API_TOKEN."""
+    result = run_cli(["--api", "http://127.0.0.1:1", "list"])
+    assert result.code == 2 and TOKEN_ENV in one_line(result)
+
+
+def test_unreachable_service_exits_5() -> None:
+    """A service that does not answer is exit 5."""
+    result = run_cli(["--api", f"http://127.0.0.1:{free_port()}", "list"], env=clean_env(**{TOKEN_ENV: SECRET}))
+    assert result.code == 5 and "cannot reach" in one_line(result)
+    assert SECRET not in result.err
+
+
+def test_unreachable_exchange_exits_5(tmp_path: Path) -> None:
+    """An exchange that does not answer is exit 5."""
+    path = config(
+        tmp_path, f"[accounts.default]\nbase_url = 'http://127.0.0.1:{free_port()}'\ndemo = true\ntimeout = 2.0\n"
+    )
+    result = run_cli(["--config", str(path), "wallet-status"])
+    assert result.code == 5 and "exchange error" in one_line(result)
