@@ -71,6 +71,7 @@ def run_cli(
     """Run ``upbit-withdraw ARGS`` to completion; no traceback may ever reach stderr."""
     proc = subprocess.run(
         [*CLI, *args],
+        check=False,
         capture_output=True,
         text=True,
         env=env if env is not None else clean_env(),

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from engine.upbit.auth import DEMO_SECRET_KEY
 from tests.acceptance.conftest import BTC_ADDRESS, DOGE_ADDRESS, TOKEN, Stack, run_cli
 
 MODES = ["store", "api"]
@@ -200,8 +201,6 @@ def test_global_options_after_the_command(stack: Stack) -> None:
 
 def test_outputs_never_show_the_token(stack: Stack) -> None:
     """Neither the API token nor the demo secret appears in any output or in the service log."""
-    from engine.upbit.auth import DEMO_SECRET_KEY
-
     result = stack.cli("api", "--json", "list", "--limit", "5")
     for text in (result.out, result.err, stack.service.logs()):
         assert TOKEN not in text and DEMO_SECRET_KEY not in text
