@@ -32,7 +32,8 @@ RESOLUTIONS = ("resubmit", "abandon")
 
 
 def _settled(wf: Workflow) -> bool:
-    return wf.state.is_terminal or wf.state is State.NEEDS_REVIEW
+    """Terminal, or waiting for an operator who has not decided yet."""
+    return wf.state.is_terminal or (wf.state is State.NEEDS_REVIEW and wf.resolution is None)
 
 
 class Engine:

@@ -357,6 +357,8 @@ async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: An
             submitted_at=ctx.now(),
             submit_count=wf.submit_count + 1,
             resolution=None,
+            reason=None,
+            error=None,
             attempt=0,
             next_run_at=ctx.now(),
             data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait")},

@@ -40,6 +40,7 @@ async def events_of(engine: Engine, wf_id: str) -> list[str]:
 class TestHappyPath:
     async def test_withdrawal_reaches_done_through_every_state(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
         """A valid withdrawal walks pending -> ... -> WAITING -> PROCESSING -> DONE with one POST."""
+        await admin.configure(waiting_seconds=0.3, processing_seconds=0.4)
         async with engine_factory() as engine:
             wf = await engine.submit(await request_for(sandbox.url))
             done = await engine.wait(wf.id, timeout=10)
@@ -126,7 +127,7 @@ class TestPreflight:
         [
             ("0.000001", AbortReason.BELOW_MINIMUM),
             ("0.123456789", AbortReason.TOO_MANY_DECIMALS),
-            ("9999", AbortReason.INSUFFICIENT_BALANCE),
+            ("10", AbortReason.INSUFFICIENT_BALANCE),
         ],
     )
     async def test_chance_limits_abort_without_post(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin, amount: str, reason: AbortReason) -> None:
