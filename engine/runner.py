@@ -86,6 +86,9 @@ class Runner:
         """Run until :meth:`stop`; then drain."""
         if self.exclusive:
             await self.ctx.store.clear_leases()
+        listen = getattr(self.ctx.store, "listen", None)
+        if listen is not None:  # PostgreSQL: NOTIFY on new work wakes us; polling stays the fallback
+            await listen(self.wake)
         heartbeat = asyncio.create_task(self._heartbeat(), name="runner-heartbeat")
         try:
             while not self._stopping.is_set():
