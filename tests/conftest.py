@@ -51,9 +51,12 @@ class SandboxAdmin:
         self.url = url
 
     async def call(self, method: str, path: str, payload: Any = None) -> Any:
-        async with aiohttp.ClientSession() as session, session.request(
-            method, f"{self.url}/sandbox/{path}", json=payload, timeout=aiohttp.ClientTimeout(total=10)
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, f"{self.url}/sandbox/{path}", json=payload, timeout=aiohttp.ClientTimeout(total=10)
+            ) as resp,
+        ):
             assert resp.status < 300, await resp.text()
             return await resp.json()
 

@@ -24,7 +24,9 @@ async def allowed(url: str, currency: str, net_type: str) -> AllowedAddress:
     return next(a for a in rows if a.currency == currency and a.net_type == net_type)
 
 
-async def request_for(url: str, currency: str = "BTC", net_type: str = "BTC", amount: str = "0.01", **kw: Any) -> WithdrawalRequest:
+async def request_for(
+    url: str, currency: str = "BTC", net_type: str = "BTC", amount: str = "0.01", **kw: Any
+) -> WithdrawalRequest:
     """A valid request to the registered address."""
     addr = await allowed(url, currency, net_type)
     return WithdrawalRequest(
@@ -38,7 +40,9 @@ async def events_of(engine: Engine, wf_id: str) -> list[str]:
 
 
 class TestHappyPath:
-    async def test_withdrawal_reaches_done_through_every_state(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_withdrawal_reaches_done_through_every_state(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """A valid withdrawal walks pending -> ... -> WAITING -> PROCESSING -> DONE with one POST."""
         await admin.configure(waiting_seconds=0.3, processing_seconds=0.4)
         async with engine_factory() as engine:
@@ -64,7 +68,9 @@ class TestHappyPath:
             prev = event.hash
 
     @pytest.mark.parametrize("outcome", ["FAILED", "CANCELLED", "REJECTED"])
-    async def test_each_exchange_terminal_state_is_recorded(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin, outcome: str) -> None:
+    async def test_each_exchange_terminal_state_is_recorded(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin, outcome: str
+    ) -> None:
         """Whatever terminal state the exchange reports, the workflow ends in it."""
         await admin.configure(outcome_weights={outcome: 1.0})
         async with engine_factory() as engine:
@@ -73,10 +79,14 @@ class TestHappyPath:
 
 
 class TestPreflight:
-    async def test_address_not_allowlisted_aborts_without_post(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_address_not_allowlisted_aborts_without_post(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """An unregistered destination ends aborted/address_not_allowed and nothing is sent."""
         async with engine_factory() as engine:
-            req = WithdrawalRequest(currency="BTC", net_type="BTC", amount=Decimal("0.01"), address="bc1qnotregistered000")
+            req = WithdrawalRequest(
+                currency="BTC", net_type="BTC", amount=Decimal("0.01"), address="bc1qnotregistered000"
+            )
             wf = await engine.wait((await engine.submit(req)).id, timeout=10)
         assert (wf.state, wf.reason) == (State.ABORTED, AbortReason.ADDRESS_NOT_ALLOWED.value)
         assert await admin.posts() == 0
@@ -89,17 +99,23 @@ class TestPreflight:
         assert (wf.state, wf.reason) == (State.ABORTED, AbortReason.ADDRESS_NOT_ALLOWED.value)
         assert await admin.posts() == 0
 
-    async def test_omitted_secondary_address_uses_the_registered_one(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_omitted_secondary_address_uses_the_registered_one(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """An XRP request without a tag is sent with the registered destination tag."""
         registered = (await allowed(sandbox.url, "XRP", "XRP")).secondary_address
         assert registered
         async with engine_factory() as engine:
-            wf = await engine.wait((await engine.submit(await request_for(sandbox.url, "XRP", "XRP", "25"))).id, timeout=10)
+            wf = await engine.wait(
+                (await engine.submit(await request_for(sandbox.url, "XRP", "XRP", "25"))).id, timeout=10
+            )
         assert wf.state is State.DONE
         sent = [w for w in await admin.withdrawals() if w["uuid"] == wf.exchange_uuid]
         assert sent[0]["secondary_address"] == registered
 
-    async def test_wallet_paused_then_working_completes(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_wallet_paused_then_working_completes(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """A paused wallet is re-checked with backoff; once working, the withdrawal goes through."""
         await admin.wallet("ETH", "ETH", wallet_state="paused")
         async with engine_factory() as engine:
@@ -111,13 +127,17 @@ class TestPreflight:
             assert (await engine.wait(wf.id, timeout=10)).state is State.DONE
             assert "note" in await events_of(engine, wf.id)
 
-    async def test_wallet_never_working_aborts_at_deadline(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_wallet_never_working_aborts_at_deadline(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """Past the pre-flight deadline a paused wallet ends aborted/wallet_unavailable, nothing sent."""
         await admin.wallet("ETH", "ETH", wallet_state="paused")
         from dataclasses import replace
 
         async with engine_factory(settings=replace(FAST, preflight_deadline=0.5)) as engine:
-            wf = await engine.wait((await engine.submit(await request_for(sandbox.url, "ETH", "ETH", "0.5"))).id, timeout=10)
+            wf = await engine.wait(
+                (await engine.submit(await request_for(sandbox.url, "ETH", "ETH", "0.5"))).id, timeout=10
+            )
         assert wf.state is State.ABORTED
         assert wf.reason in (AbortReason.WALLET_UNAVAILABLE.value, AbortReason.DEADLINE_EXCEEDED.value)
         assert await admin.posts() == 0
@@ -130,7 +150,9 @@ class TestPreflight:
             ("10", AbortReason.INSUFFICIENT_BALANCE),
         ],
     )
-    async def test_chance_limits_abort_without_post(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin, amount: str, reason: AbortReason) -> None:
+    async def test_chance_limits_abort_without_post(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin, amount: str, reason: AbortReason
+    ) -> None:
         """Below minimum, too many decimals and insufficient balance are caught before the POST."""
         async with engine_factory() as engine:
             wf = await engine.wait((await engine.submit(await request_for(sandbox.url, amount=amount))).id, timeout=10)
@@ -139,7 +161,9 @@ class TestPreflight:
 
 
 class TestExactlyOnce:
-    async def test_accept_then_drop_is_reconciled_without_second_post(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_accept_then_drop_is_reconciled_without_second_post(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """The POST created a withdrawal but the answer was lost: the engine adopts it, no resend."""
         await admin.fault(endpoint="POST /v1/withdraws/coin", kind="drop", probability=1.0, times=1)
         async with engine_factory() as engine:
@@ -157,7 +181,9 @@ class TestExactlyOnce:
         assert wf.state is State.DONE and wf.submit_count == 1
         assert list((await admin.creations()).values()) == [1]
 
-    async def test_nothing_to_reconcile_needs_review_then_resubmit(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_nothing_to_reconcile_needs_review_then_resubmit(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """A 500 that created nothing: no candidate within grace -> needs_review; resubmit -> DONE."""
         await admin.fault(endpoint="POST /v1/withdraws/coin", kind="error", probability=1.0, times=1, status=500)
         async with engine_factory() as engine:
@@ -197,7 +223,9 @@ class TestExactlyOnce:
         assert first_accepted <= second_submit
         assert await admin.posts() == 2
 
-    async def test_throttled_post_is_resent_after_checking(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_throttled_post_is_resent_after_checking(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """A 429 on the POST is not executed: after a reconcile finds nothing, it is sent again."""
         await admin.fault(endpoint="POST /v1/withdraws/coin", kind="burst_429", probability=1.0, times=1, count=1)
         async with engine_factory() as engine:
@@ -236,7 +264,9 @@ class TestCancel:
         assert wf.state is State.CANCELLED and wf.exchange_uuid is None
         assert await admin.posts() == 0
 
-    async def test_cancel_after_submit_goes_to_the_exchange(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_cancel_after_submit_goes_to_the_exchange(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """Cancelling a WAITING withdrawal sends DELETE and ends in the exchange's CANCELLED."""
         await admin.configure(waiting_seconds=30.0)
         async with engine_factory() as engine:
@@ -255,7 +285,9 @@ class TestCancel:
 
 
 class TestPoliteness:
-    async def test_429_and_418_storms_fail_no_workflow(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
+    async def test_429_and_418_storms_fail_no_workflow(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
         """Bursts of 429 (and the 418 they provoke) delay workflows but fail none."""
         await admin.configure(block_after_429s=3, block_seconds=1)
         await admin.fault(endpoint="*", kind="burst_429", probability=0.3, times=8, count=2)
