@@ -44,8 +44,10 @@ def build_gateway(
     clock: Clock,
     observer: CallObserver | None = None,
     limiter: RateLimiter | None = None,
+    workers: int = 1,
 ) -> Gateway:
-    """One account's client (its own rate budget) behind a gateway."""
+    """One account's client behind a gateway. With ``workers`` processes sharing the account, this one
+    takes an equal static share of the budget (never more than the account's rate in total)."""
     credentials = account.credentials()
     register_secret(credentials.secret_key)
     register_secret(credentials.access_key)
@@ -53,7 +55,8 @@ def build_gateway(
         credentials,
         region=None if account.base_url else account.region,
         base_url=account.base_url,
-        limiter=limiter or RateLimiter(account.rate_limit, clock=clock),
+        limiter=limiter
+        or RateLimiter(max(1, account.rate_limit // workers), account_rate=account.rate_limit, clock=clock),
         timeout=account.timeout,
         algorithm=Algorithm(account.algorithm),
         clock=clock,
@@ -82,7 +85,7 @@ def build_engine(
     clock = clock or SystemClock()
     store = open_store(config.engine.database)
     gateways = {
-        name: build_gateway(account, config.gateway, clock=clock, observer=call_observer)
+        name: build_gateway(account, config.gateway, clock=clock, observer=call_observer, workers=config.engine.workers)
         for name, account in config.accounts.items()
     }
     is_sqlite = config.engine.database.startswith("sqlite:///")

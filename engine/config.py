@@ -43,6 +43,8 @@ class EngineConfig:
     database: str = "sqlite:///upbit-withdraw.sqlite3"
     concurrency: int = 200
     lease_seconds: float = 30.0
+    workers: int = 1
+    """Runner processes sharing each account (PostgreSQL): each takes rate_limit / workers."""
     log_level: str = "INFO"
     log_format: str = "auto"
     dry_run: bool = False
@@ -275,6 +277,10 @@ def _check(config: Config) -> None:
     e = config.engine
     if not e.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError("must start with sqlite:/// or postgresql://", key="engine.database")
+    if not 1 <= e.workers <= 64:
+        raise ConfigError("must be between 1 and 64", key="engine.workers")
+    if e.workers > 1 and e.database.startswith("sqlite:///"):
+        raise ConfigError("several runner processes need PostgreSQL (one runner per SQLite file)", key="engine.workers")
     if not 1 <= e.concurrency <= 100_000:
         raise ConfigError("must be between 1 and 100000", key="engine.concurrency")
     if e.log_format not in ("auto", "json", "console"):
