@@ -35,20 +35,6 @@ BTC_ADDRESS = "bc1qsandbox0demo0wallet0000000000000000000"
 DOGE_ADDRESS = "DH5yaieqoZN36fDVciNyRueRGvGLR3mr7L"
 
 
-#: WORKAROUND (reported): workflows/withdrawal.py and engine/upbit/gateway.py call tenacity's
-#: ``wait_exponential_jitter(initial=...)``, deprecated in tenacity 9.2; under ``filterwarnings=error``
-#: the warning becomes an exception inside the runner's steps. Remove once they pass ``multiplier=``.
-TENACITY_INITIAL = "ignore:The 'initial' parameter is deprecated:DeprecationWarning"
-_HERE = Path(__file__).parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Apply the tenacity workaround to this directory's tests only."""
-    for item in items:
-        if _HERE in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.filterwarnings(TENACITY_INITIAL))
-
-
 def fast_seed() -> SandboxSeed:
     """The demo seed (demo keys; DOGE paused; XRP 13.13 rejected) with withdrawals settling in ~0.1 s."""
     return dataclasses.replace(demo_seed(), timings=FAST_TIMINGS)
