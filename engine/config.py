@@ -228,9 +228,21 @@ def _decimal(value: Any, key: str) -> Decimal:
 
 
 def _policy(data: Mapping[str, Any], dry_run: bool) -> Policy:
+    accounts = {
+        name: _currency_policies(section.get("policy", {}), f"accounts.{name}.policy")
+        for name, section in _section(data, "accounts").items()
+        if isinstance(section, dict) and section.get("policy")
+    }
+    currencies = _currency_policies(_section(data, "policy"), "policy")
+    return Policy(currencies=currencies, dry_run=dry_run, accounts=accounts)
+
+
+def _currency_policies(section: Any, where: str) -> dict[str, CurrencyPolicy]:
+    if not isinstance(section, dict):
+        raise ConfigError("must be a table", key=where)
     currencies: dict[str, CurrencyPolicy] = {}
-    for currency, rules in _section(data, "policy").items():
-        prefix = f"policy.{currency}"
+    for currency, rules in section.items():
+        prefix = f"{where}.{currency}"
         if not isinstance(rules, dict):
             raise ConfigError("must be a table", key=prefix)
         unknown = set(rules) - {"max_per_withdrawal", "max_per_day", "pinned_addresses"}
@@ -246,7 +258,7 @@ def _policy(data: Mapping[str, Any], dry_run: bool) -> Policy:
             max_per_day=_decimal(rules["max_per_day"], f"{prefix}.max_per_day") if "max_per_day" in rules else None,
             pinned_addresses=frozenset(pins) if pins is not None else None,
         )
-    return Policy(currencies=currencies, dry_run=dry_run)
+    return currencies
 
 
 def _accounts(data: Mapping[str, Any]) -> dict[str, AccountConfig]:
@@ -255,7 +267,8 @@ def _accounts(data: Mapping[str, Any]) -> dict[str, AccountConfig]:
     for name, section in raw.items():
         if not isinstance(section, dict):
             raise ConfigError("must be a table", key=f"accounts.{name}")
-        account = _build(AccountConfig, section, f"accounts.{name}", {"name": name})
+        fields_only = {k: v for k, v in section.items() if k != "policy"}
+        account = _build(AccountConfig, fields_only, f"accounts.{name}", {"name": name})
         _check_account(account)
         accounts[name] = account
     return accounts

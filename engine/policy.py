@@ -25,9 +25,13 @@ class Policy:
 
     currencies: Mapping[str, CurrencyPolicy] = field(default_factory=dict)
     dry_run: bool = False
+    #: Per-account overrides: account -> currency -> policy (wins over ``currencies`` for that account).
+    accounts: Mapping[str, Mapping[str, CurrencyPolicy]] = field(default_factory=dict)
 
-    def for_currency(self, currency: str) -> CurrencyPolicy:
-        """The currency's policy, or no limits."""
+    def for_currency(self, currency: str, account: str | None = None) -> CurrencyPolicy:
+        """The account's policy for the currency, else the global one, else no limits."""
+        if account is not None and currency in self.accounts.get(account, {}):
+            return self.accounts[account][currency]
         return self.currencies.get(currency, _NO_LIMITS)
 
 

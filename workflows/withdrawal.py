@@ -197,7 +197,7 @@ def chance_verdict(request: WithdrawalRequest, chance: Chance) -> Check:
 
 def policy_verdict(request: WithdrawalRequest, policy: Policy, spent_today: Decimal | None = None) -> Check:
     """Local limits on top of Upbit's: per withdrawal, per day, and an optional address pin-list."""
-    rules = policy.for_currency(request.currency)
+    rules = policy.for_currency(request.currency, request.account)
     if rules.pinned_addresses is not None and request.address not in rules.pinned_addresses:
         return Check(Verdict.ABORT, AbortReason.POLICY_DENIED, "address is not on the pin-list")
     if rules.max_per_withdrawal is not None and request.amount > rules.max_per_withdrawal:
@@ -305,7 +305,7 @@ async def _chance_check(wf: Workflow, ctx: StepContext) -> Check:
 
 
 async def _daily_check(wf: Workflow, ctx: StepContext) -> Check:
-    if ctx.policy.for_currency(wf.request.currency).max_per_day is None:
+    if ctx.policy.for_currency(wf.request.currency, wf.request.account).max_per_day is None:
         return SEND
     spent = await ctx.store.sum_submitted(
         account=wf.request.account, currency=wf.request.currency, since=ctx.now() - timedelta(days=1)
