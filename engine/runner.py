@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import secrets
 from collections.abc import Mapping
 
@@ -89,6 +90,7 @@ class Runner:
         listen = getattr(self.ctx.store, "listen", None)
         if listen is not None:  # PostgreSQL: NOTIFY on new work wakes us; polling stays the fallback
             await listen(self.wake)
+        log.info("runner.started", owner=self.owner, pid=os.getpid(), concurrency=self.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat(), name="runner-heartbeat")
         try:
             while not self._stopping.is_set():
