@@ -57,6 +57,7 @@ from engine.logging import configure_logging, redact_secrets
 from engine.models import State
 from engine.sandbox import run_sandbox
 from engine.service import serve
+from engine.upbit.client import UpbitClient
 
 __all__ = ["EXIT", "cli", "main", "run_cli"]
 
@@ -425,7 +426,7 @@ def resolve(workflow_id: str, action: str) -> None:
 # -- exchange commands -----------------------------------------------------------------------------------
 
 
-def _exchange_call(opts: Options, account: str, call: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+def _exchange_call(opts: Options, account: str, call: Callable[[UpbitClient], Coroutine[Any, Any, T]]) -> T:
     if opts.api:
         raise click.UsageError("this command calls the exchange through the configured account; drop --api")
     config = _load(opts)

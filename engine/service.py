@@ -19,6 +19,7 @@ import structlog
 from engine.api import create_app, start_site
 from engine.bootstrap import build_engine
 from engine.config import Config
+from engine.errors import ConfigError
 from engine.logging import register_secret
 from engine.metrics import Metrics
 
@@ -52,7 +53,11 @@ async def serve(
         loop.add_signal_handler(sig, _on_signal, sig, stop)
     try:
         async with engine:
-            site, url = await start_site(app, host=config.api.host, port=config.api.port)
+            try:
+                site, url = await start_site(app, host=config.api.host, port=config.api.port)
+            except OSError as exc:
+                where = f"{config.api.host}:{config.api.port}"
+                raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}", key="api.port") from None
             log.info(
                 "service.started", url=url, database=redact_url(config.engine.database),
                 accounts=sorted(config.accounts), dry_run=config.policy.dry_run, config=config.source,

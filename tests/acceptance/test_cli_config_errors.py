@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,27 @@ def test_unreachable_exchange_exits_5(tmp_path: Path) -> None:
     )
     result = run_cli(["--config", str(path), "wallet-status"])
     assert result.code == 5 and "exchange error" in one_line(result)
+
+
+def test_wait_timeout_exits_6(tmp_path: Path) -> None:
+    """With no runner on the store, submit --wait gives up after --timeout with exit 6; the workflow stays."""
+    database = ["--database", f"sqlite:///{tmp_path}/w.sqlite3"]
+    submit = ["submit", "--currency", "BTC", "--net-type", "BTC", "--amount", "0.01", "--address", "bc1qx", "--wait"]
+    result = run_cli([*database, *submit, "--timeout", "1"])
+    assert result.code == 6 and "still not finished after 1 s" in result.err
+    listed = run_cli([*database, "--json", "list"]).json()["withdrawals"]
+    assert [v["state"] for v in listed] == ["pending"]
+
+
+def test_port_in_use_exits_2_naming_api_port(tmp_path: Path) -> None:
+    """run on a port that is taken fails at start, naming api.port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        account = "[accounts.default]\nbase_url = 'http://127.0.0.1:1'\ndemo = true\n"
+        path = config(tmp_path, f"[engine]\ndatabase = 'sqlite:///{tmp_path}/w.sqlite3'\n{account}")
+        env = clean_env(**{TOKEN_ENV: "token-0123456789abcdef"})
+        result = run_cli(["--config", str(path), "run", "--port", str(port)], env=env, timeout=30)
+    last = result.err.strip().splitlines()[-1]  # the service logged its runner's start and stop before
+    assert result.code == 2 and last.startswith("upbit-withdraw: error:") and "api.port" in last
