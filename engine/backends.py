@@ -229,20 +229,17 @@ async def wait_settled(
     backend: Backend,
     workflow_id: str,
     *,
-    on_change: Callable[[dict[str, Any]], None] | None = None,
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
     interval: float = 0.25,
 ) -> dict[str, Any]:
-    """Poll until the workflow is terminal or needs an operator; ``on_change(view)`` on every new state.
+    """Poll until the workflow is terminal or needs an operator; ``on_poll(view)`` after every read.
 
     Bound it with ``asyncio.timeout``."""
     settled = {s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value}
-    seen: str | None = None
     while True:
         view = await backend.get(workflow_id)
-        if view["state"] != seen:
-            seen = view["state"]
-            if on_change is not None:
-                on_change(view)
+        if on_poll is not None:
+            on_poll(view)
         if view["state"] in settled:
             return view
         await asyncio.sleep(interval)

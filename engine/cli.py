@@ -360,12 +360,12 @@ async def _follow(backend: Backend, view: dict[str, Any], *, limit: float) -> di
             done = len(_PATH) if state in _SETTLED else _PATH.index(state) if state in _PATH else 3
             hint = ""
             if state == "pending" and time.monotonic() - started > 5:
-                hint = "  (no runner has picked it up: is `upbit-withdraw run` serving this store?)"
+                hint = "  (no runner yet: is `upbit-withdraw run` up?)"
             progress.update(task, completed=done, description=f"{current['id']} {_styled(state)}{hint}")
 
         try:
             async with asyncio.timeout(limit):
-                return await wait_settled(backend, view["id"], on_change=update)
+                return await wait_settled(backend, view["id"], on_poll=update)
         except TimeoutError:
             raise WaitTimeout(f"still not finished after {limit:g} s; follow it with: status {view['id']}") from None
 
