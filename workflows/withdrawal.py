@@ -345,8 +345,11 @@ def _body(wf: Workflow) -> WithdrawBody:
 
 
 async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: Any) -> Workflow:
-    """Persist the intent (state ``submitting``, exact body, time, lane held), then send it once."""
+    """Reserve a rate-limit slot, persist the intent (state ``submitting``, exact body, time, lane held),
+    then send it once with that slot."""
     body = _body(wf)
+    gateway = ctx.gateway(wf)
+    await gateway.reserve_submit_slot()
     try:
         wf = await ctx.transition(
             wf,
@@ -363,15 +366,18 @@ async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: An
             next_run_at=ctx.now(),
             data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait")},
         )
-    except LaneBusy:
-        return await ctx.reschedule(wf, ctx.settings.lane_retry)
+    except BaseException as exc:
+        gateway.release_submit_slot()
+        if isinstance(exc, LaneBusy):
+            return await ctx.reschedule(wf, ctx.settings.lane_retry)
+        raise
     return await _send(wf, ctx, body)
 
 
 async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody) -> Workflow:
     """The only place a POST leaves. Its error type says what is known of the outcome."""
     try:
-        withdrawal = await ctx.gateway(wf).submit(body)
+        withdrawal = await ctx.gateway(wf).submit(body, slot_reserved=True)
     except ExchangeThrottled as exc:
         return await _lose_track(wf, ctx, "throttled", exc, delay=exc.retry_after)
     except ExchangeRefused as exc:

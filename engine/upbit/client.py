@@ -208,10 +208,12 @@ class UpbitClient:
         data = await self._json_list("GET", "/v1/accounts", ())
         return self._parse_list(data, AccountBalance.from_json, "/v1/accounts")
 
-    async def withdraw_coin(self, body: WithdrawBody) -> Withdrawal:
-        """POST /v1/withdraws/coin. Never retried here: an OutcomeUnknown must be reconciled."""
+    async def withdraw_coin(self, body: WithdrawBody, *, slot_reserved: bool = False) -> Withdrawal:
+        """POST /v1/withdraws/coin. Never retried here: an OutcomeUnknown must be reconciled.
+
+        ``slot_reserved``: the caller already holds a rate-limit slot (``limiter.acquire(WRITE)``)."""
         path = "/v1/withdraws/coin"
-        data = await self._call("POST", path, body.params(), priority=Priority.WRITE)
+        data = await self._call("POST", path, body.params(), priority=Priority.WRITE, reserved=slot_reserved)
         return self._parse_one(data, Withdrawal.from_json, path)
 
     async def get_withdraw(
@@ -289,13 +291,17 @@ class UpbitClient:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ExchangeBadResponse(f"unreadable answer: {exc}", endpoint=path) from exc
 
-    async def _call(self, method: str, path: str, params: Params, *, priority: Priority = Priority.READ) -> Any:
+    async def _call(
+        self, method: str, path: str, params: Params, *, priority: Priority = Priority.READ, reserved: bool = False
+    ) -> Any:
         endpoint = f"{method} {path}"
         encoded = encode_params(params, as_body=method == "POST")
         url = f"{self.base_url}{path}" + (f"?{encoded.query}" if encoded.query else "")
         attempt = 0
         while True:
-            await self.limiter.acquire(priority)
+            if not reserved:
+                await self.limiter.acquire(priority)
+            reserved = False
             answer = await self._send(method, url, encoded.body, encoded.hashed, endpoint)
             try:
                 return self._interpret(answer, endpoint)

@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from engine.clock import Clock, SystemClock
 from engine.errors import ExchangeBlocked, ExchangeThrottled, OutcomeUnknown
 from engine.upbit.client import MAX_LIST_IDS, UpbitClient, WithdrawBody
+from engine.upbit.ratelimit import Priority
 from engine.upbit.types import AllowedAddress, Chance, WalletStatus, Withdrawal
 
 __all__ = ["Gateway"]
@@ -152,9 +153,19 @@ class Gateway:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def submit(self, body: WithdrawBody) -> Withdrawal:
+    async def reserve_submit_slot(self) -> None:
+        """Wait for a write slot of the account's budget before the intent is persisted, so a workflow
+        never sits in ``submitting`` while queued behind the rate limit (a crash there would leave an
+        intent whose POST may or may not have left; now that window is one commit long)."""
+        await self.client.limiter.acquire(Priority.WRITE)
+
+    def release_submit_slot(self) -> None:
+        """The reserved slot was not used (the lane was busy): give it back."""
+        self.client.limiter.refund()
+
+    async def submit(self, body: WithdrawBody, *, slot_reserved: bool = False) -> Withdrawal:
         """POST the withdrawal once. Errors tell what is known of the outcome; nothing is retried."""
-        result = await self.client.withdraw_coin(body)
+        result = await self.client.withdraw_coin(body, slot_reserved=slot_reserved)
         self._chances.pop((body.currency, body.net_type), None)
         return result
 

@@ -97,6 +97,12 @@ class RateLimiter:
         self.stats.wait_seconds += waited
         return waited
 
+    def refund(self) -> None:
+        """Give back the most recent slot: it was granted but no request went out with it."""
+        if self.enabled and self._grants:
+            self._grants.pop()
+            self.stats.granted -= 1
+
     def observe_remaining(self, remaining: int) -> None:
         """Book calls that others spent, as told by ``Remaining-Req: sec=remaining``."""
         now = self._clock.monotonic()
