@@ -68,7 +68,7 @@ class AccountConfig:
     region: str | None = "kr"
     base_url: str | None = None
     access_key_env: str = "UPBIT_ACCESS_KEY"
-    secret_key_env: str = "UPBIT_SECRET_KEY"
+    secret_key_env: str = "UPBIT_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
     secret_file: str | None = None
     rate_limit: int = 30
     timeout: float = 10.0
@@ -102,7 +102,7 @@ class ApiConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    token_env: str = "UPBIT_WITHDRAW_API_TOKEN"
+    token_env: str = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
     token_file: str | None = None
     max_body_bytes: int = 65536
 

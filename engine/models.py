@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -105,7 +105,7 @@ def new_workflow_id() -> str:
 
 
 def _parse_amount(value: object) -> Decimal:
-    if isinstance(value, bool) or isinstance(value, float | int):
+    if isinstance(value, bool | float | int):
         raise InvalidRequest(f"must be a Decimal or a decimal string, not {type(value).__name__}", field="amount")
     if isinstance(value, str):
         if not _DECIMAL_RE.fullmatch(value):
@@ -296,8 +296,6 @@ class Event:
 
     def sealed(self, prev_hash: str) -> Event:
         """This event linked to ``prev_hash``, with its own hash computed."""
-        from dataclasses import replace
-
         linked = replace(self, prev_hash=prev_hash, hash="")
         return replace(linked, hash=hashlib.sha256(linked.canonical()).hexdigest())
 

@@ -183,14 +183,22 @@ def chance_verdict(request: WithdrawalRequest, chance: Chance) -> Check:
     """The exchange's own limits: locks, support, minimum, decimals, one-time limit, balance + fee."""
     amount = request.amount
     fee = Decimal(0) if request.transaction_type is TransactionType.INTERNAL else chance.withdraw_fee
+    abort, wait = Verdict.ABORT, Verdict.WAIT
     rules: list[tuple[bool, Check]] = [
-        (chance.member_locked or chance.wallet_locked, Check(Verdict.ABORT, AbortReason.CHANCE_DENIED, "account or wallet is locked")),
-        ("withdraw" not in chance.wallet_support, Check(Verdict.WAIT, AbortReason.WALLET_UNAVAILABLE, "withdrawals are not supported right now")),
-        (not chance.can_withdraw, Check(Verdict.ABORT, AbortReason.CHANCE_DENIED, "the exchange says can_withdraw is false")),
-        (amount < chance.minimum, Check(Verdict.ABORT, AbortReason.BELOW_MINIMUM, f"amount is below the minimum {chance.minimum}")),
-        (_decimals(amount) > chance.fixed, Check(Verdict.ABORT, AbortReason.TOO_MANY_DECIMALS, f"amount has more than {chance.fixed} decimals")),
-        (chance.onetime is not None and chance.onetime > 0 and amount > chance.onetime, Check(Verdict.ABORT, AbortReason.POLICY_DENIED, f"amount is over the one-time limit {chance.onetime}")),
-        (chance.balance < amount + fee, Check(Verdict.ABORT, AbortReason.INSUFFICIENT_BALANCE, f"balance {chance.balance} is less than amount + fee {amount + fee}")),
+        (chance.member_locked or chance.wallet_locked,
+         Check(abort, AbortReason.CHANCE_DENIED, "account or wallet is locked")),
+        ("withdraw" not in chance.wallet_support,
+         Check(wait, AbortReason.WALLET_UNAVAILABLE, "withdrawals are not supported right now")),
+        (not chance.can_withdraw,
+         Check(abort, AbortReason.CHANCE_DENIED, "the exchange says can_withdraw is false")),
+        (amount < chance.minimum,
+         Check(abort, AbortReason.BELOW_MINIMUM, f"amount is below the minimum {chance.minimum}")),
+        (_decimals(amount) > chance.fixed,
+         Check(abort, AbortReason.TOO_MANY_DECIMALS, f"amount has more than {chance.fixed} decimals")),
+        (chance.onetime is not None and chance.onetime > 0 and amount > chance.onetime,
+         Check(abort, AbortReason.POLICY_DENIED, f"amount is over the one-time limit {chance.onetime}")),
+        (chance.balance < amount + fee,
+         Check(abort, AbortReason.INSUFFICIENT_BALANCE, f"balance {chance.balance} < amount + fee {amount + fee}")),
     ]  # fmt: skip
     return next((check for failed, check in rules if failed), SEND)
 

@@ -35,7 +35,7 @@ __all__ = [
 #: Published key pair of the sandbox exchange. Never valid on a real Upbit host: the client refuses to
 #: send it anywhere but a loopback address. The secret is 64 bytes so HS512 gets a full-length key.
 DEMO_ACCESS_KEY = "sandbox-demo-access-key-0000000000000000"
-DEMO_SECRET_KEY = "sandbox-demo-secret-key-do-not-use-with-real-funds-0000000000000"
+DEMO_SECRET_KEY = "sandbox-demo-secret-key-do-not-use-with-real-funds-0000000000000"  # noqa: S105 - published
 
 ParamValue = str | Sequence[str]
 #: Ordered request parameters. Values are strings (never floats: amounts travel as decimal strings);

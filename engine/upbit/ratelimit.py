@@ -8,9 +8,10 @@ Corrections from the exchange: ``Remaining-Req: ... sec=N`` that shows fewer cal
 count explains means someone else (another process, another tool) spends this account's budget; we book
 the difference as phantom calls for one window. When several runner processes share one account, each
 gets a static share (``rate``) of the account's budget (``account_rate``): simple and correct, since
-the shares never add up to more than the budget; only use beyond the other shares counts as foreign. A 429 blocks the account to the next second; a 418
-blocks it for the time the exchange names. Waiters are served by priority (submits and cancels before
-reads) and, within a priority, first come first served.
+the shares never add up to more than the budget; only use beyond the other shares counts as foreign.
+A 429 blocks the account to the next second; a 418 blocks it for the time the exchange
+names. Waiters are served by priority (submits and cancels before reads) and, within a priority, first
+come first served.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ class TestAuditChain:
             ('UPDATE events SET data = \'{"amount":"999"}\' WHERE workflow_id = ? AND seq = 3', "edited"),
             ("DELETE FROM events WHERE workflow_id = ? AND seq = 2", "missing"),
             (
-                "DELETE FROM events WHERE workflow_id = ? AND seq = (SELECT MAX(seq) FROM events WHERE workflow_id = ?)",
+                "DELETE FROM events WHERE workflow_id = ? "
+                "AND seq = (SELECT MAX(seq) FROM events WHERE workflow_id = ?)",
                 "truncated",
             ),
         ],

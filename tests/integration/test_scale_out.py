@@ -27,8 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("upbit-withdraw"))
 TOKEN = "scale-out-test-token-0123456789"
 LEASE = 3.0
-LANES = [("BTC", "BTC", Decimal("0.001"), Decimal("0.00000001")), ("ETH", "ETH", Decimal("0.01"), Decimal("0.00000001")),
-         ("USDT", "TRX", Decimal("10"), Decimal("0.000001")), ("XRP", "XRP", Decimal("20"), Decimal("0.000001"))]  # fmt: skip
+LANES = [
+    ("BTC", "BTC", Decimal("0.001"), Decimal("0.00000001")),
+    ("ETH", "ETH", Decimal("0.01"), Decimal("0.00000001")),
+    ("USDT", "TRX", Decimal("10"), Decimal("0.000001")),
+    ("XRP", "XRP", Decimal("20"), Decimal("0.000001")),
+]
 
 
 def _free_port() -> int:

@@ -81,7 +81,9 @@ class TestNoSecretsWritten:
         """A JWT or bearer header inside any value, or a value under a secret-named key, is masked."""
         token = make_token(Credentials(ACCESS, SECRET), "a=b")
         event = redact_secrets(None, "info", {
-            "event": "x", "note": f"sent Authorization: Bearer {token}", "nested": {"secret_key": SECRET, "list": [token]},
+            "event": "x",
+            "note": f"sent Authorization: Bearer {token}",
+            "nested": {"secret_key": SECRET, "list": [token]},
             "api_token": "abc",
         })  # fmt: skip
         flat = json.dumps(event)
