@@ -156,6 +156,9 @@ class ChaosSettings:
     #: The account's calls per second (the engine's limiter; the sandbox allows 30).
     rate_limit: int = 30
     concurrency: int = 200
+    #: The gateway's shared caches (seconds).
+    wallet_ttl: float = 0.5
+    chance_ttl: float = 0.5
 
 
 def free_port() -> int:
@@ -267,8 +270,8 @@ log_format = "json"
 
 [gateway]
 allowlist_ttl = 5.0
-wallet_ttl = 0.5
-chance_ttl = 0.5
+wallet_ttl = {s.wallet_ttl}
+chance_ttl = {s.chance_ttl}
 poll_window = 0.05
 
 [workflow]
@@ -564,16 +567,21 @@ class Chaos:
 
     # -- the whole thing ------------------------------------------------------------------------------
 
-    async def run(self) -> dict[str, Any]:
-        started = time.monotonic()
+    @contextlib.asynccontextmanager
+    async def running(self) -> Any:
+        """An HTTP session for the run; on the way out, every process started is stopped."""
         async with aiohttp.ClientSession() as self.session:
             try:
-                async with asyncio.timeout(self.s.max_seconds):
-                    return await self._run(started)
+                yield self
             finally:
                 if self.service is not None:
                     await self.service.kill()
                 await self.sandbox.terminate(10)
+
+    async def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        async with self.running(), asyncio.timeout(self.s.max_seconds):
+            return await self._run(started)
 
     async def _run(self, started: float) -> dict[str, Any]:
         await self.start_sandbox()
@@ -603,6 +611,10 @@ class Chaos:
             summary["violations"].append(f"the service did not stop cleanly on SIGTERM (exit {stop_code})")
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return summary
+
+    async def posts(self) -> int:
+        """How many POST /v1/withdraws/coin the sandbox received so far."""
+        return int((await self.admin("GET", "stats"))["by_endpoint"].get("POST /v1/withdraws/coin", 0))
 
     async def post_records(self) -> list[dict[str, Any]]:
         """Every POST /v1/withdraws/coin the sandbox received, in order, with its body and answer."""
