@@ -265,9 +265,8 @@ async def submit(request: web.Request) -> web.Response:
     withdrawal = parse_withdrawal(await _body(request))
     key = request.headers.get("Idempotency-Key")
     engine = request.app[ENGINE]
-    replay = bool(key) and await engine.store.get_by_idempotency_key(key or "") is not None
-    wf = await engine.submit(withdrawal, idempotency_key=key)
-    return _json(workflow_view(wf), status=200 if replay else 201, headers={"Location": f"/v1/withdrawals/{wf.id}"})
+    wf, created = await engine.intake(withdrawal, idempotency_key=key)
+    return _json(workflow_view(wf), status=201 if created else 200, headers={"Location": f"/v1/withdrawals/{wf.id}"})
 
 
 async def get_withdrawal(request: web.Request) -> web.Response:
@@ -334,7 +333,11 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz: the store answers."""
+    """GET /healthz: the store answers and the runner (if this process runs one) is alive."""
+    failed = request.app[ENGINE].runner_failed
+    if failed is not None:
+        log.error("api.runner_dead", error=type(failed).__name__)
+        return _json({"status": "unavailable", "runner": "dead"}, status=503)
     try:
         await request.app[ENGINE].store.count_by_state()
     except Exception as exc:

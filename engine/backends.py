@@ -104,11 +104,8 @@ class StoreBackend:
     async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         """Validate (every bad field named), persist, report whether it was new."""
         request = parse_withdrawal(dict(body))
-        replay = bool(idempotency_key) and (
-            await self.engine.store.get_by_idempotency_key(idempotency_key or "") is not None
-        )
-        wf = await self.engine.submit(request, idempotency_key=idempotency_key)
-        return workflow_view(wf), not replay
+        wf, created = await self.engine.intake(request, idempotency_key=idempotency_key)
+        return workflow_view(wf), created
 
     async def get(self, workflow_id: str) -> dict[str, Any]:
         """The workflow view."""

@@ -63,7 +63,7 @@ class Engine:
         self._notifications: set[asyncio.Task[None]] = set()
         # Imported here, not at module top: workflows import engine modules, and engine/__init__ exports
         # Engine, so a top-level import would make "import workflows.withdrawal" first a circular import.
-        from workflows.withdrawal import MACHINE, STEPS  # noqa: PLC0415
+        from workflows.withdrawal import MACHINE, STEPS
 
         self.ctx = StepContext(
             store=store,
@@ -97,6 +97,14 @@ class Engine:
         finally:
             await self.store.close()
 
+    @property
+    def runner_failed(self) -> BaseException | None:
+        """The exception that ended the background runner, if it died (None while healthy or not run)."""
+        task = self._runner_task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     async def stop(self) -> None:
         """Stop the runner gracefully (steps in flight finish)."""
         if self._runner_task is not None:
@@ -115,6 +123,11 @@ class Engine:
 
     async def submit(self, request: WithdrawalRequest, *, idempotency_key: str | None = None) -> Workflow:
         """Persist a new withdrawal workflow (or return the one already under ``idempotency_key``)."""
+        workflow, _ = await self.intake(request, idempotency_key=idempotency_key)
+        return workflow
+
+    async def intake(self, request: WithdrawalRequest, *, idempotency_key: str | None = None) -> tuple[Workflow, bool]:
+        """Like :meth:`submit`, and says whether the workflow was created now (False: a replay)."""
         if request.account not in self.gateways:
             raise InvalidRequest(f"no account named {request.account!r} is configured", field="account")
         if idempotency_key is not None:
@@ -122,14 +135,14 @@ class Engine:
                 raise InvalidRequest("must be 1-200 characters", field="idempotency_key")
             existing = await self.store.get_by_idempotency_key(idempotency_key)
             if existing is not None:
-                return self._replay(existing, request, idempotency_key)
+                return self._replay(existing, request, idempotency_key), False
         workflow, event = self._new(request, idempotency_key)
         stored, created = await self.store.create(workflow, event)
         if not created:
-            return self._replay(stored, request, idempotency_key or "")
+            return self._replay(stored, request, idempotency_key or ""), False
         log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)
         self.runner.wake()
-        return stored
+        return stored, True
 
     def _new(self, request: WithdrawalRequest, key: str | None) -> tuple[Workflow, Event]:
         now = self.clock.now()

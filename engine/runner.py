@@ -23,10 +23,10 @@ from collections.abc import Mapping
 
 import structlog
 
+from engine.backoff import backoff_delay
 from engine.context import StepContext
 from engine.errors import EngineError, ExchangeError, InvalidTransition, StaleVersion, WorkflowNotFound
 from engine.models import AbortReason, State, Workflow
-from engine.backoff import backoff_delay
 
 __all__ = ["Runner"]
 
@@ -220,7 +220,10 @@ class Runner:
             return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
 
     def _past_deadline(self, wf: Workflow) -> bool:
-        pre = wf.state in (State.PENDING, State.VERIFYING_ADDRESS, State.CHECKING_WALLET)
+        # A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with
+        # the reason that kept it (wallet_unavailable), or goes through if the wallet came back.
+        waiting_for_wallet = wf.state is State.CHECKING_WALLET and bool(wf.data.get("wallet_wait"))
+        pre = wf.state in (State.PENDING, State.VERIFYING_ADDRESS, State.CHECKING_WALLET) and not waiting_for_wallet
         return pre and wf.deadline_at is not None and self.ctx.now() >= wf.deadline_at
 
     async def _retry_later(self, wf: Workflow, exc: Exception, error: Mapping[str, object]) -> Workflow | None:

@@ -10,6 +10,7 @@ same store resumes; nothing in memory matters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,7 @@ import structlog
 from engine.api import create_app, start_site
 from engine.bootstrap import build_engine
 from engine.config import Config
+from engine.core import Engine
 from engine.errors import ConfigError
 from engine.logging import register_secret
 from engine.metrics import Metrics
@@ -65,7 +67,7 @@ async def serve(
             if ready is not None:
                 ready(url)
             try:
-                await stop.wait()
+                await _until_stop_or_runner_death(engine, stop)
             finally:
                 log.info("service.stopping")
                 await site.cleanup()
@@ -73,6 +75,16 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("service.stopped")
+
+
+async def _until_stop_or_runner_death(engine: Engine, stop: asyncio.Event) -> None:
+    """Serve until asked to stop; a dead runner stops the service too (never serve with no one working)."""
+    while not stop.is_set():
+        if engine.runner_failed is not None:
+            log.error("service.runner_died", error=repr(engine.runner_failed))
+            raise RuntimeError("the runner stopped unexpectedly") from engine.runner_failed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
