@@ -44,6 +44,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -153,6 +154,8 @@ class ChaosSettings:
     access_key: str | None = None
     secret_key: str | None = None
     log_level: str = "INFO"
+    #: Copy the SQLite files (with -wal and -shm, as the killed process left them) after every kill.
+    snapshot_on_kill: bool = False
     #: The account's calls per second (the engine's limiter; the sandbox allows 30).
     rate_limit: int = 30
     concurrency: int = 200
@@ -405,6 +408,11 @@ class Chaos:
         code = await self.service.kill()
         self.tally.kills += 1
         self.tally.kill_codes.append(code)
+        if self.s.snapshot_on_kill:
+            target = self.dir / "snapshots" / f"kill-{self.tally.kills:03d}"
+            target.mkdir(parents=True, exist_ok=True)
+            for path in self.dir.glob("workflows.sqlite3*"):
+                shutil.copy2(path, target / path.name)
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -610,6 +618,8 @@ class Chaos:
         if stop_code != 0:
             summary["violations"].append(f"the service did not stop cleanly on SIGTERM (exit {stop_code})")
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if self.keep_answers:
+            (self.dir / "api-answers.jsonl").write_bytes(b"".join(raw + b"\n" for raw in self.tally.answers))
         return summary
 
     async def posts(self) -> int:
@@ -636,6 +646,9 @@ class Chaos:
             "posts": await self.post_records(),
         }
         store = await read_store(self.dir / "workflows.sqlite3")
+        with (self.dir / "posts.jsonl").open("w") as out:
+            for record in sandbox["posts"]:
+                out.write(json.dumps(record) + "\n")
         return {"sandbox": sandbox, "store": store}
 
 
