@@ -30,7 +30,7 @@ import pytest
 from engine import Engine, WithdrawalRequest
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import make_gateway
-from tests.safety.chaos_harness import Chaos, ChaosSettings, request_key
+from tests.safety.chaos_harness import Chaos, ChaosSettings, request_key, service_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="SIGKILL")]
 
@@ -81,6 +81,8 @@ async def test_kill_while_posts_queue_strands_no_unsent_workflow(tmp_path: Path)
             await asyncio.sleep(0.02)
         await chaos.kill_service()
         at_kill = _states(db)
+        chaos.s.rate_limit = 30  # the restart works at the normal pace: the test is about the kill
+        service_config(tmp_path, chaos.sandbox_url, chaos.api_port, chaos.s)
         await chaos.start_service()
         await chaos.settle()
         finals = _states(db)
