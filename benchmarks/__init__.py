@@ -1,0 +1,1 @@
+"""Benchmarks of the withdrawal engine (see benchmarks/README.md)."""

@@ -1,0 +1,794 @@
+"""Withdrawals benchmark: the engine against Upbit's published per-withdrawal recipe, side by side.
+
+Usage (see benchmarks/README.md)::
+
+    .venv/bin/python benchmarks/withdrawals.py                       # realistic, N = 1,000, both sides
+    .venv/bin/python benchmarks/withdrawals.py --mode overhead -n 10000
+
+The sandbox exchange runs in its OWN process (``run_sandbox``). Each side runs in a child process of
+its own too, so that its CPU seconds and peak RSS are its own; the sandbox is reset and configured
+again before every side. The result is ONE JSON object on stdout.
+
+Modes:
+
+``realistic``
+    20 ms latency on every call (a ``latency`` fault on ``"*"``), WAITING ~2 s, PROCESSING ~5 s, the
+    sandbox's 30 req/s limit (429, then 418) on. The engine runs with the product defaults (a 30/s
+    :class:`RateLimiter`, the default gateway and workflow settings, SQLite in a temp dir). The baseline
+    does what Upbit's recipe does for each withdrawal, as plain asyncio tasks under the same concurrency
+    bound and the same kind of limiter (one ``RateLimiter`` at 30/s, our ``UpbitClient``): list the
+    allowlist, check the wallet status, POST, then poll ``GET /v1/withdraw`` every ``--poll-interval``
+    seconds until the withdrawal is terminal.
+``overhead``
+    No latency, no rate limit (the sandbox's limit off, the engine's limiter disabled), instant
+    progression (timings 0). All N workflows are submitted first, then the runner runs: end-to-end
+    withdrawals/s, CPU microseconds per transition, and RSS per in-flight workflow
+    ((RSS loaded - RSS of the empty engine) / N). The baseline is skipped unless ``--with-baseline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.config import AccountConfig, EngineConfig, GatewayConfig
+from engine.errors import ExchangeError, ExchangeThrottled
+from engine.models import Event, WithdrawalRequest, Workflow
+from engine.upbit.auth import Credentials
+from engine.upbit.client import UpbitClient, WithdrawBody
+from engine.upbit.ratelimit import RateLimiter
+
+CURRENCY, NET_TYPE = "USDT", "TRX"
+ADDRESS = "TJYeasTPa6gpEEfYqGJkbXhBVxBJMEZfUt"  # allowlisted for USDT/TRX in the sandbox's default seed
+BALANCE = "100000000"
+SCRIPT = Path(__file__).resolve()
+_URL_RE = re.compile(r"on (http://\S+)")
+
+# -- pieces shared by both sides ---------------------------------------------------------------------
+
+
+def make_requests(n: int, *, offset: int = 0) -> list[WithdrawalRequest]:
+    """N requests with distinct amounts (1.000001, 1.000002, ...): distinct lanes, like real payouts."""
+    return [
+        WithdrawalRequest(
+            currency=CURRENCY,
+            net_type=NET_TYPE,
+            amount=Decimal(1) + Decimal(offset + i + 1) / Decimal(10**6),
+            address=ADDRESS,
+        )
+        for i in range(n)
+    ]
+
+
+def sandbox_config(mode: str, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The sandbox's config and fault rules for a mode."""
+    if mode == "overhead":
+        config = {
+            "timings": {"waiting_seconds": 0.0, "waiting_jitter": 0.0, "processing_seconds": 0.0,
+                        "processing_jitter": 0.0},
+            "rate_limit": {"enabled": False},
+        }  # fmt: skip
+        return config, []
+    config = {
+        "timings": {
+            "waiting_seconds": args.waiting,
+            "waiting_jitter": args.jitter,
+            "processing_seconds": args.processing,
+            "processing_jitter": args.jitter,
+        },
+        "rate_limit": {"enabled": True, "per_second": args.rate},
+    }
+    faults = [{"endpoint": "*", "kind": "latency", "ms": args.latency_ms}] if args.latency_ms > 0 else []
+    return config, faults
+
+
+def percentile_rate(times: Sequence[float], lo: float = 0.1, hi: float = 0.9) -> float | None:
+    """Completions per second between the ``lo`` and ``hi`` fractions of completions (the steady part)."""
+    ordered = sorted(times)
+    if len(ordered) < 10:
+        return None
+    a, b = int(len(ordered) * lo), int(len(ordered) * hi) - 1
+    span = ordered[b] - ordered[a]
+    return (b - a) / span if span > 0 else None
+
+
+class RssSampler:
+    """Peak RSS of this process, sampled by a thread every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self._proc = psutil.Process()
+        self._interval = interval
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def cpu_seconds(proc: psutil.Process | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    times = (proc or psutil.Process()).cpu_times()
+    return float(times.user + times.system)
+
+
+def rss() -> int:
+    """Current RSS of this process after a full collection."""
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+# -- the engine side -----------------------------------------------------------------------------
+
+
+@dataclass
+class Tracker:
+    """A transition observer: counts transitions, records when POSTs were accepted and workflows settled."""
+
+    clock: Callable[[], float] = time.monotonic
+    transitions: int = 0
+    accepted: dict[str, float] = field(default_factory=dict)
+    completions: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    states: Counter[str] = field(default_factory=Counter)
+    target: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, before: Workflow, after: Workflow, event: Event) -> None:
+        self.transitions += 1
+        if before.exchange_uuid is None and after.exchange_uuid is not None:
+            self.accepted[after.id] = self.clock()
+        if after.state.is_terminal and not before.state.is_terminal:
+            now = self.clock()
+            self.completions.append(now)
+            if after.id in self.accepted:
+                self.latencies.append(now - self.accepted[after.id])
+            self.states[after.state.value] += 1
+            if self.target and len(self.completions) >= self.target:
+                self.done.set()
+
+    def reset(self, target: int) -> None:
+        self.transitions = 0
+        self.accepted = {}
+        self.completions = []
+        self.latencies = []
+        self.states = Counter()
+        self.target = target
+        self.done = asyncio.Event()
+
+
+def flow_figures(
+    start: float, accepted: Iterable[float], completions: Sequence[float], latencies: Sequence[float]
+) -> dict[str, Any]:
+    """Steady-state rates (10th to 90th percentile of events) and accept-to-settled latencies."""
+    accept_rate = percentile_rate([a - start for a in accepted])
+    done_rate = percentile_rate([c - start for c in completions])
+    rates = [r for r in (accept_rate, done_rate) if r is not None]
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else None
+
+    return {
+        # The pipeline's sustained rate: the slower of accepting (POSTs) and settling, each over the middle
+        # 80 % of its events, so neither the fill at the start nor the drain at the end counts.
+        "sustained_withdrawals_per_second": round(min(rates), 2) if rates else None,
+        "accept_rate_10_90": _round(accept_rate, 2),
+        "completion_rate_10_90": _round(done_rate, 2),
+        "first_completion_seconds": round(min(completions) - start, 3) if completions else None,
+        "last_completion_seconds": round(max(completions) - start, 3) if completions else None,
+        "accept_to_settled_seconds": {"p50": pct(0.5), "p95": pct(0.95), "max": pct(1.0)},
+    }
+
+
+def build_engine(url: str, db: Path, *, mode: str, rate: int, concurrency: int, tracker: Tracker) -> Any:
+    """An engine wired as ``engine.bootstrap`` wires it, with the product defaults (runner not started)."""
+    from engine.bootstrap import build_gateway
+    from engine.clock import SystemClock
+    from engine.core import Engine
+    from engine.policy import WorkflowSettings
+    from engine.store.sqlite import SQLiteStore
+
+    clock = SystemClock()
+    account = AccountConfig(name="default", base_url=url, demo=True, rate_limit=rate)
+    limiter = RateLimiter(rate, clock=clock) if mode == "realistic" else RateLimiter(rate, enabled=False, clock=clock)
+    gateway = build_gateway(account, GatewayConfig(), clock=clock, limiter=limiter)
+    return Engine(
+        store=SQLiteStore(db),
+        gateways={"default": gateway},
+        clock=clock,
+        settings=WorkflowSettings(),
+        run_runner=False,
+        concurrency=concurrency,
+        observers=[tracker],
+    )
+
+
+async def submit_all(engine: Any, requests: Sequence[WithdrawalRequest], chunk: int = 1000) -> list[str]:
+    """Submit in concurrent chunks (their writes share group commits)."""
+    ids: list[str] = []
+    for start in range(0, len(requests), chunk):
+        part = requests[start : start + chunk]
+        ids.extend(wf.id for wf in await asyncio.gather(*(engine.submit(r) for r in part)))
+    return ids
+
+
+async def run_runner_until(engine: Any, tracker: Tracker, timeout: float) -> bool:
+    """Run a fresh runner until the tracker saw every workflow settle (or ``timeout``)."""
+    from engine.runner import Runner
+
+    old = engine.runner
+    engine.runner = Runner(engine.ctx, concurrency=old.concurrency, lease_seconds=old.lease_seconds)
+    task = asyncio.create_task(engine.runner.run())
+    try:
+        await asyncio.wait_for(tracker.done.wait(), timeout)
+        finished = True
+    except TimeoutError:
+        finished = False
+    engine.runner.stop()
+    await task
+    return finished
+
+
+async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run N withdrawals through the engine; the metrics this process can see."""
+    from engine.logging import configure_logging
+
+    log_path = workdir / "engine-log.jsonl"
+    with log_path.open("w") as log_stream:
+        configure_logging(level=args.log_level, json=True, stream=log_stream)
+        tracker = Tracker()
+        engine = build_engine(
+            url, workdir / "engine.sqlite3", mode=args.mode, rate=args.rate, concurrency=args.concurrency,
+            tracker=tracker,
+        )  # fmt: skip
+        result: dict[str, Any] = {"side": "engine", "n": args.n, "concurrency": args.concurrency}
+        async with engine:
+            if args.warmup:
+                tracker.reset(args.warmup)
+                await submit_all(engine, make_requests(args.warmup, offset=10 * args.n))
+                await run_runner_until(engine, tracker, args.timeout)
+                result["sandbox_stats_after_warmup"] = await sandbox_stats(url)
+            rss_empty = rss()
+            gateway = engine.gateways["default"]
+            calls_before = Counter(gateway.client.calls)
+            batches_before, polls_before = gateway.poll_batches, gateway.polls
+            tracker.reset(args.n)
+            requests = make_requests(args.n)
+            cpu0, t0 = cpu_seconds(), time.monotonic()
+            await submit_all(engine, requests)
+            cpu1, t1 = cpu_seconds(), time.monotonic()
+            rss_submitted = rss()
+            with RssSampler() as sampler:
+                cpu2, t2 = cpu_seconds(), time.monotonic()
+                finished = await run_runner_until(engine, tracker, args.timeout)
+                cpu3, t3 = cpu_seconds(), time.monotonic()
+            store = engine.store
+            states = await store.count_by_state()
+            calls = Counter(gateway.client.calls)
+            calls.subtract(calls_before)
+            limiter = gateway.client.limiter.stats
+        done = tracker.states.get("DONE", 0)
+        run_wall = t3 - t2
+        result.update(
+            finished=finished,
+            completed=done,
+            terminal_states=dict(tracker.states),
+            store_states=states,
+            submit_seconds=round(t1 - t0, 3),
+            submit_cpu_seconds=round(cpu1 - cpu0, 3),
+            wall_seconds=round(run_wall, 3),
+            wall_seconds_incl_submit=round(t3 - t0, 3),
+            withdrawals_per_second=round(done / run_wall, 2) if run_wall > 0 else None,
+            withdrawals_per_second_incl_submit=round(done / (t3 - t0), 2),
+            **flow_figures(t2, tracker.accepted.values(), tracker.completions, tracker.latencies),
+            cpu_seconds=round(cpu3 - cpu2, 3),
+            cpu_seconds_incl_submit=round(cpu3 - cpu0, 3),
+            transitions=tracker.transitions,
+            transitions_per_withdrawal=round(tracker.transitions / max(1, args.n), 2),
+            cpu_us_per_transition=round((cpu3 - cpu2) / max(1, tracker.transitions) * 1e6, 1),
+            cpu_us_per_withdrawal=round((cpu3 - cpu2) / max(1, done) * 1e6, 1),
+            client_calls=dict(calls),
+            poll_batches=gateway.poll_batches - batches_before,
+            polls=gateway.polls - polls_before,
+            limiter={"granted": limiter.granted, "waited": limiter.waited, "throttles": limiter.throttles,
+                     "blocks": limiter.blocks, "phantom": limiter.phantom},
+            store={"batches": store.batches, "writes": store.writes},
+            rss_empty_bytes=rss_empty,
+            rss_submitted_bytes=rss_submitted,
+            peak_rss_run_bytes=sampler.peak,
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            rss_per_inflight_workflow_bytes=round((sampler.peak - rss_empty) / max(1, args.n), 1),
+            rss_per_submitted_workflow_bytes=round((rss_submitted - rss_empty) / max(1, args.n), 1),
+            log_lines=sum(1 for _ in log_path.open()),
+        )  # fmt: skip
+    return result
+
+
+# -- the baseline side: Upbit's recipe, one task per withdrawal --------------------------------------
+
+
+async def baseline_withdrawal(
+    client: UpbitClient,
+    request: WithdrawalRequest,
+    *,
+    poll_interval: float,
+    outcome: Counter[str],
+    accepted: list[float] | None = None,
+) -> str:
+    """List addresses, check the wallet, submit, poll ``GET /v1/withdraw`` every ``poll_interval``."""
+    addresses = await client.coin_addresses()
+    if not any(
+        a.currency == request.currency and a.net_type == request.net_type and a.withdraw_address == request.address
+        for a in addresses
+    ):
+        return "address_not_allowed"
+    wallets = await client.wallet_status()
+    wallet = next((w for w in wallets if (w.currency, w.net_type) == (request.currency, request.net_type)), None)
+    if wallet is None or wallet.wallet_state not in ("working", "withdraw_only"):
+        return "wallet_unavailable"
+    body = WithdrawBody(
+        currency=request.currency, net_type=request.net_type, amount=request.amount, address=request.address
+    )
+    while True:
+        try:
+            withdrawal = await client.withdraw_coin(body)
+            if accepted is not None:
+                accepted.append(time.monotonic())
+            break
+        except ExchangeThrottled as exc:  # 429/418: not executed, safe to send again after the wait
+            outcome["post_throttled"] += 1
+            await asyncio.sleep(exc.retry_after)
+        except ExchangeError:
+            return "submit_failed"
+    while not withdrawal.state.is_terminal:
+        await asyncio.sleep(poll_interval)
+        try:
+            withdrawal = await client.get_withdraw(uuid=withdrawal.uuid)
+        except ExchangeError:
+            outcome["poll_errors"] += 1
+    return withdrawal.raw_state
+
+
+async def baseline_side(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The same N withdrawals as plain asyncio tasks, bounded by the same concurrency."""
+    limiter = RateLimiter(args.rate) if args.mode == "realistic" else RateLimiter(args.rate, enabled=False)
+    client = UpbitClient(Credentials.demo(), base_url=url, limiter=limiter, timeout=10.0)
+    gate = asyncio.Semaphore(args.concurrency)
+    outcome: Counter[str] = Counter()
+    completions: list[float] = []
+    accepted: list[float] = []
+    latencies: list[float] = []
+    requests = make_requests(args.n)
+
+    async def one(request: WithdrawalRequest) -> None:
+        mine: list[float] = []
+        async with gate:
+            state = await baseline_withdrawal(
+                client, request, poll_interval=args.poll_interval, outcome=outcome, accepted=mine
+            )
+        outcome[state] += 1
+        now = time.monotonic()
+        completions.append(now)
+        accepted.extend(mine)
+        latencies.extend(now - a for a in mine)
+
+    async with client:
+        with RssSampler() as sampler:
+            cpu0, t0 = cpu_seconds(), time.monotonic()
+            tasks = [asyncio.create_task(one(r)) for r in requests]
+            try:
+                await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
+                finished = True
+            except TimeoutError:
+                finished = False
+            cpu1, t1 = cpu_seconds(), time.monotonic()
+    wall = t1 - t0
+    done = outcome.get("DONE", 0)
+    return {
+        "side": "baseline",
+        "n": args.n,
+        "concurrency": args.concurrency,
+        "poll_interval": args.poll_interval,
+        "finished": finished,
+        "completed": done,
+        "terminal_states": dict(outcome),
+        "wall_seconds": round(wall, 3),
+        "withdrawals_per_second": round(done / wall, 2) if wall > 0 else None,
+        **flow_figures(t0, accepted, completions, latencies),
+        "cpu_seconds": round(cpu1 - cpu0, 3),
+        "cpu_us_per_withdrawal": round((cpu1 - cpu0) / max(1, done) * 1e6, 1),
+        "client_calls": dict(client.calls),
+        "limiter": {"granted": limiter.stats.granted, "waited": limiter.stats.waited,
+                    "throttles": limiter.stats.throttles, "blocks": limiter.stats.blocks},
+        "peak_rss_run_bytes": sampler.peak,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }  # fmt: skip
+
+
+async def sandbox_stats(url: str) -> dict[str, Any]:
+    """``GET /sandbox/stats`` (from a child, to take the warm-up's calls out of the figures)."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/sandbox/stats") as resp:
+        return dict(await resp.json())
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# -- the sandbox process and its admin routes ----------------------------------------------------------
+
+
+class SandboxProcess:
+    """``run_sandbox`` in a process of its own, on an ephemeral loopback port."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> None:
+        code = "from engine.sandbox import run_sandbox; run_sandbox(host='127.0.0.1', port=0)"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=self._log, text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the sandbox exited early; see {self.log_path}")
+            match = _URL_RE.search(line)
+            if match:
+                self.url = match.group(1)
+                return
+        raise RuntimeError("the sandbox did not announce its URL in time")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(psutil.Process(self.pid))
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(AttributeError):
+            self._log.close()
+
+
+class Admin:
+    """The sandbox's ``/sandbox/`` admin routes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Admin:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, method: str, path: str, payload: Any = None) -> Any:
+        assert self._session is not None
+        async with self._session.request(method, f"{self.url}/sandbox/{path}", json=payload) as resp:
+            body = await resp.json()
+            if resp.status >= 300:
+                raise RuntimeError(f"{method} /sandbox/{path}: {resp.status} {body}")
+            return body
+
+    async def prepare(self, config: dict[str, Any], faults: Iterable[dict[str, Any]]) -> None:
+        """Back to the seed, then this run's settings, faults and a large balance."""
+        await self.call("POST", "reset")
+        await self.call("POST", "config", config)
+        faults = list(faults)
+        if faults:
+            await self.call("POST", "faults", faults)
+        await self.call("POST", "balances", {"currency": CURRENCY, "balance": BALANCE})
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self.call("GET", "stats"))
+
+
+# -- orchestration -------------------------------------------------------------------------------------
+
+
+def _side_args(args: argparse.Namespace) -> list[str]:
+    keys = ("mode", "n", "concurrency", "rate", "poll_interval", "timeout", "warmup", "log_level")
+    out: list[str] = []
+    for key in keys:
+        out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return out
+
+
+async def run_side(
+    side: str, sandbox: SandboxProcess, admin: Admin, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """Reset and configure the sandbox, run one side in a child process, add the sandbox's view."""
+    config, faults = sandbox_config(args.mode, args)
+    await admin.prepare(config, faults)
+    side_dir = workdir / side
+    side_dir.mkdir(exist_ok=True)
+    sandbox_cpu0, system0 = sandbox.cpu_seconds(), psutil.cpu_times()
+    cmd = [sys.executable, str(SCRIPT), "--side", side, "--url", sandbox.url,
+           "--workdir", str(side_dir), *_side_args(args)]  # fmt: skip
+    if args.py_spy is not None and side == "engine":  # sample the engine side (all threads, native too)
+        spy = Path(sys.executable).with_name("py-spy")
+        cmd = [str(spy), "record", "--format", "raw", "--rate", "250", "--threads", "--output",
+               str(args.py_spy), "--", *cmd]  # fmt: skip
+    started = time.monotonic()
+    child = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
+    await child.wait()
+    elapsed = time.monotonic() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"{side} side failed with exit code {child.returncode}")
+    result: dict[str, Any] = json.loads((side_dir / "result.json").read_text())
+    sandbox_cpu = sandbox.cpu_seconds() - sandbox_cpu0
+    system1 = psutil.cpu_times()
+    stats = await admin.stats()
+    completed = max(1, result["completed"])
+    warm = result.pop("sandbox_stats_after_warmup", None)
+    by_endpoint = Counter(stats["by_endpoint"])
+    total = int(stats["requests_total"])
+    if warm is not None:  # the warm-up's calls are not the measured run's
+        by_endpoint.subtract(warm["by_endpoint"])
+        total -= int(warm["requests_total"])
+        for key in ("status_429", "status_418"):
+            stats[key] -= warm[key]
+    by_endpoint = Counter({k: v for k, v in sorted(by_endpoint.items()) if v})
+    busy = (sum(system1) - system1.idle - getattr(system1, "iowait", 0.0)) - (
+        sum(system0) - system0.idle - getattr(system0, "iowait", 0.0)
+    )
+    result.update(
+        api_calls_total=total,
+        api_calls_per_withdrawal=round(total / completed, 3),
+        api_calls_by_endpoint=dict(by_endpoint),
+        api_calls_per_withdrawal_by_endpoint={k: round(v / completed, 3) for k, v in by_endpoint.items()},
+        status_429=stats["status_429"],
+        status_418=stats["status_418"],
+        exchange_withdrawals_by_state={k: v for k, v in stats["withdrawals_by_state"].items() if v},
+        sandbox_cpu_seconds=round(sandbox_cpu, 3),
+        sandbox_rss_bytes=sandbox.rss(),
+        machine_busy_cpu_seconds=round(busy, 2),
+        child_elapsed_seconds=round(elapsed, 2),
+        loadavg_after=[round(x, 2) for x in os.getloadavg()],
+    )
+    result["others_cpu_seconds_estimate"] = round(
+        busy - sandbox_cpu - result.get("cpu_seconds_incl_submit", result["cpu_seconds"]), 2
+    )
+    return result
+
+
+_RATIO_KEYS = (
+    ("wall_seconds", "wall_seconds"),
+    ("api_calls_per_withdrawal", "api_calls_per_withdrawal"),
+    ("withdrawals_per_second", "withdrawals_per_second"),
+    ("sustained_withdrawals_per_second", "sustained_withdrawals_per_second"),
+    ("cpu_seconds", "cpu_seconds"),
+    ("peak_rss_run_bytes", "peak_rss_run_bytes"),
+    ("sandbox_cpu_seconds", "sandbox_cpu_seconds"),
+)
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's shape with every top-level number replaced by the median over the runs."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+            merged[key] = statistics.median(values)
+    merged["runs"] = runs
+    return merged
+
+
+def ratios(engine: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
+    """engine / baseline for the comparable figures."""
+    out: dict[str, float | None] = {}
+    for name, key in _RATIO_KEYS:
+        a, b = engine.get(key), baseline.get(key)
+        out[name] = round(a / b, 3) if isinstance(a, int | float) and isinstance(b, int | float) and b else None
+    return out
+
+
+def targets(mode: str, engine: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The issue's targets, checked against this run's figures."""
+    if mode == "realistic":
+        ceiling = float(args.rate)
+        sustained = engine.get("sustained_withdrawals_per_second") or 0.0
+        return {
+            "api_calls_per_withdrawal<=1.1": {"value": engine["api_calls_per_withdrawal"],
+                                               "met": engine["api_calls_per_withdrawal"] <= 1.1},
+            "sustained>=0.9*ceiling": {"value": sustained, "ceiling": ceiling, "met": sustained >= 0.9 * ceiling},
+            "zero_418": {"value": engine["status_418"], "met": engine["status_418"] == 0},
+        }  # fmt: skip
+    per_wf = engine["rss_per_inflight_workflow_bytes"]
+    return {
+        "withdrawals_per_second>=1000": {"value": engine["withdrawals_per_second"],
+                                         "met": engine["withdrawals_per_second"] >= 1000},
+        "rss_per_inflight_workflow<=5KB": {"value_bytes": per_wf, "n": engine["n"], "met": per_wf <= 5 * 1024},
+    }  # fmt: skip
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": psutil.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="upbit-bench-") as tmp:
+        workdir = Path(tmp)
+        sandbox = SandboxProcess(workdir / "sandbox.log")
+        sandbox.start()
+        sides = ["engine"] + (["baseline"] if args.mode == "realistic" or args.with_baseline else [])
+        if args.skip_baseline:
+            sides = ["engine"]
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+        info = machine_info()
+        try:
+            async with Admin(sandbox.url) as admin:
+                for _ in range(args.repeat):
+                    for side in sides:
+                        print(f"[bench] {args.mode}: {side} side, N={args.n} ...", file=sys.stderr, flush=True)
+                        result = await run_side(side, sandbox, admin, args, workdir)
+                        print(
+                            f"[bench] {side}: {result['completed']} done in {result['wall_seconds']} s, "
+                            f"{result['api_calls_per_withdrawal']} calls/withdrawal",
+                            file=sys.stderr, flush=True,
+                        )  # fmt: skip
+                        runs[side].append(result)
+        finally:
+            sandbox.stop()
+        config, faults = sandbox_config(args.mode, args)
+        report: dict[str, Any] = {
+            "benchmark": "withdrawals",
+            "mode": args.mode,
+            "n": args.n,
+            "repeat": args.repeat,
+            "settings": {
+                "concurrency": args.concurrency,
+                "rate_limit_per_second": args.rate if args.mode == "realistic" else None,
+                "engine_defaults": {"engine": _asdict(EngineConfig()), "gateway": _asdict(GatewayConfig())},
+                "baseline_poll_interval": args.poll_interval,
+                "sandbox_config": config,
+                "sandbox_faults": faults,
+                "currency": f"{CURRENCY}/{NET_TYPE}",
+                "warmup": args.warmup,
+                "log_level": args.log_level,
+            },
+            "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        }
+        for side, side_runs in runs.items():
+            report[side] = median_of(side_runs)
+        if "baseline" in report:
+            report["ratios_engine_over_baseline"] = ratios(report["engine"], report["baseline"])
+        report["targets"] = targets(args.mode, report["engine"], args)
+        return report
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--mode", choices=("realistic", "overhead"), default="realistic")
+    p.add_argument("-n", "--n", type=int, default=None, help="withdrawals per side (realistic 1000, overhead 10000)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=EngineConfig().concurrency,
+        help="the engine's runner concurrency and the baseline's task bound (default: the engine's)",
+    )
+    p.add_argument("--rate", type=int, default=30, help="requests per second of the account (sandbox and limiter)")
+    p.add_argument("--latency-ms", type=float, default=20.0, help="injected latency per call (realistic)")
+    p.add_argument("--waiting", type=float, default=2.0, help="seconds in WAITING (realistic)")
+    p.add_argument("--processing", type=float, default=5.0, help="seconds in PROCESSING (realistic)")
+    p.add_argument("--jitter", type=float, default=0.5, help="uniform extra seconds on each step (realistic)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="the baseline's fixed poll interval")
+    p.add_argument("--repeat", type=int, default=1, help="run each side this many times; report medians")
+    p.add_argument("--warmup", type=int, default=None, help="withdrawals run before measuring (overhead: 50)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up a side after this many seconds")
+    p.add_argument("--log-level", default="INFO", help="engine log level (JSON lines to a file in the temp dir)")
+    p.add_argument("--with-baseline", action="store_true", help="overhead mode: run the baseline too")
+    p.add_argument("--skip-baseline", action="store_true", help="run the engine side only")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    p.add_argument("--py-spy", type=Path, default=None, help="record the engine side with py-spy (collapsed stacks)")
+    # internal: one side in a child process
+    p.add_argument("--side", choices=("engine", "baseline"), help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.n is None:
+        args.n = 1000 if args.mode == "realistic" else 10_000
+    if args.warmup is None:
+        args.warmup = 50 if args.mode == "overhead" else 0
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.side is not None:  # a child: run one side against the given sandbox, print its JSON
+        side: Callable[[str, argparse.Namespace, Path], Awaitable[dict[str, Any]]]
+        side = engine_side if args.side == "engine" else baseline_side
+        result = asyncio.run(side(args.url, args, args.workdir))
+        (args.workdir / "result.json").write_text(json.dumps(result))
+        return 0
+    report = asyncio.run(orchestrate(args))
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
