@@ -302,7 +302,10 @@ class UpbitClient:
             if not reserved:
                 await self.limiter.acquire(priority)
             reserved = False
-            answer = await self._send(method, url, encoded.body, encoded.hashed, endpoint)
+            try:
+                answer = await self._send(method, url, encoded.body, encoded.hashed, endpoint)
+            finally:
+                self.limiter.release()
             try:
                 return self._interpret(answer, endpoint)
             except ExchangeThrottled as exc:
@@ -339,6 +342,12 @@ class UpbitClient:
             connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector)
             self._owns_session = True
+        # aiohttp silently resends a GET/DELETE once when a kept-alive connection drops, with the same
+        # Authorization header: the exchange then answers nonce_used, and a DELETE that was executed
+        # would read as refused. Every exchange call is decided here, so no hidden resend (aiohttp's
+        # own test client turns it off the same way; there is no public switch).
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
         return self._session
 
     def _observe_headers(self, headers: Any) -> None:
@@ -361,11 +370,17 @@ class UpbitClient:
             stated = answer.retry_after if answer.retry_after is not None else _seconds_in_text(answer.body)
             seconds = max(1.0, stated if stated is not None else 60.0)
             self.limiter.block(seconds)
+            name, message = _error_object(answer.body)
             raise ExchangeBlocked(
-                f"account blocked for {seconds:g} s", retry_after=seconds, status=418, endpoint=endpoint
+                message or f"account blocked for {seconds:g} s",
+                retry_after=seconds,
+                status=418,
+                name=name,
+                endpoint=endpoint,
             )
         if status >= 500:
-            raise ExchangeServerError(_snippet(answer.body), status=status, endpoint=endpoint)
+            name, message = _error_object(answer.body)
+            raise ExchangeServerError(message or _snippet(answer.body), status=status, name=name, endpoint=endpoint)
         data = _loads(answer.body)
         if 200 <= status < 300:
             if data is _UNREADABLE:
@@ -375,6 +390,15 @@ class UpbitClient:
 
 
 _UNREADABLE = object()
+
+
+def _error_object(raw: bytes) -> tuple[str | None, str | None]:
+    """Upbit's ``{"error": {"name", "message"}}`` if the body has one (else Nones)."""
+    data = _loads(raw)
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not error.get("name"):
+        return None, None
+    return str(error["name"]), str(error.get("message") or "") or None
 
 
 def _loads(raw: bytes) -> Any:

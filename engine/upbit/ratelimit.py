@@ -1,17 +1,26 @@
-"""One request budget per account: a sliding one-second window shared by every call of that account.
+"""One request budget per account, shared by every call of that account, that no transit delay can break.
 
-Upbit counts Exchange API calls per account (KR: per pocket) in one-second windows (30 in the
-``default`` group). A sliding window of the last second never lets more than ``rate`` calls into any
-fixed second, so the engine stays inside the budget without knowing where Upbit's seconds start.
+Upbit counts Exchange API calls per account (KR: per pocket) in one-second windows, by when they
+*arrive* (30 in the ``default`` group). We cannot see arrivals, but we know each call arrives after we
+send it and before its answer comes back. So a slot counts against the budget from the moment it is
+granted until one window after the call *completed* (calls still in flight count, always). Proof that
+this keeps every exchange second within ``rate``: take all calls arriving in one second ``[s, s+1)``
+and the last one granted, ``j``; every other such call ``i`` completed at or after its arrival ``>= s``,
+which is later than ``g_j - 1`` (since ``g_j <= a_j < s + 1``), so ``i`` still counted when ``j`` was
+granted; hence at most ``rate`` of them. A plain sliding window over grant times lacks this: a burst
+delayed in transit (a cold TLS connection) lands in the same exchange second as the next burst.
 
 Corrections from the exchange: ``Remaining-Req: ... sec=N`` that shows fewer calls left than our own
 count explains means someone else (another process, another tool) spends this account's budget; we book
 the difference as phantom calls for one window. When several runner processes share one account, each
 gets a static share (``rate``) of the account's budget (``account_rate``): simple and correct, since
 the shares never add up to more than the budget; only use beyond the other shares counts as foreign.
-A 429 blocks the account to the next second; a 418 blocks it for the time the exchange
-names. Waiters are served by priority (submits and cancels before reads) and, within a priority, first
-come first served.
+A 429 blocks the account to the next second; a 418 blocks it for the time the exchange names (blocks
+hold even when limiting is disabled). Waiters are served by priority (submits and cancels before
+reads) and, within a priority, first come first served.
+
+Callers pair every :meth:`acquire` with :meth:`release` once the call completed (or :meth:`refund` when
+no request went out with the slot).
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -48,7 +56,7 @@ class RateLimiterStats:
 
 
 class RateLimiter:
-    """A priority-ordered sliding-window limiter. Create one per account and share it."""
+    """A priority-ordered limiter counting calls from grant to completion plus one window."""
 
     def __init__(
         self,
@@ -66,52 +74,69 @@ class RateLimiter:
         self.window = window
         self.enabled = enabled
         self._clock = clock or SystemClock()
-        self._grants: deque[float] = deque()
+        self._busy = 0
+        self._expiries: list[float] = []
         self._blocked_until = 0.0
         self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._released = asyncio.Event()
         self.stats = RateLimiterStats()
 
     def __repr__(self) -> str:
         return (
-            f"<RateLimiter rate={self.rate}/{self.window:g}s waiting={len(self._queue)} "
+            f"<RateLimiter rate={self.rate}/{self.window:g}s in_flight={self._busy} waiting={len(self._queue)} "
             f"granted={self.stats.granted} enabled={self.enabled}>"
         )
 
     async def acquire(self, priority: Priority = Priority.READ) -> float:
-        """Wait for a slot; returns the seconds waited."""
-        if not self.enabled:
-            self.stats.granted += 1
-            return 0.0
+        """Wait for a slot; returns the seconds waited. Pair with :meth:`release` or :meth:`refund`."""
         start = self._clock.monotonic()
+        if not self.enabled:
+            if self.blocked_for > 0:
+                await self._clock.sleep(self.blocked_for)
+            self.stats.granted += 1
+            return self._clock.monotonic() - start
         if not self._queue and self._delay(start) <= 0:
-            self._grant(start)
+            self._grant()
             return 0.0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, (int(priority), next(self._seq), future))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="ratelimit-dispatch")
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.refund()  # granted just as we were cancelled: the slot was never used
+            raise
         waited = self._clock.monotonic() - start
         self.stats.waited += 1
         self.stats.wait_seconds += waited
         return waited
 
+    def release(self) -> None:
+        """The call made with a slot completed (answered, failed or timed out): it counts one more window."""
+        if self.enabled and self._busy > 0:
+            self._busy -= 1
+            heapq.heappush(self._expiries, self._clock.monotonic() + self.window)
+            self._released.set()
+
     def refund(self) -> None:
-        """Give back the most recent slot: it was granted but no request went out with it."""
-        if self.enabled and self._grants:
-            self._grants.pop()
+        """Give a slot back: it was granted but no request went out with it."""
+        if self.enabled and self._busy > 0:
+            self._busy -= 1
             self.stats.granted -= 1
+            self._released.set()
 
     def observe_remaining(self, remaining: int) -> None:
         """Book calls that others spent, as told by ``Remaining-Req: sec=remaining``."""
         now = self._clock.monotonic()
         self._expire(now)
         others_share = self.account_rate - self.rate
-        foreign = (self.account_rate - max(0, remaining)) - len(self._grants) - others_share
+        foreign = (self.account_rate - max(0, remaining)) - self._count() - others_share
         for _ in range(max(0, foreign)):
-            self._grants.append(now)
+            heapq.heappush(self._expiries, now + self.window)
         self.stats.phantom += max(0, foreign)
 
     def throttled(self) -> None:
@@ -130,30 +155,41 @@ class RateLimiter:
         """Seconds left of a block (0 when not blocked)."""
         return max(0.0, self._blocked_until - self._clock.monotonic())
 
+    @property
+    def in_flight(self) -> int:
+        """Slots granted whose call has not completed yet."""
+        return self._busy
+
+    def _count(self) -> int:
+        return self._busy + len(self._expiries)
+
     def _expire(self, now: float) -> None:
-        horizon = now - self.window
-        while self._grants and self._grants[0] <= horizon:
-            self._grants.popleft()
+        while self._expiries and self._expiries[0] <= now:
+            heapq.heappop(self._expiries)
 
     def _delay(self, now: float) -> float:
+        """Seconds until a slot may be granted; ``inf`` when only a completion can free one."""
         self._expire(now)
         delay = self._blocked_until - now
-        if len(self._grants) >= self.rate:
-            delay = max(delay, self._grants[0] + self.window - now)
+        if self._count() >= self.rate:
+            delay = max(delay, self._expiries[0] - now if self._expiries else float("inf"))
         return delay
 
-    def _grant(self, now: float) -> None:
-        self._grants.append(now)
+    def _grant(self) -> None:
+        self._busy += 1
         self.stats.granted += 1
 
     async def _dispatch(self) -> None:
         while self._queue:
-            now = self._clock.monotonic()
-            delay = self._delay(now)
+            delay = self._delay(self._clock.monotonic())
+            if delay == float("inf"):
+                self._released.clear()
+                await self._released.wait()
+                continue
             if delay > 0:
                 await self._clock.sleep(delay)
                 continue
             _, _, future = heapq.heappop(self._queue)
             if not future.done():
-                self._grant(now)
+                self._grant()
                 future.set_result(None)

@@ -1,4 +1,4 @@
-"""engine.upbit.ratelimit: the sliding one-second window, priorities, foreign usage and blocks, on a FakeClock."""
+"""engine.upbit.ratelimit: the budget window, in-flight slots, priorities, foreign usage and blocks, on a FakeClock."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ class SettlingClock(FakeClock):
         await super().sleep(seconds)
 
 
+async def call(limiter: RateLimiter, priority: Priority = Priority.READ) -> float:
+    """One exchange call that completes at once: acquire, then release."""
+    waited = await limiter.acquire(priority)
+    limiter.release()
+    return waited
+
+
 def max_in_any_window(times: list[float], window: float = 1.0) -> int:
     """The most grants inside any half-open window (t - window, t] ending at a grant."""
     return max(sum(1 for s in times if t - window < s <= t) for t in times)
@@ -57,7 +64,7 @@ class TestWindow:
         limiter = make_limiter(rate)
         grants = []
         for _ in range(200):
-            await limiter.acquire()
+            await call(limiter)
             grants.append(clock.monotonic())
         assert max_in_any_window(grants) == rate
         assert limiter.stats.granted == 200
@@ -71,7 +78,7 @@ class TestWindow:
         grants: list[float] = []
 
         async def one() -> None:
-            await limiter.acquire(rng.choice(list(Priority)))
+            await call(limiter, rng.choice(list(Priority)))
             grants.append(clock.monotonic())
 
         await asyncio.gather(*(one() for _ in range(200)))
@@ -83,13 +90,13 @@ class TestWindow:
         """The limiter does not wait needlessly: 200 calls at 10/s take about 19 seconds."""
         limiter = make_limiter(10)
         for _ in range(200):
-            await limiter.acquire()
+            await call(limiter)
         assert 19.0 <= clock.monotonic() < 19.5
 
     async def test_first_burst_free(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
         """The first ``rate`` calls pass without waiting."""
         limiter = make_limiter(5)
-        waits = [await limiter.acquire() for _ in range(5)]
+        waits = [await call(limiter) for _ in range(5)]
         assert waits == [0.0] * 5
         assert clock.monotonic() == 0.0
 
@@ -105,11 +112,11 @@ class TestPriority:
     async def test_write_served_before_earlier_read(self, make_limiter: MakeLimiter) -> None:
         """A WRITE waiter queued after READ waiters is granted first."""
         limiter = make_limiter(1)
-        await limiter.acquire()
+        await call(limiter)
         order: list[str] = []
 
         async def wait(name: str, priority: Priority) -> None:
-            await limiter.acquire(priority)
+            await call(limiter, priority)
             order.append(name)
 
         tasks = [asyncio.create_task(wait("read-1", Priority.READ)), asyncio.create_task(wait("read-2", Priority.READ))]
@@ -121,12 +128,12 @@ class TestPriority:
     async def test_fifo_within_priority(self, make_limiter: MakeLimiter) -> None:
         """Waiters of one priority are served in arrival order."""
         limiter = make_limiter(2)
-        await limiter.acquire()
-        await limiter.acquire()
+        await call(limiter)
+        await call(limiter)
         order: list[int] = []
 
         async def wait(n: int) -> None:
-            await limiter.acquire(Priority.WRITE)
+            await call(limiter, Priority.WRITE)
             order.append(n)
 
         await asyncio.gather(*(wait(n) for n in range(6)))
@@ -141,15 +148,15 @@ class TestCorrections:
         limiter = make_limiter(30)
         limiter.observe_remaining(5)
         assert limiter.stats.phantom == 25
-        assert [await limiter.acquire() for _ in range(5)] == [0.0] * 5
-        await limiter.acquire()
+        assert [await call(limiter) for _ in range(5)] == [0.0] * 5
+        await call(limiter)
         assert clock.monotonic() >= 1.0
 
     async def test_observe_remaining_counts_own_calls(self, make_limiter: MakeLimiter) -> None:
         """Calls we made ourselves are not booked twice as foreign."""
         limiter = make_limiter(30)
         for _ in range(10):
-            await limiter.acquire()
+            await call(limiter)
         limiter.observe_remaining(20)
         assert limiter.stats.phantom == 0
         limiter.observe_remaining(25)
@@ -159,7 +166,7 @@ class TestCorrections:
         """``sec=0`` means nothing more this second."""
         limiter = make_limiter(30)
         limiter.observe_remaining(0)
-        waited = await limiter.acquire()
+        waited = await call(limiter)
         assert waited >= 1.0 and clock.monotonic() >= 1.0
 
     @pytest.mark.parametrize("seconds", [0.25, 1.0, 42.0])
@@ -168,7 +175,7 @@ class TestCorrections:
         limiter = make_limiter(30)
         limiter.block(seconds)
         assert limiter.blocked_for == seconds
-        waited = await limiter.acquire()
+        waited = await call(limiter)
         assert clock.monotonic() >= seconds
         assert waited >= seconds
         assert limiter.blocked_for == 0.0
@@ -176,10 +183,10 @@ class TestCorrections:
     async def test_throttled_blocks_one_window(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
         """After a 429, the next grant comes at least one window later."""
         limiter = make_limiter(30)
-        await limiter.acquire()
+        await call(limiter)
         start = clock.monotonic()
         limiter.throttled()
-        await limiter.acquire(Priority.WRITE)
+        await call(limiter, Priority.WRITE)
         assert clock.monotonic() - start >= 1.0
         assert (limiter.stats.throttles, limiter.stats.blocks) == (1, 1)
 
@@ -188,7 +195,7 @@ class TestCorrections:
         limiter = make_limiter(30)
         limiter.block(10)
         limiter.block(1)
-        await limiter.acquire()
+        await call(limiter)
         assert clock.monotonic() >= 10
 
     @pytest.mark.parametrize("seconds", [0.0, -5.0])
@@ -202,42 +209,95 @@ class TestCorrections:
 class TestDisabledAndCancel:
     """enabled=False and cancelled waiters."""
 
-    async def test_disabled_never_waits(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
-        """A disabled limiter grants at once, even when blocked and out of budget."""
+    async def test_disabled_never_waits_for_budget(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
+        """A disabled limiter grants at once however many calls were made or others spent."""
         limiter = make_limiter(1, enabled=False)
-        limiter.block(100)
         limiter.observe_remaining(0)
-        waits = [await limiter.acquire(p) for p in list(Priority) * 100]
+        waits = [await call(limiter, p) for p in list(Priority) * 100]
         assert waits == [0.0] * 200
         assert clock.monotonic() == 0.0
         assert limiter.stats.granted == 200
 
+    async def test_disabled_still_honours_a_block(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
+        """A 418 pauses the account even when limiting is off (else 429 retries would spin)."""
+        limiter = make_limiter(1, enabled=False)
+        limiter.block(7)
+        assert await call(limiter) >= 7 and clock.monotonic() >= 7
+
     async def test_cancelled_waiter_does_not_wedge(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
         """Cancelling a queued waiter lets the ones behind it through, without using its slot."""
         limiter = make_limiter(1)
-        await limiter.acquire()
-        first = asyncio.create_task(limiter.acquire(Priority.WRITE))
-        second = asyncio.create_task(limiter.acquire(Priority.READ))
+        await call(limiter)
+        first = asyncio.create_task(call(limiter, Priority.WRITE))
+        second = asyncio.create_task(call(limiter, Priority.READ))
         await asyncio.sleep(0)
         first.cancel()
         assert await asyncio.wait_for(second, timeout=5) >= 0.0
         assert first.cancelled()
         assert limiter.stats.granted == 2
-        await asyncio.wait_for(limiter.acquire(), timeout=5)
+        await asyncio.wait_for(call(limiter), timeout=5)
         assert limiter.stats.granted == 3
 
     async def test_only_waiter_cancelled_then_new_one(self, make_limiter: MakeLimiter) -> None:
         """After the only waiter is cancelled, a new acquisition still completes."""
         limiter = make_limiter(1)
         limiter.block(5)
-        lone = asyncio.create_task(limiter.acquire())
+        lone = asyncio.create_task(call(limiter))
         await asyncio.sleep(0)
         lone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await lone
-        await asyncio.wait_for(limiter.acquire(), timeout=5)
+        await asyncio.wait_for(call(limiter), timeout=5)
         assert limiter.stats.granted == 1
 
     def test_repr(self, make_limiter: MakeLimiter) -> None:
         """The repr shows the rate, queue and counts."""
-        assert repr(make_limiter(30)) == "<RateLimiter rate=30/1s waiting=0 granted=0 enabled=True>"
+        assert repr(make_limiter(30)) == "<RateLimiter rate=30/1s in_flight=0 waiting=0 granted=0 enabled=True>"
+
+
+class TestInFlight:
+    """A slot counts from its grant until one window after its call completed."""
+
+    async def test_slow_call_holds_its_slot_until_completion_plus_window(
+        self, make_limiter: MakeLimiter, clock: FakeClock
+    ) -> None:
+        """With rate 1, a call still in flight blocks the next grant; after release, one more window."""
+        limiter = make_limiter(1)
+        await limiter.acquire()
+        nxt = asyncio.create_task(limiter.acquire())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not nxt.done() and limiter.in_flight == 1
+        clock.advance(3.0)
+        limiter.release()
+        await nxt
+        assert clock.monotonic() >= 4.0
+
+    async def test_refund_frees_the_slot_at_once(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
+        """A slot given back unused (no request went out) does not count for a window."""
+        limiter = make_limiter(1)
+        await limiter.acquire()
+        limiter.refund()
+        assert await limiter.acquire() == 0.0 and clock.monotonic() == 0.0
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    async def test_arrivals_never_exceed_rate_in_any_exchange_second(self, seed: int) -> None:
+        """Whatever the transit delay (0-400 ms), no fixed exchange second receives more than ``rate``."""
+        clock = SettlingClock()
+        limiter = RateLimiter(30, clock=clock)
+        rng = random.Random(seed)
+        arrivals: list[float] = []
+
+        async def one() -> None:
+            await limiter.acquire()
+            transit = rng.uniform(0.0, 0.4)
+            await clock.sleep(transit)
+            arrivals.append(clock.monotonic())
+            await clock.sleep(rng.uniform(0.0, 0.05))
+            limiter.release()
+
+        await asyncio.gather(*(one() for _ in range(300)))
+        buckets: dict[int, int] = {}
+        for t in arrivals:
+            buckets[int(t // 1.0)] = buckets.get(int(t // 1.0), 0) + 1
+        assert max(buckets.values()) <= 30
