@@ -8,7 +8,8 @@ Workflow commands (submit, status, list, history, cancel, resolve) work on the s
 Exit codes (documented in the README and ``--help``)::
 
     0   ok
-    1   the workflow did not end DONE (failed, rejected, cancelled, aborted, needs_review) - submit --wait
+    1   the workflow did not end DONE (failed, rejected, cancelled, aborted, needs_review) - submit --wait;
+        verify-audit found a broken event chain
     2   usage or configuration error (the message names the option or the config key)
     3   not found
     4   conflict: idempotency key reused for another request, or a transition not allowed now
@@ -39,8 +40,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from engine.api import ApiError
+from engine.audit import BrokenLink, verify_store
 from engine.backends import API_TOKEN_ENV, Backend, HttpBackend, ServiceUnreachable, StoreBackend, wait_settled
-from engine.bootstrap import build_gateway
+from engine.bootstrap import build_gateway, open_store
 from engine.clock import SystemClock
 from engine.config import Config, load_config
 from engine.demo import run_demo
@@ -528,6 +530,31 @@ def sandbox(host: str, port: int, seed: str | None) -> None:
 def demo(count: int, db: str | None) -> None:
     """Run a scripted batch against an in-process sandbox and show how each withdrawal ended."""
     sys.exit(run_demo(count=count, db=db, as_json=_opts().json))
+
+
+@cli.command(name="verify-audit")
+@_global_options
+def verify_audit() -> None:
+    """Check every workflow's hash-chained event log; name the first broken link of each (exit 1 if any)."""
+    opts = _opts()
+    config = _load(opts)
+
+    async def check() -> tuple[int, list[BrokenLink]]:
+        store = open_store(config.engine.database)
+        await store.open()
+        try:
+            return await verify_store(store)
+        finally:
+            await store.close()
+
+    checked, broken = _run(check())
+    if opts.json:
+        _emit_json({"checked": checked, "broken": [dataclasses.asdict(link) for link in broken]})
+    elif broken:
+        _show_rows("Broken audit chains", ["workflow_id", "seq", "problem"], [dataclasses.asdict(b) for b in broken])
+    else:
+        _console().print(f"audit intact: {checked} workflow event chains verified")
+    sys.exit(EXIT["workflow_failed"] if broken else EXIT["ok"])
 
 
 # -- entry point -----------------------------------------------------------------------------------------

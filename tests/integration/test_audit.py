@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,29 @@ class TestAuditChain:
             checked, broken = await verify_store(store)
         assert checked == 3 and len(broken) == 1
         assert broken[0].workflow_id == victim and problem in broken[0].problem
+
+
+class TestVerifyAuditCommand:
+    async def test_cli_reports_intact_then_the_broken_link(
+        self, sandbox: Any, engine_factory: Any, db_path: Path
+    ) -> None:
+        """`upbit-withdraw verify-audit` exits 0 on an intact store and 1 naming the tampered workflow."""
+        import asyncio
+        import sys
+
+        ids = await _run_three(engine_factory, sandbox.url)
+        cli = [sys.executable, "-m", "engine.cli", "verify-audit", "--database", f"sqlite:///{db_path}", "--json"]
+
+        async def run() -> tuple[int, dict[str, Any]]:
+            proc = await asyncio.create_subprocess_exec(*cli, stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            return proc.returncode or 0, json.loads(out)
+
+        code, report = await run()
+        assert (code, report["checked"], report["broken"]) == (0, 3, [])
+        _tamper(db_path, "UPDATE events SET trigger = 'forged' WHERE workflow_id = ? AND seq = 2", ids[0])
+        code, report = await run()
+        assert code == 1 and report["broken"] == [
+            {"workflow_id": ids[0], "seq": 2, "problem": report["broken"][0]["problem"]}
+        ]
+        assert "edited" in report["broken"][0]["problem"]
