@@ -447,20 +447,28 @@ def _exchange_call(opts: Options, account: str, call: Callable[[UpbitClient], Co
     return _run(go())
 
 
+def _exchange_list(
+    account: str, currency: str | None, fetch: Callable[[Any], Coroutine[Any, Any, list[Any]]], title: str,
+    columns: list[str],
+) -> None:  # fmt: skip
+    """Fetch a list from the exchange through the account, filter by currency, print or emit it."""
+    opts = _opts()
+    rows = [_plain(row) for row in _exchange_call(opts, account, fetch)]
+    rows = [r for r in rows if currency is None or r["currency"] == currency.upper()]
+    if opts.json:
+        _emit_json(rows)
+    else:
+        _show_rows(title, columns, rows)
+
+
 @cli.command()
 @_global_options
 @click.option("--account", default="default", show_default=True)
 @click.option("--currency", help="Only this currency.")
 def addresses(account: str, currency: str | None) -> None:
     """List the Open API withdrawal allowlist (addresses registered on the Upbit website)."""
-    opts = _opts()
-    rows = [_plain(a) for a in _exchange_call(opts, account, lambda c: c.coin_addresses())]
-    rows = [r for r in rows if currency is None or r["currency"] == currency.upper()]
-    if opts.json:
-        _emit_json(rows)
-        return
     columns = ["currency", "net_type", "withdraw_address", "secondary_address", "beneficiary_name", "exchange_name"]
-    _show_rows("Open API withdrawal allowlist", columns, rows)
+    _exchange_list(account, currency, lambda c: c.coin_addresses(), "Open API withdrawal allowlist", columns)
 
 
 @cli.command(name="wallet-status")
@@ -469,14 +477,8 @@ def addresses(account: str, currency: str | None) -> None:
 @click.option("--currency", help="Only this currency.")
 def wallet_status(account: str, currency: str | None) -> None:
     """Show deposit/withdrawal status per network (working, withdraw_only, paused, ...)."""
-    opts = _opts()
-    rows = [_plain(w) for w in _exchange_call(opts, account, lambda c: c.wallet_status())]
-    rows = [r for r in rows if currency is None or r["currency"] == currency.upper()]
-    if opts.json:
-        _emit_json(rows)
-        return
     columns = ["currency", "net_type", "wallet_state", "block_state", "block_height", "block_elapsed_minutes"]
-    _show_rows("Wallet status", columns, rows)
+    _exchange_list(account, currency, lambda c: c.wallet_status(), "Wallet status", columns)
 
 
 @cli.command()

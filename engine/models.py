@@ -280,9 +280,8 @@ class Event:
     prev_hash: str = ""
     hash: str = ""
 
-    def canonical(self) -> bytes:
-        """The bytes the hash covers: every field but the hash itself, as canonical JSON."""
-        body = {
+    def _fields(self) -> dict[str, Any]:
+        return {
             "workflow_id": self.workflow_id,
             "seq": self.seq,
             "at": self.at.isoformat(),
@@ -290,8 +289,11 @@ class Event:
             "from": self.from_state,
             "to": self.to_state,
             "data": self.data,
-            "prev": self.prev_hash,
         }
+
+    def canonical(self) -> bytes:
+        """The bytes the hash covers: every field but the hash itself, as canonical JSON."""
+        body = {**self._fields(), "prev": self.prev_hash}
         return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
     def sealed(self, prev_hash: str) -> Event:
@@ -301,13 +303,4 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
-        return {
-            "workflow_id": self.workflow_id,
-            "seq": self.seq,
-            "at": self.at.isoformat(),
-            "trigger": self.trigger,
-            "from": self.from_state,
-            "to": self.to_state,
-            "data": self.data,
-            "hash": self.hash,
-        }
+        return {**self._fields(), "hash": self.hash}
