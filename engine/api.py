@@ -187,7 +187,8 @@ def _error_middleware() -> Any:
             return answer.response()
         except web.HTTPException as exc:
             status = exc.status
-            return _http_error(exc).response()
+            allow = exc.headers.get("Allow")
+            return _http_error(exc).response(headers={"Allow": allow} if allow else None)
         except Exception:
             log.exception("api.crashed", method=request.method, path=request.path)
             return ApiError(500, "internal_error", "internal error; see the service log").response()
@@ -279,13 +280,13 @@ def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | Non
     for key in sorted(set(query) - {"state", "limit", "cursor"}):
         fields[key] = "unknown parameter"
     state: State | None = None
-    if query.get("state"):
+    if "state" in query:
         try:
             state = State(query["state"])
         except ValueError:
             fields["state"] = f"must be one of {', '.join(s.value for s in State)}"
     limit = DEFAULT_PAGE
-    if query.get("limit"):
+    if "limit" in query:
         try:
             limit = int(query["limit"])
         except ValueError:

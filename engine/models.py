@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -146,6 +147,14 @@ def _check_token(value: object, name: str, max_len: int) -> str:
     return value
 
 
+def _is_plain_name(value: object) -> bool:
+    """A display name: printable text, inner single spaces allowed; no control, format (bidi) or
+    separator characters other than the plain space."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or value != value.strip():
+        return False
+    return all(ch == " " or unicodedata.category(ch)[0] not in "CZ" for ch in value)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WithdrawalRequest:
     """What the caller asks for. Validated on construction; errors name the field.
@@ -176,10 +185,11 @@ class WithdrawalRequest:
             raise InvalidRequest("must be 'default' or 'internal'", field="transaction_type") from None
         if not isinstance(self.account, str) or not _ACCOUNT_RE.fullmatch(self.account):
             raise InvalidRequest("must be 1-64 of a-z, 0-9, '_' or '-'", field="account")
-        if self.exchange_name is not None and (
-            not isinstance(self.exchange_name, str) or not 0 < len(self.exchange_name) <= 128
-        ):
-            raise InvalidRequest("must be 1-128 characters", field="exchange_name")
+        if self.exchange_name is not None and not _is_plain_name(self.exchange_name):
+            raise InvalidRequest(
+                "must be 1-128 printable characters (no control or formatting characters, no outer spaces)",
+                field="exchange_name",
+            )
 
     @property
     def lane(self) -> str:
