@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,24 +47,37 @@ EventList = list[Event]
 _INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"  # noqa: S608
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"  # noqa: S608
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
-# A commit writes these columns as given. The operators' flag columns and next_run_at follow the rules
-# in _UPDATE_WF: the owner never writes a cancel flag, a resolution is cleared once the workflow leaves
-# needs_review, and a flag the writer had not seen keeps the row due (its wake-up is not lost). With an
-# owner, the lease must be held and unexpired at the writer's time (the updated_at it writes).
-_UPDATABLE = [
-    c for c in WORKFLOW_COLUMNS if c not in ("id", "cancel_requested_at", "resolution", "created_at", "next_run_at")
-]
+# A commit writes the mutable columns as given; what a workflow was created with (id, kind, the request
+# and the columns derived from it, the idempotency key, created_at) never changes, so it is not rewritten.
+# The operators' flag columns and next_run_at follow the rules in _UPDATE_WF: the owner never writes a
+# cancel flag, a resolution is cleared once the workflow leaves needs_review, and a flag the writer had not
+# seen keeps the row due (its wake-up is not lost). With an owner, the lease must be held and unexpired at
+# the writer's time (the updated_at it writes).
+_IMMUTABLE = ("id", "kind", "request", "account", "currency", "amount", "lane", "idempotency_key", "created_at")
+_UPDATABLE = [c for c in WORKFLOW_COLUMNS if c not in (*_IMMUTABLE, "cancel_requested_at", "resolution", "next_run_at")]
+# Parameters are numbered (?1, ?2, ...) and bound from a tuple: cheaper than named binding, and a value
+# used several times in the statement is passed once.
+_PARAMS = (*_UPDATABLE, "id", "next_run_at", "read_version", "owner", "writer_now", "seen_cancel", "seen_resolution")
+_P = {name: f"?{i}" for i, name in enumerate(_PARAMS, start=1)}
 _UNSEEN_FLAG = (
-    "(cancel_requested_at IS NOT NULL AND :seen_cancel IS NULL) "
-    "OR (resolution IS NOT NULL AND :seen_resolution IS NULL AND :state = 'needs_review')"
+    f"(cancel_requested_at IS NOT NULL AND {_P['seen_cancel']} IS NULL) "
+    f"OR (resolution IS NOT NULL AND {_P['seen_resolution']} IS NULL AND {_P['state']} = 'needs_review')"
 )
 _UPDATE_WF = (
-    f"UPDATE workflows SET {', '.join(f'{c} = :{c}' for c in _UPDATABLE)}, "  # noqa: S608
-    "resolution = CASE WHEN :state = 'needs_review' THEN resolution END, "
-    f"next_run_at = CASE WHEN ({_UNSEEN_FLAG}) AND :state NOT IN ({', '.join(repr(v) for v in _TERMINAL_VALUES)}) "
-    "THEN MIN(COALESCE(:next_run_at, next_run_at), COALESCE(next_run_at, :next_run_at)) ELSE :next_run_at END "
-    "WHERE id = :id AND version = :read_version "
-    "AND (:owner IS NULL OR (lease_owner = :owner AND lease_expires_at >= :writer_now))"
+    f"UPDATE workflows SET {', '.join(f'{c} = {_P[c]}' for c in _UPDATABLE)}, "  # noqa: S608
+    f"resolution = CASE WHEN {_P['state']} = 'needs_review' THEN resolution END, "
+    f"next_run_at = CASE WHEN ({_UNSEEN_FLAG}) AND {_P['state']} NOT IN "
+    f"({', '.join(repr(v) for v in _TERMINAL_VALUES)}) "
+    f"THEN MIN(COALESCE({_P['next_run_at']}, next_run_at), COALESCE(next_run_at, {_P['next_run_at']})) "
+    f"ELSE {_P['next_run_at']} END "
+    f"WHERE id = {_P['id']} AND version = {_P['read_version']} "
+    f"AND ({_P['owner']} IS NULL OR (lease_owner = {_P['owner']} AND lease_expires_at >= {_P['writer_now']}))"
+)
+# One statement claims: lease the due rows nobody holds and return them (sorted by next_run_at in Python).
+_CLAIM = (
+    "UPDATE workflows SET lease_owner = ?, lease_expires_at = ? WHERE id IN ("  # noqa: S608
+    "SELECT id FROM workflows WHERE next_run_at <= ? AND (lease_owner IS NULL OR lease_expires_at < ?) "
+    f"ORDER BY next_run_at LIMIT ?) RETURNING {', '.join(WORKFLOW_COLUMNS)}"
 )
 _NOT_SUBMITTED = ("aborted",)
 
@@ -76,30 +90,49 @@ class _FastPathMiss(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _FastCommit:
-    params: dict[str, Any]
+    params: tuple[Any, ...]
     event_row: tuple[Any, ...] | None
     result: Workflow
+
+
+@dataclass(frozen=True, slots=True)
+class _FastCreate:
+    row: tuple[Any, ...]
+    event_row: tuple[Any, ...]
+    result: tuple[Workflow, bool]
 
 
 @dataclass(slots=True)
 class _Write:
     op: Op
-    fast: _FastCommit | None = None
+    fast: _FastCommit | _FastCreate | None = None
+    #: One SQL statement (atomic by itself in SQLite): no savepoint needed around it.
+    single: bool = False
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def _update_params(wf: Workflow, owner: str | None) -> dict[str, Any]:
-    row = dict(zip(WORKFLOW_COLUMNS, workflow_to_row(wf), strict=True))
-    params = {c: row[c] for c in (*_UPDATABLE, "id", "next_run_at")}
-    params.update(
-        version=wf.version + 1,
-        read_version=wf.version,
-        owner=owner,
-        writer_now=epoch(wf.updated_at),
-        seen_cancel=row["cancel_requested_at"],
-        seen_resolution=wf.resolution,
-    )
-    return params
+def _iso(value: datetime | None) -> str | None:
+    """As ``rows`` writes timestamps: ISO-8601 in UTC (our clocks already give UTC: no conversion then)."""
+    if value is None:
+        return None
+    return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _update_params(wf: Workflow, owner: str | None) -> tuple[Any, ...]:
+    """The values of ``_PARAMS``, in order (the mutable columns as ``workflow_to_row`` writes them)."""
+    next_run = wf.next_run_at
+    return (
+        wf.state.value, int(wf.lane_held), wf.exchange_uuid, wf.txid, wf.exchange_state, wf.attempt,
+        wf.submit_count, _iso(wf.deadline_at), wf.submit_body, _iso(wf.submitted_at), wf.reason,
+        None if wf.error is None else _json(wf.error), _json(wf.data), wf.version + 1, wf.event_seq,
+        wf.last_hash, _iso(wf.updated_at),
+        wf.id, None if next_run is None else next_run.timestamp(), wf.version, owner, wf.updated_at.timestamp(),
+        _iso(wf.cancel_requested_at), wf.resolution,
+    )  # fmt: skip
 
 
 def _utc_iso(value: datetime) -> str:
@@ -175,11 +208,11 @@ class SQLiteStore:
 
     # -- the writer ----------------------------------------------------------------------------------
 
-    async def _submit(self, op: Op, fast: _FastCommit | None = None) -> Any:
+    async def _submit(self, op: Op, fast: _FastCommit | _FastCreate | None = None, *, single: bool = False) -> Any:
         if self._writer is None:
             raise StoreError("store is not open")
-        item = _Write(op, fast)
-        await self._queue.put(item)
+        item = _Write(op, fast, single)
+        self._queue.put_nowait(item)
         return await item.future
 
     async def _write_loop(self) -> None:
@@ -205,12 +238,22 @@ class SQLiteStore:
         results: list[tuple[_Write, bool, Any]] = []
         try:
             await conn.execute("BEGIN IMMEDIATE")
-            fast = [item for item in batch if item.fast is not None]
-            done = await self._fast_commits(conn, fast) if len(fast) > 1 else []
-            results.extend(done)
-            handled = {id(item) for item, _, _ in done}
-            for index, item in enumerate(i for i in batch if id(i) not in handled):
-                results.append(await self._one(conn, index, item))
+            creates = [item for item in batch if isinstance(item.fast, _FastCreate)]
+            commits = [item for item in batch if isinstance(item.fast, _FastCommit)]
+            if len(creates) > 1:
+                results.extend(await self._fast_creates(conn, creates))
+            if len(commits) > 1:
+                results.extend(await self._fast_commits(conn, commits))
+            handled = {id(item) for item, _, _ in results}
+            index = 0
+            for item in batch:
+                if id(item) in handled:
+                    continue
+                if item.single:
+                    results.append(await self._single(conn, item))
+                else:
+                    results.append(await self._one(conn, index, item))
+                    index += 1
             await conn.execute("COMMIT")
         except Exception as exc:  # the whole batch failed: tell every caller
             with contextlib.suppress(Exception):
@@ -241,10 +284,18 @@ class SQLiteStore:
         return item, True, value
 
     @staticmethod
+    async def _single(conn: aiosqlite.Connection, item: _Write) -> tuple[_Write, bool, Any]:
+        """A write of one SQL statement: SQLite undoes a failed statement by itself, no savepoint needed."""
+        try:
+            return item, True, await item.op(conn)
+        except Exception as exc:  # the write's failure belongs to its caller
+            return item, False, exc
+
+    @staticmethod
     async def _fast_commits(conn: aiosqlite.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
         """All commits of the batch in two ``executemany`` calls. If any row lost its compare-and-set or
         hit a unique index, undo and let the slow path (one savepoint each) sort out who failed."""
-        plans = [item.fast for item in items if item.fast is not None]
+        plans = [item.fast for item in items if isinstance(item.fast, _FastCommit)]
         await conn.execute("SAVEPOINT fast")
         try:
             cursor = await conn.executemany(_UPDATE_WF, [plan.params for plan in plans])
@@ -260,6 +311,22 @@ class SQLiteStore:
         await conn.execute("RELEASE fast")
         return [(item, True, plan.result) for item, plan in zip(items, plans, strict=True)]
 
+    @staticmethod
+    async def _fast_creates(conn: aiosqlite.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
+        """All new workflows of the batch (and their first events) in two ``executemany`` calls. A unique
+        index hit (a known idempotency key) undoes them; the slow path then answers each one."""
+        plans = [item.fast for item in items if isinstance(item.fast, _FastCreate)]
+        await conn.execute("SAVEPOINT fast_create")
+        try:
+            await conn.executemany(_INSERT_WF, [plan.row for plan in plans])
+            await conn.executemany(_INSERT_EVENT, [plan.event_row for plan in plans])
+        except sqlite3.IntegrityError:
+            await conn.execute("ROLLBACK TO fast_create")
+            await conn.execute("RELEASE fast_create")
+            return []
+        await conn.execute("RELEASE fast_create")
+        return [(item, True, plan.result) for item, plan in zip(items, plans, strict=True)]
+
     # -- writes --------------------------------------------------------------------------------------
 
     async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
@@ -270,11 +337,12 @@ class SQLiteStore:
                 existing = await _fetch_wf(conn, "idempotency_key = ?", (workflow.idempotency_key,))
                 if existing is not None:
                     return existing, False
-            await conn.execute(_INSERT_WF, workflow_to_row(workflow))
-            await conn.execute(_INSERT_EVENT, event_to_row(event))
+            await conn.execute(_INSERT_WF, row)
+            await conn.execute(_INSERT_EVENT, event_row)
             return workflow, True
 
-        result: tuple[Workflow, bool] = await self._submit(op)
+        row, event_row = workflow_to_row(workflow), event_to_row(event)
+        result: tuple[Workflow, bool] = await self._submit(op, _FastCreate(row, event_row, (workflow, True)))
         return result
 
     async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
@@ -303,22 +371,10 @@ class SQLiteStore:
         assert now_s is not None
 
         async def op(conn: aiosqlite.Connection) -> WorkflowList:
-            async with conn.execute(
-                "SELECT id FROM workflows WHERE next_run_at <= ? "
-                "AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY next_run_at LIMIT ?",
-                (now_s, now_s, limit),
-            ) as cur:
-                ids = [row[0] for row in await cur.fetchall()]
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            await conn.execute(
-                f"UPDATE workflows SET lease_owner = ?, lease_expires_at = ? WHERE id IN ({marks})",  # noqa: S608
-                (owner, now_s + lease_seconds, *ids),
-            )
-            return await _fetch_many(conn, f"id IN ({marks}) ORDER BY next_run_at", ids)
+            rows = await conn.execute_fetchall(_CLAIM, (owner, now_s + lease_seconds, now_s, now_s, limit))
+            return [workflow_from_row(row) for row in sorted(rows, key=_due_key)]
 
-        result: list[Workflow] = await self._submit(op)
+        result: list[Workflow] = await self._submit(op, single=True)
         return result
 
     async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
@@ -335,7 +391,7 @@ class SQLiteStore:
                 (expiry + lease_seconds, owner, *ids),
             )
 
-        await self._submit(op)
+        await self._submit(op, single=True)
 
     async def release(self, workflow_ids: Sequence[str], *, owner: str) -> None:
         """Clear the leases this owner still holds on these workflows."""
@@ -351,7 +407,7 @@ class SQLiteStore:
                 (owner, *ids),
             )
 
-        await self._submit(op)
+        await self._submit(op, single=True)
 
     async def clear_leases(self) -> None:
         """Drop every lease: the one runner of a SQLite file takes over what a dead process held."""
@@ -361,7 +417,7 @@ class SQLiteStore:
                 "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
             )
 
-        await self._submit(op)
+        await self._submit(op, single=True)
 
     async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
         """Set the cancel flag (once) and wake the workflow."""
@@ -480,6 +536,10 @@ async def _fetch_wf(conn: aiosqlite.Connection, where: str, args: Sequence[Any])
 async def _fetch_many(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> WorkflowList:
     async with conn.execute(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args) as cur:  # noqa: S608
         return [workflow_from_row(row) for row in await cur.fetchall()]
+
+
+def _due_key(row: Any) -> tuple[float, str]:
+    return row["next_run_at"], row["id"]
 
 
 def _integrity(exc: sqlite3.IntegrityError, workflow: Workflow) -> Exception:
