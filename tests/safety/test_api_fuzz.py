@@ -6,15 +6,12 @@ against the sandbox. The answer must never be a 5xx, the service must never cras
 match the document (status codes, content types, response schemas and headers, rejection of invalid
 data, authentication honoured).
 
-Some of schemathesis' checks are excluded from the sweep because they fail today; each has a focused
-test below, marked ``xfail(strict=True)`` with the bug it documents:
-
-- ``unsupported_method``: a 405 answer lacks the ``Allow`` header (RFC 9110 requires it);
-- ``negative_data_rejection`` on ``GET /v1/withdrawals`` only: an empty ``state=`` or ``limit=`` is
-  answered 200, though the document makes it invalid;
-- ``positive_data_acceptance``: the document's ``WithdrawalRequest`` is looser than the validation, so
-  schema-valid bodies are refused with 422 (and an unconfigured ``account`` can never be in a static
-  document, so this check cannot pass for that field whatever the document says).
+One of schemathesis' checks is excluded from the sweep: ``positive_data_acceptance`` (a schema-valid
+request must be accepted), because an unconfigured ``account`` is schema-valid in any static document yet
+refused by the running service. What that check would catch otherwise, the document being looser than
+the validation, is tested below case by case (two cases still open: ``xfail(strict=True)`` with the bug).
+The 405 ``Allow`` header, empty list parameters and the earlier document gaps, found by this module, are
+fixed (69ea5a8); their tests stay as regression tests.
 
 Needs schemathesis (``pip install schemathesis``; the module skips without it). Examples are bounded and
 deterministic (``derandomize=True``).
@@ -24,6 +21,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,11 +34,7 @@ from tests.safety.chaos_harness import BTC_ADDRESS, TOKEN, LiveStack
 
 schemathesis = pytest.importorskip("schemathesis")
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
-from schemathesis.checks import (  # noqa: E402
-    negative_data_rejection,
-    positive_data_acceptance,
-    unsupported_method,
-)
+from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 OPENAPI = Path(__file__).resolve().parents[2] / "engine" / "openapi.json"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -61,10 +55,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
 )  # fmt: skip
 def test_no_server_error_and_answers_match_the_document(case: Any, live: LiveStack) -> None:
     """Schema-driven requests (valid and invalid): never a 5xx; every answer conforms to the document."""
-    excluded = [unsupported_method, positive_data_acceptance]
-    if (case.operation.method.upper(), case.operation.path) == ("GET", "/v1/withdrawals"):
-        excluded.append(negative_data_rejection)  # empty state=/limit= accepted: see the xfail below
-    response = case.call_and_validate(base_url=live.api_url, headers=AUTH, excluded_checks=excluded)
+    response = case.call_and_validate(base_url=live.api_url, headers=AUTH, excluded_checks=[positive_data_acceptance])
     assert response.status_code < 500, response.text
 
 
@@ -88,33 +79,58 @@ def test_405_names_the_allowed_methods(live: LiveStack, method: str, path: str) 
     assert caught.value.headers.get("Allow"), dict(caught.value.headers)
 
 
-#: Bodies that the document's WithdrawalRequest schema accepts but the API refuses with 422.
-SCHEMA_TOO_LOOSE = [
-    {"secondary_address": ""},
-    {"exchange_name": ""},
-    {"address": "bc1q sandbox"},
-    {"address": "bc1q\u0430sandbox"},
-    {"secondary_address": "12\n34"},
-    {"amount": "0"},
-    {"amount": "0.0000000000000000001"},
-    {"amount": "1000000000000000000"},
-]
+LOOSE_EXCHANGE_NAME = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (document, minor): exchange_name's pattern in engine/openapi.json excludes listed control/format "
+        "ranges only; the model (engine/models.py _is_plain_name) refuses every category C*/Z* character but "
+        "the space, so unassigned and private-use characters are schema-valid yet refused (found by the sweep)"
+    ),
+)
 
 
-def test_document_refuses_what_the_api_refuses(live: LiveStack) -> None:
-    """Every body the API refuses with 422 is also invalid under the published schema."""
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"secondary_address": ""},
+        {"exchange_name": ""},
+        {"address": "bc1q sandbox"},
+        {"address": "bc1q\u0430sandbox"},
+        {"secondary_address": "12\n34"},
+        {"amount": "0"},
+        {"amount": "0.0000000000000000001"},
+        {"amount": "1000000000000000000"},
+        {"exchange_name": "Bin\u202eance"},
+        pytest.param({"exchange_name": "\U000f1a94"}, marks=LOOSE_EXCHANGE_NAME, id="private-use"),
+        pytest.param({"exchange_name": "\U000d69aa"}, marks=LOOSE_EXCHANGE_NAME, id="unassigned"),
+    ],
+)
+def test_document_refuses_what_the_api_refuses(live: LiveStack, change: dict[str, str]) -> None:
+    """A body the API refuses with 422 is also invalid under the published WithdrawalRequest schema."""
     document = json.loads(OPENAPI.read_text())
-    body_schema = document["components"]["schemas"]["WithdrawalRequest"]
-    validator = jsonschema_rs.validator_for(body_schema)
-    base = {"currency": "BTC", "net_type": "BTC", "amount": "0.01", "address": BTC_ADDRESS}
-    loose = []
-    for change in SCHEMA_TOO_LOOSE:
-        body = {**base, **change}
-        status, _ = live.call("POST", "/v1/withdrawals", body)
-        assert status == 422, (body, status)
-        if validator.is_valid(body):
-            loose.append(change)
-    assert loose == [], f"schema-valid but refused: {loose}"
+    validator = jsonschema_rs.validator_for(document["components"]["schemas"]["WithdrawalRequest"])
+    body = {"currency": "BTC", "net_type": "BTC", "amount": "0.01", "address": BTC_ADDRESS, **change}
+    status, _ = live.call("POST", "/v1/withdrawals", body)
+    assert status == 422, (body, status)
+    assert not validator.is_valid(body), f"schema-valid but refused: {change}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (document, minor): GET /v1/withdrawals' cursor is a bare string in engine/openapi.json; the API "
+        "refuses anything but a workflow id (422), so the document should carry the pattern ^wd_[0-9a-f]+$"
+    ),
+)
+@pytest.mark.parametrize("cursor", ["x", "%F0%B1%AA%94", "wd_XYZ"])
+def test_document_describes_the_list_cursor(live: LiveStack, cursor: str) -> None:
+    """A cursor the API refuses is also invalid under the document's parameter schema."""
+    status, _ = live.call("GET", f"/v1/withdrawals?cursor={cursor}")
+    assert status == 422
+    document = json.loads(OPENAPI.read_text())
+    parameter = next(p for p in document["paths"]["/v1/withdrawals"]["get"]["parameters"] if p["name"] == "cursor")
+    value = urllib.parse.unquote(cursor)
+    assert not jsonschema_rs.validator_for(parameter["schema"]).is_valid(value), parameter
 
 
 @pytest.mark.parametrize("query", ["state=", "limit=", "state=&limit="])

@@ -37,6 +37,9 @@ RUN = settings(
 )
 
 VALID: dict[str, Any] = {"currency": "BTC", "net_type": "BTC", "amount": "0.001", "address": BTC_ADDRESS}
+#: The base of the HTTP bodies: valid, but to an address no allowlist has, so that a body whose spoilers
+#: happened to draw valid values ends aborted without a POST (and cannot race another example's count).
+UNSENDABLE: dict[str, Any] = {**VALID, "address": "bc1qnot0registered0anywhere"}
 MAX_DECIMALS = 18
 #: Characters that must never be accepted inside an address: whitespace, controls, invisible and
 #: direction-changing characters, and look-alikes of ASCII letters and digits.
@@ -222,13 +225,6 @@ class TestPythonApi:
             WithdrawalRequest.from_dict({**VALID, extra: "x"})
         assert caught.value.field == extra
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "BUG (minor): exchange_name is only length-checked (engine/models.py WithdrawalRequest.__post_init__); "
-            "NUL, newlines and bidi overrides are stored and shown by the API and the CLI"
-        ),
-    )
     @pytest.mark.parametrize("value", ["Bin\x00ance", "Binance\n", "\u202eecnaniB", "Bin ance\t"])
     def test_exchange_name_control_characters_refused(self, value: str) -> None:
         """exchange_name is matched against the allowlist's names: control characters have no place in it."""
@@ -291,7 +287,7 @@ field_spoilers: dict[str, st.SearchStrategy[Any]] = {
 def hostile_bodies(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
     """A request body with 1-3 spoiled fields (and maybe an unknown one); the set of fields that are bad."""
     names = draw(st.lists(st.sampled_from(sorted(field_spoilers)), min_size=1, max_size=3, unique=True))
-    body = dict(VALID)
+    body = dict(UNSENDABLE)
     for name in names:
         body[name] = draw(field_spoilers[name])
     if draw(st.booleans()):
@@ -359,7 +355,7 @@ class TestHttpApi:
     def test_bad_idempotency_key_refused(self, stack: LiveStack, key: str) -> None:
         """An over-long Idempotency-Key is a 422 naming it; nothing stored."""
         stored = stack.workflow_count()
-        status, answer = stack.call("POST", "/v1/withdrawals", VALID, headers={"Idempotency-Key": key})
+        status, answer = stack.call("POST", "/v1/withdrawals", UNSENDABLE, headers={"Idempotency-Key": key})
         assert status == 422 and set(answer["error"]["fields"]) == {"idempotency_key"}, answer
         assert stack.workflow_count() == stored
 
