@@ -8,6 +8,8 @@ the last restart the faults are cleared and everything settles; then the store a
 compared. Prints the summary as JSON on stdout and exits 1 when any property is violated.
 
 Everything binds 127.0.0.1; every wait is bounded (``--max-seconds``); every process it starts, it stops.
+On the 2-core machine: 1000 withdrawals with 20 kills take about 72 s of wall time, with 30 kills about
+92 s (each restart costs the service's start-up, about 0.7 s); the exchange's 30 calls/s is the ceiling.
 """
 
 from __future__ import annotations
