@@ -293,7 +293,7 @@ def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | Non
             limit = 0
         if not 1 <= limit <= MAX_PAGE:
             fields["limit"] = f"must be an integer between 1 and {MAX_PAGE}"
-    cursor = query.get("cursor") or None
+    cursor = query.get("cursor")
     if cursor is not None and not _ID_RE.fullmatch(cursor):
         fields["cursor"] = "must be a workflow id (the next_cursor of the previous page)"
     if fields:

@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 import time
-import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -147,12 +146,15 @@ def _check_token(value: object, name: str, max_len: int) -> str:
     return value
 
 
+#: Exchange names as Upbit's allowlist shows them ("Binance", "빗썸"): printable ASCII and Hangul, inner
+#: spaces. The OpenAPI document carries the very same pattern, so the two cannot disagree.
+EXCHANGE_NAME_PATTERN = "[!-~\uac00-\ud7a3](?:[ !-~\uac00-\ud7a3]{0,126}[!-~\uac00-\ud7a3])?"
+_EXCHANGE_NAME_RE = re.compile(EXCHANGE_NAME_PATTERN)
+
+
 def _is_plain_name(value: object) -> bool:
-    """A display name: printable text, inner single spaces allowed; no control, format (bidi) or
-    separator characters other than the plain space."""
-    if not isinstance(value, str) or not 0 < len(value) <= 128 or value != value.strip():
-        return False
-    return all(ch == " " or unicodedata.category(ch)[0] not in "CZ" for ch in value)
+    """A display name: no control, format (bidi), private-use or unassigned characters, no outer spaces."""
+    return isinstance(value, str) and _EXCHANGE_NAME_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +189,7 @@ class WithdrawalRequest:
             raise InvalidRequest("must be 1-64 of a-z, 0-9, '_' or '-'", field="account")
         if self.exchange_name is not None and not _is_plain_name(self.exchange_name):
             raise InvalidRequest(
-                "must be 1-128 printable characters (no control or formatting characters, no outer spaces)",
+                "must be 1-128 printable ASCII or Hangul characters (inner spaces allowed)",
                 field="exchange_name",
             )
 

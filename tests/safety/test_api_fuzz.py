@@ -9,7 +9,7 @@ data, authentication honoured).
 One of schemathesis' checks is excluded from the sweep: ``positive_data_acceptance`` (a schema-valid
 request must be accepted), because an unconfigured ``account`` is schema-valid in any static document yet
 refused by the running service. What that check would catch otherwise, the document being looser than
-the validation, is tested below case by case (two cases still open: ``xfail(strict=True)`` with the bug).
+the validation, is tested below case by case.
 The 405 ``Allow`` header, empty list parameters and the earlier document gaps, found by this module, are
 fixed (69ea5a8); their tests stay as regression tests.
 
@@ -79,16 +79,6 @@ def test_405_names_the_allowed_methods(live: LiveStack, method: str, path: str) 
     assert caught.value.headers.get("Allow"), dict(caught.value.headers)
 
 
-LOOSE_EXCHANGE_NAME = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (document, minor): exchange_name's pattern in engine/openapi.json excludes listed control/format "
-        "ranges only; the model (engine/models.py _is_plain_name) refuses every category C*/Z* character but "
-        "the space, so unassigned and private-use characters are schema-valid yet refused (found by the sweep)"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "change",
     [
@@ -101,8 +91,8 @@ LOOSE_EXCHANGE_NAME = pytest.mark.xfail(
         {"amount": "0.0000000000000000001"},
         {"amount": "1000000000000000000"},
         {"exchange_name": "Bin\u202eance"},
-        pytest.param({"exchange_name": "\U000f1a94"}, marks=LOOSE_EXCHANGE_NAME, id="private-use"),
-        pytest.param({"exchange_name": "\U000d69aa"}, marks=LOOSE_EXCHANGE_NAME, id="unassigned"),
+        pytest.param({"exchange_name": "\U000f1a94"}, id="private-use"),
+        pytest.param({"exchange_name": "\U000d69aa"}, id="unassigned"),
     ],
 )
 def test_document_refuses_what_the_api_refuses(live: LiveStack, change: dict[str, str]) -> None:
@@ -115,13 +105,6 @@ def test_document_refuses_what_the_api_refuses(live: LiveStack, change: dict[str
     assert not validator.is_valid(body), f"schema-valid but refused: {change}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (document, minor): GET /v1/withdrawals' cursor is a bare string in engine/openapi.json; the API "
-        "refuses anything but a workflow id (422), so the document should carry the pattern ^wd_[0-9a-f]+$"
-    ),
-)
 @pytest.mark.parametrize("cursor", ["x", "%F0%B1%AA%94", "wd_XYZ"])
 def test_document_describes_the_list_cursor(live: LiveStack, cursor: str) -> None:
     """A cursor the API refuses is also invalid under the document's parameter schema."""
