@@ -62,7 +62,7 @@ from engine.errors import ExchangeError, ExchangeThrottled
 from engine.models import Event, WithdrawalRequest, Workflow
 from engine.upbit.auth import Credentials
 from engine.upbit.client import UpbitClient, WithdrawBody
-from engine.upbit.ratelimit import RateLimiter
+from engine.upbit.ratelimit import Priority, RateLimiter
 
 CURRENCY, NET_TYPE = "USDT", "TRX"
 ADDRESS = "TJYeasTPa6gpEEfYqGJkbXhBVxBJMEZfUt"  # allowlisted for USDT/TRX in the sandbox's default seed
@@ -140,6 +140,47 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+class BudgetSampler:
+    """How the account's budget was used, sampled every 100 ms from the limiter (engine side only)."""
+
+    def __init__(self, limiter: RateLimiter, interval: float = 0.1) -> None:
+        self.limiter = limiter
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        waiting = getattr(self.limiter, "waiting", None)
+        while True:
+            load = getattr(self.limiter, "load", 0.0)
+            writes = waiting(Priority.WRITE) if waiting else 0
+            reads = waiting(Priority.READ) if waiting else 0
+            self.samples.append((load, writes, reads))
+            await asyncio.sleep(self.interval)
+
+    def __enter__(self) -> BudgetSampler:
+        if self.limiter.enabled:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.samples:
+            return None
+        n = len(self.samples)
+        return {
+            "samples": n,
+            "mean_load": round(sum(s[0] for s in self.samples) / n, 3),
+            "share_full": round(sum(1 for s in self.samples if s[0] >= 1.0) / n, 3),
+            "mean_writes_waiting": round(sum(s[1] for s in self.samples) / n, 1),
+            "mean_reads_waiting": round(sum(s[2] for s in self.samples) / n, 2),
+            "share_no_write_waiting": round(sum(1 for s in self.samples if s[1] == 0) / n, 3),
+        }
 
 
 def cpu_seconds(proc: psutil.Process | None = None) -> float:
@@ -295,7 +336,8 @@ async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
             await submit_all(engine, requests)
             cpu1, t1 = cpu_seconds(), time.monotonic()
             rss_submitted = rss()
-            with RssSampler() as sampler:
+            budget = BudgetSampler(gateway.client.limiter)
+            with RssSampler() as sampler, budget:
                 cpu2, t2 = cpu_seconds(), time.monotonic()
                 finished = await run_runner_until(engine, tracker, args.timeout)
                 cpu3, t3 = cpu_seconds(), time.monotonic()
@@ -327,6 +369,9 @@ async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
             client_calls=dict(calls),
             poll_batches=gateway.poll_batches - batches_before,
             polls=gateway.polls - polls_before,
+            budget=budget.summary(),
+            gateway=_counters(gateway, "chance_fetches", "deferred_submits"),
+            runner=_counters(engine.runner, "steps_run", "claims", "claimed"),
             limiter={"granted": limiter.granted, "waited": limiter.waited, "throttles": limiter.throttles,
                      "blocks": limiter.blocks, "phantom": limiter.phantom},
             store={"batches": store.batches, "writes": store.writes},
@@ -448,6 +493,10 @@ async def sandbox_stats(url: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
+def _counters(obj: object, *names: str) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in names if hasattr(obj, name)}
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -553,12 +602,12 @@ def _side_args(args: argparse.Namespace) -> list[str]:
 
 
 async def run_side(
-    side: str, sandbox: SandboxProcess, admin: Admin, args: argparse.Namespace, workdir: Path
+    side: str, sandbox: SandboxProcess, admin: Admin, args: argparse.Namespace, workdir: Path, rep: int = 0
 ) -> dict[str, Any]:
     """Reset and configure the sandbox, run one side in a child process, add the sandbox's view."""
     config, faults = sandbox_config(args.mode, args)
     await admin.prepare(config, faults)
-    side_dir = workdir / side
+    side_dir = workdir / f"{side}-{rep}"  # a fresh database per run (the reset sandbox reuses its uuids)
     side_dir.mkdir(exist_ok=True)
     sandbox_cpu0, system0 = sandbox.cpu_seconds(), psutil.cpu_times()
     cmd = [sys.executable, str(SCRIPT), "--side", side, "--url", sandbox.url,
@@ -693,10 +742,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         info = machine_info()
         try:
             async with Admin(sandbox.url) as admin:
-                for _ in range(args.repeat):
+                for rep in range(args.repeat):
                     for side in sides:
                         print(f"[bench] {args.mode}: {side} side, N={args.n} ...", file=sys.stderr, flush=True)
-                        result = await run_side(side, sandbox, admin, args, workdir)
+                        result = await run_side(side, sandbox, admin, args, workdir, rep)
                         print(
                             f"[bench] {side}: {result['completed']} done in {result['wall_seconds']} s, "
                             f"{result['api_calls_per_withdrawal']} calls/withdrawal",

@@ -8,9 +8,11 @@ observers. Whatever effect follows (the POST) therefore happens after its intent
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -66,6 +68,9 @@ class StepContext:
     owner: str | None
     steps: Mapping[State, Step] = field(default_factory=dict)
     observers: list[TransitionObserver] = field(default_factory=list)
+    #: Set by the runner: a context manager a step wraps around a wait for shared work (a batched poll),
+    #: during which its workflow does not count against the runner's concurrency.
+    park: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext, repr=False)
     #: (state, trigger) -> destination, for the transitions that have no guard: the machine is static,
     #: so once it answered, the same question has the same answer (saves ~10 us per transition).
     _known: dict[tuple[State, str], State] = field(default_factory=dict, repr=False)

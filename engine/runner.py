@@ -19,7 +19,7 @@ import contextlib
 import functools
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import structlog
 
@@ -59,10 +59,14 @@ class Runner:
         self.drain_timeout = drain_timeout
         self.exclusive = exclusive
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._parked = 0
         self._released: list[str] = []
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.steps_run = 0
+        self.claims = 0
+        self.claimed = 0
+        self.ctx.park = self._park
 
     def __repr__(self) -> str:
         return f"<Runner {self.owner} inflight={len(self._inflight)}/{self.concurrency} steps={self.steps_run}>"
@@ -80,6 +84,25 @@ class Runner:
     def inflight(self) -> int:
         """Workflows being stepped right now."""
         return len(self._inflight)
+
+    @property
+    def parked(self) -> int:
+        """Workflows whose step waits for shared work (a batched poll): they hold no concurrency slot."""
+        return self._parked
+
+    @contextlib.contextmanager
+    def _park(self) -> Iterator[None]:
+        """Around a wait for shared work: the slot is lent to other due workflows meanwhile (at most
+        ``concurrency`` workflows park at once, so tasks stay bounded)."""
+        self._parked += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self._parked -= 1
+
+    def _free(self) -> int:
+        return self.concurrency - len(self._inflight) + min(self._parked, self.concurrency)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -123,12 +146,14 @@ class Runner:
 
     async def _round(self) -> None:
         await self._flush_releases()
-        free = self.concurrency - len(self._inflight)
+        free = self._free()
         claimed: list[Workflow] = []
         if free > 0:
             claimed = await self.ctx.store.claim_due(
                 now=self.ctx.now(), limit=free, owner=self.owner, lease_seconds=self.lease_seconds
             )
+            self.claims += 1
+            self.claimed += len(claimed)
             for wf in claimed:
                 self._start(wf)
         if claimed and len(claimed) == free:
@@ -137,13 +162,15 @@ class Runner:
         await self._idle()
 
     async def _idle(self) -> None:
+        # Clear before looking: a drive that ends (or a submission that lands) while we query must not
+        # have its wake-up erased, or a workflow released just now waits a whole ``idle_poll``.
+        self._wake.clear()
         due = await self.ctx.store.next_due_at()
         delay = self.idle_poll
         if due is not None:
             delay = min(delay, max(0.0, (due - self.ctx.now()).total_seconds()))
-        if delay <= 0 and len(self._inflight) >= self.concurrency:
+        if delay <= 0 and self._free() <= 0:
             delay = self.idle_poll
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(delay, 0.001))
 

@@ -255,10 +255,19 @@ Step = Callable[[Workflow, StepContext], Awaitable[Workflow]]
 
 
 async def step_pending(wf: Workflow, ctx: StepContext) -> Workflow:
-    """Start, unless cancelled first."""
+    """Start, unless cancelled first, or unless the account's write budget is booked for a while: then
+    wait for this workflow's turn as a row (``next_run_at``), not as a task queued at the rate limiter,
+    so polls and cancels of other workflows never queue behind a backlog of new ones."""
     if wf.cancel_requested:
         return await _cancel_locally(wf, ctx)
-    return await ctx.transition(wf, "start", next_run_at=ctx.now())
+    gateway = ctx.gateway(wf)
+    if wf.attempt == 0:
+        delay = gateway.submit_delay()
+        if delay > 0:
+            return await ctx.reschedule(wf, delay, attempt=1)
+    else:  # back at its turn: it goes now
+        gateway.admit()
+    return await ctx.transition(wf, "start", next_run_at=ctx.now(), attempt=0)
 
 
 async def step_verifying_address(wf: Workflow, ctx: StepContext) -> Workflow:
@@ -308,8 +317,11 @@ async def _wallet_check(wf: Workflow, ctx: StepContext) -> Check:
 
 
 async def _chance_check(wf: Workflow, ctx: StepContext) -> Check:
-    chance = await ctx.gateway(wf).chance(wf.request.currency, wf.request.net_type)
-    return chance_verdict(wf.request, chance)
+    gateway, req = ctx.gateway(wf), wf.request
+    check = chance_verdict(req, await gateway.chance(req.currency, req.net_type))
+    if check.reason is AbortReason.INSUFFICIENT_BALANCE:  # perhaps only our local holds: ask the exchange
+        check = chance_verdict(req, await gateway.chance(req.currency, req.net_type, fresh=True))
+    return check
 
 
 async def _daily_check(wf: Workflow, ctx: StepContext) -> Check:
@@ -407,8 +419,13 @@ async def _lose_track(wf: Workflow, ctx: StepContext, mode: str, exc: Exception 
     )  # fmt: skip
 
 
-async def _record(wf: Workflow, ctx: StepContext, withdrawal: Withdrawal, *, how: str, **extra: Any) -> Workflow:
-    """Move to the exchange's state, keeping its uuid; an unknown state is kept in flight as WAITING."""
+async def _record(
+    wf: Workflow, ctx: StepContext, withdrawal: Withdrawal, *, how: str, attempt: int = 0, **extra: Any
+) -> Workflow:
+    """Move to the exchange's state, keeping its uuid; an unknown state is kept in flight as WAITING.
+
+    ``attempt`` is where the poll backoff goes on from (a poll that saw WAITING -> PROCESSING keeps
+    backing off: the withdrawal is no nearer its end for having moved)."""
     trigger = trigger_for(withdrawal.state)
     if trigger is None:
         log.warning("exchange.unknown_state", workflow_id=wf.id, raw_state=withdrawal.raw_state)
@@ -418,14 +435,20 @@ async def _record(wf: Workflow, ctx: StepContext, withdrawal: Withdrawal, *, how
         wf, trigger,
         event_data={"how": how, "exchange_state": withdrawal.raw_state, **extra},
         exchange_uuid=withdrawal.uuid, txid=withdrawal.txid, exchange_state=withdrawal.raw_state,
-        lane_held=False, attempt=0,
-        next_run_at=None if terminal else ctx.after(_poll_delay(ctx, 0)),
+        lane_held=False, attempt=attempt,
+        next_run_at=None if terminal else ctx.after(_poll_delay(ctx, attempt)),
     )  # fmt: skip
 
 
 def _poll_delay(ctx: StepContext, attempt: int) -> float:
     s = ctx.settings
     return backoff_delay(attempt, initial=s.poll_initial, maximum=s.poll_max, jitter=s.poll_jitter)
+
+
+def _poll_slack(ctx: StepContext, attempt: int) -> float:
+    """How late a poll's answer may come: half the interval that led to it (the batch grows meanwhile)."""
+    s = ctx.settings
+    return float(min(s.poll_max, s.poll_initial * 2 ** min(attempt, 30))) / 2
 
 
 async def step_submitting(wf: Workflow, ctx: StepContext) -> Workflow:
@@ -483,13 +506,14 @@ async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
         if wf.state.is_terminal:
             return wf
     assert wf.exchange_uuid is not None
-    current = await ctx.gateway(wf).poll(wf.exchange_uuid)
+    with ctx.park():  # waiting for a shared batch: the runner lends this slot out meanwhile
+        current = await ctx.gateway(wf).poll(wf.exchange_uuid, within=_poll_slack(ctx, wf.attempt))
     if current is None or current.raw_state == wf.exchange_state:
         return await ctx.reschedule(wf, _poll_delay(ctx, wf.attempt + 1), attempt=wf.attempt + 1)
     if trigger_for(current.state) is None or (current.state is ExchangeState.WAITING and wf.state is S.PROCESSING):
         log.warning("exchange.unexpected_state", workflow_id=wf.id, raw_state=current.raw_state)
         return await ctx.reschedule(wf, _poll_delay(ctx, wf.attempt + 1), attempt=wf.attempt + 1)
-    return await _record(wf, ctx, current, how="polled")
+    return await _record(wf, ctx, current, how="polled", attempt=wf.attempt + 1)
 
 
 async def _send_cancel(wf: Workflow, ctx: StepContext) -> Workflow:

@@ -4,6 +4,10 @@ Why grouped: a withdrawal makes about six transitions, and each must be durable 
 follows it (intent before effect). One fsync per transition would cap the engine at a few hundred
 transitions a second; one fsync per batch of whatever is queued lifts that cap without weakening the
 rule, because every caller's ``await`` returns only after the batch that holds its write committed.
+The writer waits ``group_window`` for company only while writes come in crowds (the last batch held
+more than one); a lone write commits at once, so light load pays no latency for grouping. Within a
+batch, commits and creates go in ``executemany`` calls, and one-statement writes (claims, leases) skip
+the savepoint a multi-statement write needs.
 
 ``synchronous=FULL`` is the default: with ``NORMAL`` a power cut could lose a committed intent whose
 POST already left, and the engine would then send it again. Writes go through one writer task on one
@@ -152,6 +156,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._last_batch = 0
         self.batches = 0
         self.writes = 0
 
@@ -222,7 +227,9 @@ class SQLiteStore:
             if first is None:
                 break
             batch = [first]
-            if self._group_window > 0:
+            # Wait a moment for more writes only while they come in crowds (the last batch held several);
+            # a lone write (a submit's intent, which holds a rate-limit slot meanwhile) goes at once.
+            if self._group_window > 0 and self._last_batch > 1:
                 await asyncio.sleep(self._group_window)
             while not self._queue.empty() and len(batch) < 1000:
                 item = self._queue.get_nowait()
@@ -262,6 +269,7 @@ class SQLiteStore:
             results = [(item, False, error) for item in batch]
         self.batches += 1
         self.writes += len(batch)
+        self._last_batch = len(batch)
         for item, ok, value in results:
             if item.future.done():
                 continue

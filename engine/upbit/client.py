@@ -236,8 +236,11 @@ class UpbitClient:
         order_by: str = "desc",
         from_: str | None = None,
         to: str | None = None,
+        slot_reserved: bool = False,
     ) -> list[Withdrawal]:
-        """GET /v1/withdraws. ``uuids`` or ``txids`` (not both, at most 100), newest first by default."""
+        """GET /v1/withdraws. ``uuids`` or ``txids`` (not both, at most 100), newest first by default.
+
+        ``slot_reserved``: the caller already holds a rate-limit slot (``limiter.acquire(READ)``)."""
         self._check_list_args(uuids, txids, limit, order_by)
         params: list[tuple[str, str | Sequence[str]]] = []
         scalars = (("currency", currency), ("state", str(state) if state else None))
@@ -249,7 +252,7 @@ class UpbitClient:
         params.append(("limit", str(limit)))
         extra = (("page", str(page) if page else None), ("order_by", order_by), ("from", from_), ("to", to))
         params.extend((k, v) for k, v in extra if v)
-        data = await self._json_list("GET", "/v1/withdraws", params)
+        data = await self._json_list("GET", "/v1/withdraws", params, reserved=slot_reserved)
         return self._parse_list(data, Withdrawal.from_json, "/v1/withdraws")
 
     async def cancel_withdraw(self, uuid: str) -> Withdrawal:
@@ -271,8 +274,8 @@ class UpbitClient:
         if order_by not in ("asc", "desc"):
             raise ValueError("order_by must be 'asc' or 'desc'")
 
-    async def _json_list(self, method: str, path: str, params: Params) -> list[Any]:
-        data = await self._call(method, path, params)
+    async def _json_list(self, method: str, path: str, params: Params, *, reserved: bool = False) -> list[Any]:
+        data = await self._call(method, path, params, reserved=reserved)
         if not isinstance(data, list):
             raise ExchangeBadResponse("expected a JSON array", endpoint=f"{method} {path}", status=200)
         return data

@@ -3,10 +3,19 @@
 - The allowlist and wallet status are account-wide lists: each is fetched at most once per TTL, and
   concurrent askers share the one fetch in flight (single-flight). A thousand withdrawals cost a handful
   of these calls, not two thousand.
-- ``chance`` is cached briefly per (currency, net_type): balances move, so the TTL is short.
-- ``poll(uuid)`` does not call the exchange by itself: polls that fall due together are coalesced into
-  ``GET /v1/withdraws?uuids[]=...`` calls of up to 100 uuids. The window is short (tens of ms) and the
-  batch leaves early when it is full.
+- ``chance`` is cached briefly per (currency, net_type): balances move, so the TTL is short. What this
+  gateway itself submitted since a snapshot was fetched (amount + fee, including POSTs still in flight) is
+  held against the snapshot's balance locally, so a submit does not cost every later withdrawal a fresh
+  ``chance`` call; a workflow that finds the held balance short asks for a fresh snapshot before it gives up.
+- ``poll(uuid, within=...)`` does not call the exchange by itself: polls are coalesced into
+  ``GET /v1/withdraws?uuids[]=...`` calls of up to 100 uuids. A batch waits for the most urgent of its
+  polls (``within`` seconds, at least ``poll_window``), leaves early when it is full, and takes its uuids
+  only once it holds a rate-limit slot: when the budget is tight (submits go first) the batch keeps
+  growing while it waits, so polling gets cheaper exactly when calls are scarce.
+- ``submit_delay()`` keeps the queue of submits waiting for a rate-limit slot about ``submit_queue``
+  seconds long: a new workflow beyond that gets a turn (a time, spaced at the account's rate) and waits
+  for it as a row in the store, not as a task holding a runner slot; polls and cancels are not stuck
+  behind a backlog.
 - Transient read failures of the shared fetches are retried with tenacity (exponential backoff with
   jitter, on the injected clock); a POST is never retried here.
 """
@@ -15,19 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Generic, TypeVar
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
 
+import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from engine.clock import Clock, SystemClock
-from engine.errors import ExchangeBlocked, ExchangeThrottled, OutcomeUnknown
+from engine.errors import ExchangeBlocked, ExchangeRefused, ExchangeThrottled, OutcomeUnknown
 from engine.upbit.client import MAX_LIST_IDS, UpbitClient, WithdrawBody
 from engine.upbit.ratelimit import Priority
 from engine.upbit.types import AllowedAddress, Chance, WalletStatus, Withdrawal
 
 __all__ = ["Gateway"]
+
+log = structlog.get_logger("engine.gateway")
 
 T = TypeVar("T")
 
@@ -39,7 +54,11 @@ def _transient(exc: BaseException) -> bool:
 
 
 class _Cached(Generic[T]):
-    """A value fetched at most once per TTL; concurrent callers share the fetch in flight."""
+    """A value fetched at most once per TTL; concurrent callers share the fetch in flight.
+
+    Refresh-ahead: past half its TTL (of a second or more), a read still gets the cached value and starts
+    the next fetch in the background, so callers rarely wait for a fetch (which, as a read, may queue
+    behind submits). Sub-second TTLs (tests) simply fetch on demand."""
 
     def __init__(self, fetch: Callable[[], Awaitable[T]], ttl: float, clock: Clock) -> None:
         self._fetch = fetch
@@ -53,13 +72,23 @@ class _Cached(Generic[T]):
     def invalidate(self) -> None:
         self._fetched_at = float("-inf")
 
+    @property
+    def value(self) -> T | None:
+        """The last value fetched (possibly stale), or None."""
+        return self._value
+
     async def get(self) -> T:
-        if self._value is not None and self._clock.monotonic() - self._fetched_at < self._ttl:
+        age = self._clock.monotonic() - self._fetched_at
+        if self._value is not None and age < self._ttl:
+            if self._ttl >= 1.0 and age >= self._ttl / 2 and self._inflight is None:
+                self._start().add_done_callback(_retrieve)  # nobody awaits it: its failure is only logged
             return self._value
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._refresh())
-        inflight = self._inflight
+        inflight = self._inflight or self._start()
         return await asyncio.shield(inflight)
+
+    def _start(self) -> asyncio.Future[T]:
+        self._inflight = asyncio.ensure_future(self._refresh())
+        return self._inflight
 
     async def _refresh(self) -> T:
         try:
@@ -69,6 +98,43 @@ class _Cached(Generic[T]):
             return value
         finally:
             self._inflight = None
+
+
+class _Holds:
+    """Funds this gateway's submissions took from one (currency, net_type) balance, for the snapshot's
+    sake: in flight (not answered yet), and answered, in the order the answers came."""
+
+    __slots__ = ("answered", "answered_total", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight = Decimal(0)
+        self.answered: deque[tuple[float, Decimal]] = deque()
+        self.answered_total = Decimal(0)
+
+    def since(self, asked_at: float) -> Decimal:
+        """What a snapshot asked for at ``asked_at`` may not show yet (older answers it does show)."""
+        while self.answered and self.answered[0][0] < asked_at:
+            self.answered_total -= self.answered.popleft()[1]
+        return self.in_flight + self.answered_total
+
+    def answer(self, total: Decimal, at: float, *, executed: bool) -> None:
+        self.in_flight -= total
+        if executed:  # or possibly executed: held until a snapshot asked later shows it
+            self.answered.append((at, total))
+            self.answered_total += total
+
+
+@dataclass(slots=True)
+class _Poll:
+    """The callers waiting for one uuid, and by when the batch that carries it should leave."""
+
+    deadline: float
+    futures: list[asyncio.Future[Withdrawal | None]]
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("gateway.refresh_failed", error=str(future.exception()))
 
 
 class Gateway:
@@ -84,6 +150,7 @@ class Gateway:
         chance_ttl: float = 2.0,
         poll_window: float = 0.05,
         read_attempts: int = 3,
+        submit_queue: float = 2.0,
     ) -> None:
         self.client = client
         self._clock = clock or SystemClock()
@@ -91,21 +158,36 @@ class Gateway:
         self._allowlist = _Cached(lambda: self._retrying(client.coin_addresses), allowlist_ttl, self._clock)
         self._wallets = _Cached(self._fetch_wallets, wallet_ttl, self._clock)
         self._chance_ttl = chance_ttl
-        self._chances: dict[tuple[str, str], _Cached[Chance]] = {}
+        self._chances: dict[tuple[str, str], _Cached[tuple[float, Chance]]] = {}
+        self._holds: dict[tuple[str, str], _Holds] = {}
         self._poll_window = poll_window
-        self._pending: dict[str, list[asyncio.Future[Withdrawal | None]]] = {}
+        self._pending: dict[str, _Poll] = {}
+        self._due = float("inf")
+        self._acquiring = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._submit_queue = submit_queue
+        self._next_turn = float("-inf")
+        self._admitted: deque[float] = deque()
         self.poll_batches = 0
         self.polls = 0
+        self.chance_fetches = 0
+        self.deferred_submits = 0
 
     def __repr__(self) -> str:
         return f"<Gateway {self.client!r} pending_polls={len(self._pending)} batches={self.poll_batches}>"
 
     async def aclose(self) -> None:
         """Finish batches in flight, then close the client."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            await asyncio.gather(self._flush_task, return_exceptions=True)
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+        for entry in self._pending.values():  # nobody is left to ask (the runner stopped first)
+            for future in entry.futures:
+                future.cancel()
+        self._pending.clear()
         await self.client.aclose()
 
     async def _retrying(self, fetch: Callable[[], Awaitable[T]]) -> T:
@@ -139,24 +221,79 @@ class Gateway:
         """Drop the cached wallet list (a workflow waiting on a paused wallet wants a fresh look)."""
         self._wallets.invalidate()
 
-    async def chance(self, currency: str, net_type: str) -> Chance:
-        """Withdrawal capability, limits and balance for (currency, net_type) (briefly cached)."""
+    async def chance(self, currency: str, net_type: str, *, fresh: bool = False) -> Chance:
+        """Withdrawal capability, limits and balance for (currency, net_type) (briefly cached).
+
+        The balance is the snapshot's minus what this gateway submitted that the snapshot may not show yet
+        (POSTs in flight, or answered after the snapshot was asked for). ``fresh``: a new snapshot, as
+        the exchange reports it (no local holds)."""
         key = (currency, net_type)
         cached = self._chances.get(key)
         if cached is None:
 
-            async def fetch() -> Chance:
-                return await self._retrying(lambda: self.client.chance(currency, net_type))
+            async def fetch() -> tuple[float, Chance]:
+                asked_at = self._clock.monotonic()
+                self.chance_fetches += 1
+                return asked_at, await self._retrying(lambda: self.client.chance(currency, net_type))
 
             cached = self._chances[key] = _Cached(fetch, self._chance_ttl, self._clock)
-        return await cached.get()
+        if fresh:
+            cached.invalidate()
+        asked_at, chance = await cached.get()
+        holds = self._holds.get(key)
+        held = holds.since(asked_at) if holds is not None else Decimal(0)
+        return chance if fresh or not held else replace(chance, balance=chance.balance - held)
+
+    def _hold(self, body: WithdrawBody) -> tuple[_Holds, Decimal]:
+        key = (body.currency, body.net_type)
+        cached = self._chances.get(key)
+        fee = Decimal(0)
+        if body.transaction_type != "internal" and cached is not None and cached.value is not None:
+            fee = cached.value[1].withdraw_fee
+        holds = self._holds.setdefault(key, _Holds())
+        total = body.amount + fee
+        holds.in_flight += total
+        return holds, total
 
     # -- writes ----------------------------------------------------------------------------------
+
+    def submit_delay(self) -> float:
+        """Seconds a new workflow should wait before it starts towards its POST (0: start now).
+
+        Keeps about ``submit_queue`` seconds of submits queued for (or heading to) a write slot; beyond
+        that, each caller gets the next turn at the account's rate and should come back then (as a row
+        with ``next_run_at``, holding no runner slot). A caller that already waited for its turn passes
+        ``True`` to :meth:`admit` instead of asking again."""
+        limiter = self.client.limiter
+        if not limiter.enabled:
+            return 0.0
+        now = self._clock.monotonic()
+        rate = limiter.rate / limiter.window
+        queued = limiter.waiting(Priority.WRITE) + self._recently_admitted(now)
+        if queued < rate * self._submit_queue and self._next_turn <= now:
+            self.admit()
+            return 0.0
+        turn = max(self._next_turn, now + queued / rate - self._submit_queue)
+        self._next_turn = turn + 1 / rate
+        self.deferred_submits += 1
+        return max(0.0, turn - now)
+
+    def admit(self) -> None:
+        """A workflow starts towards its POST now (counted as queued until it reserves its slot)."""
+        self._admitted.append(self._clock.monotonic())
+
+    def _recently_admitted(self, now: float) -> int:
+        horizon = now - 2 * self._submit_queue  # pre-flight takes milliseconds; a stale entry fell out
+        while self._admitted and self._admitted[0] < horizon:
+            self._admitted.popleft()
+        return len(self._admitted)
 
     async def reserve_submit_slot(self) -> None:
         """Wait for a write slot of the account's budget before the intent is persisted, so a workflow
         never sits in ``submitting`` while queued behind the rate limit (a crash there would leave an
         intent whose POST may or may not have left; now that window is one commit long)."""
+        if self._admitted:
+            self._admitted.popleft()
         await self.client.limiter.acquire(Priority.WRITE)
 
     def release_submit_slot(self) -> None:
@@ -165,9 +302,15 @@ class Gateway:
 
     async def submit(self, body: WithdrawBody, *, slot_reserved: bool = False) -> Withdrawal:
         """POST the withdrawal once. Errors tell what is known of the outcome; nothing is retried."""
-        result = await self.client.withdraw_coin(body, slot_reserved=slot_reserved)
-        self._chances.pop((body.currency, body.net_type), None)
-        return result
+        holds, total = self._hold(body)
+        executed = True  # or unknown: stays held, the safe side
+        try:
+            return await self.client.withdraw_coin(body, slot_reserved=slot_reserved)
+        except (ExchangeRefused, ExchangeThrottled):  # definitely not executed: nothing to hold
+            executed = False
+            raise
+        finally:
+            holds.answer(total, self._clock.monotonic(), executed=executed)
 
     async def cancel(self, uuid: str) -> Withdrawal:
         """Ask the exchange to cancel."""
@@ -191,35 +334,66 @@ class Gateway:
 
     # -- coalesced polling -----------------------------------------------------------------------
 
-    async def poll(self, uuid: str) -> Withdrawal | None:
-        """The withdrawal's current record (None if the exchange did not list it), batched with others."""
+    async def poll(self, uuid: str, *, within: float | None = None) -> Withdrawal | None:
+        """The withdrawal's current record (None if the exchange did not list it), batched with others.
+
+        ``within``: how late the answer may come (the caller's own poll schedule can stretch that much);
+        never less than the gateway's ``poll_window``."""
         future: asyncio.Future[Withdrawal | None] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(uuid, []).append(future)
+        deadline = self._clock.monotonic() + max(self._poll_window, within or 0.0)
+        entry = self._pending.get(uuid)
+        if entry is None:
+            self._pending[uuid] = _Poll(deadline, [future])
+        else:
+            entry.futures.append(future)
+            entry.deadline = min(entry.deadline, deadline)
+        self._due = min(self._due, deadline)
         self.polls += 1
-        if len(self._pending) >= MAX_LIST_IDS:
-            self._launch(self._take_batch())
-        elif self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush_later())
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush())
         return await future
 
-    async def _flush_later(self) -> None:
-        await self._clock.sleep(self._poll_window)
+    async def _flush(self) -> None:
+        """Start a batch when polls fall due (or a batch is full) and no batch already waiting covers them."""
         while self._pending:
-            self._launch(self._take_batch())
+            uncovered = len(self._pending) - MAX_LIST_IDS * self._acquiring
+            now = self._clock.monotonic()
+            if uncovered > 0 and (uncovered >= MAX_LIST_IDS or (self._due <= now and not self._acquiring)):
+                self._acquiring += 1
+                self._launch(self._batch())
+                continue
+            await self._clock.sleep(max(0.0, min(self._due - now, self._poll_window)) or self._poll_window)
+
+    async def _batch(self) -> None:
+        """Get a read slot, then take up to 100 pending uuids (the most urgent first) and list them."""
+        try:
+            await self.client.limiter.acquire(Priority.READ)
+        finally:
+            self._acquiring -= 1
+        batch = self._take_batch()
+        if not batch:
+            self.client.limiter.refund()
+            return
+        await self._run_batch(batch)
 
     def _take_batch(self) -> dict[str, list[asyncio.Future[Withdrawal | None]]]:
-        uuids = list(self._pending)[:MAX_LIST_IDS]
-        return {uuid: self._pending.pop(uuid) for uuid in uuids}
+        if len(self._pending) <= MAX_LIST_IDS:
+            taken, self._pending = self._pending, {}
+        else:
+            urgent = sorted(self._pending, key=lambda u: self._pending[u].deadline)[:MAX_LIST_IDS]
+            taken = {uuid: self._pending.pop(uuid) for uuid in urgent}
+        self._due = min((p.deadline for p in self._pending.values()), default=float("inf"))
+        return {uuid: entry.futures for uuid, entry in taken.items()}
 
-    def _launch(self, batch: dict[str, list[asyncio.Future[Withdrawal | None]]]) -> None:
-        task = asyncio.create_task(self._run_batch(batch))
+    def _launch(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
     async def _run_batch(self, batch: dict[str, list[asyncio.Future[Withdrawal | None]]]) -> None:
         self.poll_batches += 1
         try:
-            rows = await self.client.list_withdraws(uuids=list(batch), limit=MAX_LIST_IDS)
+            rows = await self.client.list_withdraws(uuids=list(batch), limit=MAX_LIST_IDS, slot_reserved=True)
         except Exception as exc:
             for futures in batch.values():
                 for future in futures:

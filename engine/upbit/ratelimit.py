@@ -17,7 +17,8 @@ gets a static share (``rate``) of the account's budget (``account_rate``): simpl
 the shares never add up to more than the budget; only use beyond the other shares counts as foreign.
 A 429 blocks the account to the next second; a 418 blocks it for the time the exchange names (blocks
 hold even when limiting is disabled). Waiters are served by priority (submits and cancels before
-reads) and, within a priority, first come first served.
+reads) and, within a priority, first come first served; a read that has waited ``read_patience`` seconds
+goes before the writes (aging), so a steady stream of submits can delay polls but never starve them.
 
 Callers pair every :meth:`acquire` with :meth:`release` once the call completed (or :meth:`refund` when
 no request went out with the slot).
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -66,6 +67,7 @@ class RateLimiter:
         window: float = 1.0,
         enabled: bool = True,
         clock: Clock | None = None,
+        read_patience: float | None = 1.25,
     ) -> None:
         if rate < 1:
             raise ValueError("rate must be at least 1 call per window")
@@ -77,15 +79,16 @@ class RateLimiter:
         self._busy = 0
         self._expiries: list[float] = []
         self._blocked_until = 0.0
-        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
+        self.read_patience = read_patience
+        #: Waiters per priority (index = Priority), each (queued at, future), oldest first.
+        self._queues: tuple[deque[tuple[float, asyncio.Future[None]]], ...] = tuple(deque() for _ in Priority)
         self._dispatcher: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self.stats = RateLimiterStats()
 
     def __repr__(self) -> str:
         return (
-            f"<RateLimiter rate={self.rate}/{self.window:g}s in_flight={self._busy} waiting={len(self._queue)} "
+            f"<RateLimiter rate={self.rate}/{self.window:g}s in_flight={self._busy} waiting={self.waiting()} "
             f"granted={self.stats.granted} enabled={self.enabled}>"
         )
 
@@ -97,11 +100,11 @@ class RateLimiter:
                 await self._clock.sleep(self.blocked_for)
             self.stats.granted += 1
             return self._clock.monotonic() - start
-        if not self._queue and self._delay(start) <= 0:
+        if not any(self._queues) and self._delay(start) <= 0:
             self._grant()
             return 0.0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, (int(priority), next(self._seq), future))
+        self._queues[priority].append((start, future))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="ratelimit-dispatch")
         try:
@@ -155,6 +158,18 @@ class RateLimiter:
         """Seconds left of a block (0 when not blocked)."""
         return max(0.0, self._blocked_until - self._clock.monotonic())
 
+    def waiting(self, priority: Priority | None = None) -> int:
+        """Callers queued for a slot (of one priority, or all)."""
+        if priority is not None:
+            return len(self._queues[priority])
+        return sum(len(queue) for queue in self._queues)
+
+    @property
+    def load(self) -> float:
+        """Share of the budget in use now (slots counted / rate); above 1 only with foreign calls booked."""
+        self._expire(self._clock.monotonic())
+        return self._count() / self.rate
+
     @property
     def in_flight(self) -> int:
         """Slots granted whose call has not completed yet."""
@@ -179,9 +194,21 @@ class RateLimiter:
         self._busy += 1
         self.stats.granted += 1
 
+    def _next_waiter(self, now: float) -> asyncio.Future[None] | None:
+        """The waiter to serve: writes first, unless the oldest read has waited ``read_patience``."""
+        for queue in self._queues:
+            while queue and queue[0][1].done():  # cancelled while waiting
+                queue.popleft()
+        writes, reads = self._queues[Priority.WRITE], self._queues[Priority.READ]
+        patience = self.read_patience
+        if reads and (not writes or (patience is not None and now - reads[0][0] > patience)):
+            return reads.popleft()[1]
+        return writes.popleft()[1] if writes else None
+
     async def _dispatch(self) -> None:
-        while self._queue:
-            delay = self._delay(self._clock.monotonic())
+        while any(self._queues):
+            now = self._clock.monotonic()
+            delay = self._delay(now)
             if delay == float("inf"):
                 self._released.clear()
                 await self._released.wait()
@@ -189,7 +216,7 @@ class RateLimiter:
             if delay > 0:
                 await self._clock.sleep(delay)
                 continue
-            _, _, future = heapq.heappop(self._queue)
-            if not future.done():
+            future = self._next_waiter(now)
+            if future is not None:
                 self._grant()
                 future.set_result(None)
