@@ -121,7 +121,7 @@ def percentile_rate(times: Sequence[float], lo: float = 0.1, hi: float = 0.9) ->
 class RssSampler:
     """Peak RSS of this process, sampled by a thread every ``interval`` seconds."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         self._proc = psutil.Process()
         self._interval = interval
         self.peak = self._proc.memory_info().rss
@@ -187,6 +187,19 @@ def cpu_seconds(proc: psutil.Process | None = None) -> float:
     """User + system CPU seconds of a process (all its threads)."""
     times = (proc or psutil.Process()).cpu_times()
     return float(times.user + times.system)
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread of this process, by thread name (SQLite's workers, samplers, main)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = Counter()
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "other")
+        name = "sqlite-reader" if "connection_worker" in name else name
+        name = "sqlite-writer" if name.startswith("sqlite-writer") else name
+        name = "rss-sampler" if "(_run)" in name else name
+        out[name] += t.user_time + t.system_time
+    return dict(out)
 
 
 def rss() -> int:
@@ -338,9 +351,9 @@ async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
             rss_submitted = rss()
             budget = BudgetSampler(gateway.client.limiter)
             with RssSampler() as sampler, budget:
-                cpu2, t2 = cpu_seconds(), time.monotonic()
+                cpu2, t2, threads0 = cpu_seconds(), time.monotonic(), thread_cpu()
                 finished = await run_runner_until(engine, tracker, args.timeout)
-                cpu3, t3 = cpu_seconds(), time.monotonic()
+                cpu3, t3, threads1 = cpu_seconds(), time.monotonic(), thread_cpu()
             store = engine.store
             states = await store.count_by_state()
             calls = Counter(gateway.client.calls)
@@ -361,6 +374,9 @@ async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
             withdrawals_per_second_incl_submit=round(done / (t3 - t0), 2),
             **flow_figures(t2, tracker.accepted.values(), tracker.completions, tracker.latencies),
             cpu_seconds=round(cpu3 - cpu2, 3),
+            cpu_seconds_by_thread={
+                name: round(spent - threads0.get(name, 0.0), 3) for name, spent in threads1.items()
+            },
             cpu_seconds_incl_submit=round(cpu3 - cpu0, 3),
             transitions=tracker.transitions,
             transitions_per_withdrawal=round(tracker.transitions / max(1, args.n), 2),

@@ -94,8 +94,9 @@ class Runner:
     def _park(self) -> Iterator[None]:
         """Around a wait for shared work: the slot is lent to other due workflows meanwhile (at most
         ``concurrency`` workflows park at once, so tasks stay bounded)."""
+        if self._free() <= 0:  # the runner is full: the lent slot lets it claim another due workflow
+            self._wake.set()
         self._parked += 1
-        self._wake.set()
         try:
             yield
         finally:

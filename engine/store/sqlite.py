@@ -7,7 +7,9 @@ rule, because every caller's ``await`` returns only after the batch that holds i
 The writer waits ``group_window`` for company only while writes come in crowds (the last batch held
 more than one); a lone write commits at once, so light load pays no latency for grouping. Within a
 batch, commits and creates go in ``executemany`` calls, and one-statement writes (claims, leases) skip
-the savepoint a multi-statement write needs.
+the savepoint a multi-statement write needs. A whole batch runs as one call on the writer's own thread
+(a plain ``sqlite3`` connection behind a one-thread executor), so it costs the event loop one hand-off,
+not one per statement; reads go through aiosqlite on a second connection.
 
 ``synchronous=FULL`` is the default: with ``NORMAL`` a power cut could lose a committed intent whose
 POST already left, and the engine would then send it again. Writes go through one writer task on one
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -85,7 +89,8 @@ _CLAIM = (
 )
 _NOT_SUBMITTED = ("aborted",)
 
-Op = Callable[[aiosqlite.Connection], Awaitable[Any]]
+#: A write, run on the writer's own thread against its sqlite3 connection inside the batch's transaction.
+Op = Callable[[sqlite3.Connection], Any]
 
 
 class _FastPathMiss(Exception):
@@ -152,7 +157,8 @@ class SQLiteStore:
         self.path = Path(path)
         self._group_window = group_window
         self._synchronous = synchronous.upper()
-        self._writer_conn: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the writer's, used only on its thread
+        self._thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -168,30 +174,43 @@ class SQLiteStore:
     async def open(self) -> None:
         """Open both connections, set WAL, migrate, start the writer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer_conn = await self._connect()
-        await self._migrate(self._writer_conn)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        await self._on_writer(self._open_writer)
         self._reader = await self._connect()
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    async def _on_writer(self, fn: Callable[[], Any]) -> Any:
+        assert self._thread is not None
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    def _pragmas(self) -> list[str]:
+        return [
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA synchronous={self._synchronous}",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+        ]
+
+    def _open_writer(self) -> None:
+        """On the writer's thread: connect, set the pragmas, migrate."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        for pragma in self._pragmas():
+            db.execute(pragma)
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = (row[0] if row else None) or 0
+        for version, script in SQLITE_MIGRATIONS:
+            if version > current:
+                db.executescript(f"BEGIN IMMEDIATE;\n{script}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;")
+        self._db = db
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        await conn.execute("PRAGMA busy_timeout=10000")
-        await conn.execute("PRAGMA foreign_keys=ON")
+        for pragma in self._pragmas():
+            await conn.execute(pragma)
         return conn
-
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with conn.execute("SELECT MAX(version) FROM schema_version") as cur:
-            row = await cur.fetchone()
-        current = (row[0] if row else None) or 0
-        for version, script in SQLITE_MIGRATIONS:
-            if version > current:
-                await conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;"
-                )
 
     async def close(self) -> None:
         """Drain queued writes, then close."""
@@ -199,10 +218,15 @@ class SQLiteStore:
             await self._queue.put(None)
             await self._writer
             self._writer = None
-        for conn in (self._writer_conn, self._reader):
-            if conn is not None:
-                await conn.close()
-        self._writer_conn = self._reader = None
+        if self._db is not None:
+            await self._on_writer(self._db.close)
+            self._db = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
@@ -237,102 +261,104 @@ class SQLiteStore:
                     stopping = True
                     break
                 batch.append(item)
-            await self._run_batch(batch)
+            results = await self._on_writer(functools.partial(self._run_batch, batch))
+            self.batches += 1
+            self.writes += len(batch)
+            self._last_batch = len(batch)
+            for item, ok, value in results:
+                if item.future.done():
+                    continue
+                if ok:
+                    item.future.set_result(value)
+                else:
+                    item.future.set_exception(value)
 
-    async def _run_batch(self, batch: list[_Write]) -> None:
-        conn = self._writer_conn
-        assert conn is not None
+    def _run_batch(self, batch: list[_Write]) -> list[tuple[_Write, bool, Any]]:
+        """On the writer's thread: the whole batch in one transaction; each write's failure is its own."""
+        db = self._db
+        assert db is not None
         results: list[tuple[_Write, bool, Any]] = []
         try:
-            await conn.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             creates = [item for item in batch if isinstance(item.fast, _FastCreate)]
             commits = [item for item in batch if isinstance(item.fast, _FastCommit)]
             if len(creates) > 1:
-                results.extend(await self._fast_creates(conn, creates))
+                results.extend(self._fast_creates(db, creates))
             if len(commits) > 1:
-                results.extend(await self._fast_commits(conn, commits))
+                results.extend(self._fast_commits(db, commits))
             handled = {id(item) for item, _, _ in results}
             index = 0
             for item in batch:
                 if id(item) in handled:
                     continue
                 if item.single:
-                    results.append(await self._single(conn, item))
+                    results.append(self._single(db, item))
                 else:
-                    results.append(await self._one(conn, index, item))
+                    results.append(self._one(db, index, item))
                     index += 1
-            await conn.execute("COMMIT")
+            db.execute("COMMIT")
         except Exception as exc:  # the whole batch failed: tell every caller
             with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             error = StoreError(f"write batch failed: {exc}")
             results = [(item, False, error) for item in batch]
-        self.batches += 1
-        self.writes += len(batch)
-        self._last_batch = len(batch)
-        for item, ok, value in results:
-            if item.future.done():
-                continue
-            if ok:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
+        return results
 
     @staticmethod
-    async def _one(conn: aiosqlite.Connection, index: int, item: _Write) -> tuple[_Write, bool, Any]:
+    def _one(db: sqlite3.Connection, index: int, item: _Write) -> tuple[_Write, bool, Any]:
         """One write under its own savepoint: its failure is its caller's, not the batch's."""
-        await conn.execute(f"SAVEPOINT s{index}")
+        db.execute(f"SAVEPOINT s{index}")
         try:
-            value = await item.op(conn)
+            value = item.op(db)
         except Exception as exc:  # each write's failure belongs to its caller
-            await conn.execute(f"ROLLBACK TO s{index}")
-            await conn.execute(f"RELEASE s{index}")
+            db.execute(f"ROLLBACK TO s{index}")
+            db.execute(f"RELEASE s{index}")
             return item, False, exc
-        await conn.execute(f"RELEASE s{index}")
+        db.execute(f"RELEASE s{index}")
         return item, True, value
 
     @staticmethod
-    async def _single(conn: aiosqlite.Connection, item: _Write) -> tuple[_Write, bool, Any]:
+    def _single(db: sqlite3.Connection, item: _Write) -> tuple[_Write, bool, Any]:
         """A write of one SQL statement: SQLite undoes a failed statement by itself, no savepoint needed."""
         try:
-            return item, True, await item.op(conn)
+            return item, True, item.op(db)
         except Exception as exc:  # the write's failure belongs to its caller
             return item, False, exc
 
     @staticmethod
-    async def _fast_commits(conn: aiosqlite.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
+    def _fast_commits(db: sqlite3.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
         """All commits of the batch in two ``executemany`` calls. If any row lost its compare-and-set or
         hit a unique index, undo and let the slow path (one savepoint each) sort out who failed."""
         plans = [item.fast for item in items if isinstance(item.fast, _FastCommit)]
-        await conn.execute("SAVEPOINT fast")
+        db.execute("SAVEPOINT fast")
         try:
-            cursor = await conn.executemany(_UPDATE_WF, [plan.params for plan in plans])
+            cursor = db.executemany(_UPDATE_WF, [plan.params for plan in plans])
             if cursor.rowcount != len(plans):
                 raise _FastPathMiss
             events = [plan.event_row for plan in plans if plan.event_row is not None]
             if events:
-                await conn.executemany(_INSERT_EVENT, events)
+                db.executemany(_INSERT_EVENT, events)
         except (sqlite3.IntegrityError, _FastPathMiss):
-            await conn.execute("ROLLBACK TO fast")
-            await conn.execute("RELEASE fast")
+            db.execute("ROLLBACK TO fast")
+            db.execute("RELEASE fast")
             return []
-        await conn.execute("RELEASE fast")
+        db.execute("RELEASE fast")
         return [(item, True, plan.result) for item, plan in zip(items, plans, strict=True)]
 
     @staticmethod
-    async def _fast_creates(conn: aiosqlite.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
+    def _fast_creates(db: sqlite3.Connection, items: list[_Write]) -> list[tuple[_Write, bool, Any]]:
         """All new workflows of the batch (and their first events) in two ``executemany`` calls. A unique
         index hit (a known idempotency key) undoes them; the slow path then answers each one."""
         plans = [item.fast for item in items if isinstance(item.fast, _FastCreate)]
-        await conn.execute("SAVEPOINT fast_create")
+        db.execute("SAVEPOINT fast_create")
         try:
-            await conn.executemany(_INSERT_WF, [plan.row for plan in plans])
-            await conn.executemany(_INSERT_EVENT, [plan.event_row for plan in plans])
+            db.executemany(_INSERT_WF, [plan.row for plan in plans])
+            db.executemany(_INSERT_EVENT, [plan.event_row for plan in plans])
         except sqlite3.IntegrityError:
-            await conn.execute("ROLLBACK TO fast_create")
-            await conn.execute("RELEASE fast_create")
+            db.execute("ROLLBACK TO fast_create")
+            db.execute("RELEASE fast_create")
             return []
-        await conn.execute("RELEASE fast_create")
+        db.execute("RELEASE fast_create")
         return [(item, True, plan.result) for item, plan in zip(items, plans, strict=True)]
 
     # -- writes --------------------------------------------------------------------------------------
@@ -340,13 +366,13 @@ class SQLiteStore:
     async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
         """Insert, or return the workflow already stored under the idempotency key."""
 
-        async def op(conn: aiosqlite.Connection) -> tuple[Workflow, bool]:
+        def op(db: sqlite3.Connection) -> tuple[Workflow, bool]:
             if workflow.idempotency_key is not None:
-                existing = await _fetch_wf(conn, "idempotency_key = ?", (workflow.idempotency_key,))
+                existing = _fetch_wf_now(db, "idempotency_key = ?", (workflow.idempotency_key,))
                 if existing is not None:
                     return existing, False
-            await conn.execute(_INSERT_WF, row)
-            await conn.execute(_INSERT_EVENT, event_row)
+            db.execute(_INSERT_WF, row)
+            db.execute(_INSERT_EVENT, event_row)
             return workflow, True
 
         row, event_row = workflow_to_row(workflow), event_to_row(event)
@@ -357,19 +383,20 @@ class SQLiteStore:
         """Compare-and-set the row on version (and lease owner and expiry); append the event in the same batch."""
         params = _update_params(workflow, owner)
 
-        async def op(conn: aiosqlite.Connection) -> Workflow:
+        def op(db: sqlite3.Connection) -> Workflow:
             try:
-                cursor = await conn.execute(_UPDATE_WF, params)
+                cursor = db.execute(_UPDATE_WF, params)
                 if cursor.rowcount != 1:
                     raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-                if event is not None:
-                    await conn.execute(_INSERT_EVENT, event_to_row(event))
+                if event_row is not None:
+                    db.execute(_INSERT_EVENT, event_row)
             except sqlite3.IntegrityError as exc:
                 raise _integrity(exc, workflow) from exc
             return stored
 
         stored = replace(workflow, version=workflow.version + 1)
-        fast = _FastCommit(params, None if event is None else event_to_row(event), stored)
+        event_row = None if event is None else event_to_row(event)
+        fast = _FastCommit(params, event_row, stored)
         result: Workflow = await self._submit(op, fast)
         return result
 
@@ -378,12 +405,12 @@ class SQLiteStore:
         now_s = epoch(now)
         assert now_s is not None
 
-        async def op(conn: aiosqlite.Connection) -> WorkflowList:
-            rows = await conn.execute_fetchall(_CLAIM, (owner, now_s + lease_seconds, now_s, now_s, limit))
-            return [workflow_from_row(row) for row in sorted(rows, key=_due_key)]
+        def op(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(_CLAIM, (owner, now_s + lease_seconds, now_s, now_s, limit)).fetchall()
 
-        result: list[Workflow] = await self._submit(op, single=True)
-        return result
+        # The rows are read into workflows here, on the event loop, after the batch committed.
+        rows: list[Any] = await self._submit(op, single=True)
+        return [workflow_from_row(row) for row in sorted(rows, key=_due_key)]
 
     async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
         """Push the lease expiry of these workflows forward."""
@@ -392,9 +419,9 @@ class SQLiteStore:
         expiry = epoch(now) or 0.0
         ids = list(workflow_ids)
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        def op(db: sqlite3.Connection) -> None:
             marks = ",".join("?" * len(ids))
-            await conn.execute(
+            db.execute(
                 f"UPDATE workflows SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",  # noqa: S608
                 (expiry + lease_seconds, owner, *ids),
             )
@@ -407,9 +434,9 @@ class SQLiteStore:
         if not ids:
             return
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        def op(db: sqlite3.Connection) -> None:
             marks = ",".join("?" * len(ids))
-            await conn.execute(
+            db.execute(
                 "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL "  # noqa: S608
                 f"WHERE lease_owner = ? AND id IN ({marks})",
                 (owner, *ids),
@@ -420,10 +447,8 @@ class SQLiteStore:
     async def clear_leases(self) -> None:
         """Drop every lease: the one runner of a SQLite file takes over what a dead process held."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
-            )
+        def op(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL")
 
         await self._submit(op, single=True)
 
@@ -448,14 +473,14 @@ class SQLiteStore:
     async def _flag(
         self, workflow_id: str, assignments: str, params: tuple[Any, ...], *, require_state: State | None
     ) -> Workflow:
-        async def op(conn: aiosqlite.Connection) -> Workflow:
+        def op(db: sqlite3.Connection) -> Workflow:
             condition = "id = ? AND state NOT IN ({})".format(",".join("?" * len(_TERMINAL_VALUES)))
             args: tuple[Any, ...] = (*params, workflow_id, *_TERMINAL_VALUES)
             if require_state is not None:
                 condition += " AND state = ?"
                 args = (*args, require_state.value)
-            await conn.execute(f"UPDATE workflows SET {assignments} WHERE {condition}", args)  # noqa: S608
-            found = await _fetch_wf(conn, "id = ?", (workflow_id,))
+            db.execute(f"UPDATE workflows SET {assignments} WHERE {condition}", args)  # noqa: S608
+            found = _fetch_wf_now(db, "id = ?", (workflow_id,))
             if found is None:
                 raise WorkflowNotFound(f"no workflow {workflow_id}")
             return found
@@ -496,54 +521,60 @@ class SQLiteStore:
     async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:
         """Earliest next_run_at among workflows nobody holds (or among all, with ``any_lease``)."""
         unheld = "" if any_lease else " AND lease_owner IS NULL"
-        async with self._read_conn().execute(
+        rows = await self._read_conn().execute_fetchall(
             f"SELECT MIN(next_run_at) FROM workflows WHERE next_run_at IS NOT NULL{unheld}"  # noqa: S608
-        ) as cur:
-            row = await cur.fetchone()
-        return from_epoch(row[0] if row else None)
+        )
+        first = next(iter(rows), None)
+        return from_epoch(first[0] if first is not None else None)
 
     async def events(self, workflow_id: str, *, after_seq: int = 0) -> EventList:
         """Events in order."""
-        async with self._read_conn().execute(
+        rows = await self._read_conn().execute_fetchall(
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE workflow_id = ? AND seq > ? ORDER BY seq",  # noqa: S608
             (workflow_id, after_seq),
-        ) as cur:
-            return [event_from_row(row) for row in await cur.fetchall()]
+        )
+        return [event_from_row(row) for row in rows]
 
     async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
         """uuid -> owning workflow id."""
         if not exchange_uuids:
             return {}
         marks = ",".join("?" * len(exchange_uuids))
-        async with self._read_conn().execute(
+        rows = await self._read_conn().execute_fetchall(
             f"SELECT exchange_uuid, id FROM workflows WHERE exchange_uuid IN ({marks})",  # noqa: S608
             list(exchange_uuids),
-        ) as cur:
-            return {row[0]: row[1] for row in await cur.fetchall()}
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
         """Sum of amounts submitted since ``since`` that were not refused or abandoned."""
-        async with self._read_conn().execute(
+        rows = await self._read_conn().execute_fetchall(
             "SELECT amount FROM workflows WHERE account = ? AND currency = ? AND submitted_at >= ? "
             "AND state NOT IN (?)",
             (account, currency, _utc_iso(since), *_NOT_SUBMITTED),
-        ) as cur:
-            return sum((Decimal(row[0]) for row in await cur.fetchall()), Decimal(0))
+        )
+        return sum((Decimal(row[0]) for row in rows), Decimal(0))
 
     async def count_by_state(self) -> dict[str, int]:
         """State -> count."""
-        async with self._read_conn().execute("SELECT state, COUNT(*) FROM workflows GROUP BY state") as cur:
-            return {row[0]: row[1] for row in await cur.fetchall()}
+        rows = await self._read_conn().execute_fetchall("SELECT state, COUNT(*) FROM workflows GROUP BY state")
+        return {row[0]: row[1] for row in rows}
 
 
 async def _fetch_wf(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> Workflow | None:
     rows = await _fetch_many(conn, where, args)
-    return rows[0] if rows else None
+    return rows[0] if rows else None  # one hand-off to the reader's thread per query (execute_fetchall)
 
 
 async def _fetch_many(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> WorkflowList:
-    async with conn.execute(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args) as cur:  # noqa: S608
-        return [workflow_from_row(row) for row in await cur.fetchall()]
+    rows = await conn.execute_fetchall(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args)  # noqa: S608
+    return [workflow_from_row(row) for row in rows]
+
+
+def _fetch_wf_now(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Workflow | None:
+    """On the writer's thread, inside its transaction."""
+    row = db.execute(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args).fetchone()  # noqa: S608
+    return None if row is None else workflow_from_row(row)
 
 
 def _due_key(row: Any) -> tuple[float, str]:
