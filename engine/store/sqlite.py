@@ -25,7 +25,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -55,6 +55,7 @@ EventList = list[Event]
 _INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"  # noqa: S608
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"  # noqa: S608
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
+_WF_FIELDS = tuple(f.name for f in fields(Workflow))
 # A commit writes the mutable columns as given; what a workflow was created with (id, kind, the request
 # and the columns derived from it, the idempotency key, created_at) never changes, so it is not rewritten.
 # The operators' flag columns and next_run_at follow the rules in _UPDATE_WF: the owner never writes a
@@ -394,7 +395,10 @@ class SQLiteStore:
                 raise _integrity(exc, workflow) from exc
             return stored
 
-        stored = replace(workflow, version=workflow.version + 1)
+        stored: Workflow = object.__new__(Workflow)  # replace(workflow, version=+1), without its overhead
+        for name in _WF_FIELDS:
+            object.__setattr__(stored, name, getattr(workflow, name))
+        object.__setattr__(stored, "version", workflow.version + 1)
         event_row = None if event is None else event_to_row(event)
         fast = _FastCommit(params, event_row, stored)
         result: Workflow = await self._submit(op, fast)
