@@ -4,8 +4,8 @@ Why grouped: a withdrawal makes about six transitions, and each must be durable 
 follows it (intent before effect). One fsync per transition would cap the engine at a few hundred
 transitions a second; one fsync per batch of whatever is queued lifts that cap without weakening the
 rule, because every caller's ``await`` returns only after the batch that holds its write committed.
-The writer waits ``group_window`` for company only while writes come in crowds (the last batch held
-more than one); a lone write commits at once, so light load pays no latency for grouping. Within a
+The writer waits ``group_window`` for company, except when the first write is a submit's intent (its
+POST, holding a rate-limit slot meanwhile, waits for this commit): that batch goes at once. Within a
 batch, commits and creates go in ``executemany`` calls, and one-statement writes (claims, leases) skip
 the savepoint a multi-statement write needs. A whole batch runs as one call on the writer's own thread
 (a plain ``sqlite3`` connection behind a one-thread executor), so it costs the event loop one hand-off,
@@ -118,6 +118,8 @@ class _Write:
     fast: _FastCommit | _FastCreate | None = None
     #: One SQL statement (atomic by itself in SQLite): no savepoint needed around it.
     single: bool = False
+    #: Someone holds a scarce resource until this commits (a submit's intent): no grouping delay.
+    urgent: bool = False
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -163,7 +165,6 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._last_batch = 0
         self.batches = 0
         self.writes = 0
 
@@ -238,10 +239,12 @@ class SQLiteStore:
 
     # -- the writer ----------------------------------------------------------------------------------
 
-    async def _submit(self, op: Op, fast: _FastCommit | _FastCreate | None = None, *, single: bool = False) -> Any:
+    async def _submit(
+        self, op: Op, fast: _FastCommit | _FastCreate | None = None, *, single: bool = False, urgent: bool = False
+    ) -> Any:
         if self._writer is None:
             raise StoreError("store is not open")
-        item = _Write(op, fast, single)
+        item = _Write(op, fast, single, urgent)
         self._queue.put_nowait(item)
         return await item.future
 
@@ -252,9 +255,7 @@ class SQLiteStore:
             if first is None:
                 break
             batch = [first]
-            # Wait a moment for more writes only while they come in crowds (the last batch held several);
-            # a lone write (a submit's intent, which holds a rate-limit slot meanwhile) goes at once.
-            if self._group_window > 0 and self._last_batch > 1:
+            if self._group_window > 0 and not first.urgent:
                 await asyncio.sleep(self._group_window)
             while not self._queue.empty() and len(batch) < 1000:
                 item = self._queue.get_nowait()
@@ -265,7 +266,6 @@ class SQLiteStore:
             results = await self._on_writer(functools.partial(self._run_batch, batch))
             self.batches += 1
             self.writes += len(batch)
-            self._last_batch = len(batch)
             for item, ok, value in results:
                 if item.future.done():
                     continue
@@ -401,7 +401,7 @@ class SQLiteStore:
         object.__setattr__(stored, "version", workflow.version + 1)
         event_row = None if event is None else event_to_row(event)
         fast = _FastCommit(params, event_row, stored)
-        result: Workflow = await self._submit(op, fast)
+        result: Workflow = await self._submit(op, fast, urgent=workflow.state is State.SUBMITTING)
         return result
 
     async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:
