@@ -72,7 +72,7 @@ class AccountConfig:
     secret_file: str | None = None
     rate_limit: int = 30
     timeout: float = 10.0
-    algorithm: str = "HS512"
+    algorithm: str = "HS256"
     demo: bool = False
 
     def __repr__(self) -> str:

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from engine.pywarnings import route_warnings
+
 __all__ = ["configure_logging", "redact_secrets", "register_secret"]
 
 _JWT_RE = re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]{5,}")
@@ -74,3 +76,4 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None, stream: 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    route_warnings()  # library warnings become events, not raw stderr lines

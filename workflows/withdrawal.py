@@ -180,23 +180,29 @@ def _decimals(amount: Decimal) -> int:
 
 
 def chance_verdict(request: WithdrawalRequest, chance: Chance) -> Check:
-    """The exchange's own limits: locks, support, minimum, decimals, one-time limit, balance + fee."""
+    """The exchange's own limits: locks, support, minimum, decimals, one-time limit, balance + fee.
+
+    A limit the answer leaves unknown (``None``: the official spec marks ``minimum``, ``fixed`` and
+    ``can_withdraw`` optional) is not checked here: the exchange still enforces it, and its refusal of the
+    POST is a clean abort with nothing sent. An unknown ``can_withdraw`` defers to ``wallet_support``,
+    which Upbit documents as the authoritative "can withdraw now" flag (checked just before it)."""
     amount = request.amount
     fee = Decimal(0) if request.transaction_type is TransactionType.INTERNAL else chance.withdraw_fee
+    minimum, fixed, onetime = chance.minimum, chance.fixed, chance.onetime
     abort, wait = Verdict.ABORT, Verdict.WAIT
     rules: list[tuple[bool, Check]] = [
         (chance.member_locked or chance.wallet_locked,
          Check(abort, AbortReason.CHANCE_DENIED, "account or wallet is locked")),
         ("withdraw" not in chance.wallet_support,
          Check(wait, AbortReason.WALLET_UNAVAILABLE, "withdrawals are not supported right now")),
-        (not chance.can_withdraw,
+        (chance.can_withdraw is False,
          Check(abort, AbortReason.CHANCE_DENIED, "the exchange says can_withdraw is false")),
-        (amount < chance.minimum,
-         Check(abort, AbortReason.BELOW_MINIMUM, f"amount is below the minimum {chance.minimum}")),
-        (_decimals(amount) > chance.fixed,
-         Check(abort, AbortReason.TOO_MANY_DECIMALS, f"amount has more than {chance.fixed} decimals")),
-        (chance.onetime is not None and chance.onetime > 0 and amount > chance.onetime,
-         Check(abort, AbortReason.POLICY_DENIED, f"amount is over the one-time limit {chance.onetime}")),
+        (minimum is not None and amount < minimum,
+         Check(abort, AbortReason.BELOW_MINIMUM, f"amount is below the minimum {minimum}")),
+        (fixed is not None and _decimals(amount) > fixed,
+         Check(abort, AbortReason.TOO_MANY_DECIMALS, f"amount has more than {fixed} decimals")),
+        (onetime is not None and onetime > 0 and amount > onetime,
+         Check(abort, AbortReason.POLICY_DENIED, f"amount is over the one-time limit {onetime}")),
         (chance.balance < amount + fee,
          Check(abort, AbortReason.INSUFFICIENT_BALANCE, f"balance {chance.balance} < amount + fee {amount + fee}")),
     ]  # fmt: skip

@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 #: Published key pair of the sandbox exchange. Never valid on a real Upbit host: the client refuses to
-#: send it anywhere but a loopback address. The secret is 64 bytes so HS512 gets a full-length key.
+#: send it anywhere but a loopback address. The secret is 64 bytes (a full-length key even for HS512);
+#: real Upbit secrets are 40 characters.
 DEMO_ACCESS_KEY = "sandbox-demo-access-key-0000000000000000"
 DEMO_SECRET_KEY = "sandbox-demo-secret-key-do-not-use-with-real-funds-0000000000000"  # noqa: S105 - published
 
@@ -44,10 +45,13 @@ Params = Sequence[tuple[str, ParamValue]]
 
 
 class Algorithm(StrEnum):
-    """JWT signing algorithms Upbit accepts. HS512 is the current recommendation."""
+    """JWT signing algorithms Upbit accepts. HS256 is the default, as in Upbit's official SDK
+    (``upbit/lib/jwt_auth.py``), ccxt and pyupbit: Upbit's secrets are 40 characters, a full-length key
+    for HS256 (32 bytes) but short of HS512's 64, for which PyJWT warns on every signature. HS512 stays
+    selectable per account (``algorithm = "HS512"``); its warning is then logged, not printed."""
 
-    HS512 = "HS512"
     HS256 = "HS256"
+    HS512 = "HS512"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,7 @@ def make_token(
     credentials: Credentials,
     hashed: str | None,
     *,
-    algorithm: Algorithm = Algorithm.HS512,
+    algorithm: Algorithm = Algorithm.HS256,
     nonce: str | None = None,
 ) -> str:
     """Sign one request's JWT. ``hashed`` is None (or empty) for a request without parameters."""

@@ -2,10 +2,13 @@
 
 Every call passes the account's :class:`~engine.upbit.ratelimit.RateLimiter`, carries a freshly signed
 JWT, has a timeout, and has its failures translated once, here, into :mod:`engine.errors`. The
-translation encodes what is known about the outcome: a 4xx with an Upbit error object is a refusal
-(nothing happened), 429/418 is a throttle (not executed), and a timeout, a reset, a 5xx or an unreadable
-answer is :class:`~engine.errors.OutcomeUnknown`. Reads that hit a 429 wait for the next second and try
-again; a POST never repeats itself here: whether to send it again is the workflow's decision.
+translation encodes what is known about the outcome: a 4xx with an Upbit error object (either shape the
+official SDK reads, see :mod:`engine.upbit.errors`) is a refusal (nothing happened), 429/418 is a throttle
+(not executed), and a timeout, a reset, a 5xx or an unreadable answer is
+:class:`~engine.errors.OutcomeUnknown`. Reads that hit a 429 wait for the next second and try again; a POST
+never repeats itself here: whether to send it again is the workflow's decision. A 418 blocks the account
+for the time the exchange names, or for a growing time when it names none (see
+:meth:`~engine.upbit.ratelimit.RateLimiter.penalised`), and is logged as ``exchange.blocked``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import structlog
 import yarl
 
 from engine.clock import Clock, SystemClock
@@ -29,14 +33,12 @@ from engine.errors import (
     ExchangeBadResponse,
     ExchangeBlocked,
     ExchangeConnectionError,
-    ExchangeError,
-    ExchangeNotFound,
-    ExchangeRefused,
     ExchangeServerError,
     ExchangeThrottled,
     ExchangeTimeout,
 )
 from engine.upbit.auth import Algorithm, Credentials, Params, encode_params, make_token
+from engine.upbit.errors import parse_error_body, refusal, seconds_in_text, snippet
 from engine.upbit.ratelimit import Priority, RateLimiter
 from engine.upbit.types import AccountBalance, AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
@@ -51,6 +53,7 @@ REGIONS: dict[str, str] = {
 MAX_LIST_IDS = 100
 _T = TypeVar("_T")
 _REMAINING_RE = re.compile(r"group=(?P<group>[\w-]+).*?sec=(?P<sec>\d+)")
+log = structlog.get_logger("engine.upbit")
 
 #: Called after every exchange call with (endpoint, status or 0 for no answer, seconds taken).
 CallObserver = Callable[[str, int, float], None]
@@ -140,7 +143,7 @@ class UpbitClient:
         base_url: str | None = None,
         limiter: RateLimiter | None = None,
         timeout: float = 10.0,
-        algorithm: Algorithm = Algorithm.HS512,
+        algorithm: Algorithm = Algorithm.HS256,
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
         read_retries_on_429: int = 5,
@@ -370,38 +373,44 @@ class UpbitClient:
             self.limiter.throttled()
             raise ExchangeThrottled("too many requests", retry_after=self.limiter.window, status=429, endpoint=endpoint)
         if status == 418:
-            stated = answer.retry_after if answer.retry_after is not None else _seconds_in_text(answer.body)
-            seconds = max(1.0, stated if stated is not None else 60.0)
-            self.limiter.block(seconds)
-            name, message = _error_object(answer.body)
-            raise ExchangeBlocked(
-                message or f"account blocked for {seconds:g} s",
-                retry_after=seconds,
-                status=418,
-                name=name,
-                endpoint=endpoint,
-            )
+            raise self._blocked(answer, endpoint)
+        error = parse_error_body(answer.body) if status >= 500 else None
         if status >= 500:
-            name, message = _error_object(answer.body)
-            raise ExchangeServerError(message or _snippet(answer.body), status=status, name=name, endpoint=endpoint)
-        data = _loads(answer.body)
+            name, message = (error.name, error.message) if error else (None, "")
+            raise ExchangeServerError(message or snippet(answer.body), status=status, name=name, endpoint=endpoint)
+        self.limiter.served()
         if 200 <= status < 300:
+            data = _loads(answer.body)
             if data is _UNREADABLE:
                 raise ExchangeBadResponse("body is not JSON", status=status, endpoint=endpoint)
             return data
-        raise _refusal(status, data, answer.body, endpoint)
+        raise refusal(status, answer.body, endpoint)
+
+    def _blocked(self, answer: _Answer, endpoint: str) -> ExchangeBlocked:
+        """A 418: block the account for the time named (header, then message) or a growing one; log it."""
+        in_text = seconds_in_text(answer.body)
+        stated = answer.retry_after if answer.retry_after is not None else in_text
+        source = "retry_after" if answer.retry_after is not None else "message" if in_text is not None else "backoff"
+        seconds = self.limiter.penalised(stated)
+        error = parse_error_body(answer.body)
+        log.warning(
+            "exchange.blocked",
+            endpoint=endpoint,
+            seconds=round(seconds, 3),
+            source=source,
+            strike=self.limiter.strikes,
+            name=error.name if error else None,
+        )
+        return ExchangeBlocked(
+            (error.message if error else "") or f"account blocked for {seconds:g} s",
+            retry_after=seconds,
+            status=418,
+            name=error.name if error else None,
+            endpoint=endpoint,
+        )
 
 
 _UNREADABLE = object()
-
-
-def _error_object(raw: bytes) -> tuple[str | None, str | None]:
-    """Upbit's ``{"error": {"name", "message"}}`` if the body has one (else Nones)."""
-    data = _loads(raw)
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or not error.get("name"):
-        return None, None
-    return str(error["name"]), str(error.get("message") or "") or None
 
 
 def _loads(raw: bytes) -> Any:
@@ -411,29 +420,9 @@ def _loads(raw: bytes) -> Any:
         return _UNREADABLE
 
 
-def _refusal(status: int, data: Any, raw: bytes, endpoint: str) -> ExchangeError:
-    """A 4xx: a refusal when it carries Upbit's error object, else an unreadable (unknown) answer."""
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or not error.get("name"):
-        return ExchangeBadResponse(f"no error object: {_snippet(raw)}", status=status, endpoint=endpoint)
-    name, message = str(error["name"]), str(error.get("message") or "")
-    cls = ExchangeNotFound if status == 404 else ExchangeRefused
-    return cls(message or name, status=status, name=name, endpoint=endpoint)
-
-
 def _retry_after(headers: Any) -> float | None:
     value = headers.get("Retry-After")
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _seconds_in_text(raw: bytes) -> float | None:
-    text = raw.decode("utf-8", "replace")
-    match = re.search(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second|초)", text)
-    return float(match.group(1)) if match else None
-
-
-def _snippet(raw: bytes, limit: int = 200) -> str:
-    return raw[:limit].decode("utf-8", "replace").strip() or "(empty body)"

@@ -16,9 +16,14 @@ the difference as phantom calls for one window. When several runner processes sh
 gets a static share (``rate``) of the account's budget (``account_rate``): simple and correct, since
 the shares never add up to more than the budget; only use beyond the other shares counts as foreign.
 A 429 blocks the account to the next second; a 418 blocks it for the time the exchange names (blocks
-hold even when limiting is disabled). Waiters are served by priority (submits and cancels before
-reads) and, within a priority, first come first served; a read that has waited ``read_patience`` seconds
-goes before the writes (aging), so a steady stream of submits can delay polls but never starve them.
+hold even when limiting is disabled). A 418 that names no time (no ``Retry-After``, no number in its
+message) gets a growing one, since Upbit lengthens the block on every repeat offence: 60 s, 120 s, 240 s ...
+(with jitter, capped at 30 min); 418s that arrive while a block holds belong to that block (calls sent
+before it), and the schedule starts over once a call is served again after the block.
+
+Waiters are served by priority (submits and cancels before reads) and, within a priority, first come
+first served; a read that has waited ``read_patience`` seconds goes before the writes (aging), so a steady
+stream of submits can delay polls but never starve them.
 
 Callers pair every :meth:`acquire` with :meth:`release` once the call completed (or :meth:`refund` when
 no request went out with the slot).
@@ -32,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
+from engine.backoff import backoff_delay
 from engine.clock import Clock, SystemClock
 
 __all__ = ["Priority", "RateLimiter", "RateLimiterStats"]
@@ -54,6 +60,7 @@ class RateLimiterStats:
     throttles: int = 0
     blocks: int = 0
     phantom: int = 0
+    penalties: int = 0
 
 
 class RateLimiter:
@@ -68,6 +75,9 @@ class RateLimiter:
         enabled: bool = True,
         clock: Clock | None = None,
         read_patience: float | None = 1.25,
+        penalty_initial: float = 60.0,
+        penalty_max: float = 1800.0,
+        penalty_jitter: float = 6.0,
     ) -> None:
         if rate < 1:
             raise ValueError("rate must be at least 1 call per window")
@@ -80,6 +90,9 @@ class RateLimiter:
         self._expiries: list[float] = []
         self._blocked_until = 0.0
         self.read_patience = read_patience
+        self.penalty_initial, self.penalty_max, self.penalty_jitter = penalty_initial, penalty_max, penalty_jitter
+        #: 418 blocks in a row (each after the previous one ended) without a call served in between.
+        self.strikes = 0
         #: Waiters per priority (index = Priority), each (queued at, future), oldest first.
         self._queues: tuple[deque[tuple[float, asyncio.Future[None]]], ...] = tuple(deque() for _ in Priority)
         self._dispatcher: asyncio.Task[None] | None = None
@@ -152,6 +165,30 @@ class RateLimiter:
         if seconds > 0:
             self.stats.blocks += 1
             self._blocked_until = max(self._blocked_until, self._clock.monotonic() + seconds)
+
+    def penalised(self, stated: float | None) -> float:
+        """A 418 arrived: block the account and return for how long.
+
+        ``stated`` is the time the exchange named (at least 1 s is taken); without one, the block grows
+        with each strike. A 418 while a block still holds adds no strike and does not shorten the block."""
+        self.stats.penalties += 1
+        if self.blocked_for > 0 and stated is None:
+            return self.blocked_for
+        if self.blocked_for <= 0:
+            self.strikes += 1
+        if stated is not None:
+            seconds = max(1.0, stated)
+        else:
+            seconds = backoff_delay(
+                self.strikes - 1, initial=self.penalty_initial, maximum=self.penalty_max, jitter=self.penalty_jitter
+            )
+        self.block(seconds)
+        return seconds
+
+    def served(self) -> None:
+        """The exchange served a call (not a 418/429) while no block holds: the 418 schedule starts over."""
+        if self.strikes and self.blocked_for <= 0:
+            self.strikes = 0
 
     @property
     def blocked_for(self) -> float:

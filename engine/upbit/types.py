@@ -3,6 +3,14 @@
 Parsing is defensive where the reference is (fields nullable, legacy names, unknown states kept as
 values, never a crash) and strict where money is concerned: an amount that is not a decimal string is an
 unreadable answer, not a zero.
+
+The oracle is Upbit's official SDK (``upbit-sdk``, generated from Upbit's OpenAPI spec): every field its
+response models mark optional parses here when null or absent, and unknown stays unknown (``None``), never
+a guessed default: a decision that needs an unknown limit skips that check (the exchange still enforces it).
+Only a field without which an answer means nothing (a withdrawal's uuid, amount, creation time) is required:
+its absence is an unreadable answer (``ValueError``/``KeyError``, which the client turns into
+:class:`~engine.errors.ExchangeBadResponse`). ``tests/spec`` feeds answers generated from the SDK's models
+through these parsers.
 """
 
 from __future__ import annotations
@@ -101,6 +109,33 @@ def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _opt_int(value: object, field: str) -> int | None:
+    """An integer, or None when null/absent; a bool, a float or text is unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _opt_bool(value: object, field: str) -> bool | None:
+    """A JSON boolean, or None when null/absent (unknown is not false)."""
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}: expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _object(value: object, field: str) -> Json:
+    """A nested JSON object; null or absent is an empty one (its fields are then unknown)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{field}: expected an object, got {type(value).__name__}")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Withdrawal:
     """One withdrawal as Upbit reports it. Note: Upbit does not report the destination address."""
@@ -134,7 +169,7 @@ class Withdrawal:
             amount=parse_decimal(data["amount"], "amount"),
             fee=parse_decimal(data.get("fee", "0"), "fee"),
             transaction_type=str(data.get("transaction_type") or "default"),
-            is_cancelable=data.get("is_cancelable"),
+            is_cancelable=_opt_bool(data.get("is_cancelable"), "is_cancelable"),
         )
 
 
@@ -185,18 +220,17 @@ class WalletStatus:
 
     @classmethod
     def from_json(cls, data: Json) -> WalletStatus:
-        """Parse one row; block fields may be null."""
-        height = data.get("block_height")
-        elapsed = data.get("block_elapsed_minutes")
+        """Parse one row; block fields may be null (the SDK types ``block_elapsed_minutes`` as an int but
+        documents "may return null": it is optional here too)."""
         return cls(
             currency=str(data["currency"]),
             net_type=str(data.get("net_type") or data["currency"]),
             network_name=_opt_str(data.get("network_name")),
             wallet_state=str(data.get("wallet_state") or "unsupported"),
             block_state=_opt_str(data.get("block_state")),
-            block_height=None if height is None else int(height),
+            block_height=_opt_int(data.get("block_height"), "block_height"),
             block_updated_at=_opt_time(data.get("block_updated_at"), "block_updated_at"),
-            block_elapsed_minutes=None if elapsed is None else int(elapsed),
+            block_elapsed_minutes=_opt_int(data.get("block_elapsed_minutes"), "block_elapsed_minutes"),
         )
 
 
@@ -224,7 +258,12 @@ class AccountBalance:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Chance:
-    """What GET /v1/withdraws/chance says about one (currency, net_type): the pre-send facts."""
+    """What GET /v1/withdraws/chance says about one (currency, net_type): the pre-send facts.
+
+    ``None`` means the exchange did not say: the official model marks ``withdraw_limit.minimum``,
+    ``fixed``, ``can_withdraw`` and ``withdraw_delayed_fiat`` optional, and real answers carry ``null``
+    there (so may ``remaining_daily_fiat``, typed required but seen null). ``onetime`` is deprecated
+    (absent from the current spec) and kept only for older answers that still carry it."""
 
     currency: str
     withdraw_fee: Decimal
@@ -234,31 +273,40 @@ class Chance:
     wallet_locked: bool
     balance: Decimal
     locked: Decimal
-    minimum: Decimal
-    fixed: int
+    minimum: Decimal | None
+    fixed: int | None
     onetime: Decimal | None
     remaining_daily_fiat: Decimal | None
-    can_withdraw: bool
+    can_withdraw: bool | None
+    fiat_currency: str | None = None
+    withdraw_delayed_fiat: Decimal | None = None
 
     @classmethod
     def from_json(cls, data: Json) -> Chance:
         """Parse the nested chance object (member_level, currency, account, withdraw_limit)."""
-        member = data.get("member_level") or {}
-        currency = data.get("currency") or {}
-        account = data.get("account") or {}
-        limit = data.get("withdraw_limit") or {}
+        member = _object(data.get("member_level"), "member_level")
+        currency = _object(data.get("currency"), "currency")
+        account = _object(data.get("account"), "account")
+        limit = _object(data.get("withdraw_limit"), "withdraw_limit")
         return cls(
-            currency=str(currency.get("code") or limit.get("currency") or ""),
-            withdraw_fee=parse_decimal(currency.get("withdraw_fee", "0"), "withdraw_fee"),
+            currency=str(currency.get("code") or limit.get("currency") or account.get("currency") or ""),
+            withdraw_fee=parse_decimal(_or(currency.get("withdraw_fee"), "0"), "withdraw_fee"),
             wallet_support=tuple(str(s) for s in currency.get("wallet_support") or ()),
             wallet_state=_opt_str(currency.get("wallet_state")),
             member_locked=bool(member.get("locked", False)),
             wallet_locked=bool(member.get("wallet_locked", False)),
-            balance=parse_decimal(account.get("balance", "0"), "balance"),
-            locked=parse_decimal(account.get("locked", "0"), "locked"),
-            minimum=parse_decimal(limit.get("minimum", "0"), "minimum"),
-            fixed=int(limit.get("fixed", 8)),
+            balance=parse_decimal(_or(account.get("balance"), "0"), "balance"),
+            locked=parse_decimal(_or(account.get("locked"), "0"), "locked"),
+            minimum=_opt_decimal(limit.get("minimum"), "minimum"),
+            fixed=_opt_int(limit.get("fixed"), "fixed"),
             onetime=_opt_decimal(limit.get("onetime"), "onetime"),
             remaining_daily_fiat=_opt_decimal(limit.get("remaining_daily_fiat"), "remaining_daily_fiat"),
-            can_withdraw=bool(limit.get("can_withdraw", False)),
+            can_withdraw=_opt_bool(limit.get("can_withdraw"), "can_withdraw"),
+            fiat_currency=_opt_str(limit.get("fiat_currency")),
+            withdraw_delayed_fiat=_opt_decimal(limit.get("withdraw_delayed_fiat"), "withdraw_delayed_fiat"),
         )
+
+
+def _or(value: object, default: object) -> object:
+    """``value`` unless it is null/absent."""
+    return default if value is None else value

@@ -35,7 +35,7 @@ def _credentials() -> Credentials:
 def _decode() -> Callable[..., dict[str, str]]:
     """Verify and decode a token signed with SECRET."""
 
-    def decode(token: str, algorithm: str = "HS512") -> dict[str, str]:
+    def decode(token: str, algorithm: str = "HS256") -> dict[str, str]:
         return dict(jwt.decode(token, SECRET, algorithms=[algorithm]))
 
     return decode
@@ -209,7 +209,7 @@ class TestMakeToken:
 
     @pytest.mark.parametrize(
         ("kwargs", "alg"),
-        [({}, "HS512"), ({"algorithm": Algorithm.HS512}, "HS512"), ({"algorithm": Algorithm.HS256}, "HS256")],
+        [({}, "HS256"), ({"algorithm": Algorithm.HS512}, "HS512"), ({"algorithm": Algorithm.HS256}, "HS256")],
         ids=["default", "hs512", "hs256"],
     )
     def test_header_algorithm(
@@ -219,7 +219,8 @@ class TestMakeToken:
         kwargs: dict[str, Algorithm],
         alg: str,
     ) -> None:
-        """The header names the algorithm actually used (HS512 unless told otherwise) and the signature verifies."""
+        """The header names the algorithm actually used (HS256 unless told otherwise, as Upbit's official SDK
+        signs) and the signature verifies."""
         token = make_token(credentials, "a=1", **kwargs)
         assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "JWT"}
         assert decode(token, alg)["access_key"] == ACCESS
@@ -228,7 +229,25 @@ class TestMakeToken:
         """The token is signed with the secret's raw bytes: another secret fails verification."""
         token = make_token(credentials, "a=1")
         with pytest.raises(jwt.InvalidSignatureError):
-            jwt.decode(token, SECRET[::-1], algorithms=["HS512"])
+            jwt.decode(token, SECRET[::-1], algorithms=["HS256"])
+
+    def test_real_length_secret_hs256_no_warning(self) -> None:
+        """A real Upbit secret is 40 characters: HS256 (the default) signs it without any warning (pytest
+        turns a warning into an error here) and the token verifies with that secret."""
+        secret = "R" * 20 + "s" * 20
+        assert len(secret) == 40
+        token = make_token(Credentials(ACCESS, secret), "currency=BTC")
+        assert jwt.get_unverified_header(token)["alg"] == "HS256"
+        claims = jwt.decode(token, secret, algorithms=["HS256"])
+        assert claims["query_hash"] == sha512("currency=BTC")
+
+    def test_real_length_secret_hs512_warns(self) -> None:
+        """HS512 with a 40-character secret makes PyJWT warn (key shorter than 64 bytes): why HS256 is the
+        default; the warning is routed to the log by engine.pywarnings (tests/spec/test_real_secrets.py)."""
+        secret = "R" * 40
+        with pytest.warns(jwt.InsecureKeyLengthWarning):
+            token = make_token(Credentials(ACCESS, secret), "currency=BTC", algorithm=Algorithm.HS512)
+        assert jwt.get_unverified_header(token)["alg"] == "HS512"
 
 
 class TestCredentials:

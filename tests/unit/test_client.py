@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import structlog
 from aioresponses import aioresponses
 from aioresponses.core import RequestCall
 
@@ -32,6 +33,7 @@ from engine.errors import (
 )
 from engine.upbit.auth import Algorithm, Credentials, encode_params
 from engine.upbit.client import UpbitClient, WithdrawBody, parse_remaining_req
+from engine.upbit.ratelimit import RateLimiter
 from engine.upbit.types import ExchangeState
 
 BASE = "https://upbit.test"
@@ -179,6 +181,50 @@ class TestErrorMapping:
         assert not isinstance(exc, OutcomeUnknown)
         assert len(exchange.sent("POST", "/v1/withdraws/coin")) == 1
 
+    @pytest.mark.parametrize(
+        ("status", "payload", "cls", "name", "message"),
+        [
+            (400, {"name": "validation_error", "message": "amount is missing"}, ExchangeRefused,
+             "validation_error", "amount is missing"),
+            (401, {"name": "jwt_verification", "message": "bad token"}, ExchangeRefused, "jwt_verification",
+             "bad token"),
+            (403, {"name": "out_of_scope"}, ExchangeRefused, "out_of_scope", "out_of_scope"),
+            (404, {"name": "withdraw_not_found", "message": "none"}, ExchangeNotFound, "withdraw_not_found", "none"),
+            (400, {"name": 400, "message": "Quotation style"}, ExchangeRefused, "400", "Quotation style"),
+            (400, {"error": {"name": "invalid_parameter", "message": None}}, ExchangeRefused, "invalid_parameter",
+             "invalid_parameter"),
+        ],
+        ids=["top-level-400", "top-level-401", "top-level-no-message", "top-level-404", "integer-name",
+             "nested-null-message"],
+    )  # fmt: skip
+    async def test_both_error_shapes(
+        self,
+        exchange: Exchange,
+        make_client: Callable[..., UpbitClient],
+        status: int,
+        payload: dict[str, Any],
+        cls: type[ExchangeError],
+        name: str,
+        message: str,
+    ) -> None:
+        """A 4xx in the top-level ``{"name", "message"}`` shape (read by Upbit's official SDK as well as the
+        nested one) is a refusal too: nothing created, not an unknown outcome."""
+        exchange.reply("POST", "/v1/withdraws/coin", status, payload=payload)
+        with pytest.raises(ExchangeRefused) as caught:
+            await make_client().withdraw_coin(BODY)
+        exc = caught.value
+        assert type(exc) is cls and not isinstance(exc, OutcomeUnknown)
+        assert (exc.name, exc.status, exc.detail) == (name, status, message)
+
+    async def test_server_error_top_level_name(
+        self, exchange: Exchange, make_client: Callable[..., UpbitClient]
+    ) -> None:
+        """A 5xx stays an unknown outcome whatever its shape, and keeps the name it carries."""
+        exchange.reply("POST", "/v1/withdraws/coin", 503, payload={"name": "server_error", "message": "later"})
+        with pytest.raises(ExchangeServerError) as caught:
+            await make_client().withdraw_coin(BODY)
+        assert (caught.value.name, caught.value.detail) == ("server_error", "later")
+
     async def test_not_found(self, exchange: Exchange, make_client: Callable[..., UpbitClient]) -> None:
         """A 404 withdraw_not_found is ExchangeNotFound (a refusal) for GET /v1/withdraw."""
         exchange.reply("GET", "/v1/withdraw", 404, payload=upbit_error("withdraw_not_found"))
@@ -316,10 +362,9 @@ class TestThrottling:
             ({"headers": {"Retry-After": "2.5"}, "body": ""}, 2.5),
             ({"body": "blocked for 12 seconds"}, 12.0),
             ({"body": "120초 동안 차단"}, 120.0),
-            ({"body": "I'm a teapot"}, 60.0),
-            ({"headers": {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, "body": ""}, 60.0),
+            ({"payload": {"error": {"name": "too_many_requests", "message": "blocked for 300 seconds"}}}, 300.0),
         ],
-        ids=["retry-after", "retry-after-fraction", "seconds-in-text", "korean-text", "no-hint", "http-date"],
+        ids=["retry-after", "retry-after-fraction", "seconds-in-text", "korean-text", "error-object-message"],
     )
     @pytest.mark.parametrize("method", ["GET", "POST"])
     async def test_418_blocks(
@@ -341,6 +386,95 @@ class TestThrottling:
         assert caught.value.status == 418
         assert client.limiter.blocked_for == pytest.approx(seconds)
         assert len(exchange.sent(method, path)) == 1
+
+
+class TestBlockSchedule:
+    """A 418 that names no block time: a growing block (Upbit lengthens it on repeat), logged as an event."""
+
+    TEAPOT: dict[str, Any] = {"body": "I'm a teapot"}
+
+    async def _blocked(self, exchange: Exchange, client: UpbitClient, **kwargs: Any) -> ExchangeBlocked:
+        exchange.reply("GET", "/v1/accounts", 418, **(kwargs or self.TEAPOT))
+        with pytest.raises(ExchangeBlocked) as caught:
+            await client.accounts()
+        return caught.value
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"body": "I'm a teapot"},
+            {"body": ""},
+            {"headers": {"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"}, "body": ""},
+            {"payload": {"name": "too_many_requests", "message": "blocked"}},
+        ],
+        ids=["text-without-number", "empty", "http-date", "top-level-error-no-number"],
+    )
+    async def test_first_block_is_a_minute(
+        self, exchange: Exchange, make_client: Callable[..., UpbitClient], kwargs: dict[str, Any]
+    ) -> None:
+        """The first unstated block is about a minute (60 s plus up to 6 s of jitter), on the limiter too."""
+        client = make_client()
+        blocked = await self._blocked(exchange, client, **kwargs)
+        assert 60.0 <= blocked.retry_after <= 66.0
+        assert client.limiter.blocked_for == pytest.approx(blocked.retry_after)
+        assert client.limiter.strikes == 1
+
+    async def test_grows_on_repeat_and_resets_after_success(
+        self, exchange: Exchange, make_client: Callable[..., UpbitClient], clock: FakeClock
+    ) -> None:
+        """Each 418 after the previous block ended doubles the block (60, 120, 240, ... capped at 1800 s);
+        a call served after a block starts the schedule over."""
+        client = make_client()
+        seen = []
+        for _ in range(7):
+            blocked = await self._blocked(exchange, client)
+            seen.append(blocked.retry_after)
+            clock.advance(blocked.retry_after)  # the block is waited out, then the next call is blocked again
+        for got, base in zip(seen, [60, 120, 240, 480, 960, 1800, 1800], strict=True):
+            assert base <= got <= min(base + 6.0, 1800.0)
+        exchange.reply("GET", "/v1/accounts", payload=[])
+        assert await client.accounts() == []
+        assert client.limiter.strikes == 0
+        again = await self._blocked(exchange, client)
+        assert 60.0 <= again.retry_after <= 66.0
+
+    async def test_stated_time_wins_but_counts(
+        self, exchange: Exchange, make_client: Callable[..., UpbitClient], clock: FakeClock
+    ) -> None:
+        """A stated time is taken as is; the strike still counts towards the next unstated block."""
+        client = make_client()
+        stated = await self._blocked(exchange, client, headers={"Retry-After": "5"}, body="")
+        assert stated.retry_after == 5.0
+        clock.advance(5.0)
+        unstated = await self._blocked(exchange, client)
+        assert 120.0 <= unstated.retry_after <= 126.0
+
+    async def test_418s_during_a_block_add_no_strike(
+        self, exchange: Exchange, make_client: Callable[..., UpbitClient], clock: FakeClock
+    ) -> None:
+        """418s answering calls sent before the block belong to it: no strike, the block is not changed;
+        and an answer served during a block (a call sent before it) does not reset the schedule."""
+        client = make_client(limiter=RateLimiter(clock=clock, enabled=False))
+        first = await self._blocked(exchange, client)
+        clock.advance(1.0)
+        limiter = client.limiter
+        assert limiter.penalised(None) == pytest.approx(first.retry_after - 1.0)
+        limiter.served()
+        assert limiter.strikes == 1
+        assert limiter.blocked_for == pytest.approx(first.retry_after - 1.0)
+
+    async def test_block_logged(self, exchange: Exchange, make_client: Callable[..., UpbitClient]) -> None:
+        """Every 418 is one ``exchange.blocked`` warning naming the endpoint, the time, where it came from
+        and the strike; never a key or token."""
+        client = make_client()
+        with structlog.testing.capture_logs() as logs:
+            blocked = await self._blocked(exchange, client)
+        [event] = [e for e in logs if e["event"] == "exchange.blocked"]
+        assert event["log_level"] == "warning"
+        assert (event["endpoint"], event["source"], event["strike"]) == ("GET /v1/accounts", "backoff", 1)
+        assert event["seconds"] == pytest.approx(blocked.retry_after, abs=0.001)
+        token = exchange.token("GET", "/v1/accounts")
+        assert all(secret not in json.dumps(event) for secret in (SECRET, ACCESS, token))
 
 
 class TestRemainingReq:
@@ -403,7 +537,7 @@ class TestRequests:
             ("secondary_address", "123"), ("transaction_type", "default"),
         ]  # fmt: skip
         token = exchange.token("POST", "/v1/withdraws/coin")
-        assert jwt.get_unverified_header(token)["alg"] == "HS512"
+        assert jwt.get_unverified_header(token)["alg"] == "HS256"
         assert claims(token)["query_hash"] == sha512("&".join(f"{k}={v}" for k, v in pairs))
         assert claims(token)["access_key"] == ACCESS
 
@@ -423,11 +557,11 @@ class TestRequests:
         assert sent_body["amount"] == sent
         assert "secondary_address" not in sent_body
 
-    async def test_hs256(self, exchange: Exchange, make_client: Callable[..., UpbitClient]) -> None:
-        """A client set to HS256 signs with HS256."""
+    async def test_hs512_selectable(self, exchange: Exchange, make_client: Callable[..., UpbitClient]) -> None:
+        """A client set to HS512 signs with HS512 (HS256 is the default)."""
         exchange.reply("GET", "/v1/accounts", payload=[])
-        await make_client(algorithm=Algorithm.HS256).accounts()
-        assert jwt.get_unverified_header(exchange.token("GET", "/v1/accounts"))["alg"] == "HS256"
+        await make_client(algorithm=Algorithm.HS512).accounts()
+        assert jwt.get_unverified_header(exchange.token("GET", "/v1/accounts"))["alg"] == "HS512"
 
     async def test_list_with_uuids(self, exchange: Exchange, make_client: Callable[..., UpbitClient]) -> None:
         """uuids[] travel as repeated query keys, are hashed unencoded in order, and no body is sent."""

@@ -155,6 +155,18 @@ class TestWithdrawal:
         """Only DONE, FAILED, CANCELLED and REJECTED are terminal (UNKNOWN stays in flight)."""
         assert state.is_terminal is terminal
 
+    @pytest.mark.parametrize("field", ["net_type", "txid", "is_cancelable", "done_at"])
+    @pytest.mark.parametrize("how", ["null", "absent"])
+    def test_optional_fields(self, field: str, how: str) -> None:
+        """Every field the official Withdraw model marks optional may be null or absent: None."""
+        data = {**WITHDRAWAL, field: None} if how == "null" else {k: v for k, v in WITHDRAWAL.items() if k != field}
+        assert getattr(Withdrawal.from_json(data), field) is None
+
+    def test_is_cancelable_must_be_boolean(self) -> None:
+        """is_cancelable, when present, is a JSON boolean."""
+        with pytest.raises(ValueError, match="is_cancelable"):
+            Withdrawal.from_json({**WITHDRAWAL, "is_cancelable": "false"})
+
     def test_internal_transfer(self) -> None:
         """An internal transfer keeps its type and a UUID-like txid."""
         w = Withdrawal.from_json({**WITHDRAWAL, "transaction_type": "internal", "txid": "9f1c-uuid"})
@@ -231,6 +243,12 @@ class TestWalletStatus:
         assert (s.block_height, s.block_elapsed_minutes) == (880000, 3)
         assert s.block_updated_at == datetime(2026, 5, 1, 3, 0, tzinfo=UTC)
 
+    @pytest.mark.parametrize("field", ["block_height", "block_elapsed_minutes"])
+    def test_non_integer_block_field_unreadable(self, field: str) -> None:
+        """A block number that is not an integer is unreadable rather than truncated."""
+        with pytest.raises(ValueError, match=field):
+            WalletStatus.from_json({**self.ROW, field: "12"})
+
     def test_null_block_fields(self) -> None:
         """Null block fields are None."""
         row = {**self.ROW, "block_state": None, "block_height": None, "block_updated_at": None,
@@ -273,6 +291,51 @@ class TestChance:
         """A missing wallet_support is an empty tuple (so "withdraw" is not supported)."""
         currency = {k: v for k, v in CHANCE["currency"].items() if k != "wallet_support"}
         assert Chance.from_json({**CHANCE, "currency": currency}).wallet_support == ()
+
+    NULLABLE_LIMITS = ("minimum", "fixed", "can_withdraw", "withdraw_delayed_fiat", "remaining_daily_fiat",
+                       "fiat_currency", "onetime")  # fmt: skip
+
+    @pytest.mark.parametrize("how", ["null", "absent"])
+    @pytest.mark.parametrize("field", NULLABLE_LIMITS)
+    def test_optional_limit_unknown(self, field: str, how: str) -> None:
+        """A withdraw_limit field the official model marks optional (or that real answers carry as null) is
+        None when null or absent: unknown, never a guessed default, never an error."""
+        limit = dict(CHANCE["withdraw_limit"])
+        if how == "null":
+            limit[field] = None
+        else:
+            del limit[field]
+        c = Chance.from_json({**CHANCE, "withdraw_limit": limit})
+        assert getattr(c, field) is None
+
+    def test_every_optional_limit_unknown_at_once(self) -> None:
+        """The leanest answer the official model allows parses: all optional limits absent."""
+        limit = {"currency": "BTC", "fiat_currency": "KRW", "remaining_daily_fiat": "1000000"}
+        c = Chance.from_json({**CHANCE, "withdraw_limit": limit})
+        assert (c.minimum, c.fixed, c.can_withdraw, c.withdraw_delayed_fiat, c.onetime) == (None,) * 5
+        assert (c.remaining_daily_fiat, c.fiat_currency) == (Decimal("1000000"), "KRW")
+
+    def test_delayed_fiat_and_fiat_currency(self) -> None:
+        """withdraw_delayed_fiat and fiat_currency are kept."""
+        c = Chance.from_json(CHANCE)
+        assert (c.withdraw_delayed_fiat, c.fiat_currency) == (Decimal("0"), "KRW")
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("fixed", "8"), ("fixed", 8.0), ("fixed", True), ("can_withdraw", "true"), ("can_withdraw", 1),
+         ("minimum", 0.00001)],
+    )  # fmt: skip
+    def test_wrong_types_unreadable(self, field: str, value: Any) -> None:
+        """A present limit of the wrong type is an unreadable answer, not coerced into a guess."""
+        with pytest.raises(ValueError, match=field):
+            Chance.from_json({**CHANCE, "withdraw_limit": {**CHANCE["withdraw_limit"], field: value}})
+
+    @pytest.mark.parametrize("section", ["member_level", "currency", "account", "withdraw_limit"])
+    def test_section_not_an_object(self, section: str) -> None:
+        """A section that is not an object is unreadable (a null one reads as all-unknown)."""
+        with pytest.raises(ValueError, match=section):
+            Chance.from_json({**CHANCE, section: ["a", "list"]})
+        assert Chance.from_json({**CHANCE, section: None}) is not None
 
     def test_float_fee_refused(self) -> None:
         """A float fee is refused rather than rounded."""

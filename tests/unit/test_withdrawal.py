@@ -192,6 +192,42 @@ class TestChanceVerdict:
     @pytest.mark.parametrize(
         ("request_kw", "chance_kw", "verdict", "reason"),
         [
+            ({"amount": "0.000001"}, {"minimum": None}, Verdict.SEND, None),
+            ({"amount": "25.123456789"}, {"fixed": None}, Verdict.SEND, None),
+            ({}, {"can_withdraw": None}, Verdict.SEND, None),
+            ({}, {"can_withdraw": None, "wallet_support": ("deposit",)}, Verdict.WAIT,
+             AbortReason.WALLET_UNAVAILABLE),
+            ({}, {"can_withdraw": None, "wallet_support": ()}, Verdict.WAIT, AbortReason.WALLET_UNAVAILABLE),
+            ({"amount": "0.1234567891"}, {"minimum": None, "fixed": None, "can_withdraw": None, "onetime": None,
+              "remaining_daily_fiat": None, "withdraw_delayed_fiat": None}, Verdict.SEND, None),
+            ({}, {"minimum": None, "fixed": None, "can_withdraw": None, "balance": Decimal("1")}, Verdict.ABORT,
+             AbortReason.INSUFFICIENT_BALANCE),
+            ({}, {"minimum": None, "member_locked": True}, Verdict.ABORT, AbortReason.CHANCE_DENIED),
+            ({}, {"can_withdraw": None, "remaining_daily_fiat": Decimal("0")}, Verdict.SEND, None),
+        ],
+        ids=[
+            "minimum-unknown-skipped", "fixed-unknown-skipped", "can-withdraw-unknown-support-says-yes",
+            "can-withdraw-unknown-support-says-no", "can-withdraw-unknown-no-support", "all-limits-unknown",
+            "known-checks-still-apply", "locks-still-apply", "fiat-limit-not-judged-locally",
+        ],
+    )  # fmt: skip
+    def test_unknown_limits(
+        self,
+        make_request: MakeRequest,
+        make_chance: Callable[..., Chance],
+        request_kw: dict[str, Any],
+        chance_kw: dict[str, Any],
+        verdict: Verdict,
+        reason: AbortReason | None,
+    ) -> None:
+        """A limit the exchange left unknown (None) is skipped, never a reason to abort or a crash; an unknown
+        can_withdraw defers to wallet_support; the known checks still decide."""
+        check = chance_verdict(make_request(**request_kw), make_chance(**chance_kw))
+        assert (check.verdict, check.reason) == (verdict, reason)
+
+    @pytest.mark.parametrize(
+        ("request_kw", "chance_kw", "verdict", "reason"),
+        [
             ({}, {}, Verdict.SEND, None),
             ({}, {"member_locked": True}, Verdict.ABORT, AbortReason.CHANCE_DENIED),
             ({}, {"wallet_locked": True}, Verdict.ABORT, AbortReason.CHANCE_DENIED),
