@@ -42,7 +42,17 @@ from engine.upbit.errors import parse_error_body, refusal, seconds_in_text, snip
 from engine.upbit.ratelimit import Priority, RateLimiter
 from engine.upbit.types import AccountBalance, AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
-__all__ = ["REGIONS", "CallObserver", "UpbitClient", "WithdrawBody", "parse_remaining_req", "resolve_base_url"]
+__all__ = [
+    "REGIONS",
+    "CallObserver",
+    "UpbitClient",
+    "WithdrawBody",
+    "expect_list",
+    "parse_list",
+    "parse_one",
+    "parse_remaining_req",
+    "resolve_base_url",
+]
 
 REGIONS: dict[str, str] = {
     "kr": "https://api.upbit.com",
@@ -193,23 +203,23 @@ class UpbitClient:
     async def coin_addresses(self) -> list[AllowedAddress]:
         """GET /v1/withdraws/coin_addresses: the Open API withdrawal allowlist."""
         data = await self._json_list("GET", "/v1/withdraws/coin_addresses", ())
-        return self._parse_list(data, AllowedAddress.from_json, "/v1/withdraws/coin_addresses")
+        return parse_list(data, AllowedAddress.from_json, "/v1/withdraws/coin_addresses")
 
     async def wallet_status(self) -> list[WalletStatus]:
         """GET /v1/status/wallet: one row per (currency, net_type)."""
         data = await self._json_list("GET", "/v1/status/wallet", ())
-        return self._parse_list(data, WalletStatus.from_json, "/v1/status/wallet")
+        return parse_list(data, WalletStatus.from_json, "/v1/status/wallet")
 
     async def chance(self, currency: str, net_type: str) -> Chance:
         """GET /v1/withdraws/chance for one (currency, net_type)."""
         path = "/v1/withdraws/chance"
         data = await self._call("GET", path, [("currency", currency), ("net_type", net_type)])
-        return self._parse_one(data, Chance.from_json, path)
+        return parse_one(data, Chance.from_json, path)
 
     async def accounts(self) -> list[AccountBalance]:
         """GET /v1/accounts: balances of the account (KR: pocket) the key belongs to."""
         data = await self._json_list("GET", "/v1/accounts", ())
-        return self._parse_list(data, AccountBalance.from_json, "/v1/accounts")
+        return parse_list(data, AccountBalance.from_json, "/v1/accounts")
 
     async def withdraw_coin(self, body: WithdrawBody, *, slot_reserved: bool = False) -> Withdrawal:
         """POST /v1/withdraws/coin. Never retried here: an OutcomeUnknown must be reconciled.
@@ -217,7 +227,7 @@ class UpbitClient:
         ``slot_reserved``: the caller already holds a rate-limit slot (``limiter.acquire(WRITE)``)."""
         path = "/v1/withdraws/coin"
         data = await self._call("POST", path, body.params(), priority=Priority.WRITE, reserved=slot_reserved)
-        return self._parse_one(data, Withdrawal.from_json, path)
+        return parse_one(data, Withdrawal.from_json, path)
 
     async def get_withdraw(
         self, *, uuid: str | None = None, txid: str | None = None, currency: str | None = None
@@ -225,7 +235,7 @@ class UpbitClient:
         """GET /v1/withdraw by uuid or txid; with neither, the most recent (for ``currency``)."""
         params = [(k, v) for k, v in (("uuid", uuid), ("txid", txid), ("currency", currency)) if v]
         data = await self._call("GET", "/v1/withdraw", params)
-        return self._parse_one(data, Withdrawal.from_json, "/v1/withdraw")
+        return parse_one(data, Withdrawal.from_json, "/v1/withdraw")
 
     async def list_withdraws(
         self,
@@ -256,13 +266,13 @@ class UpbitClient:
         extra = (("page", str(page) if page else None), ("order_by", order_by), ("from", from_), ("to", to))
         params.extend((k, v) for k, v in extra if v)
         data = await self._json_list("GET", "/v1/withdraws", params, reserved=slot_reserved)
-        return self._parse_list(data, Withdrawal.from_json, "/v1/withdraws")
+        return parse_list(data, Withdrawal.from_json, "/v1/withdraws")
 
     async def cancel_withdraw(self, uuid: str) -> Withdrawal:
         """DELETE /v1/withdraws/coin?uuid=: ask to cancel; ``is_cancelable`` says if it was accepted."""
         path = "/v1/withdraws/coin"
         data = await self._call("DELETE", path, [("uuid", uuid)], priority=Priority.WRITE)
-        return self._parse_one(data, Withdrawal.from_json, path)
+        return parse_one(data, Withdrawal.from_json, path)
 
     # -- machinery ---------------------------------------------------------------------------------
 
@@ -278,24 +288,8 @@ class UpbitClient:
             raise ValueError("order_by must be 'asc' or 'desc'")
 
     async def _json_list(self, method: str, path: str, params: Params, *, reserved: bool = False) -> list[Any]:
-        data = await self._call(method, path, params, reserved=reserved)
-        if not isinstance(data, list):
-            raise ExchangeBadResponse("expected a JSON array", endpoint=f"{method} {path}", status=200)
-        return data
+        return expect_list(await self._call(method, path, params, reserved=reserved), f"{method} {path}")
 
-    @staticmethod
-    def _parse_list(data: list[Any], parse: Callable[[Any], _T], path: str) -> list[_T]:
-        try:
-            return [parse(item) for item in data]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ExchangeBadResponse(f"unreadable answer: {exc}", endpoint=path) from exc
-
-    @staticmethod
-    def _parse_one(data: Any, parse: Callable[[Any], _T], path: str) -> _T:
-        try:
-            return parse(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ExchangeBadResponse(f"unreadable answer: {exc}", endpoint=path) from exc
 
     async def _call(
         self, method: str, path: str, params: Params, *, priority: Priority = Priority.READ, reserved: bool = False
@@ -408,6 +402,26 @@ class UpbitClient:
             name=error.name if error else None,
             endpoint=endpoint,
         )
+
+
+def expect_list(data: Any, endpoint: str) -> list[Any]:
+    """The decoded 2xx body of a list endpoint; anything but a JSON array is unreadable."""
+    if not isinstance(data, list):
+        raise ExchangeBadResponse("expected a JSON array", endpoint=endpoint, status=200)
+    return data
+
+
+def parse_one(data: Any, parse: Callable[[Any], _T], endpoint: str) -> _T:
+    """Parse one decoded answer; what the parser cannot read is :class:`ExchangeBadResponse` (typed)."""
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ExchangeBadResponse(f"unreadable answer: {exc}", endpoint=endpoint) from exc
+
+
+def parse_list(data: list[Any], parse: Callable[[Any], _T], endpoint: str) -> list[_T]:
+    """Parse every row of a decoded list answer (see :func:`parse_one`)."""
+    return [parse_one(item, parse, endpoint) for item in data]
 
 
 _UNREADABLE = object()
