@@ -290,7 +290,6 @@ class UpbitClient:
     async def _json_list(self, method: str, path: str, params: Params, *, reserved: bool = False) -> list[Any]:
         return expect_list(await self._call(method, path, params, reserved=reserved), f"{method} {path}")
 
-
     async def _call(
         self, method: str, path: str, params: Params, *, priority: Priority = Priority.READ, reserved: bool = False
     ) -> Any:
@@ -368,8 +367,8 @@ class UpbitClient:
             raise ExchangeThrottled("too many requests", retry_after=self.limiter.window, status=429, endpoint=endpoint)
         if status == 418:
             raise self._blocked(answer, endpoint)
-        error = parse_error_body(answer.body) if status >= 500 else None
         if status >= 500:
+            error = parse_error_body(answer.body)
             name, message = (error.name, error.message) if error else (None, "")
             raise ExchangeServerError(message or snippet(answer.body), status=status, name=name, endpoint=endpoint)
         self.limiter.served()
@@ -412,10 +411,15 @@ def expect_list(data: Any, endpoint: str) -> list[Any]:
 
 
 def parse_one(data: Any, parse: Callable[[Any], _T], endpoint: str) -> _T:
-    """Parse one decoded answer; what the parser cannot read is :class:`ExchangeBadResponse` (typed)."""
+    """Parse one decoded answer; what the parser cannot read is :class:`ExchangeBadResponse` (typed).
+
+    Only the fields without which the answer means nothing are required (see :mod:`engine.upbit.types`);
+    a missing one is named in the message."""
     try:
         return parse(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except KeyError as exc:
+        raise ExchangeBadResponse(f"unreadable answer: missing field {exc}", endpoint=endpoint) from exc
+    except (TypeError, ValueError, AttributeError) as exc:
         raise ExchangeBadResponse(f"unreadable answer: {exc}", endpoint=endpoint) from exc
 
 

@@ -276,6 +276,18 @@ class TestErrorMapping:
         assert isinstance(caught.value, OutcomeUnknown)
         assert not isinstance(caught.value, ExchangeRefused)
 
+    @pytest.mark.parametrize("field", ["uuid", "currency", "created_at", "amount"])
+    async def test_accepted_answer_without_required_field(
+        self, exchange: Exchange, make_client: Callable[..., UpbitClient], field: str
+    ) -> None:
+        """A 201 whose withdrawal lacks a field the engine cannot do without (its uuid, currency, creation
+        time, amount; all required in the official model) is ExchangeBadResponse naming the field: the
+        withdrawal may exist, so the outcome is unknown and the workflow reconciles it."""
+        exchange.reply("POST", "/v1/withdraws/coin", 201, payload={k: v for k, v in WITHDRAWAL.items() if k != field})
+        with pytest.raises(ExchangeBadResponse, match=f"missing field '{field}'") as caught:
+            await make_client().withdraw_coin(BODY)
+        assert isinstance(caught.value, OutcomeUnknown)
+
     async def test_list_endpoint_needs_array(self, exchange: Exchange, make_client: Callable[..., UpbitClient]) -> None:
         """A list endpoint answering an object is unreadable."""
         exchange.reply("GET", "/v1/withdraws/coin_addresses", payload={"currency": "BTC"})
