@@ -80,13 +80,15 @@ def _not_bool(value: object) -> object:
     return value
 
 
-Number = Annotated[float, BeforeValidator(_not_bool)]
-Integer = Annotated[int, BeforeValidator(_not_bool)]
-Seconds = Annotated[Number, Field(ge=0)]
+# The bound comes before the validator so that the JSON schema shows it as minimum/maximum.
+_NUMBER = BeforeValidator(_not_bool)
+Seconds = Annotated[float, Field(ge=0), _NUMBER]
 """A finite, non-negative duration (``nan`` and ``inf`` are refused by every section's config)."""
-Port = Annotated[Integer, Field(ge=1, le=65535)]
+Port = Annotated[int, Field(ge=1, le=65535), _NUMBER]
 
-_SECTION = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True)
+_SECTION = ConfigDict(
+    frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True, use_attribute_docstrings=True
+)
 
 
 class EngineConfig(BaseModel):
@@ -95,10 +97,10 @@ class EngineConfig(BaseModel):
     model_config = _SECTION
 
     database: str = DEFAULT_DATABASE
-    concurrency: Annotated[Integer, Field(ge=1, le=100_000)] = 200
-    lease_seconds: Annotated[Number, Field(ge=1)] = 30.0
+    concurrency: Annotated[int, Field(ge=1, le=100_000), _NUMBER] = 200
+    lease_seconds: Annotated[float, Field(ge=1), _NUMBER] = 30.0
     """Below a second the runner spends its time renewing leases (it renews every third of one)."""
-    workers: Annotated[Integer, Field(ge=1, le=64)] = 1
+    workers: Annotated[int, Field(ge=1, le=64), _NUMBER] = 1
     """Runner processes sharing each account (PostgreSQL): each takes rate_limit / workers."""
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -133,7 +135,7 @@ class GatewayConfig(BaseModel):
     allowlist_ttl: Seconds = 60.0
     wallet_ttl: Seconds = 10.0
     chance_ttl: Seconds = 2.0
-    poll_window: Annotated[Seconds, Field(le=10)] = 0.05
+    poll_window: Annotated[float, Field(ge=0, le=10), _NUMBER] = 0.05
 
 
 class _AccountSettings(BaseModel):
@@ -146,9 +148,9 @@ class _AccountSettings(BaseModel):
     access_key_env: str = "UPBIT_ACCESS_KEY"
     secret_key_env: str = "UPBIT_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
     secret_file: str | None = None
-    rate_limit: Annotated[Integer, Field(ge=1, le=1000)] = 30
+    rate_limit: Annotated[int, Field(ge=1, le=1000), _NUMBER] = 30
     """Calls per second."""
-    timeout: Annotated[Number, Field(gt=0)] = 10.0
+    timeout: Annotated[float, Field(gt=0), _NUMBER] = 10.0
     algorithm: Literal["HS512", "HS256"] = "HS512"
     demo: bool = False
 
@@ -199,12 +201,12 @@ class ApiConfig(BaseModel):
     port: Port = 8080
     token_env: str = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
     token_file: str | None = None
-    max_body_bytes: Annotated[Integer, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
-    header_timeout: Annotated[Number, Field(gt=0)] = 10.0
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024), _NUMBER] = 65536
+    header_timeout: Annotated[float, Field(gt=0), _NUMBER] = 10.0
     """Seconds a new connection has to send a complete request head (slowloris)."""
-    keepalive_timeout: Annotated[Number, Field(gt=0)] = 30.0
+    keepalive_timeout: Annotated[float, Field(gt=0), _NUMBER] = 30.0
     """Seconds an idle connection stays open after an answer."""
-    max_connections_per_client: Annotated[Integer, Field(ge=1)] = 256
+    max_connections_per_client: Annotated[int, Field(ge=1), _NUMBER] = 256
     metrics_host: str = "127.0.0.1"
     metrics_port: Port | None = None
     """A second listener serving only ``GET /metrics`` without a token; off when not set."""
@@ -284,7 +286,7 @@ def _workflow_table() -> type[_WorkflowRules]:
     Every duration is finite and non-negative, every count an integer >= 0.
     """
     hints = get_type_hints(WorkflowSettings)
-    rules: dict[Any, Any] = {float: Seconds, int: Annotated[Integer, Field(ge=0)], bool: bool}
+    rules: dict[Any, Any] = {float: Seconds, int: Annotated[int, Field(ge=0), _NUMBER], bool: bool}
     fields: dict[str, Any] = {
         f.name: (rules.get(hints[f.name], hints[f.name]), f.default) for f in dataclasses.fields(WorkflowSettings)
     }
