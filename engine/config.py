@@ -23,6 +23,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
@@ -37,7 +38,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from engine.errors import ConfigError
 from engine.policy import CurrencyPolicy, Policy, WorkflowSettings
@@ -304,6 +311,19 @@ else:
     WorkflowTable = _workflow_table()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layers:
+    """What one :func:`load_config` call reads below its flags: the file's tables and the environment."""
+
+    file: dict[str, Any]
+    environ: Mapping[str, str]
+
+
+#: Set by :func:`load_config` for the duration of one load (pydantic-settings asks the class for its
+#: sources, so per-call inputs travel in a context variable rather than in class state).
+_LAYERS: ContextVar[_Layers] = ContextVar("engine_config_layers")
+
+
 class ConfigFile(BaseSettings):
     """The whole file (its JSON schema describes ``config.example.toml``), merged with environment and flags."""
 
@@ -322,14 +342,32 @@ class ConfigFile(BaseSettings):
     policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
     api: ApiConfig = Field(default_factory=ApiConfig)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: flags (the constructor's arguments), the environment, the file. No dotenv, no
+        secrets directory: secrets come from their own variables and files, read by the accounts and the API."""
+        layers = _LAYERS.get(None) or _Layers({}, os.environ)
+        return (
+            init_settings,
+            _Environment(settings_cls, layers.environ),
+            InitSettingsSource(settings_cls, init_kwargs=layers.file),
+        )
+
 
 class _Environment(EnvSettingsSource):
     """``UPBIT_WITHDRAW_<SECTION>_<KEY>`` variables of ``environ`` (not only ``os.environ``), for
     the sections the environment may set."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         self._environ = environ
-        super().__init__(ConfigFile)
+        super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         sections = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in ENV_SECTIONS)
@@ -445,16 +483,13 @@ def _error(exc: ValidationError) -> ConfigError:
 
 def _validated(file_data: dict[str, Any], environ: Mapping[str, str], flags: dict[str, Any]) -> ConfigFile:
     """Defaults < file < environment < flags, merged and checked by pydantic-settings."""
-    sources = (
-        InitSettingsSource(ConfigFile, init_kwargs=flags),
-        _Environment(environ),
-        InitSettingsSource(ConfigFile, init_kwargs=file_data),
-    )
+    token = _LAYERS.set(_Layers(file_data, environ))
     try:
-        # _build_sources: BaseSettings' documented way to pass pre-built sources; mypy only sees the fields.
-        return ConfigFile(_build_sources=(sources, {}))  # type: ignore[call-arg]
+        return ConfigFile(**flags)
     except ValidationError as exc:
         raise _error(exc) from None
+    finally:
+        _LAYERS.reset(token)
 
 
 def _accounts(tables: Mapping[str, _AccountTable], cwd: Path) -> dict[str, AccountConfig]:
