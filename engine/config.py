@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import (
     BaseModel,
@@ -466,6 +466,23 @@ def _file_paths_absolute(data: dict[str, Any], base: Path) -> None:
             table["secret_file"] = _absolute(table["secret_file"], base)
 
 
+def _known_keys(table: list[str]) -> list[str]:
+    """The keys the model accepts in the table at ``table`` (e.g. ``["accounts", "desk"]``)."""
+    model: Any = ConfigFile
+    parts = list(table)
+    while parts:
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        field = model.model_fields.get(parts.pop(0)) if is_model else None
+        if field is None:
+            return []
+        model = field.annotation
+        if get_origin(model) is dict:  # accounts.NAME, policy.CURRENCY: skip the name
+            model = get_args(model)[1]
+            if parts:
+                parts.pop(0)
+    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
 def _error(exc: ValidationError) -> ConfigError:
     """The first problem pydantic found, as ``section.key: rule``."""
     first = exc.errors(include_url=False)[0]
@@ -476,6 +493,8 @@ def _error(exc: ValidationError) -> ConfigError:
         message = cause.message
     elif first["type"] == "extra_forbidden":
         message = "unknown section" if len(loc) == 1 else "unknown key"
+        if known := _known_keys(loc[:-1]):
+            message += f" (known: {', '.join(known)})"
     else:
         message = first["msg"].removeprefix("Value error, ")
     return ConfigError(message, key=".".join(loc) or "config")

@@ -102,3 +102,10 @@ def test_secret_file_missing_access_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         account.credentials(environ={})
     assert error.value.key == "accounts.desk.secret_file" and "access_key=" in str(error.value)
+
+
+def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
+    """A typo's message says what the table accepts."""
+    with pytest.raises(ConfigError) as error:
+        load_config(_file(tmp_path, "[accounts.desk]\nrate_limt = 5\n"), environ={})
+    assert error.value.key == "accounts.desk.rate_limt" and "rate_limit" in str(error.value)
