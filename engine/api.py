@@ -41,7 +41,7 @@ from engine.errors import (
     InvalidTransition,
     WorkflowNotFound,
 )
-from engine.http_server import ServerLimits, bind_listeners, start_site
+from engine.http_server import ServerLimits, start_site
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
 from engine.models import State, WithdrawalRequest, Workflow
@@ -49,7 +49,6 @@ from engine.models import State, WithdrawalRequest, Workflow
 __all__ = [
     "ApiError",
     "ServerLimits",
-    "bind_listeners",
     "create_app",
     "create_metrics_app",
     "error_body",
@@ -300,10 +299,13 @@ def _idempotency_key(request: web.Request) -> str | None:
     if "Idempotency-Key" not in request.headers:
         return None
     key = request.headers["Idempotency-Key"]
-    problem = "must be UTF-8 text" if _utf8(key) is None else "" if 0 < len(key) <= 200 else "must be 1-200 characters"
-    if problem:
-        raise ApiError(422, "invalid_request", "invalid Idempotency-Key", {"idempotency_key": problem})
-    return key
+    if _utf8(key) is None:
+        problem = "must be UTF-8 text"
+    elif not 0 < len(key) <= 200:
+        problem = "must be 1-200 characters"
+    else:
+        return key
+    raise ApiError(422, "invalid_request", "invalid Idempotency-Key", {"idempotency_key": problem})
 
 
 async def get_withdrawal(request: web.Request) -> web.Response:
