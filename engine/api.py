@@ -12,7 +12,9 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
     GET  /metrics                        Prometheus text format
     GET  /openapi.json
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time). Every
+:func:`create_metrics_app` is the optional second listener (``api.metrics_port``) that serves only
+``GET /metrics``, without a token, for scrapers that cannot send one. Every route of the main app but
+``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time). Every
 error answer has one shape: ``{"error": {"name": ..., "message": ..., "fields": {...}}}``. Amounts are
 strings, always. Answers never carry a key, a token or a JWT: the workflow view holds none, and engine
 errors are built without them.
@@ -39,13 +41,16 @@ from engine.errors import (
     InvalidTransition,
     WorkflowNotFound,
 )
+from engine.http_server import ServerLimits, start_site
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
 from engine.models import State, WithdrawalRequest, Workflow
 
 __all__ = [
     "ApiError",
+    "ServerLimits",
     "create_app",
+    "create_metrics_app",
     "error_body",
     "openapi_document",
     "parse_withdrawal",
@@ -232,12 +237,25 @@ def _auth_middleware(token: str) -> Any:
         if request.path == "/healthz":
             return await handler(request)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+        raw = _utf8(presented.strip())
+        if scheme.lower() != "bearer" or raw is None or not hmac.compare_digest(raw, expected):
             error = ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
             return error.response(headers={"WWW-Authenticate": 'Bearer realm="upbit-withdraw"'})
         return await handler(request)
 
     return auth
+
+
+def _utf8(value: str) -> bytes | None:
+    """A header value as UTF-8 bytes; None when the client sent bytes that are not UTF-8.
+
+    aiohttp decodes header bytes with ``surrogateescape``, so such a value holds lone surrogates that
+    ``str.encode`` refuses: they must end as a 4xx answer, never as an exception.
+    """
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 # -- handlers ------------------------------------------------------------------------------------------
@@ -252,6 +270,8 @@ async def _body(request: web.Request) -> Any:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
 
 
 def _workflow_id(request: web.Request) -> str:
@@ -264,10 +284,28 @@ def _workflow_id(request: web.Request) -> str:
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/withdrawals."""
     withdrawal = parse_withdrawal(await _body(request))
-    key = request.headers.get("Idempotency-Key")
+    key = _idempotency_key(request)
     engine = request.app[ENGINE]
     wf, created = await engine.intake(withdrawal, idempotency_key=key)
     return _json(workflow_view(wf), status=201 if created else 200, headers={"Location": f"/v1/withdrawals/{wf.id}"})
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header: absent (None), or 1-200 characters of UTF-8 text.
+
+    A header that is present but empty is refused rather than ignored: ignoring it would create a new
+    withdrawal on every retry of a client that meant to be idempotent.
+    """
+    if "Idempotency-Key" not in request.headers:
+        return None
+    key = request.headers["Idempotency-Key"]
+    if _utf8(key) is None:
+        problem = "must be UTF-8 text"
+    elif not 0 < len(key) <= 200:
+        problem = "must be 1-200 characters"
+    else:
+        return key
+    raise ApiError(422, "invalid_request", "invalid Idempotency-Key", {"idempotency_key": problem})
 
 
 async def get_withdrawal(request: web.Request) -> web.Response:
@@ -390,18 +428,13 @@ def create_app(
     return app
 
 
-async def start_site(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Serve ``app`` on host:port (0: any free port); returns the runner (``await runner.cleanup()``) and
-    the URL it listens on."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0]
-    bound_host, bound_port = str(bound[0]), int(bound[1])
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return runner, f"http://{shown}:{bound_port}"
+def create_metrics_app(metrics_registry: Metrics) -> web.Application:
+    """Only ``GET /metrics``, without authentication: the optional listener of ``api.metrics_port``.
+
+    Prometheus scrapers usually cannot send a bearer token; this app lets them scrape from a host and
+    port of their own (e.g. an internal interface) while the main API keeps requiring the token.
+    """
+    app = web.Application(middlewares=[_error_middleware()], client_max_size=1024)
+    app[METRICS] = metrics_registry
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    return app

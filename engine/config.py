@@ -1,32 +1,61 @@
-"""Configuration: frozen dataclasses loaded from TOML, validated once; every error names its key.
+"""Configuration: frozen pydantic models loaded from TOML, validated once; every error names its key.
 
 Precedence: defaults < file < environment (``UPBIT_WITHDRAW_<SECTION>_<KEY>``, e.g.
-``UPBIT_WITHDRAW_ENGINE_DATABASE``) < flags (the CLI passes them as ``overrides``). Secrets never live
-in the file: each account names the environment variables (default ``UPBIT_ACCESS_KEY`` /
-``UPBIT_SECRET_KEY``) or a secret file that holds them; a secret file readable by group or others is
-refused. ``config.example.toml`` documents every key below with its default.
+``UPBIT_WITHDRAW_ENGINE_DATABASE``) < flags (the CLI passes them as ``overrides``). pydantic-settings
+merges the layers (:class:`ConfigFile` is the root model; its JSON schema describes the file) and
+pydantic checks every value: a wrong type, a number out of range, ``nan``/``inf``, ``1.9`` for an
+integer, an unknown key all stop the load with a :class:`ConfigError` that names the key and the rule.
+
+Paths: a relative SQLite path, ``secret_file`` or ``token_file`` written in the config file (or left at
+its default while a config file is used) is relative to the config file's directory, so every command
+finds the same store wherever it runs from; a relative path from the environment or a flag is relative
+to the current directory. Both are made absolute at load.
+
+Secrets never live in the file: each account names the environment variables (default
+``UPBIT_ACCESS_KEY`` / ``UPBIT_SECRET_KEY``) or a secret file that holds them; a secret file readable by
+group or others is refused. ``config.example.toml`` documents every key below with its default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from engine.errors import ConfigError
 from engine.policy import CurrencyPolicy, Policy, WorkflowSettings
-from engine.upbit.auth import Algorithm, Credentials
+from engine.upbit.auth import Credentials
 from engine.upbit.client import REGIONS
 
 __all__ = [
     "AccountConfig",
     "ApiConfig",
     "Config",
+    "ConfigFile",
     "EngineConfig",
     "GatewayConfig",
     "load_config",
@@ -34,46 +63,115 @@ __all__ = [
 ]
 
 ENV_PREFIX = "UPBIT_WITHDRAW_"
+#: Sections the environment may set (``UPBIT_WITHDRAW_<SECTION>_<KEY>``); accounts and policies are file-only.
+ENV_SECTIONS = ("engine", "gateway", "workflow", "api")
+#: Variables under the prefix that are not configuration keys.
+_ENV_NOT_KEYS = frozenset({"UPBIT_WITHDRAW_API_TOKEN"})
+DEFAULT_DATABASE = "sqlite:///upbit-withdraw.sqlite3"
+_SQLITE = "sqlite:///"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineConfig:
+class _Rule(ValueError):
+    """A cross-field rule broken by one field: the error names ``section.field``, not just the section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _not_bool(value: object) -> object:
+    """TOML ``true`` must not pass as 1 (pydantic's lax mode would take it for a number)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+# The bound comes before the validator so that the JSON schema shows it as minimum/maximum.
+_NUMBER = BeforeValidator(_not_bool)
+Seconds = Annotated[float, Field(ge=0), _NUMBER]
+"""A finite, non-negative duration (``nan`` and ``inf`` are refused by every section's config)."""
+Port = Annotated[int, Field(ge=1, le=65535), _NUMBER]
+
+_SECTION = ConfigDict(
+    frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True, use_attribute_docstrings=True
+)
+
+
+class EngineConfig(BaseModel):
     """[engine]: the store, the runner, logs."""
 
-    database: str = "sqlite:///upbit-withdraw.sqlite3"
-    concurrency: int = 200
-    lease_seconds: float = 30.0
-    workers: int = 1
+    model_config = _SECTION
+
+    database: str = DEFAULT_DATABASE
+    concurrency: Annotated[int, Field(ge=1, le=100_000), _NUMBER] = 200
+    lease_seconds: Annotated[float, Field(ge=1), _NUMBER] = 30.0
+    """Below a second the runner spends its time renewing leases (it renews every third of one)."""
+    workers: Annotated[int, Field(ge=1, le=64), _NUMBER] = 1
     """Runner processes sharing each account (PostgreSQL): each takes rate_limit / workers."""
     log_level: str = "INFO"
-    log_format: str = "auto"
+    log_format: Literal["auto", "json", "console"] = "auto"
     dry_run: bool = False
 
+    @field_validator("database")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith((_SQLITE, "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GatewayConfig:
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @model_validator(mode="after")
+    def _one_runner_per_sqlite_file(self) -> EngineConfig:
+        if self.workers > 1 and self.database.startswith(_SQLITE):
+            raise _Rule("workers", "several runner processes need PostgreSQL (one runner per SQLite file)")
+        return self
+
+
+class GatewayConfig(BaseModel):
     """[gateway]: shared caches and poll batching."""
 
-    allowlist_ttl: float = 60.0
-    wallet_ttl: float = 10.0
-    chance_ttl: float = 2.0
-    poll_window: float = 0.05
+    model_config = _SECTION
+
+    allowlist_ttl: Seconds = 60.0
+    wallet_ttl: Seconds = 10.0
+    chance_ttl: Seconds = 2.0
+    poll_window: Annotated[float, Field(ge=0, le=10), _NUMBER] = 0.05
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AccountConfig:
-    """[accounts.NAME]: one Upbit account (keys, region or base URL, its rate budget)."""
+class _AccountSettings(BaseModel):
+    """The keys of an [accounts.NAME] table (without its name or its policy)."""
 
-    name: str
+    model_config = _SECTION
+
     region: str | None = "kr"
     base_url: str | None = None
     access_key_env: str = "UPBIT_ACCESS_KEY"
     secret_key_env: str = "UPBIT_SECRET_KEY"  # noqa: S105 - the variable's name, not a secret
     secret_file: str | None = None
-    rate_limit: int = 30
-    timeout: float = 10.0
-    algorithm: str = "HS256"
+    rate_limit: Annotated[int, Field(ge=1, le=1000), _NUMBER] = 30
+    """Calls per second."""
+    timeout: Annotated[float, Field(gt=0), _NUMBER] = 10.0
+    algorithm: Literal["HS256", "HS512"] = "HS256"
     demo: bool = False
+
+    @model_validator(mode="after")
+    def _region_or_base_url(self) -> _AccountSettings:
+        if not self.base_url and (self.region or "").lower() not in REGIONS:
+            raise _Rule("region", f"must be one of {sorted(REGIONS)} (or set base_url)")
+        return self
+
+
+class AccountConfig(_AccountSettings):
+    """[accounts.NAME]: one Upbit account (keys, region or base URL, its rate budget)."""
+
+    name: str
 
     def __repr__(self) -> str:
         return f"AccountConfig(name={self.name!r}, region={self.region!r}, base_url={self.base_url!r})"
@@ -86,6 +184,11 @@ class AccountConfig:
             return Credentials.demo()
         if self.secret_file:
             pair = read_secret_file(Path(self.secret_file), key=f"{key}.secret_file")
+            if not pair.get("access_key") or not pair.get("secret_key"):
+                raise ConfigError(
+                    f"{self.secret_file} must hold the lines access_key=... and secret_key=...",
+                    key=f"{key}.secret_file",
+                )
             return Credentials(pair["access_key"], pair["secret_key"])
         access, secret = env.get(self.access_key_env), env.get(self.secret_key_env)
         if not access or not secret:
@@ -96,37 +199,195 @@ class AccountConfig:
         return Credentials(access, secret)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApiConfig:
-    """[api]: the HTTP service."""
+class ApiConfig(BaseModel):
+    """[api]: the HTTP service, its connection limits, the optional unauthenticated metrics listener."""
+
+    model_config = _SECTION
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     token_env: str = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
     token_file: str | None = None
-    max_body_bytes: int = 65536
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024), _NUMBER] = 65536
+    header_timeout: Annotated[float, Field(gt=0), _NUMBER] = 10.0
+    """Seconds a new connection has to send a complete request head (slowloris)."""
+    keepalive_timeout: Annotated[float, Field(gt=0), _NUMBER] = 30.0
+    """Seconds an idle connection stays open after an answer."""
+    max_connections_per_client: Annotated[int, Field(ge=1), _NUMBER] = 256
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Port | None = None
+    """A second listener serving only ``GET /metrics`` without a token; off when not set."""
 
     def token(self, environ: Mapping[str, str] | None = None) -> str:
         """The bearer token clients must present (from the environment or a private file)."""
         env = os.environ if environ is None else environ
         if self.token_file:
-            return read_secret_file(Path(self.token_file), key="api.token_file")["token"]
-        value = env.get(self.token_env)
-        if not value or len(value) < 16:
+            value = read_secret_file(Path(self.token_file), key="api.token_file").get("token", "")
+            if len(value) < 16:
+                message = f"{self.token_file} must hold one line: the token (at least 16 characters)"
+                raise ConfigError(message, key="api.token_file")
+            return value
+        value = env.get(self.token_env) or ""
+        if len(value) < 16:
             raise ConfigError(f"set {self.token_env} (at least 16 characters) or token_file", key="api.token")
         return value
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def _amount(value: object) -> Decimal:
+    """A policy amount: a positive, finite decimal written as a string (a TOML float would be rounded)."""
+    if isinstance(value, float | bool):
+        raise ValueError('write amounts as strings ("1.5"), never as floats')
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError("not a decimal number") from None
+    if not result.is_finite() or result <= 0:
+        raise ValueError("must be a positive amount")
+    return result
+
+
+Amount = Annotated[Decimal, BeforeValidator(_amount)]
+
+
+class _CurrencyRules(BaseModel):
+    """[policy.CURRENCY] and [accounts.NAME.policy.CURRENCY]."""
+
+    model_config = _SECTION
+
+    max_per_withdrawal: Amount | None = None
+    max_per_day: Amount | None = None
+    pinned_addresses: list[str] | None = None
+
+    def policy(self) -> CurrencyPolicy:
+        """The engine's frozen rule object."""
+        pins = frozenset(self.pinned_addresses) if self.pinned_addresses is not None else None
+        return CurrencyPolicy(
+            max_per_withdrawal=self.max_per_withdrawal, max_per_day=self.max_per_day, pinned_addresses=pins
+        )
+
+
+class _AccountTable(_AccountSettings):
+    """An [accounts.NAME] table as written: the account's keys and its own policy tables."""
+
+    policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
+
+
+class _WorkflowRules(BaseModel):
+    """What [workflow] checks beyond each value's type: every ``X_initial`` is at most its ``X_max``."""
+
+    model_config = _SECTION
+
+    @model_validator(mode="after")
+    def _initial_at_most_max(self) -> _WorkflowRules:
+        fields = type(self).model_fields
+        for name in fields:
+            top = name.removesuffix("_initial") + "_max"
+            if name.endswith("_initial") and top in fields and getattr(self, name) > getattr(self, top):
+                raise _Rule(top, f"must be at least {name} ({getattr(self, name)})")
+        return self
+
+
+def _workflow_table() -> type[_WorkflowRules]:
+    """[workflow], derived from :class:`WorkflowSettings` so that a new setting is a new key at once.
+
+    Every duration is finite and non-negative, every count an integer >= 0.
+    """
+    hints = get_type_hints(WorkflowSettings)
+    rules: dict[Any, Any] = {float: Seconds, int: Annotated[int, Field(ge=0), _NUMBER], bool: bool}
+    fields: dict[str, Any] = {
+        f.name: (rules.get(hints[f.name], hints[f.name]), f.default) for f in dataclasses.fields(WorkflowSettings)
+    }
+    return create_model(
+        "WorkflowTable",
+        __base__=_WorkflowRules,
+        __doc__="[workflow]: timings of the withdrawal workflow, in seconds.",
+        **fields,
+    )
+
+
+if TYPE_CHECKING:
+    WorkflowTable = _WorkflowRules
+else:
+    WorkflowTable = _workflow_table()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layers:
+    """What one :func:`load_config` call reads below its flags: the file's tables and the environment."""
+
+    file: dict[str, Any]
+    environ: Mapping[str, str]
+
+
+#: Set by :func:`load_config` for the duration of one load (pydantic-settings asks the class for its
+#: sources, so per-call inputs travel in a context variable rather than in class state).
+_LAYERS: ContextVar[_Layers] = ContextVar("engine_config_layers")
+
+
+class ConfigFile(BaseSettings):
+    """The whole file (its JSON schema describes ``config.example.toml``), merged with environment and flags."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+    )
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    workflow: WorkflowTable = Field(default_factory=WorkflowTable)
+    accounts: dict[str, _AccountTable] = Field(default_factory=dict)
+    policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: flags (the constructor's arguments), the environment, the file. No dotenv, no
+        secrets directory: secrets come from their own variables and files, read by the accounts and the API."""
+        layers = _LAYERS.get(None) or _Layers({}, os.environ)
+        return (
+            init_settings,
+            _Environment(settings_cls, layers.environ),
+            InitSettingsSource(settings_cls, init_kwargs=layers.file),
+        )
+
+
+class _Environment(EnvSettingsSource):
+    """``UPBIT_WITHDRAW_<SECTION>_<KEY>`` variables of ``environ`` (not only ``os.environ``), for
+    the sections the environment may set."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        sections = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in ENV_SECTIONS)
+        return {
+            name.lower(): value
+            for name, value in self._environ.items()
+            if name.upper().startswith(sections) and name.upper() not in _ENV_NOT_KEYS
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration."""
 
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
-    accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
-    policy: Policy = field(default_factory=Policy)
-    api: ApiConfig = field(default_factory=ApiConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    gateway: GatewayConfig = dataclasses.field(default_factory=GatewayConfig)
+    workflow: WorkflowSettings = dataclasses.field(default_factory=WorkflowSettings)
+    accounts: Mapping[str, AccountConfig] = dataclasses.field(default_factory=dict)
+    policy: Policy = dataclasses.field(default_factory=Policy)
+    api: ApiConfig = dataclasses.field(default_factory=ApiConfig)
     source: str = "defaults"
 
 
@@ -134,11 +395,13 @@ def read_secret_file(path: Path, *, key: str) -> dict[str, str]:
     """``KEY=value`` lines (or one bare line: a token). Refused when group/world can read it."""
     try:
         mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path} is readable by group or others; chmod 600 it", key=key)
+        text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path} is readable by group or others; chmod 600 it", key=key)
-    text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", key=key) from None
     pairs: dict[str, str] = {}
     for line in text.splitlines():
         if "=" in line:
@@ -152,60 +415,18 @@ def read_secret_file(path: Path, *, key: str) -> dict[str, str]:
 # -- loading -----------------------------------------------------------------------------------------
 
 
-def _coerce(value: Any, default: Any, key: str, annotation: str) -> Any:
-    """Convert a TOML/env value to the type of the field it sets, or say which key is wrong."""
+def _read_file(path: Path) -> dict[str, Any]:
     try:
-        if "bool" in annotation:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            if not isinstance(value, bool):
-                raise ValueError(value)
-            return value
-        if "int" in annotation and "float" not in annotation:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if "float" in annotation:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if isinstance(value, str) or (value is None and "None" in annotation):
-            return value
-        raise ValueError(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"expected {annotation}, got {value!r}", key=key) from None
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key="config") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", key="config") from None
 
 
-def _build(cls: Any, section: Mapping[str, Any], prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", key=f"{prefix}.{unknown[0]}")
-    kwargs = dict(extra or {})
-    for name, value in section.items():
-        kwargs[name] = _coerce(value, known[name].default, f"{prefix}.{name}", str(known[name].type))
-    return cls(**kwargs)
-
-
-def _section(data: Mapping[str, Any], name: str) -> dict[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError("must be a table", key=name)
-    return dict(value)
-
-
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for var, value in environ.items():
-        if not var.startswith(ENV_PREFIX) or var == "UPBIT_WITHDRAW_API_TOKEN":
-            continue
-        section, _, key = var[len(ENV_PREFIX) :].lower().partition("_")
-        if section in ("engine", "gateway", "workflow", "api") and key:
-            data.setdefault(section, {})[key] = value
-
-
-def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+def _nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"engine.database": url}`` -> ``{"engine": {"database": url}}`` (None: not given)."""
+    data: dict[str, Any] = {}
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -213,99 +434,101 @@ def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> None
         if not key:
             raise ConfigError("overrides are section.key", key=dotted)
         data.setdefault(section, {})[key] = value
+    return data
 
 
-def _decimal(value: Any, key: str) -> Decimal:
-    if isinstance(value, float):
-        raise ConfigError('write amounts as strings ("1.5"), never as floats', key=key)
+def _absolute(path: str, base: Path) -> str:
+    return path if Path(path).is_absolute() else str(base / path)
+
+
+def _absolute_database(url: str, base: Path) -> str:
+    if not url.startswith(_SQLITE) or url == f"{_SQLITE}:memory:":
+        return url
+    return _SQLITE + _absolute(url.removeprefix(_SQLITE), base)
+
+
+def _file_paths_absolute(data: dict[str, Any], base: Path) -> None:
+    """Make the file's relative paths (and the default store's) relative to ``base``, in place.
+
+    Values of the wrong type are left for validation to name.
+    """
+    engine = data.setdefault("engine", {})
+    if isinstance(engine, dict):
+        engine.setdefault("database", DEFAULT_DATABASE)
+        if isinstance(engine["database"], str):
+            engine["database"] = _absolute_database(engine["database"], base)
+    api = data.get("api")
+    if isinstance(api, dict) and isinstance(api.get("token_file"), str):
+        api["token_file"] = _absolute(api["token_file"], base)
+    accounts = data.get("accounts")
+    for table in accounts.values() if isinstance(accounts, dict) else ():
+        if isinstance(table, dict) and isinstance(table.get("secret_file"), str):
+            table["secret_file"] = _absolute(table["secret_file"], base)
+
+
+def _known_keys(table: list[str]) -> list[str]:
+    """The keys the model accepts in the table at ``table`` (e.g. ``["accounts", "desk"]``)."""
+    model: Any = ConfigFile
+    parts = list(table)
+    while parts:
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        field = model.model_fields.get(parts.pop(0)) if is_model else None
+        if field is None:
+            return []
+        model = field.annotation
+        if get_origin(model) is dict:  # accounts.NAME, policy.CURRENCY: skip the name
+            model = get_args(model)[1]
+            if parts:
+                parts.pop(0)
+    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _error(exc: ValidationError) -> ConfigError:
+    """The first problem pydantic found, as ``section.key: rule``."""
+    first = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, _Rule):
+        loc.append(cause.field)
+        message = cause.message
+    elif first["type"] == "extra_forbidden":
+        message = "unknown section" if len(loc) == 1 else "unknown key"
+        if known := _known_keys(loc[:-1]):
+            message += f" (known: {', '.join(known)})"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(message, key=".".join(loc) or "config")
+
+
+def _validated(file_data: dict[str, Any], environ: Mapping[str, str], flags: dict[str, Any]) -> ConfigFile:
+    """Defaults < file < environment < flags, merged and checked by pydantic-settings."""
+    token = _LAYERS.set(_Layers(file_data, environ))
     try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise ConfigError(f"not a decimal: {value!r}", key=key) from None
-    if not result.is_finite() or result <= 0:
-        raise ConfigError("must be a positive amount", key=key)
-    return result
+        return ConfigFile(**flags)
+    except ValidationError as exc:
+        raise _error(exc) from None
+    finally:
+        _LAYERS.reset(token)
 
 
-def _policy(data: Mapping[str, Any], dry_run: bool) -> Policy:
-    accounts = {
-        name: _currency_policies(section.get("policy", {}), f"accounts.{name}.policy")
-        for name, section in _section(data, "accounts").items()
-        if isinstance(section, dict) and section.get("policy")
-    }
-    currencies = _currency_policies(_section(data, "policy"), "policy")
-    return Policy(currencies=currencies, dry_run=dry_run, accounts=accounts)
-
-
-def _currency_policies(section: Any, where: str) -> dict[str, CurrencyPolicy]:
-    if not isinstance(section, dict):
-        raise ConfigError("must be a table", key=where)
-    currencies: dict[str, CurrencyPolicy] = {}
-    for currency, rules in section.items():
-        prefix = f"{where}.{currency}"
-        if not isinstance(rules, dict):
-            raise ConfigError("must be a table", key=prefix)
-        unknown = set(rules) - {"max_per_withdrawal", "max_per_day", "pinned_addresses"}
-        if unknown:
-            raise ConfigError("unknown key", key=f"{prefix}.{sorted(unknown)[0]}")
-        pins = rules.get("pinned_addresses")
-        if pins is not None and (not isinstance(pins, list) or not all(isinstance(p, str) for p in pins)):
-            raise ConfigError("must be a list of addresses", key=f"{prefix}.pinned_addresses")
-        currencies[currency.upper()] = CurrencyPolicy(
-            max_per_withdrawal=_decimal(rules["max_per_withdrawal"], f"{prefix}.max_per_withdrawal")
-            if "max_per_withdrawal" in rules
-            else None,
-            max_per_day=_decimal(rules["max_per_day"], f"{prefix}.max_per_day") if "max_per_day" in rules else None,
-            pinned_addresses=frozenset(pins) if pins is not None else None,
-        )
-    return currencies
-
-
-def _accounts(data: Mapping[str, Any]) -> dict[str, AccountConfig]:
-    raw = _section(data, "accounts") or {"default": {}}
+def _accounts(tables: Mapping[str, _AccountTable], cwd: Path) -> dict[str, AccountConfig]:
+    if not tables:
+        return {"default": AccountConfig(name="default")}
     accounts: dict[str, AccountConfig] = {}
-    for name, section in raw.items():
-        if not isinstance(section, dict):
-            raise ConfigError("must be a table", key=f"accounts.{name}")
-        fields_only = {k: v for k, v in section.items() if k != "policy"}
-        account = _build(AccountConfig, fields_only, f"accounts.{name}", {"name": name})
-        _check_account(account)
-        accounts[name] = account
+    for name, table in tables.items():
+        fields = table.model_dump(exclude={"policy"})
+        if fields["secret_file"]:
+            fields["secret_file"] = _absolute(fields["secret_file"], cwd)
+        accounts[name] = AccountConfig(name=name, **fields)
     return accounts
 
 
-def _check_account(account: AccountConfig) -> None:
-    key = f"accounts.{account.name}"
-    if not account.base_url and (account.region or "").lower() not in REGIONS:
-        raise ConfigError(f"region must be one of {sorted(REGIONS)} (or set base_url)", key=f"{key}.region")
-    if account.algorithm not in {a.value for a in Algorithm}:
-        raise ConfigError("must be HS512 or HS256", key=f"{key}.algorithm")
-    if not 1 <= account.rate_limit <= 1000:
-        raise ConfigError("must be between 1 and 1000 calls per second", key=f"{key}.rate_limit")
-    if account.timeout <= 0:
-        raise ConfigError("must be positive", key=f"{key}.timeout")
+def _policy(settings: ConfigFile) -> Policy:
+    def currencies(tables: Mapping[str, _CurrencyRules]) -> dict[str, CurrencyPolicy]:
+        return {currency.upper(): rules.policy() for currency, rules in tables.items()}
 
-
-def _check(config: Config) -> None:
-    e = config.engine
-    if not e.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError("must start with sqlite:/// or postgresql://", key="engine.database")
-    if not 1 <= e.workers <= 64:
-        raise ConfigError("must be between 1 and 64", key="engine.workers")
-    if e.workers > 1 and e.database.startswith("sqlite:///"):
-        raise ConfigError("several runner processes need PostgreSQL (one runner per SQLite file)", key="engine.workers")
-    if not 1 <= e.concurrency <= 100_000:
-        raise ConfigError("must be between 1 and 100000", key="engine.concurrency")
-    if e.log_format not in ("auto", "json", "console"):
-        raise ConfigError("must be auto, json or console", key="engine.log_format")
-    if e.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("must be DEBUG, INFO, WARNING or ERROR", key="engine.log_level")
-    if not 0 < config.api.port < 65536:
-        raise ConfigError("must be a TCP port", key="api.port")
-    for f in fields(WorkflowSettings):
-        value = getattr(config.workflow, f.name)
-        if isinstance(value, float | int) and not isinstance(value, bool) and value < 0:
-            raise ConfigError("must not be negative", key=f"workflow.{f.name}")
+    accounts = {name: currencies(table.policy) for name, table in settings.accounts.items() if table.policy}
+    return Policy(currencies=currencies(settings.policy), dry_run=settings.engine.dry_run, accounts=accounts)
 
 
 def load_config(
@@ -315,30 +538,24 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Defaults < ``path`` (TOML) < environment < ``overrides`` ({"engine.database": ...})."""
-    data: dict[str, Any] = {}
+    cwd = Path.cwd()
+    file_data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}", key="config") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}", key="config") from None
+        file_data = _read_file(Path(path))
+        _file_paths_absolute(file_data, Path(path).resolve().parent)
         source = str(path)
-    unknown = sorted(set(data) - {"engine", "gateway", "workflow", "accounts", "policy", "api"})
-    if unknown:
-        raise ConfigError("unknown section", key=unknown[0])
-    _apply_env(data, os.environ if environ is None else environ)
-    _apply_overrides(data, overrides or {})
-    engine = _build(EngineConfig, _section(data, "engine"), "engine")
-    config = Config(
+    settings = _validated(file_data, os.environ if environ is None else environ, _nested(overrides or {}))
+    engine = settings.engine.model_copy(update={"database": _absolute_database(settings.engine.database, cwd)})
+    api = settings.api
+    if api.token_file:
+        api = api.model_copy(update={"token_file": _absolute(api.token_file, cwd)})
+    return Config(
         engine=engine,
-        gateway=_build(GatewayConfig, _section(data, "gateway"), "gateway"),
-        workflow=_build(WorkflowSettings, _section(data, "workflow"), "workflow"),
-        accounts=_accounts(data),
-        policy=_policy(data, engine.dry_run),
-        api=_build(ApiConfig, _section(data, "api"), "api"),
+        gateway=settings.gateway,
+        workflow=WorkflowSettings(**settings.workflow.model_dump()),
+        accounts=_accounts(settings.accounts, cwd),
+        policy=_policy(settings),
+        api=api,
         source=source,
     )
-    _check(config)
-    return config

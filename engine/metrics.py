@@ -14,6 +14,10 @@ What is measured, and where it comes from:
 - ``upbit_withdraw_workflows{state}``: how many workflows are in each non-terminal state, refreshed from
   ``store.count_by_state()`` by :meth:`Metrics.refresh` (the HTTP ``/metrics`` route calls it per scrape).
 
+Counters and histograms are rendered without their ``*_created`` series (the time each label set was
+first seen): they double the series count and nothing here reads them. The filter is per registry
+(:class:`_WithoutCreated`), not the process-global ``disable_created_metrics()``.
+
 Only the process that runs the runner sees transitions and exchange calls; an API-only process still
 reports the workflow gauge, which is read from the shared store.
 """
@@ -76,6 +80,19 @@ class _RateLimitCollector(Collector):
             for attr, family in families.items():
                 family.add_metric([account], float(getattr(stats, attr)))
         yield from families.values()
+
+
+class _WithoutCreated(Collector):
+    """A registry's metrics without their ``<name>_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            created = f"{metric.name}_created"
+            metric.samples = [sample for sample in metric.samples if sample.name != created]
+            yield metric
 
 
 class Metrics:
@@ -178,4 +195,4 @@ class Metrics:
 
     def render(self) -> bytes:
         """The registry in Prometheus text format (see :data:`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))

@@ -47,6 +47,83 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path, text: str, key: str) 
     assert key in one_line(result)
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "rule"),
+    [
+        ("[engine]\nlease_seconds = 0\n", "engine.lease_seconds", "greater than or equal to 1"),
+        ("[engine]\nlease_seconds = nan\n", "engine.lease_seconds", "finite number"),
+        ("[engine]\nlease_seconds = inf\n", "engine.lease_seconds", "finite number"),
+        ("[api]\nmax_body_bytes = -1\n", "api.max_body_bytes", "greater than or equal to 1024"),
+        ("[engine]\nconcurrency = 1.9\n", "engine.concurrency", "fractional part"),
+        ("[engine]\nconcurrency = true\n", "engine.concurrency", "got a boolean"),
+        ("[gateway]\npoll_window = -0.05\n", "gateway.poll_window", "greater than or equal to 0"),
+        ("[workflow]\npoll_initial = inf\n", "workflow.poll_initial", "finite number"),
+        ("[workflow]\npoll_initial = 10.0\npoll_max = 5.0\n", "workflow.poll_max", "at least poll_initial"),
+        ("[workflow]\nreconcile_grace = -nan\n", "workflow.reconcile_grace", "finite number"),
+        ("[engine]\nworkers = 2\n", "engine.workers", "PostgreSQL"),
+        ("[engine]\ndry_run = 'maybe'\n", "engine.dry_run", "boolean"),
+        ("[accounts.desk]\nrate_limit = 0\n", "accounts.desk.rate_limit", "greater than or equal to 1"),
+        ("[accounts.desk]\ntimeout = 0\n", "accounts.desk.timeout", "greater than 0"),
+        ("[accounts.desk]\nalgorithm = 'none'\n", "accounts.desk.algorithm", "HS512"),
+        ("[policy.BTC]\nmax_per_day = '-1'\n", "policy.BTC.max_per_day", "positive amount"),
+        ("[accounts.desk.policy.BTC]\nmax_per_day = 'NaN'\n", "accounts.desk.policy.BTC.max_per_day", "positive"),
+        ("[api]\nheader_timeout = 0\n", "api.header_timeout", "greater than 0"),
+        ("[api]\nmax_connections_per_client = 0\n", "api.max_connections_per_client", "greater than or equal to 1"),
+        ("[api]\nmetrics_port = 0\n", "api.metrics_port", "greater than or equal to 1"),
+    ],
+)
+def test_bad_value_exits_2_naming_the_key_and_the_rule(tmp_path: Path, text: str, key: str, rule: str) -> None:
+    """Values that used to start a broken service (a 0 lease, nan, a negative body limit, 1.9 taken as 1,
+    inf polls, poll_max below poll_initial) stop the command with exit 2 naming the key and the rule."""
+    result = run_cli(["--config", str(config(tmp_path, text)), "status", "wd_0000"])
+    line = one_line(result)
+    assert result.code == 2 and f"{key}:" in line and rule in line, line
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "key", "rule"),
+    [
+        ("UPBIT_WITHDRAW_ENGINE_LEASE_SECONDS", "nan", "engine.lease_seconds", "finite number"),
+        ("UPBIT_WITHDRAW_ENGINE_CONCURRENCY", "1.9", "engine.concurrency", "integer"),
+        ("UPBIT_WITHDRAW_WORKFLOW_POLL_MAX", "0.5", "workflow.poll_max", "at least poll_initial"),
+        ("UPBIT_WITHDRAW_API_MAX_BODY_BYTES", "-1", "api.max_body_bytes", "greater than or equal to 1024"),
+        ("UPBIT_WITHDRAW_GATEWAY_COLOUR", "blue", "gateway.colour", "unknown key"),
+    ],
+)
+def test_bad_environment_value_exits_2_naming_the_key_and_the_rule(
+    tmp_path: Path, var: str, value: str, key: str, rule: str
+) -> None:
+    """The environment layer is checked by the same rules."""
+    result = run_cli(["status", "wd_0000"], env=clean_env(**{var: value}), cwd=tmp_path)
+    line = one_line(result)
+    assert result.code == 2 and f"{key}:" in line and rule in line, line
+
+
+@pytest.mark.parametrize("content", ["secret_key=abc\n", "access_key=\nsecret_key=abc\n", "just-one-line\n", ""])
+def test_secret_file_without_both_keys_exits_2(tmp_path: Path, content: str) -> None:
+    """A key file without access_key= (or secret_key=) names the key and what the file must hold (it was
+    exit 70, "internal error (KeyError)"); its content is not printed."""
+    secret = tmp_path / "keys"
+    secret.write_text(content.replace("abc", SECRET))
+    secret.chmod(0o600)
+    path = config(tmp_path, f"[accounts.default]\nbase_url = 'http://127.0.0.1:1'\nsecret_file = '{secret}'\n")
+    result = run_cli(["--config", str(path), "addresses"])
+    line = one_line(result)
+    assert result.code == 2 and "accounts.default.secret_file" in line and "access_key=" in line, line
+    assert SECRET not in result.err + result.out
+
+
+def test_token_file_without_a_token_exits_2(tmp_path: Path) -> None:
+    """A token file of KEY=value lines (no bare token) is a configuration error, not exit 70."""
+    token = tmp_path / "token"
+    token.write_text(f"token_value={SECRET}\n")
+    token.chmod(0o600)
+    path = config(tmp_path, f"[engine]\ndatabase = 'sqlite:///{tmp_path}/w.sqlite3'\n[api]\ntoken_file = '{token}'\n")
+    result = run_cli(["--config", str(path), "run", "--port", str(free_port())], timeout=30)
+    assert result.code == 2 and "api.token_file" in one_line(result)
+    assert SECRET not in result.err + result.out
+
+
 def test_bad_environment_value_names_the_key(tmp_path: Path) -> None:
     """Environment overrides are validated like the file."""
     result = run_cli(["list"], env=clean_env(UPBIT_WITHDRAW_ENGINE_CONCURRENCY="lots"), cwd=tmp_path)

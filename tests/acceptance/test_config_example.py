@@ -1,25 +1,37 @@
-"""config.example.toml documents every key of engine/config.py, with the real defaults."""
+"""config.example.toml against the configuration model: it validates against the model's JSON schema, and it
+documents every key of every section with its real default."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from engine.config import AccountConfig, ApiConfig, EngineConfig, GatewayConfig, load_config
-from engine.policy import CurrencyPolicy, WorkflowSettings
+import jsonschema_rs
+import pytest
+
+from engine.config import ConfigFile, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
-SECTIONS: dict[str, Any] = {
-    "engine": EngineConfig,
-    "gateway": GatewayConfig,
-    "workflow": WorkflowSettings,
-    "accounts.default": AccountConfig,
-    "policy.USDT": CurrencyPolicy,
-    "api": ApiConfig,
+SCHEMA = ConfigFile.model_json_schema()
+#: Documented [section] of the example -> where its keys live in the schema.
+SECTIONS = {
+    "engine": SCHEMA["properties"]["engine"],
+    "gateway": SCHEMA["properties"]["gateway"],
+    "workflow": SCHEMA["properties"]["workflow"],
+    "accounts.default": SCHEMA["properties"]["accounts"]["additionalProperties"],
+    "policy.USDT": SCHEMA["properties"]["policy"]["additionalProperties"],
+    "api": SCHEMA["properties"]["api"],
 }
+#: Keys that are sub-tables, documented by their own [section] headers.
+TABLES = {"accounts.default": {"policy"}}
+
+
+def _keys(ref: dict[str, Any]) -> dict[str, Any]:
+    """A section's properties (key -> schema, with its default), following its $ref."""
+    name = ref["$ref"].rpartition("/")[2]
+    return dict(SCHEMA["$defs"][name]["properties"])
 
 
 def _keys_by_section() -> dict[str, set[str]]:
@@ -27,8 +39,8 @@ def _keys_by_section() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     section = ""
     for line in EXAMPLE.read_text().splitlines():
-        header = re.fullmatch(r"\[([\w.]+)\]", line.strip())
-        if header:
+        header = re.fullmatch(r"#?\s*\[([\w.]+)\]", line.strip())
+        if header:  # commented-out headers too: their keys are theirs, not the section above's
             section = header.group(1)
             continue
         key = re.match(r"#?\s*(\w+)\s*=", line.strip())
@@ -44,32 +56,52 @@ def test_example_loads() -> None:
     assert config.policy.for_currency("USDT").max_per_day is not None
 
 
-def test_every_field_is_documented_in_its_section() -> None:
-    """Each dataclass field appears as a key (possibly commented out) in its section."""
-    found = _keys_by_section()
-    for section, cls in SECTIONS.items():
-        fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        missing = fields - found.get(section, set())
-        assert not missing, f"[{section}] does not document {sorted(missing)}"
-        unknown = found[section] - fields
-        assert not unknown, f"[{section}] documents unknown keys {sorted(unknown)}"
-
-
-def test_documented_values_are_the_defaults() -> None:
-    """Live values equal the defaults; only keys without a TOML-expressible default are commented out."""
+def test_example_validates_against_the_json_schema() -> None:
+    """The model's JSON schema (what an editor or CI can check a config file with) accepts the example,
+    and refuses what the loader refuses."""
     data = tomllib.loads(EXAMPLE.read_text())
-    tables = {"engine": data["engine"], "gateway": data["gateway"], "workflow": data["workflow"],
-              "accounts.default": data["accounts"]["default"], "api": data["api"]}  # fmt: skip
-    found = _keys_by_section()
-    for section, table in tables.items():
-        cls = SECTIONS[section]
-        for field in dataclasses.fields(cls):
-            if field.name == "name":
-                continue
-            if field.name in table:
-                assert table[field.name] == field.default, f"{section}.{field.name}"
-            else:
-                assert field.default is None and field.name in found[section], f"{section}.{field.name}"
+    jsonschema_rs.validate(SCHEMA, data)
+    validator = jsonschema_rs.validator_for(SCHEMA)
+    refused = [
+        {"engine": {"concurrency": 0}},
+        {"engine": {"colour": "blue"}},
+        {"exchange": {}},
+        {"api": {"port": 70000}},
+        {"workflow": {"poll_initial": -1.0}},
+        {"engine": {"log_format": "xml"}},
+    ]
+    for bad in refused:
+        assert not validator.is_valid(bad), bad
+
+
+def test_every_section_of_the_model_is_documented() -> None:
+    """Each top-level section of the model has a [section] in the example."""
+    documented = {section.partition(".")[0] for section in _keys_by_section()}
+    assert documented == set(SCHEMA["properties"])
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_every_key_is_documented_in_its_section(section: str) -> None:
+    """Each key of the model appears (possibly commented out) in its section, and nothing else does."""
+    keys = set(_keys(SECTIONS[section])) - TABLES.get(section, set())
+    found = _keys_by_section().get(section, set())
+    assert not keys - found, f"[{section}] does not document {sorted(keys - found)}"
+    assert not found - keys, f"[{section}] documents unknown keys {sorted(found - keys)}"
+
+
+@pytest.mark.parametrize("section", sorted(set(SECTIONS) - {"policy.USDT"}))
+def test_documented_values_are_the_defaults(section: str) -> None:
+    """Live values equal the model's defaults; a key is commented out only when its default is unset."""
+    data = tomllib.loads(EXAMPLE.read_text())
+    table = data["accounts"]["default"] if section == "accounts.default" else data[section]
+    found = _keys_by_section()[section]
+    for key, schema in _keys(SECTIONS[section]).items():
+        if key in TABLES.get(section, set()):
+            continue
+        if key in table:
+            assert table[key] == schema["default"], f"{section}.{key}"
+        else:
+            assert schema["default"] is None and key in found, f"{section}.{key}"
 
 
 def test_every_key_has_a_comment() -> None:

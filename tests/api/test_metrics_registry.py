@@ -125,6 +125,19 @@ class TestScrape:
         assert "# TYPE upbit_withdraw_time_to_terminal_seconds histogram" in text
         assert "# TYPE upbit_withdraw_workflows gauge" in text
 
+    def test_render_has_no_created_series(self) -> None:
+        """Counters and histograms are rendered without their *_created series, which the registry still
+        has (the filter is per render, not prometheus_client's process-global switch)."""
+        metrics = Metrics()
+        metrics.call_observer("GET /v1/withdraws", 200, 0.01)
+        metrics.observer(_wf(State.PENDING), _wf(State.DONE), _event("pending", "done", 1.0))
+        text = metrics.render().decode()
+        assert 'upbit_withdraw_exchange_calls_total{endpoint="GET /v1/withdraws",status="200"} 1.0' in text
+        assert "upbit_withdraw_time_to_terminal_seconds_count" in text
+        assert "_created" not in text
+        labels = {"endpoint": "GET /v1/withdraws", "status": "200"}
+        assert _value(metrics, "upbit_withdraw_exchange_calls_created", **labels) is not None
+
     def test_repr(self) -> None:
         """The repr says whether a store is bound."""
         metrics = Metrics()

@@ -20,6 +20,7 @@ deterministic (``derandomize=True``).
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.safety.chaos_harness import BTC_ADDRESS, TOKEN, LiveStack
 
@@ -121,3 +123,49 @@ def test_empty_query_parameters_refused(live: LiveStack, query: str) -> None:
     """A parameter given empty is invalid under the document: 422, like any other invalid value."""
     status, answer = live.call("GET", f"/v1/withdrawals?{query}")
     assert status == 422, (status, answer)
+
+
+def _raw_status(live: LiveStack, head: bytes, body: bytes = b"") -> int:
+    """Send a request byte for byte (aiohttp's client refuses non-text header values); its status code."""
+    host, _, port = urllib.parse.urlsplit(live.api_url).netloc.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+#: Header value bytes: anything but the line breaks and NUL that end or break the head itself.
+HEADER_BYTES = st.binary(min_size=0, max_size=64).filter(lambda v: not set(v) & {0, 10, 13})
+RAW = settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@given(value=HEADER_BYTES)
+@RAW
+def test_any_authorization_bytes_are_401_never_500(live: LiveStack, value: bytes) -> None:
+    """Whatever bytes an unauthenticated client puts in Authorization: 401 (400 when the head itself is
+    refused), never a 5xx."""
+    head = b"GET /v1/withdrawals HTTP/1.1\r\nHost: t\r\nAuthorization: " + value + b"\r\n"
+    assert _raw_status(live, head) in (400, 401)
+
+
+@given(value=HEADER_BYTES)
+@RAW
+def test_any_idempotency_key_bytes_never_500(live: LiveStack, value: bytes) -> None:
+    """Any Idempotency-Key bytes: created, replayed or refused (422 for empty or non-UTF-8), never a 5xx."""
+    body = json.dumps({"currency": "BTC", "net_type": "BTC", "amount": "0.0001", "address": "bc1qnot0registered"})
+    head = (
+        b"POST /v1/withdrawals HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+        + TOKEN.encode() + b"\r\nIdempotency-Key: " + value + b"\r\n"
+    )  # fmt: skip
+    status = _raw_status(live, head, body.encode())
+    assert status in (200, 201, 400, 409, 422), status
+    stripped = value.strip(b" \t")
+    valid = len(stripped) > 0 and len(stripped.decode("utf-8", "replace")) <= 200
+    try:
+        stripped.decode("utf-8")
+    except UnicodeDecodeError:
+        valid = False
+    if not valid:
+        assert status in (400, 422), (value, status)
