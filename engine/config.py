@@ -45,6 +45,8 @@ class EngineConfig:
     lease_seconds: float = 30.0
     workers: int = 1
     """Runner processes sharing each account (PostgreSQL): each takes rate_limit / workers."""
+    store_wait: float = 300.0
+    """Seconds ``run`` keeps retrying to reach the store at start (database down) before exiting."""
     log_level: str = "INFO"
     log_format: str = "auto"
     dry_run: bool = False
