@@ -109,7 +109,7 @@ async def _entered(engine: Engine, *, wait: float, stop: asyncio.Event) -> Async
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(StoreUnavailable),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0, jitter=1.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=1.0),
         stop=stop_after_delay(max(wait, 0.0)),
         sleep=sleep,
         before_sleep=waiting,

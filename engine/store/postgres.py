@@ -443,7 +443,7 @@ class PostgresStore:
     async def _reconnect_listener(self) -> None:
         """Reconnect with capped, jittered backoff until it works (or :meth:`close` cancels this)."""
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.5),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5),
             retry=retry_if_exception_type(StoreUnavailable),
             stop=stop_never,
             reraise=True,
