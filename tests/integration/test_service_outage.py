@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -163,6 +164,26 @@ def _gives_up_after_store_wait(dsn: str, tmp_path: Path) -> None:
     assert "store error" in result.stderr and "Traceback" not in result.stderr
 
 
+def _sigterm_while_waiting(dsn: str, tmp_path: Path) -> None:
+    target = urlsplit(dsn)
+    host, port_ = target.hostname or "127.0.0.1", target.port or 5432
+    with ThreadSandbox(fast_seed()) as sandbox, ThreadProxy(host, port_) as proxy:
+        proxy.cut()
+        config = pg_config(tmp_path, sandbox.url, via_proxy(dsn, proxy.port), free_port())
+        log_path = tmp_path / "run.log"
+        with log_path.open("ab") as log, subprocess.Popen(
+            [*CLI, "--config", str(config), "run"],
+            stdout=log, stderr=subprocess.STDOUT, env=clean_env(**{TOKEN_ENV: TOKEN}),
+        ) as proc:  # fmt: skip
+            try:
+                wait_until(lambda: "service.store_unavailable" in log_path.read_text(), what="waiting for the store")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(40)
+    assert code == 0, log_path.read_text()
+    assert '"service.stopped"' in log_path.read_text()
+
+
 async def test_database_cut_mid_run_is_waited_out(postgres_dsn: str, tmp_path: Path) -> None:
     """The database connection is cut while withdrawals are in flight: the service stays up, /healthz
     200 throughout, /readyz and the store routes 503 (never 500); once restored, readyz is 200 again
@@ -178,3 +199,8 @@ async def test_run_waits_for_a_database_down_at_start(postgres_dsn: str, tmp_pat
 async def test_run_gives_up_after_store_wait(postgres_dsn: str, tmp_path: Path) -> None:
     """With ``engine.store_wait = 1`` and the database unreachable, ``run`` exits 5 with a one-line error."""
     await asyncio.to_thread(_gives_up_after_store_wait, postgres_dsn, tmp_path)
+
+
+async def test_sigterm_while_waiting_for_the_store_exits_0(postgres_dsn: str, tmp_path: Path) -> None:
+    """A stop request while ``run`` waits for the database at start ends the wait cleanly (exit 0)."""
+    await asyncio.to_thread(_sigterm_while_waiting, postgres_dsn, tmp_path)
