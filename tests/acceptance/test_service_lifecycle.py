@@ -90,7 +90,7 @@ def test_second_runner_on_the_same_sqlite_store_is_refused(tmp_path: Path) -> No
             for i in range(4):
                 body = {"currency": "BTC", "net_type": "BTC", "amount": f"0.00{i + 1}", "address": BTC_ADDRESS}
                 assert first.call("POST", "/v1/withdrawals", body)[0] == 201
-            wait_until(lambda: all(s in ("WAITING", "PROCESSING") for s in states(first).values()))
+            wait_until(lambda: sandbox.posts() == 4)
             second = run_cli(
                 ["--config", str(config), "run", "--port", str(free_port())], env=clean_env(**{TOKEN_ENV: TOKEN})
             )

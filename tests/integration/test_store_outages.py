@@ -271,6 +271,7 @@ class TestRunnerWaitsOutAnOutage:
         delays, reports not ready, and finishes every withdrawal once claims work again (one POST each)."""
         failures = 6
         calls: list[float] = []
+        ready_seen: list[bool] = []
 
         async with engine_factory() as engine:
             engine.runner.store_retry_initial, engine.runner.store_retry_max = 0.02, 0.2
@@ -279,13 +280,13 @@ class TestRunnerWaitsOutAnOutage:
 
             async def flaky_claim(**kw: Any) -> Any:
                 calls.append(asyncio.get_running_loop().time())
+                ready_seen.append(engine.runner.store_ready)
                 if len(calls) <= failures:
                     raise StoreUnavailable("postgres: ConnectionResetError: injected")
                 return await real_claim(**kw)
 
             monkeypatch.setattr(engine.store, "claim_due", flaky_claim)
             wfs = [await engine.submit(await request_for(sandbox.url, amount=f"0.00{i + 1}")) for i in range(3)]
-            await until(lambda: not engine.runner.store_ready, what="not ready during the outage")
             results = [await engine.wait(wf.id, timeout=30) for wf in wfs]
             assert engine.runner_failed is None
             assert engine.runner.store_ready
@@ -294,6 +295,8 @@ class TestRunnerWaitsOutAnOutage:
         assert await admin.posts() == 3
         gaps = [b - a for a, b in itertools.pairwise(calls[: failures + 1])]
         assert min(gaps) >= 0.019, gaps  # it waited (backoff) between tries: no hot loop
+        assert ready_seen[1:failures] == [False] * (failures - 1)  # not ready from the first failure on
+        assert ready_seen[failures] is False  # the claim that works proves nothing before it returns
 
 
 class TestSQLiteDiskFull:
