@@ -339,17 +339,24 @@ async def events(request: web.Request) -> web.Response:
 PROBES = frozenset({"/healthz", "/readyz"})
 #: Longest a readiness probe waits for the store (a cut network must not hang the probe).
 READY_TIMEOUT = 2.0
+#: A runner loop that has not started a round for this long is stuck: liveness fails (restart it).
+STALLED_AFTER = 120.0
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz, liveness: 200 while the process serves and its runner (if it runs one) is alive.
+    """GET /healthz, liveness: 200 while the process serves and its runner (if it runs one) is alive and
+    its loop goes round (not stuck for ``STALLED_AFTER`` seconds).
 
     It does not touch the store: a database outage is waited out (the runner backs off and resumes), so
     restarting the process would not help; ``/readyz`` reports the outage instead."""
-    failed = request.app[ENGINE].runner_failed
+    engine = request.app[ENGINE]
+    failed = engine.runner_failed
     if failed is not None:
         log.error("api.runner_dead", error=type(failed).__name__)
         return _json({"status": "unavailable", "runner": "dead"}, status=503)
+    if engine.runner.stalled(STALLED_AFTER):
+        log.error("api.runner_stalled", after=STALLED_AFTER)
+        return _json({"status": "unavailable", "runner": "stalled"}, status=503)
     return _json({"status": "ok"})
 
 

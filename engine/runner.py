@@ -26,6 +26,7 @@ import contextlib
 import functools
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
@@ -82,6 +83,7 @@ class Runner:
         self._store_failures = 0
         self._store_ready = False
         self.running = False
+        self._last_round = time.monotonic()
         self.store_error: str | None = None
         self.store_outages = 0
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -110,6 +112,13 @@ class Runner:
     def store_ready(self) -> bool:
         """The store answered the runner's last operations (False until started, and during an outage)."""
         return self._store_ready
+
+    def stalled(self, after: float) -> bool:
+        """The loop has not started a round for ``after`` seconds while running (it is stuck somewhere).
+
+        A healthy loop starts one at least every ``idle_poll`` seconds, or every backoff step during a
+        store outage; every store call it makes is bounded by the store's own timeouts."""
+        return self.running and time.monotonic() - self._last_round > after
 
     @property
     def inflight(self) -> int:
@@ -169,6 +178,7 @@ class Runner:
     async def _until_store_answers(self, operation: Callable[[], Awaitable[None]]) -> bool:
         """Run ``operation``; while the store fails, back off and run it again. False: stopped first."""
         while not self._stopping.is_set():
+            self._last_round = time.monotonic()
             if self._store_failures:
                 await self._back_off()
                 if self._stopping.is_set():

@@ -299,6 +299,37 @@ class TestRunnerWaitsOutAnOutage:
         assert ready_seen[failures] is False  # the claim that works proves nothing before it returns
 
 
+class TestLiveness:
+    async def test_healthz_fails_only_when_the_runner_loop_is_stuck(
+        self, tmp_path: Path, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """/healthz stays 200 through store failures, but a runner loop that stopped going round (here a
+        store read that never returns) fails liveness with ``runner: stalled``, and recovers with it."""
+        monkeypatch.setattr("engine.api.STALLED_AFTER", 0.3)
+        store = SQLiteStore(tmp_path / "live.sqlite3")
+        engine = Engine(store=store, gateways={"default": make_gateway(sandbox.url)}, settings=FAST)
+        engine.runner.idle_poll = 0.05
+        async with served(engine) as api:
+            await until(lambda: engine.runner.store_ready, what="runner ready")
+            assert (await api.call("GET", "/healthz", token=None)).status == 200
+            release = asyncio.Event()
+            real_next_due = store.next_due_at
+
+            async def hanging_next_due(**kw: Any) -> Any:
+                await release.wait()
+                return await real_next_due(**kw)
+
+            monkeypatch.setattr(store, "next_due_at", hanging_next_due)
+            try:
+                await until(lambda: engine.runner.stalled(0.3), what="the loop is stuck")
+                answer = await api.call("GET", "/healthz", token=None)
+                assert (answer.status, answer.body) == (503, {"status": "unavailable", "runner": "stalled"})
+            finally:
+                release.set()
+            await until(lambda: not engine.runner.stalled(0.3), what="the loop goes round again")
+            assert (await api.call("GET", "/healthz", token=None)).status == 200
+
+
 class TestSQLiteDiskFull:
     async def test_full_database_refuses_intake_and_resumes_when_space_returns(
         self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
