@@ -346,6 +346,8 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
             cause = exc.cause if isinstance(exc, _TransactionLost) else exc
             error = _store_error(cause)
+            if not isinstance(error, EngineError):
+                error = StoreError(f"write batch failed: {type(cause).__name__}: {cause}")
             results = [(item, False, error) for item in batch]
         return [(item, ok, value if ok else _store_error(value)) for item, ok, value in results]
 
