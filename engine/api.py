@@ -8,13 +8,14 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
     POST /v1/withdrawals/{id}/cancel     202; 409 when already terminal
     POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon"}: 202; 409 unless needs_review
     GET  /v1/withdrawals/{id}/events     the audit log, in order
-    GET  /healthz                        no authentication
+    GET  /healthz                        liveness: the process and its runner are alive (no authentication)
+    GET  /readyz                         readiness: the store answers and the runner can use it (no authentication)
     GET  /metrics                        Prometheus text format
     GET  /openapi.json
 
 :func:`create_metrics_app` is the optional second listener (``api.metrics_port``) that serves only
 ``GET /metrics``, without a token, for scrapers that cannot send one. Every route of the main app but
-``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time). Every
+``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>`` (compared in constant time). Every
 error answer has one shape: ``{"error": {"name": ..., "message": ..., "fields": {...}}}``. Amounts are
 strings, always. Answers never carry a key, a token or a JWT: the workflow view holds none, and engine
 errors are built without them.
@@ -22,6 +23,7 @@ errors are built without them.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -234,7 +236,7 @@ def _auth_middleware(token: str) -> Any:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
+        if request.path in PROBES:
             return await handler(request)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         raw = _utf8(presented.strip())
@@ -371,18 +373,47 @@ async def events(request: web.Request) -> web.Response:
     return _json({"workflow_id": workflow_id, "events": found})
 
 
+#: Routes a load balancer or an orchestrator probes, without a token.
+PROBES = frozenset({"/healthz", "/readyz"})
+#: Longest a readiness probe waits for the store (a cut network must not hang the probe).
+READY_TIMEOUT = 2.0
+#: A runner loop that has not started a round for this long is stuck: liveness fails (restart it).
+STALLED_AFTER = 120.0
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz: the store answers and the runner (if this process runs one) is alive."""
-    failed = request.app[ENGINE].runner_failed
+    """GET /healthz, liveness: 200 while the process serves and its runner (if it runs one) is alive and
+    its loop goes round (not stuck for ``STALLED_AFTER`` seconds).
+
+    It does not touch the store: a database outage is waited out (the runner backs off and resumes), so
+    restarting the process would not help; ``/readyz`` reports the outage instead."""
+    engine = request.app[ENGINE]
+    failed = engine.runner_failed
     if failed is not None:
         log.error("api.runner_dead", error=type(failed).__name__)
         return _json({"status": "unavailable", "runner": "dead"}, status=503)
-    try:
-        await request.app[ENGINE].store.count_by_state()
-    except Exception as exc:
-        log.warning("api.unhealthy", error=type(exc).__name__)
-        return _json({"status": "unavailable"}, status=503)
+    if engine.runner.stalled(STALLED_AFTER):
+        log.error("api.runner_stalled", after=STALLED_AFTER)
+        return _json({"status": "unavailable", "runner": "stalled"}, status=503)
     return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz, readiness: 200 when the store answers (within ``READY_TIMEOUT``) and the runner's
+    last store operations succeeded; 503 while the store is unreachable or full, and when the runner is
+    dead. Send traffic (and expect progress) only while this says ok."""
+    engine = request.app[ENGINE]
+    if engine.runner_failed is not None:
+        return _json({"status": "unavailable", "runner": "dead"}, status=503)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await engine.store.ping()
+    except (EngineError, TimeoutError) as exc:
+        log.warning("api.not_ready", error=type(exc).__name__)
+        return _json({"status": "unavailable", "store": "unavailable"}, status=503)
+    if engine.runner.running and not engine.runner.store_ready:
+        return _json({"status": "unavailable", "store": "unavailable"}, status=503)
+    return _json({"status": "ok", "store": "ok"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -423,6 +454,7 @@ def create_app(
     app.router.add_post("/v1/withdrawals/{id}/resolve", resolve)
     app.router.add_get("/v1/withdrawals/{id}/events", events, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     return app

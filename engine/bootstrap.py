@@ -21,12 +21,16 @@ from engine.upbit.ratelimit import RateLimiter
 __all__ = ["build_engine", "build_gateway", "open_store"]
 
 
-def open_store(url: str) -> Store:
-    """``sqlite:///path`` or ``postgresql://...`` -> an unopened store."""
+def open_store(url: str, *, exclusive: bool = False) -> Store:
+    """``sqlite:///path`` or ``postgresql://...`` -> an unopened store.
+
+    ``exclusive``: this process will run the store's one runner (SQLite): opening takes the file's owner
+    lock and fails with ``StoreInUse`` if another process holds it. PostgreSQL ignores it (several
+    runners share a database by design)."""
     if url.startswith("sqlite:///"):
         from engine.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"))
+        return SQLiteStore(url.removeprefix("sqlite:///"), exclusive=exclusive)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from engine.store.postgres import PostgresStore  # type: ignore[import-not-found, unused-ignore]
@@ -83,12 +87,13 @@ def build_engine(
 ) -> Engine:
     """An engine for ``config`` (enter it with ``async with``)."""
     clock = clock or SystemClock()
-    store = open_store(config.engine.database)
+    is_sqlite = config.engine.database.startswith("sqlite:///")
+    exclusive = is_sqlite if exclusive is None else exclusive
+    store = open_store(config.engine.database, exclusive=exclusive and run_runner)
     gateways = {
         name: build_gateway(account, config.gateway, clock=clock, observer=call_observer, workers=config.engine.workers)
         for name, account in config.accounts.items()
     }
-    is_sqlite = config.engine.database.startswith("sqlite:///")
     return Engine(
         store=store,
         gateways=gateways,
@@ -98,6 +103,6 @@ def build_engine(
         run_runner=run_runner,
         concurrency=config.engine.concurrency,
         lease_seconds=config.engine.lease_seconds,
-        exclusive=is_sqlite if exclusive is None else exclusive,
+        exclusive=exclusive,
         observers=observers,
     )

@@ -53,6 +53,7 @@ from engine.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
+    StoreInUse,
     WorkflowNotFound,
 )
 from engine.logging import configure_logging, redact_secrets
@@ -73,6 +74,7 @@ EXIT = {
     "conflict": 4,
     "unreachable": 5,
     "timeout": 6,
+    "store_in_use": 7,
     "internal": 70,
 }
 _PATH = ("pending", "verifying_address", "checking_wallet", "submitting", "WAITING", "PROCESSING")
@@ -262,6 +264,7 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         (IdempotencyConflict, "conflict", ""),
         (InvalidTransition, "conflict", ""),
         (WaitTimeout, "timeout", ""),
+        (StoreInUse, "store_in_use", ""),
         (ServiceUnreachable, "unreachable", ""),
         (ExchangeError, "unreachable", "exchange error: "),
         (EngineError, "unreachable", "store error: "),

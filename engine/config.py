@@ -109,6 +109,8 @@ class EngineConfig(BaseModel):
     """Below a second the runner spends its time renewing leases (it renews every third of one)."""
     workers: Annotated[int, Field(ge=1, le=64), _NUMBER] = 1
     """Runner processes sharing each account (PostgreSQL): each takes rate_limit / workers."""
+    store_wait: Annotated[float, Field(ge=0), _NUMBER] = 300.0
+    """Seconds ``run`` keeps retrying to reach the store at start (database down) before exiting."""
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     dry_run: bool = False

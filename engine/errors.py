@@ -10,9 +10,12 @@ what is known about the outcome of the call, because that decides whether a with
     ├── WorkflowNotFound
     ├── InvalidTransition                trigger not allowed from the current state
     │   └── GuardRejected                the transition exists, its guard said no
-    ├── StoreError
+    ├── StoreError                       the store failed (a driver error never leaves the store as itself)
     │   ├── StaleVersion                 compare-and-set lost: someone else moved the workflow
-    │   └── LaneBusy                     another unresolved submit holds the lane (design §3.3)
+    │   ├── LaneBusy                     another unresolved submit holds the lane (design §3.3)
+    │   ├── StoreUnavailable             cannot reach or write the store now (connection lost, disk full):
+    │   │                                nothing is wrong with the request; the same call may work later
+    │   └── StoreInUse                   another runner process owns this SQLite store
     └── ExchangeError                    anything from talking to Upbit (status, name, message, endpoint)
         ├── ExchangeRefused              a 4xx with an Upbit error object: nothing was created
         │   └── ExchangeNotFound         404 (withdraw_not_found, currency_not_found)
@@ -51,6 +54,8 @@ __all__ = [
     "OutcomeUnknown",
     "StaleVersion",
     "StoreError",
+    "StoreInUse",
+    "StoreUnavailable",
     "WorkflowNotFound",
 ]
 
@@ -107,6 +112,14 @@ class StaleVersion(StoreError):
 
 class LaneBusy(StoreError):
     """Another unresolved submit holds this lane (account, currency, net_type, amount)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written right now; try again later."""
+
+
+class StoreInUse(StoreError):
+    """Another runner process owns this store."""
 
 
 class ExchangeError(EngineError):

@@ -77,3 +77,34 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None, stream: 
         cache_logger_on_first_use=False,
     )
     route_warnings()  # library warnings become events, not raw stderr lines
+    _route_stdlib_logging(renderer, out, level)
+
+
+def _route_stdlib_logging(renderer: Any, out: TextIO, level: str) -> None:
+    """Libraries log through the standard library (asyncpg's pool warns while the database is down):
+    render their records like ours (one JSON line each, secrets masked, the traceback inside the line),
+    at WARNING and above. Replaces the handler a previous call installed."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _STDLIB_MARK, False)]:
+        root.removeHandler(handler)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    setattr(handler, _STDLIB_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+
+
+_STDLIB_MARK = "_upbit_withdraw_handler"

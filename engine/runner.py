@@ -10,6 +10,13 @@ past the pre-flight deadline aborts it, nothing having been sent); a lost compar
 and the workflow is picked up again from the store. Shutdown stops claiming, lets steps in flight finish
 (a POST in flight gets its answer recorded) for ``drain_timeout`` seconds, then cancels what remains;
 the store already says where each of those stands, so the next start resumes them.
+
+Losing the store is not fatal either. A failed claim, a step whose write could not reach the store, a
+database restart or a full disk makes the runner stop claiming and retry after a capped, jittered
+exponential backoff (tenacity's shape, :func:`~engine.backoff.backoff_delay`); steps in flight carry on
+(their writes fail or succeed on their own). :attr:`Runner.store_ready` is False from the first failure
+until a store operation proves it back (a claim with nothing to do, or a step's write), which is what
+``/readyz`` reports; the loop itself never ends for it, so ``/healthz`` (liveness) stays up.
 """
 
 from __future__ import annotations
@@ -19,13 +26,22 @@ import contextlib
 import functools
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import structlog
 
 from engine.backoff import backoff_delay
 from engine.context import StepContext
-from engine.errors import EngineError, ExchangeError, InvalidTransition, StaleVersion, WorkflowNotFound
+from engine.errors import (
+    EngineError,
+    ExchangeError,
+    InvalidTransition,
+    StaleVersion,
+    StoreError,
+    StoreUnavailable,
+    WorkflowNotFound,
+)
 from engine.models import AbortReason, State, Workflow
 
 __all__ = ["Runner"]
@@ -46,9 +62,13 @@ class Runner:
         max_chain: int = 12,
         drain_timeout: float = 30.0,
         exclusive: bool = True,
+        store_retry_initial: float = 0.1,
+        store_retry_max: float = 5.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 0 < store_retry_initial <= store_retry_max:
+            raise ValueError("need 0 < store_retry_initial <= store_retry_max")
         self.ctx = ctx
         self.owner = ctx.owner or f"runner-{secrets.token_hex(4)}"
         self.ctx.owner = self.owner
@@ -58,6 +78,14 @@ class Runner:
         self.max_chain = max_chain
         self.drain_timeout = drain_timeout
         self.exclusive = exclusive
+        self.store_retry_initial = store_retry_initial
+        self.store_retry_max = store_retry_max
+        self._store_failures = 0
+        self._store_ready = False
+        self.running = False
+        self._last_round = time.monotonic()
+        self.store_error: str | None = None
+        self.store_outages = 0
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._parked = 0
         self._released: list[str] = []
@@ -79,6 +107,18 @@ class Runner:
         """Stop claiming; ``run`` drains and returns."""
         self._stopping.set()
         self._wake.set()
+
+    @property
+    def store_ready(self) -> bool:
+        """The store answered the runner's last operations (False until started, and during an outage)."""
+        return self._store_ready
+
+    def stalled(self, after: float) -> bool:
+        """The loop has not started a round for ``after`` seconds while running (it is stuck somewhere).
+
+        A healthy loop starts one at least every ``idle_poll`` seconds, or every backoff step during a
+        store outage; every store call it makes is bounded by the store's own timeouts."""
+        return self.running and time.monotonic() - self._last_round > after
 
     @property
     def inflight(self) -> int:
@@ -108,22 +148,77 @@ class Runner:
     # -- the loop ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until :meth:`stop`; then drain."""
+        """Run until :meth:`stop`; then drain. A store outage pauses the loop; it never ends it."""
+        heartbeat: asyncio.Task[None] | None = None
+        self.running = True
+        try:
+            if not await self._until_store_answers(self._take_over):
+                return
+            log.info("runner.started", owner=self.owner, pid=os.getpid(), concurrency=self.concurrency)
+            heartbeat = asyncio.create_task(self._heartbeat(), name="runner-heartbeat")
+            while not self._stopping.is_set():
+                await self._until_store_answers(self._round)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            await self._drain()
+            self.running = False
+
+    async def _take_over(self) -> None:
+        """Start-up: an exclusive runner drops the leases a dead predecessor held; listen for new work."""
         if self.exclusive:
             await self.ctx.store.clear_leases()
         listen = getattr(self.ctx.store, "listen", None)
         if listen is not None:  # PostgreSQL: NOTIFY on new work wakes us; polling stays the fallback
             await listen(self.wake)
-        log.info("runner.started", owner=self.owner, pid=os.getpid(), concurrency=self.concurrency)
-        heartbeat = asyncio.create_task(self._heartbeat(), name="runner-heartbeat")
-        try:
-            while not self._stopping.is_set():
-                await self._round()
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await self._drain()
+        self._store_answered()
+
+    async def _until_store_answers(self, operation: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``operation``; while the store fails, back off and run it again. False: stopped first."""
+        while not self._stopping.is_set():
+            self._last_round = time.monotonic()
+            if self._store_failures:
+                await self._back_off()
+                if self._stopping.is_set():
+                    break
+            try:
+                await operation()
+            except StoreError as exc:  # StaleVersion and LaneBusy never reach here: steps handle them
+                self._store_failed(exc)
+            else:
+                return True
+        return False
+
+    async def _back_off(self) -> None:
+        """Sleep the store backoff (capped exponential with jitter); :meth:`stop` cuts it short."""
+        delay = backoff_delay(
+            min(self._store_failures - 1, 30),
+            initial=self.store_retry_initial,
+            maximum=self.store_retry_max,
+            jitter=min(1.0, self.store_retry_max / 2),
+        )
+        log.info("runner.store_retry", failures=self._store_failures, delay=round(delay, 3))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """A store operation failed: stop claiming until the backoff has passed."""
+        if self._store_ready or self._store_failures == 0:
+            self.store_outages += 1
+            log.warning("runner.store_unavailable", error=str(exc), kind=type(exc).__name__)
+        self._store_failures += 1
+        self._store_ready = False
+        self.store_error = f"{type(exc).__name__}: {exc}"
+
+    def _store_answered(self) -> None:
+        """A store operation succeeded (a claim with nothing to do, a start-up, a step's write)."""
+        if self._store_failures:
+            log.info("runner.store_recovered", failures=self._store_failures)
+        self._store_failures = 0
+        self._store_ready = True
+        self.store_error = None
 
     async def run_until_idle(self, *, timeout: float = 60.0) -> None:
         """Run until no workflow is scheduled (all terminal or awaiting an operator), or ``timeout``.
@@ -133,9 +228,10 @@ class Runner:
         async def watch() -> None:
             while True:
                 await asyncio.sleep(0.02)
-                if not self._inflight and await self.ctx.store.next_due_at(any_lease=True) is None:
-                    self.stop()
-                    return
+                with contextlib.suppress(StoreError):
+                    if not self._inflight and await self.ctx.store.next_due_at(any_lease=True) is None:
+                        self.stop()
+                        return
 
         watcher = asyncio.create_task(watch())
         try:
@@ -160,13 +256,15 @@ class Runner:
         if claimed and len(claimed) == free:
             await asyncio.sleep(0)
             return
-        await self._idle()
+        await self._idle(answered=not claimed)
 
-    async def _idle(self) -> None:
+    async def _idle(self, *, answered: bool) -> None:
         # Clear before looking: a drive that ends (or a submission that lands) while we query must not
         # have its wake-up erased, or a workflow released just now waits a whole ``idle_poll``.
         self._wake.clear()
         due = await self.ctx.store.next_due_at()
+        if answered:  # a claim with nothing to do and a read both went through: the store is back
+            self._store_answered()
         delay = self.idle_poll
         if due is not None:
             delay = min(delay, max(0.0, (due - self.ctx.now()).total_seconds()))
@@ -188,12 +286,16 @@ class Runner:
     async def _flush_releases(self) -> None:
         if self._released:
             ids, self._released = self._released, []
-            await self.ctx.store.release(ids, owner=self.owner)
+            try:
+                await self.ctx.store.release(ids, owner=self.owner)
+            except StoreError:
+                self._released = ids + self._released  # give them back on the next round
+                raise
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            with contextlib.suppress(EngineError):
+            with contextlib.suppress(StoreError):
                 await self.ctx.store.renew(
                     list(self._inflight), now=self.ctx.now(), owner=self.owner, lease_seconds=self.lease_seconds
                 )
@@ -207,7 +309,10 @@ class Runner:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        await self._flush_releases()
+        try:
+            await self._flush_releases()
+        except StoreError as exc:  # the leases expire (or the next exclusive start clears them)
+            log.warning("runner.release_failed", error=str(exc), leases=len(self._released))
         log.info("runner.stopped", owner=self.owner, steps=self.steps_run)
 
     # -- driving one workflow ----------------------------------------------------------------------
@@ -234,9 +339,9 @@ class Runner:
                     wf, "abort", event_data={"detail": "pre-flight did not pass before the deadline"},
                     reason=AbortReason.DEADLINE_EXCEEDED.value,
                 )  # fmt: skip
-            return await step(wf, self.ctx)  # type: ignore[operator, no-any-return]
-        except StaleVersion:
-            log.info("workflow.moved_elsewhere", workflow_id=wf.id)
+            stepped: Workflow | None = await step(wf, self.ctx)  # type: ignore[operator]
+        except (StaleVersion, StoreUnavailable) as exc:  # the store says where it stands: claimed again later
+            self._step_dropped(wf, exc)
             return None
         except ExchangeError as exc:
             return await self._retry_later(wf, exc, exc.as_dict())
@@ -246,6 +351,15 @@ class Runner:
         except Exception as exc:
             log.exception("workflow.step_crashed", workflow_id=wf.id, state=wf.state.value)
             return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
+        self._store_answered()
+        return stepped
+
+    def _step_dropped(self, wf: Workflow, exc: StoreError) -> None:
+        if isinstance(exc, StoreUnavailable):
+            self._store_failed(exc)
+            log.info("workflow.store_unavailable", workflow_id=wf.id, state=wf.state.value)
+        else:
+            log.info("workflow.moved_elsewhere", workflow_id=wf.id)
 
     def _past_deadline(self, wf: Workflow) -> bool:
         # A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with
@@ -268,5 +382,8 @@ class Runner:
             if fresh.version != wf.version:
                 return None
             return await self.ctx.reschedule(fresh, delay, attempt=wf.attempt + 1, error=dict(error))
+        except StoreUnavailable as store_exc:
+            self._store_failed(store_exc)
+            return None
         except EngineError:
             return None

@@ -8,6 +8,11 @@ the sockets bound first (connections that arrive meanwhile wait in the backlog).
 Stop order on SIGTERM/SIGINT: stop accepting HTTP, let the runner drain (steps in flight finish, a POST
 in flight gets its answer recorded), close the store, exit 0. A second start on the same store resumes;
 nothing in memory matters.
+
+A database that is down at start is waited for (``engine.store_wait`` seconds, capped jittered backoff,
+a SIGTERM ends the wait cleanly); once running, a store outage never ends the service: the runner
+backs off and resumes by itself, ``/healthz`` stays up and ``/readyz`` says 503 meanwhile. A SQLite
+store already owned by another runner process is refused at once (:class:`~engine.errors.StoreInUse`).
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from engine.api import create_app, create_metrics_app
 from engine.bootstrap import build_engine
 from engine.config import ApiConfig, Config
 from engine.core import Engine
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StoreUnavailable
 from engine.http_server import ServerLimits, bind_listeners, start_site
 from engine.logging import register_secret
 from engine.metrics import Metrics
@@ -84,7 +90,8 @@ async def _serve_on(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, sig, stop)
     try:
-        async with engine, contextlib.AsyncExitStack() as sites:
+        entered = _entered(engine, wait=config.engine.store_wait, stop=stop)
+        async with entered, contextlib.AsyncExitStack() as sites:
             site, url = await start_site(app, limits=limits, sockets=listeners)
             sites.push_async_callback(site.cleanup)
             metrics_url = None
@@ -103,6 +110,8 @@ async def _serve_on(
                 await _until_stop_or_runner_death(engine, stop)
             finally:
                 log.info("service.stopping")
+    except _StoppedWaiting:
+        log.info("service.stopping", reason="stopped while waiting for the store")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -130,6 +139,52 @@ def _bind(host: str, port: int, host_key: str, port_key: str) -> list[socket.soc
 def _close(listeners: list[socket.socket]) -> None:
     for sock in listeners:
         sock.close()
+
+
+class _StoppedWaiting(Exception):
+    """Asked to stop while waiting for the store at start: nothing was started, exit cleanly."""
+
+
+@contextlib.asynccontextmanager
+async def _entered(engine: Engine, *, wait: float, stop: asyncio.Event) -> AsyncIterator[Engine]:
+    """``async with engine``, except that a store unavailable at start (database down or restarting) is
+    retried with capped, jittered backoff for up to ``wait`` seconds before its error ends the service;
+    a stop request during the wait ends it cleanly (:class:`_StoppedWaiting`). Any other error (a wrong
+    password, a store owned by another runner) ends it at once."""
+
+    async def sleep(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "service.store_unavailable", error=str(error), retry_in=round(state.upcoming_sleep, 2),
+            waited=round(state.seconds_since_start or 0.0, 1), store_wait=wait,
+        )  # fmt: skip
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(StoreUnavailable),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=1.0),
+        stop=stop_after_delay(max(wait, 0.0)),
+        sleep=sleep,
+        before_sleep=waiting,
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                if stop.is_set():
+                    raise _StoppedWaiting
+                await engine.__aenter__()
+    except StoreUnavailable:
+        if stop.is_set():
+            raise _StoppedWaiting from None
+        raise
+    try:
+        yield engine
+    finally:
+        await engine.__aexit__(None, None, None)
 
 
 async def _until_stop_or_runner_death(engine: Engine, stop: asyncio.Event) -> None:

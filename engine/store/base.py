@@ -10,6 +10,9 @@ checks them against each one):
 - Events are append-only, numbered 1..n per workflow, each hash-chained to the one before.
 - Only the lease owner (the runner stepping a workflow) writes states and events. Operators' requests
   (cancel, resolve) set flag columns the owner reads, so they never race a step's compare-and-set.
+- Every failure leaves a store as an error of the engine's tree (``engine.errors.StoreError``), never as
+  a driver exception (:mod:`engine.store.boundary` translates them): ``StoreUnavailable`` when the store
+  cannot be reached or written now (the caller may retry later), a plain ``StoreError`` otherwise.
 
 Optional capability (not part of the protocol; check with ``hasattr(store, "listen")``):
 ``async def listen(self, callback: Callable[[], None]) -> None`` asks the store to call ``callback`` (no
@@ -43,6 +46,10 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Flush pending writes and disconnect."""
+        ...
+
+    async def ping(self) -> None:
+        """One cheap round trip (readiness); ``StoreUnavailable`` when the store does not answer."""
         ...
 
     async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:

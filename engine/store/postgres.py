@@ -26,6 +26,7 @@ keeps the row due if it carries a flag the writer had not seen (so the wake-up i
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
@@ -36,9 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from engine.errors import LaneBusy, StaleVersion, StoreError, WorkflowNotFound
+from engine.errors import EngineError, LaneBusy, StaleVersion, StoreError, StoreUnavailable, WorkflowNotFound
 from engine.models import TERMINAL, Event, State, Workflow
+from engine.store.boundary import postgres_error, store_boundary
 from engine.store.rows import (
     EVENT_COLUMNS,
     WORKFLOW_COLUMNS,
@@ -255,10 +258,16 @@ def _mapped(workflow: Workflow | None = None) -> Iterator[None]:
             lane = workflow.lane if workflow is not None else "?"
             raise LaneBusy(f"lane {lane} has an unresolved submit") from exc
         raise StaleVersion(f"{subject}: {constraint or 'unique constraint'} already taken") from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise StoreError(f"postgres: {type(exc).__name__}: {exc}") from exc
+    except EngineError:
+        raise
+    except Exception as exc:
+        mapped = postgres_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
+@store_boundary(postgres_error)
 class PostgresStore:
     """A :class:`~engine.store.base.Store` in a PostgreSQL database shared by several runners.
 
@@ -268,20 +277,41 @@ class PostgresStore:
         pool_min: connections opened up front.
         pool_max: most connections this process holds (claims, commits and reads share them).
         notify_channel: the ``LISTEN``/``NOTIFY`` channel that announces new or flagged workflows.
+        connect_timeout: seconds to open one connection before giving up (:class:`StoreUnavailable`).
+        command_timeout: seconds one statement may take before it is abandoned (:class:`StoreUnavailable`),
+            so a database that stops answering (a cut network) never hangs a runner or a request.
+
+    Losing the database is not fatal: the pool replaces broken connections on the next acquire, every
+    failure in between is a :class:`~engine.errors.StoreUnavailable`, and the ``LISTEN`` connection
+    reconnects by itself in the background (then wakes its listeners once: a notification may have been
+    missed meanwhile).
     """
 
     def __init__(
-        self, dsn: str, *, pool_min: int = 1, pool_max: int = 10, notify_channel: str = "upbit_withdraw_due"
+        self,
+        dsn: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        notify_channel: str = "upbit_withdraw_due",
+        connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError("need 0 <= pool_min <= pool_max and pool_max >= 1")
+        if not (connect_timeout > 0 and command_timeout > 0):
+            raise ValueError("connect_timeout and command_timeout must be positive")
         self.dsn = dsn
         self.pool_min = pool_min
         self.pool_max = pool_max
         self.notify_channel = notify_channel
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self._pool: Any = None
         self._listen_conn: Any = None
-        self._listeners: builtins.list[Listener] = []
+        self._listeners: builtins.list[tuple[Listener, Callable[[], None]]] = []
+        self._reconnecting: asyncio.Task[None] | None = None
+        self.listen_reconnects = 0
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -294,28 +324,42 @@ class PostgresStore:
         if self._pool is not None:
             raise StoreError("store is already open")
         with _mapped():
-            pool = await asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max)
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.pool_min,
+                max_size=self.pool_max,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+            )
         try:
             with _mapped():
-                async with pool.acquire() as conn:
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
                     await _migrate(conn)
         except BaseException:
-            await pool.close()
+            pool.terminate()
             raise
         self._pool = pool
 
     async def close(self) -> None:
-        """Stop listening and close every connection (idempotent)."""
+        """Stop listening and close every connection (idempotent; bounded even if the database is gone)."""
+        reconnecting, self._reconnecting = self._reconnecting, None
+        if reconnecting is not None:
+            reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconnecting
         conn, self._listen_conn = self._listen_conn, None
         listeners, self._listeners = self._listeners, []
         if conn is not None:
-            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                for listener in listeners:
+            with contextlib.suppress(Exception):
+                for listener, _ in listeners:
                     await conn.remove_listener(self.notify_channel, listener)
-            await conn.close()
+            await _close_connection(conn, self.connect_timeout)
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_timeout)
+            except Exception:  # a dead server or a stuck connection: drop them all
+                pool.terminate()
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -329,6 +373,11 @@ class PostgresStore:
             raise StoreError("store is not open")
         return self._pool
 
+    async def ping(self) -> None:
+        """One round trip to the database (readiness); :class:`StoreUnavailable` if it does not answer."""
+        with _mapped():
+            await self._db().fetchval("SELECT 1")
+
     # -- notifications -----------------------------------------------------------------------------
 
     async def listen(self, callback: Callable[[], None]) -> None:
@@ -336,7 +385,8 @@ class PostgresStore:
 
         Uses one dedicated connection outside the pool; :meth:`close` removes the listeners. Only a
         latency optimisation: a runner must still poll, because a notification can be missed (the
-        connection dropped, or the runner was busy starting).
+        connection dropped, or the runner was busy starting). If the database cannot be reached now,
+        the listener is registered anyway and the connection is made in the background.
         """
         self._db()
 
@@ -346,11 +396,66 @@ class PostgresStore:
             except Exception:
                 log.exception("store.listener_failed", channel=self.notify_channel)
 
+        self._listeners.append((on_notify, callback))
+        conn = self._listen_conn
+        if conn is not None:
+            try:
+                with _mapped():
+                    await conn.add_listener(self.notify_channel, on_notify)
+            except StoreUnavailable:
+                self._listen_lost(conn)
+            return
+        if self._reconnecting is None:
+            try:
+                await self._connect_listener()
+            except StoreUnavailable as exc:
+                log.warning("store.listen_unavailable", error=str(exc))
+                self._start_reconnect()
+
+    async def _connect_listener(self) -> None:
+        """Open the LISTEN connection and register every listener on it."""
         with _mapped():
-            if self._listen_conn is None:
-                self._listen_conn = await asyncpg.connect(self.dsn)
-            await self._listen_conn.add_listener(self.notify_channel, on_notify)
-        self._listeners.append(on_notify)
+            conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+            try:
+                for listener, _ in self._listeners:
+                    await conn.add_listener(self.notify_channel, listener)
+            except BaseException:
+                conn.terminate()
+                raise
+        conn.add_termination_listener(self._listen_lost)
+        self._listen_conn = conn
+
+    def _listen_lost(self, conn: Any) -> None:
+        """The LISTEN connection ended (asyncpg calls this on any termination, ours included)."""
+        if conn is not self._listen_conn or self._pool is None:
+            return  # closed on purpose, or an old connection
+        self._listen_conn = None
+        conn.terminate()
+        log.warning("store.listen_lost", channel=self.notify_channel)
+        self._start_reconnect()
+
+    def _start_reconnect(self) -> None:
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(
+                self._reconnect_listener(), name="postgres-listen-reconnect"
+            )
+
+    async def _reconnect_listener(self) -> None:
+        """Reconnect with capped, jittered backoff until it works (or :meth:`close` cancels this)."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5),
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_never,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._connect_listener()
+        self.listen_reconnects += 1
+        log.info("store.listen_restored", channel=self.notify_channel)
+        for _, callback in list(self._listeners):  # a notification may have been missed meanwhile
+            with contextlib.suppress(Exception):
+                callback()
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -506,6 +611,14 @@ class PostgresStore:
         with _mapped():
             rows = await self._db().fetch("SELECT state, COUNT(*) AS n FROM workflows GROUP BY state")
         return {row["state"]: row["n"] for row in rows}
+
+
+async def _close_connection(conn: Any, timeout: float) -> None:
+    """Close gracefully if the server answers in time, else drop the socket."""
+    try:
+        await conn.close(timeout=timeout)
+    except Exception:
+        conn.terminate()
 
 
 async def _migrate(conn: Any) -> None:

@@ -33,9 +33,11 @@ from typing import Any
 
 import aiosqlite
 
-from engine.errors import LaneBusy, StaleVersion, StoreError, WorkflowNotFound
+from engine.errors import EngineError, LaneBusy, StaleVersion, StoreError, WorkflowNotFound
 from engine.models import TERMINAL, Event, State, Workflow
+from engine.store.boundary import sqlite_error, store_boundary
 from engine.store.migrations import SQLITE_MIGRATIONS
+from engine.store.owner import OwnerLock
 from engine.store.rows import (
     EVENT_COLUMNS,
     WORKFLOW_COLUMNS,
@@ -92,6 +94,14 @@ _NOT_SUBMITTED = ("aborted",)
 
 #: A write, run on the writer's own thread against its sqlite3 connection inside the batch's transaction.
 Op = Callable[[sqlite3.Connection], Any]
+
+
+class _TransactionLost(Exception):
+    """A write's failure made SQLite roll back the batch's whole transaction: the batch failed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _FastPathMiss(Exception):
@@ -151,10 +161,20 @@ def _utc_iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
+@store_boundary(sqlite_error)
 class SQLiteStore:
-    """A :class:`~engine.store.base.Store` in one SQLite file."""
+    """A :class:`~engine.store.base.Store` in one SQLite file.
 
-    def __init__(self, path: str | Path, *, group_window: float = 0.002, synchronous: str = "FULL") -> None:
+    ``exclusive=True`` is for the one runner process of the file (``upbit-withdraw run``): :meth:`open`
+    first takes the file's owner lock (:class:`~engine.store.owner.OwnerLock`) and raises
+    :class:`~engine.errors.StoreInUse` if another process holds it, so a second runner never starts, clears
+    the first one's leases and doubles the account's rate budget. Readers and one-shot commands open
+    without it, next to the running service.
+    """
+
+    def __init__(
+        self, path: str | Path, *, group_window: float = 0.002, synchronous: str = "FULL", exclusive: bool = False
+    ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self.path = Path(path)
@@ -165,6 +185,8 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self.exclusive = exclusive
+        self._owner_lock: OwnerLock | None = None
         self.batches = 0
         self.writes = 0
 
@@ -174,11 +196,21 @@ class SQLiteStore:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open both connections, set WAL, migrate, start the writer."""
+        """Take the owner lock (``exclusive``), open both connections, set WAL, migrate, start the writer.
+
+        A failed open leaves nothing behind (no lock, no thread, no connection), so it may be retried."""
+        if self._thread is not None:
+            raise StoreError("store is already open")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.exclusive:
+            self._owner_lock = OwnerLock.acquire(self.path)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        await self._on_writer(self._open_writer)
-        self._reader = await self._connect()
+        try:
+            await self._on_writer(self._open_writer)
+            self._reader = await self._connect()
+        except BaseException:
+            await self.close()
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def _on_writer(self, fn: Callable[[], Any]) -> Any:
@@ -221,14 +253,19 @@ class SQLiteStore:
             await self._writer
             self._writer = None
         if self._db is not None:
-            await self._on_writer(self._db.close)
+            with contextlib.suppress(sqlite3.Error):
+                await self._on_writer(self._db.close)
             self._db = None
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
         if self._reader is not None:
-            await self._reader.close()
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._reader.close()
             self._reader = None
+        lock, self._owner_lock = self._owner_lock, None
+        if lock is not None:
+            lock.release()
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
@@ -263,7 +300,11 @@ class SQLiteStore:
                     stopping = True
                     break
                 batch.append(item)
-            results = await self._on_writer(functools.partial(self._run_batch, batch))
+            try:
+                results = await self._on_writer(functools.partial(self._run_batch, batch))
+            except Exception as exc:  # the hand-off itself failed: no caller may wait forever
+                error = sqlite_error(exc) or StoreError(f"write batch failed: {type(exc).__name__}")
+                results = [(item, False, error) for item in batch]
             self.batches += 1
             self.writes += len(batch)
             for item, ok, value in results:
@@ -297,13 +338,18 @@ class SQLiteStore:
                 else:
                     results.append(self._one(db, index, item))
                     index += 1
+                if not db.in_transaction:  # SQLite rolled the whole transaction back (disk full, I/O error)
+                    raise _TransactionLost(results[-1][2])
             db.execute("COMMIT")
         except Exception as exc:  # the whole batch failed: tell every caller
             with contextlib.suppress(Exception):
                 db.execute("ROLLBACK")
-            error = StoreError(f"write batch failed: {exc}")
+            cause = exc.cause if isinstance(exc, _TransactionLost) else exc
+            error = _store_error(cause)
+            if not isinstance(error, EngineError):
+                error = StoreError(f"write batch failed: {type(cause).__name__}: {cause}")
             results = [(item, False, error) for item in batch]
-        return results
+        return [(item, ok, value if ok else _store_error(value)) for item, ok, value in results]
 
     @staticmethod
     def _one(db: sqlite3.Connection, index: int, item: _Write) -> tuple[_Write, bool, Any]:
@@ -312,6 +358,8 @@ class SQLiteStore:
         try:
             value = item.op(db)
         except Exception as exc:  # each write's failure belongs to its caller
+            if not db.in_transaction:  # SQLite already rolled everything back: the batch fails (see caller)
+                return item, False, exc
             db.execute(f"ROLLBACK TO s{index}")
             db.execute(f"RELEASE s{index}")
             return item, False, exc
@@ -499,6 +547,10 @@ class SQLiteStore:
             raise StoreError("store is not open")
         return self._reader
 
+    async def ping(self) -> None:
+        """A read through the store (readiness); raises :class:`StoreUnavailable` if the file cannot be read."""
+        await self._read_conn().execute_fetchall("SELECT 1 FROM schema_version LIMIT 1")
+
     async def get(self, workflow_id: str) -> Workflow:
         """The workflow by id."""
         found = await _fetch_wf(self._read_conn(), "id = ?", (workflow_id,))
@@ -583,6 +635,13 @@ def _fetch_wf_now(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Wo
 
 def _due_key(row: Any) -> tuple[float, str]:
     return row["next_run_at"], row["id"]
+
+
+def _store_error(exc: BaseException) -> BaseException:
+    """A write's failure as its caller sees it: engine errors as they are, driver errors translated."""
+    if isinstance(exc, EngineError):
+        return exc
+    return sqlite_error(exc) or exc
 
 
 def _integrity(exc: sqlite3.IntegrityError, workflow: Workflow) -> Exception:

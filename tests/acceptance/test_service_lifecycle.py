@@ -14,6 +14,8 @@ from engine.sandbox.model import Timings
 from tests.acceptance.conftest import (
     BTC_ADDRESS,
     CLI,
+    TOKEN,
+    TOKEN_ENV,
     Service,
     ThreadSandbox,
     clean_env,
@@ -74,6 +76,35 @@ def test_sigterm_drains_exits_0_and_restart_resumes(tmp_path: Path) -> None:
         assert set(states(second)) == set(ids)
         assert sandbox.posts() == 6
         assert second.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.slow
+def test_second_runner_on_the_same_sqlite_store_is_refused(tmp_path: Path) -> None:
+    """One store, one owner: a second ``run`` on the same SQLite file exits 7 at once, naming the first
+    one's pid, without touching its leases or the exchange; the first finishes its work with one POST
+    each; once it stopped, a new ``run`` starts (the OS released the lock)."""
+    with ThreadSandbox(fast_seed(SLOW)) as sandbox:
+        config = write_config(tmp_path, sandbox.url)
+        first = Service(config, free_port(), log=tmp_path / "first.log")
+        try:
+            for i in range(4):
+                body = {"currency": "BTC", "net_type": "BTC", "amount": f"0.00{i + 1}", "address": BTC_ADDRESS}
+                assert first.call("POST", "/v1/withdrawals", body)[0] == 201
+            wait_until(lambda: sandbox.posts() == 4)
+            second = run_cli(
+                ["--config", str(config), "run", "--port", str(free_port())], env=clean_env(**{TOKEN_ENV: TOKEN})
+            )
+            assert second.code == 7, second.err
+            assert f"already in use by process {first.proc.pid}" in second.err
+            assert first.proc.poll() is None
+            wait_until(lambda: set(states(first).values()) == {"DONE"}, timeout=60)
+            assert sandbox.posts() == 4
+        finally:
+            code = first.stop(signal.SIGTERM)
+        assert code == 0, first.logs()
+        third = Service(config, free_port(), log=tmp_path / "third.log")
+        assert set(states(third).values()) == {"DONE"}
+        assert third.stop(signal.SIGTERM) == 0
 
 
 def states_from_store(config: Path) -> dict[str, str]:
