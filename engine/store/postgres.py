@@ -489,11 +489,13 @@ class PostgresStore:
         return {row["exchange_uuid"]: row["id"] for row in rows}
 
     async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Exact sum of amounts submitted since ``since`` that were not refused or abandoned (aborted)."""
+        """Exact sum of amounts submitted since ``since`` that were not refused or abandoned (aborted), but
+        counting an abandoned one whose withdrawal appeared late (it has an exchange uuid: it was paid)."""
         with _mapped():
             total = await self._db().fetchval(
                 "SELECT COALESCE(SUM(amount::numeric), 0) FROM workflows "
-                "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 AND state <> $4",
+                "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 "
+                "AND (state <> $4 OR exchange_uuid IS NOT NULL)",
                 account,
                 currency,
                 _utc_iso(since),

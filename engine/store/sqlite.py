@@ -551,10 +551,11 @@ class SQLiteStore:
         return {row[0]: row[1] for row in rows}
 
     async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Sum of amounts submitted since ``since`` that were not refused or abandoned."""
+        """Sum of amounts submitted since ``since`` that were not refused or abandoned (an abandoned one
+        whose withdrawal appeared late, so has an exchange uuid, was paid: it counts)."""
         rows = await self._read_conn().execute_fetchall(
             "SELECT amount FROM workflows WHERE account = ? AND currency = ? AND submitted_at >= ? "
-            "AND state NOT IN (?)",
+            "AND (state NOT IN (?) OR exchange_uuid IS NOT NULL)",
             (account, currency, _utc_iso(since), *_NOT_SUBMITTED),
         )
         return sum((Decimal(row[0]) for row in rows), Decimal(0))

@@ -38,6 +38,7 @@ from engine.errors import (
 )
 from engine.upbit.auth import Algorithm, Credentials, Params, encode_params, make_token
 from engine.upbit.ratelimit import Priority, RateLimiter
+from engine.upbit.skew import SkewEstimator
 from engine.upbit.types import AccountBalance, AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
 __all__ = ["REGIONS", "CallObserver", "UpbitClient", "WithdrawBody", "parse_remaining_req", "resolve_base_url"]
@@ -166,6 +167,8 @@ class UpbitClient:
         self._observer = observer
         self.calls: Counter[str] = Counter()
         self.statuses: Counter[tuple[str, int]] = Counter()
+        #: The exchange's clock offset, measured from every answer's ``Date`` header (reconciliation reads it).
+        self.skew = SkewEstimator()
 
     def __repr__(self) -> str:
         return (
@@ -323,6 +326,7 @@ class UpbitClient:
         if method == "POST":
             headers["Content-Type"] = "application/json; charset=utf-8"
         started = self._clock.monotonic()
+        sent_at = self._clock.now()
         status = 0
         try:
             session = self._ensure_session()
@@ -331,6 +335,7 @@ class UpbitClient:
             ) as response:
                 status = response.status
                 raw = await response.read()
+                self.skew.observe(sent_at, self._clock.now(), response.headers.get("Date"))
                 self._observe_headers(response.headers)
                 return _Answer(status, raw, _retry_after(response.headers))
         except TimeoutError as exc:
