@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.policy import CurrencyPolicy, Policy, WorkflowSettings
+from engine.policy import AutoResolve, CurrencyPolicy, Policy, WorkflowSettings
 from engine.upbit.auth import Algorithm, Credentials
 from engine.upbit.client import REGIONS
 
@@ -228,13 +228,43 @@ def _decimal(value: Any, key: str) -> Decimal:
 
 
 def _policy(data: Mapping[str, Any], dry_run: bool) -> Policy:
-    accounts = {
-        name: _currency_policies(section.get("policy", {}), f"accounts.{name}.policy")
+    sections = {
+        name: section.get("policy", {})
         for name, section in _section(data, "accounts").items()
         if isinstance(section, dict) and section.get("policy")
     }
+    accounts = {
+        name: _currency_policies(
+            {k: v for k, v in policy.items() if k != "auto_resolve"} if isinstance(policy, dict) else policy,
+            f"accounts.{name}.policy",
+        )
+        for name, policy in sections.items()
+    }
+    auto = {
+        name: _auto_resolve(policy["auto_resolve"], f"accounts.{name}.policy.auto_resolve")
+        for name, policy in sections.items()
+        if isinstance(policy, dict) and "auto_resolve" in policy
+    }
     currencies = _currency_policies(_section(data, "policy"), "policy")
-    return Policy(currencies=currencies, dry_run=dry_run, accounts=accounts)
+    return Policy(currencies=currencies, dry_run=dry_run, accounts=accounts, auto_resolve=auto)
+
+
+def _auto_resolve(section: Any, where: str) -> AutoResolve:
+    """``[accounts.NAME.policy.auto_resolve]``: enabled (bool), listings (int >= 1), minutes (> 0)."""
+    if not isinstance(section, dict):
+        raise ConfigError("must be a table", key=where)
+    unknown = set(section) - {"enabled", "listings", "minutes"}
+    if unknown:
+        raise ConfigError("unknown key", key=f"{where}.{sorted(unknown)[0]}")
+    rule = AutoResolve(**section)
+    if not isinstance(rule.enabled, bool):
+        raise ConfigError("must be true or false", key=f"{where}.enabled")
+    if isinstance(rule.listings, bool) or not isinstance(rule.listings, int) or rule.listings < 1:
+        raise ConfigError("must be a whole number >= 1", key=f"{where}.listings")
+    minutes = rule.minutes
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes < float("inf"):
+        raise ConfigError("must be a positive number of minutes", key=f"{where}.minutes")
+    return AutoResolve(enabled=rule.enabled, listings=rule.listings, minutes=float(minutes))
 
 
 def _currency_policies(section: Any, where: str) -> dict[str, CurrencyPolicy]:

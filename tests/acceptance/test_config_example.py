@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import AccountConfig, ApiConfig, EngineConfig, GatewayConfig, load_config
-from engine.policy import CurrencyPolicy, WorkflowSettings
+from engine.policy import AutoResolve, CurrencyPolicy, WorkflowSettings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 SECTIONS: dict[str, Any] = {
@@ -18,6 +18,7 @@ SECTIONS: dict[str, Any] = {
     "workflow": WorkflowSettings,
     "accounts.default": AccountConfig,
     "policy.USDT": CurrencyPolicy,
+    "accounts.default.policy.auto_resolve": AutoResolve,
     "api": ApiConfig,
 }
 
@@ -60,6 +61,7 @@ def test_documented_values_are_the_defaults() -> None:
     data = tomllib.loads(EXAMPLE.read_text())
     tables = {"engine": data["engine"], "gateway": data["gateway"], "workflow": data["workflow"],
               "accounts.default": data["accounts"]["default"], "api": data["api"]}  # fmt: skip
+    tables["accounts.default.policy.auto_resolve"] = data["accounts"]["default"]["policy"]["auto_resolve"]
     found = _keys_by_section()
     for section, table in tables.items():
         cls = SECTIONS[section]

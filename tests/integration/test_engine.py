@@ -218,7 +218,8 @@ class TestExactlyOnce:
             assert (wf.state, wf.reason) == (State.ABORTED, "abandoned")
             wf = await until(engine, wf.id, lambda w: not w.lane_held)
             events = [e async for e in engine.events(wf.id, follow=False)]
-        assert (wf.state, wf.exchange_uuid) == (State.ABORTED, None) and (wf.error or {}).get("error") != "late_withdrawal"
+        assert (wf.state, wf.exchange_uuid) == (State.ABORTED, None)
+        assert (wf.error or {}).get("error") != "late_withdrawal"
         abandon = next(e for e in events if e.trigger == "abandon")
         assert "watch_until" in abandon.data
         assert events[-1].trigger == "watch" and events[-1].data["why"] == "deadline"
