@@ -83,10 +83,11 @@ class WorkflowSettings:
     exchange's clock offset is measured (from its answers' ``Date`` header); then the measured bound is used."""
     skew_margin: float = 1.0
     """Seconds added to the measured clock offset's window (drift since it was measured)."""
-    abandon_watch: float = 600.0
-    """After an operator abandons a workflow whose POST may have executed, its lane stays reserved and is
-    watched this long (or until every such POST is accounted for): a withdrawal that appears meanwhile is
-    attributed to it and raised as an alert, never adopted by another workflow. 0: no watch."""
+    lane_watch: float = 600.0
+    """A workflow that settles with a POST of it unaccounted for (abandoned by an operator, or resubmitted
+    after an unknown outcome and then answered) keeps its lane reserved and watched this long (or until
+    every such POST is accounted for): a withdrawal that appears meanwhile is attributed to it and raised
+    as an alert, never adopted by another workflow. 0: no watch."""
     lane_retry: float = 0.5
     hold_on_block_delayed: bool = False
     """Treat a ``delayed`` block state like a paused wallet (wait) instead of sending."""

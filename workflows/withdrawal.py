@@ -11,9 +11,10 @@ Steps do I/O and move the workflow only through :meth:`engine.context.StepContex
 order decide -> persist -> act. The POST is sent only by the step that has just committed ``submitting``
 in the same run; a workflow *found* in ``submitting`` (after a crash) may have sent it, so it reconciles.
 
-An abandoned workflow whose POST may have executed keeps its lane reserved and watches it for a while
-(``abandon_watch``): a withdrawal that appears meanwhile is attributed to it (its uuid, so no other
-workflow can adopt it) and raised as an alert (``late_withdrawal``). ``needs_review`` may be resolved
+A workflow that settles while a POST of it is unaccounted for (abandoned by an operator; or resubmitted
+after an unknown outcome and then answered) keeps its lane reserved and watches it for a while
+(``lane_watch``): a withdrawal that appears meanwhile is attributed to it (so no other workflow adopts
+it) and raised as an alert (``late_withdrawal``). ``needs_review`` may be resolved
 automatically by proven absence when the account's policy says so (``AutoResolve``, off by default).
 """
 
@@ -60,6 +61,7 @@ S = State
 _PRE_SUBMIT = (S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET)
 _OBSERVABLE = (S.SUBMITTING, S.RECONCILING, S.WAITING, S.PROCESSING)
 _ACTIVE = tuple(s for s in State if not s.is_terminal)
+_SETTLED = tuple(s for s in State if s.is_terminal)
 
 
 def _throttled_reconcile(wf: Workflow, _: Mapping[str, Any]) -> bool:
@@ -102,7 +104,7 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("mark_cancelled", _OBSERVABLE, S.CANCELLED),
     TransitionSpec("mark_rejected", _OBSERVABLE, S.REJECTED),
     TransitionSpec("note", _ACTIVE, None),
-    TransitionSpec("watch", (S.ABORTED,), None),
+    TransitionSpec("watch", _SETTLED, None),
 )
 
 MACHINE = WorkflowMachine("withdrawal", State, TABLE)
@@ -481,12 +483,21 @@ async def _record(
         log.warning("exchange.unknown_state", workflow_id=wf.id, raw_state=withdrawal.raw_state)
         trigger = "mark_waiting" if wf.state is not S.PROCESSING else "note"
     terminal = withdrawal.state.is_terminal
+    data, watch = wf.data, _open_watch(wf)
+    if watch is None and wf.exchange_uuid is None:  # first answer: earlier uncertain POSTs left to watch for?
+        unaccounted = int(wf.data.get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
+        if unaccounted > 0 and ctx.settings.lane_watch > 0:
+            watch = _new_watch(ctx, unaccounted)
+            data = {**wf.data, "watch": watch}
+            extra = {**extra, "watch_until": watch["until"]}
+    next_run_at = None if terminal else ctx.after(_poll_delay(ctx, attempt))
+    if terminal and watch is not None:
+        next_run_at = datetime.fromisoformat(watch["next_at"])
     return await ctx.transition(
         wf, trigger,
         event_data={"how": how, "exchange_state": withdrawal.raw_state, **extra},
         exchange_uuid=withdrawal.uuid, txid=withdrawal.txid, exchange_state=withdrawal.raw_state,
-        lane_held=False, attempt=attempt,
-        next_run_at=None if terminal else ctx.after(_poll_delay(ctx, attempt)),
+        lane_held=watch is not None, attempt=attempt, next_run_at=next_run_at, data=data,
     )  # fmt: skip
 
 
@@ -590,82 +601,120 @@ async def step_needs_review(wf: Workflow, ctx: StepContext) -> Workflow:
 async def _abandon(wf: Workflow, ctx: StepContext) -> Workflow:
     """Aborted (abandoned). If a POST of it may have executed, keep its lane reserved and watch it."""
     uncertain = int(wf.data.get("uncertain_posts", wf.submit_count))
-    window = ctx.settings.abandon_watch
+    window = ctx.settings.lane_watch
     if window <= 0 or uncertain <= 0:
         return await ctx.transition(
             wf, "abandon", event_data={"operator": True}, reason=AbortReason.ABANDONED.value, resolution=None
         )
-    until = ctx.after(window)
-    watch = {"until": until.isoformat(), "uncertain_posts": uncertain, "found": [], "listings": 0}
+    watch = _new_watch(ctx, uncertain)
     return await ctx.transition(
-        wf, "abandon", event_data={"operator": True, "watch_until": until.isoformat()},
+        wf, "abandon", event_data={"operator": True, "watch_until": watch["until"]},
         reason=AbortReason.ABANDONED.value, resolution=None, lane_held=True, next_run_at=ctx.now(),
         data={k: v for k, v in {**wf.data, "watch": watch}.items() if k != "absence"},
     )  # fmt: skip
 
 
-async def step_watching(wf: Workflow, ctx: StepContext) -> Workflow:
-    """An abandoned workflow watching its lane: attribute any withdrawal that appears (an alert), and
-    release the lane when every uncertain POST is accounted for or the watch's time is up.
+def _new_watch(ctx: StepContext, unaccounted: int) -> dict[str, Any]:
+    """A lane watch for ``unaccounted`` POSTs that may still execute, until ``lane_watch`` from now."""
+    now = ctx.now()
+    until = now + timedelta(seconds=ctx.settings.lane_watch)
+    return {"until": until.isoformat(), "uncertain_posts": unaccounted, "found": [], "listings": 0,
+            "next_at": now.isoformat()}  # fmt: skip
 
-    A failed listing is retried (the lane stays reserved): the watch ends only after a listing that
-    answered at or after its deadline."""
+
+def _open_watch(wf: Workflow) -> dict[str, Any] | None:
     watch = wf.data.get("watch")
-    if not watch or watch.get("ended"):
+    return watch if isinstance(watch, dict) and not watch.get("ended") else None
+
+
+async def step_watching(wf: Workflow, ctx: StepContext) -> Workflow:
+    """A settled workflow (abandoned, or resubmitted and answered) watching its lane: see
+    :func:`_watch_lane`; then sleep until its next look (none once the watch has ended)."""
+    if _open_watch(wf) is None:
         return await ctx.reschedule(wf, None)
+    wf = await _watch_lane(wf, ctx)
+    watch = _open_watch(wf)
+    if watch is None:
+        return wf
+    delay = max(0.0, (datetime.fromisoformat(watch["next_at"]) - ctx.now()).total_seconds())
+    return await ctx.reschedule(wf, delay)
+
+
+async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
+    """One look at the lane: attribute any withdrawal that appeared (an alert), and release the lane when
+    every uncertain POST is accounted for or the watch's time is up.
+
+    The result may carry uncommitted progress (``data.watch``): the caller's next commit stores it. A
+    failed listing changes nothing but the time of the next look: the watch ends only after a listing
+    that answered at or after its deadline, and the lane stays reserved until then."""
+    watch = _open_watch(wf)
+    assert watch is not None
+    watch = {**watch, "next_at": _next_look(ctx, watch).isoformat()}
     try:
         found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
     except ExchangeError as exc:
         log.warning("watch.listing_failed", workflow_id=wf.id, error=str(exc))
-        return await ctx.reschedule(wf, _watch_delay(wf, ctx, watch), attempt=wf.attempt + 1)
+        return evolve(wf, data={**wf.data, "watch": watch})
     owners = await ctx.store.owners_of([w.uuid for w in found])
-    matches = [w for w in found if w.uuid in set(choose_candidate(wf, found, owners, since).matches)]
-    new = [w for w in matches if w.uuid not in watch["found"]]
+    matches = set(choose_candidate(wf, found, owners, since).matches)
+    new = [w for w in found if w.uuid in matches and w.uuid not in watch["found"] and w.uuid != wf.exchange_uuid]
     watch = {**watch, "listings": int(watch.get("listings", 0)) + 1}
     if new:
         wf = await _attribute(wf, ctx, new, watch, {"since": since.isoformat(), "skew": skew, "searched": len(found)})
         watch = wf.data["watch"]
     accounted = len(watch["found"]) >= int(watch["uncertain_posts"])
-    if accounted or ctx.now() >= datetime.fromisoformat(watch["until"]):
-        ended = {**watch, "ended": True}
-        return await ctx.transition(
-            wf, "watch", event_data={"note": "watch_ended", "why": "accounted" if accounted else "deadline",
-                                     "found": watch["found"], "listings": watch["listings"]},
-            lane_held=False, next_run_at=None, data={**wf.data, "watch": ended},
-        )  # fmt: skip
-    delay = _watch_delay(wf, ctx, watch)
-    return await ctx.reschedule(wf, delay, attempt=wf.attempt + 1, data={**wf.data, "watch": watch})
+    if not accounted and ctx.now() < datetime.fromisoformat(watch["until"]):
+        return evolve(wf, data={**wf.data, "watch": watch})
+    changes: dict[str, Any] = {"lane_held": False, "data": {**wf.data, "watch": {**watch, "ended": True}}}
+    if wf.state.is_terminal:
+        changes["next_run_at"] = None
+    return await ctx.transition(
+        wf, _watch_trigger(wf),
+        event_data={"note": "watch_ended", "why": "accounted" if accounted else "deadline",
+                    "found": watch["found"], "listings": watch["listings"]},
+        **changes,
+    )  # fmt: skip
 
 
-def _watch_delay(wf: Workflow, ctx: StepContext, watch: Mapping[str, Any]) -> float:
-    """Backoff from ``reconcile_delay`` up to 30 s, never past the watch's deadline (its last look)."""
-    delay = backoff_delay(wf.attempt, initial=ctx.settings.reconcile_delay, maximum=30.0)
-    left = (datetime.fromisoformat(watch["until"]) - ctx.now()).total_seconds()
-    return max(0.0, min(delay, left)) if left > 0 else delay
+def _watch_trigger(wf: Workflow) -> str:
+    """``watch`` notes on a settled workflow, ``note`` on one still in flight (polling its own)."""
+    return "watch" if wf.state.is_terminal else "note"
+
+
+def _next_look(ctx: StepContext, watch: Mapping[str, Any]) -> datetime:
+    """Backoff from ``reconcile_delay`` up to 30 s between looks, the last one at the deadline."""
+    delay = backoff_delay(int(watch.get("listings", 0)), initial=ctx.settings.reconcile_delay, maximum=30.0)
+    until = datetime.fromisoformat(watch["until"])
+    now = ctx.now()
+    return min(now + timedelta(seconds=delay), until) if now < until else now + timedelta(seconds=delay)
 
 
 async def _attribute(
     wf: Workflow, ctx: StepContext, new: Sequence[Withdrawal], watch: dict[str, Any], evidence: dict[str, Any]
 ) -> Workflow:
-    """A withdrawal appeared in an abandoned workflow's lane: it is this workflow's (its uuid is recorded
-    so no other workflow adopts it), and an operator must know: event, error-level log, flag (``error``)."""
+    """A withdrawal appeared in the lane of a workflow with unaccounted POSTs: it is this workflow's, and an
+    operator must know: an event, an error-level log line, the ``error`` flag. The store records the
+    attribution first (idempotent: a crash before the event finds and records it again), so from then on
+    no other workflow adopts it; an abandoned workflow also takes the first one as its own uuid."""
     uuids = [w.uuid for w in new]
+    await ctx.store.attribute(wf.id, uuids, at=ctx.now())
     found = [*watch["found"], *uuids]
     first = new[0] if wf.exchange_uuid is None else None
     flag = {
         "error": "late_withdrawal",
-        "message": "a withdrawal appeared for this abandoned workflow: it was paid; check before paying again",
+        "message": "a withdrawal appeared for a POST of this workflow that was given up: it was paid; "
+        "check before paying again",
         "exchange_uuids": found,
     }
     log.error(
-        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, exchange_uuids=uuids,
+        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, state=wf.state.value, exchange_uuids=uuids,
         created_at=[w.created_at.isoformat() for w in new],
     )  # fmt: skip
     changes: dict[str, Any] = {"error": flag, "lane_held": True, "next_run_at": wf.next_run_at}
     if first is not None:
         changes.update(exchange_uuid=first.uuid, txid=first.txid, exchange_state=first.raw_state)
     return await ctx.transition(
-        wf, "watch",
+        wf, _watch_trigger(wf),
         event_data={
             "note": "late_withdrawal", "exchange_uuids": uuids,
             "withdrawals": [
@@ -718,6 +767,9 @@ async def _stop_absence(
 async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
     """WAITING/PROCESSING: send a requested cancel once, then poll (batched) with backoff."""
     assert wf.exchange_uuid is not None
+    watch = _open_watch(wf)
+    if watch is not None and ctx.now() >= datetime.fromisoformat(watch["next_at"]):
+        wf = await _watch_lane(wf, ctx)
     if wf.cancel_requested and not wf.data.get("cancel_sent"):
         wf = await _send_cancel(wf, ctx)
         if wf.state.is_terminal:
@@ -766,7 +818,7 @@ STEPS: dict[State, Step] = {
     S.SUBMITTING: step_submitting,
     S.RECONCILING: step_reconciling,
     S.NEEDS_REVIEW: step_needs_review,
-    S.ABORTED: step_watching,
+    **{state: step_watching for state in _SETTLED},
     S.WAITING: step_polling,
     S.PROCESSING: step_polling,
 }

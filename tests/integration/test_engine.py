@@ -209,9 +209,9 @@ class TestExactlyOnce:
 
     async def test_needs_review_abandon_aborts(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
         """An operator may abandon a needs_review workflow: aborted/abandoned; its lane stays reserved while
-        it watches for a late creation (``abandon_watch``), then is released."""
+        it watches for a late creation (``lane_watch``), then is released."""
         await admin.fault(endpoint="POST /v1/withdraws/coin", kind="error", probability=1.0, times=1, status=503)
-        async with engine_factory(settings=replace(FAST, abandon_watch=0.5)) as engine:
+        async with engine_factory(settings=replace(FAST, lane_watch=0.5)) as engine:
             wf = await engine.wait((await engine.submit(await request_for(sandbox.url))).id, timeout=15)
             await engine.resolve(wf.id, "abandon")
             wf = await engine.wait(wf.id, timeout=15)

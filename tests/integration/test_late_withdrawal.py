@@ -111,6 +111,35 @@ class TestLateWithdrawalOfAnAbandonedWorkflow:
         assert a.exchange_uuid == late.uuid and a.error is not None and a.error["error"] == "late_withdrawal"
 
 
+class TestLateWithdrawalOfAResubmittedWorkflow:
+    async def test_the_first_posts_late_withdrawal_is_attributed_and_not_adopted(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
+        """A's first POST: 503, needs_review; the operator resubmits; the second POST goes through (DONE).
+        Then the first POST executes late. Without the watch, B (same lane, its POST a 503) would adopt it.
+        Now A, though DONE, kept its lane watched: the late one is attributed to A (an alert), and B needs
+        review."""
+        await post_fails_once(admin)
+        async with engine_factory(settings=DEFAULT_SKEW) as engine:
+            request = await request_for(sandbox.url, amount="0.04")
+            a = await engine.wait((await engine.submit(request)).id, timeout=20)
+            assert a.state is State.NEEDS_REVIEW
+            await engine.resolve(a.id, "resubmit")
+            a = await until(engine, a.id, lambda w: w.state is State.DONE)
+            assert a.lane_held and a.data["watch"]["uncertain_posts"] == 1
+            late = await send_by_hand(sandbox.url, request, a.submit_body)  # A's first POST, executed late
+            await post_fails_once(admin)
+            b = await engine.wait((await engine.submit(request)).id, timeout=30)
+            a = await until(engine, a.id, lambda w: not w.lane_held)
+            a_events = await events(engine, a.id)
+            owners = await engine.store.owners_of([late.uuid, a.exchange_uuid or ""])
+        assert b.state is State.NEEDS_REVIEW and b.exchange_uuid is None
+        assert a.state is State.DONE and a.exchange_uuid != late.uuid
+        assert a.error is not None and a.error["exchange_uuids"] == [late.uuid]
+        assert owners == {late.uuid: a.id, a.exchange_uuid: a.id}
+        assert [e.data.get("note") for e in a_events if e.trigger == "watch"] == ["late_withdrawal", "watch_ended"]
+
+
 class TestMeasuredSkew:
     async def test_reconciliation_ignores_a_withdrawal_older_than_its_intent_minus_the_measured_skew(
         self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin

@@ -502,6 +502,24 @@ class TestQueries:
         assert await store.sum_submitted(account="default", currency="BTC", since=at(21)) == 0
         assert await store.sum_submitted(account="nobody", currency="BTC", since=at(0)) == 0
 
+    async def test_attribute_makes_a_withdrawal_owned(self, store: Store) -> None:
+        """An attributed uuid is owned (by its first attribution); a workflow's own exchange_uuid wins."""
+        first = await add(store, exchange_uuid="own-1")
+        second = await add(store, request=request_for("2"))
+        await store.attribute(second.id, ["late-1", "late-2"], at=at(1))
+        await store.attribute(first.id, ["late-1"], at=at(2))  # already attributed: keeps its first owner
+        await store.attribute(second.id, ["late-2"], at=at(3))  # idempotent
+        await store.attribute(second.id, [], at=at(4))
+        owners = await store.owners_of(["own-1", "late-1", "late-2", "nobody"])
+        assert owners == {"own-1": first.id, "late-1": second.id, "late-2": second.id}
+        await store.attribute(second.id, ["own-1"], at=at(5))
+        assert await store.owners_of(["own-1"]) == {"own-1": first.id}
+        other = await reopened(store)
+        try:
+            assert (await other.owners_of(["late-2"])) == {"late-2": second.id}
+        finally:
+            await other.close()
+
     async def test_sum_submitted_counts_an_abandoned_one_that_was_paid_late(self, store: Store) -> None:
         """An aborted workflow with an exchange uuid (its withdrawal appeared after it was abandoned) was paid."""
         await add(store, state=State.ABORTED, request=request_for("5"), submitted_at=at(10))
@@ -582,7 +600,7 @@ class TestPostgresOnly:
             await asyncio.gather(*(s.close() for s in stores))
         conn = await asyncpg.connect(postgres_dsn)
         try:
-            assert [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")] == [1]
+            assert [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")] == [1, 2]
         finally:
             await conn.close()
 

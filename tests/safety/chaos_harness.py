@@ -167,6 +167,8 @@ class ChaosSettings:
     auto_resolve: bool = False
     auto_resolve_listings: int = 3
     auto_resolve_minutes: float = 0.05
+    #: ``workflow.lane_watch``: how long a lane stays watched after a resubmitted workflow settles.
+    lane_watch: float = 3.0
 
 
 def free_port() -> int:
@@ -296,6 +298,7 @@ reconcile_grace = {s.reconcile_grace}
 clock_skew = 5.0
 lane_retry = 0.1
 recent_pages = 10
+lane_watch = {s.lane_watch}
 
 [accounts.default]
 base_url = "{sandbox_url}"
@@ -574,15 +577,15 @@ class Chaos:
         return time.monotonic() - started
 
     async def _still_due(self) -> int:
-        """needs_review or aborted workflows the service will still step (listing for proof of absence,
-        watching an abandoned lane): read from the SQLite file, read-only (the API does not show it)."""
+        """Settled workflows the service will still step (needs_review listing for proof of absence, a
+        settled one watching its lane): read from the SQLite file, read-only (the API does not show it)."""
         path = self.dir / "workflows.sqlite3"
 
         def count() -> int:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
                 row = db.execute(
-                    "SELECT COUNT(*) FROM workflows WHERE state IN ('needs_review', 'aborted') "
-                    "AND next_run_at IS NOT NULL"
+                    "SELECT COUNT(*) FROM workflows WHERE next_run_at IS NOT NULL AND state IN "
+                    "('needs_review', 'aborted', 'DONE', 'FAILED', 'CANCELLED', 'REJECTED')"
                 ).fetchone()
             return int(row[0])
 
