@@ -250,7 +250,8 @@ def _policy(data: Mapping[str, Any], dry_run: bool) -> Policy:
 
 
 def _auto_resolve(section: Any, where: str) -> AutoResolve:
-    """``[accounts.NAME.policy.auto_resolve]``: enabled (bool), listings (int >= 1), minutes (> 0)."""
+    """``[accounts.NAME.policy.auto_resolve]``: enabled (bool), listings (int >= 2: a span needs two ends),
+    minutes (> 0)."""
     if not isinstance(section, dict):
         raise ConfigError("must be a table", key=where)
     unknown = set(section) - {"enabled", "listings", "minutes"}
@@ -259,8 +260,8 @@ def _auto_resolve(section: Any, where: str) -> AutoResolve:
     rule = AutoResolve(**section)
     if not isinstance(rule.enabled, bool):
         raise ConfigError("must be true or false", key=f"{where}.enabled")
-    if isinstance(rule.listings, bool) or not isinstance(rule.listings, int) or rule.listings < 1:
-        raise ConfigError("must be a whole number >= 1", key=f"{where}.listings")
+    if isinstance(rule.listings, bool) or not isinstance(rule.listings, int) or rule.listings < 2:
+        raise ConfigError("must be a whole number >= 2", key=f"{where}.listings")
     minutes = rule.minutes
     if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes < float("inf"):
         raise ConfigError("must be a positive number of minutes", key=f"{where}.minutes")

@@ -38,6 +38,7 @@ def test_read_per_account_next_to_currency_limits(tmp_path: Path) -> None:
     [
         ("enabled = 'yes'", "enabled"),
         ("listings = 0", "listings"),
+        ("listings = 1", "listings"),
         ("listings = 2.5", "listings"),
         ("minutes = 0", "minutes"),
         ("minutes = inf", "minutes"),
