@@ -455,6 +455,8 @@ async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody) -> Workflow:
         )  # fmt: skip
     except OutcomeUnknown as exc:
         return await _lose_track(wf, ctx, "unknown", exc, delay=ctx.settings.reconcile_delay)
+    if wf.submitted_at is not None:  # created between our intent and now: a sample of the created_at clock
+        ctx.gateway(wf).client.skew.observe_created(wf.submitted_at, ctx.now(), withdrawal.created_at)
     return await _record(wf, ctx, withdrawal, how="accepted")
 
 

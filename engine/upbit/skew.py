@@ -12,6 +12,11 @@ offset ``exchange - local`` lies in ``(D - received, D + 1 - sent)``. Each sampl
 ``D - received`` is a proof that the offset is at least that much (while neither clock is stepped);
 the estimator keeps the recent ones and answers their largest (the tightest proven lower bound).
 
+The ``created_at`` of a withdrawal the POST answered with is a second source, and the better one: it is
+stamped by the clock reconciliation compares against (``Date`` may come from an edge server whose clock
+differs). Its sample is taken between our intent and the answer, the same way. When recent
+``created_at`` samples exist, only they count; otherwise the ``Date`` ones do.
+
 How it is used (see ``workflows.withdrawal.adoption_since``): our withdrawal is created at exchange time
 ``> submitted_at + offset``, and ``created_at`` truncates to the second, so ``created_at >=
 submitted_at + lower_bound - 1 s`` always holds for our own withdrawal. A clock stepped since the
@@ -45,11 +50,13 @@ def parse_http_date(value: str | None) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class SkewSample:
-    """One answer's proof: ``low < exchange - local < high`` (seconds), observed at ``at`` (local)."""
+    """One answer's proof: ``low < exchange - local < high`` (seconds), observed at ``at`` (local);
+    ``source``: ``"date"`` (a ``Date`` header) or ``"created_at"`` (a withdrawal's stamp)."""
 
     at: datetime
     low: float
     high: float
+    source: str = "date"
 
 
 class SkewEstimator:
@@ -58,7 +65,7 @@ class SkewEstimator:
     ``keep``: how many samples to keep; ``max_age``: seconds after which a sample no longer counts
     (a clock may have been stepped since)."""
 
-    def __init__(self, *, keep: int = 32, max_age: float = 600.0) -> None:
+    def __init__(self, *, keep: int = 64, max_age: float = 600.0) -> None:
         self._samples: deque[SkewSample] = deque(maxlen=keep)
         self._max_age = max_age
 
@@ -68,28 +75,42 @@ class SkewEstimator:
     def observe(self, sent: datetime, received: datetime, date_header: str | None) -> SkewSample | None:
         """Record what one answer proves; nothing for a missing or unreadable header."""
         stamped = parse_http_date(date_header)
-        if stamped is None or received < sent:
+        return None if stamped is None else self._add(sent, received, stamped, "date")
+
+    def observe_created(self, sent: datetime, received: datetime, created_at: datetime) -> SkewSample | None:
+        """Record what a withdrawal's ``created_at`` (whole seconds) proves, created between ``sent`` and
+        ``received`` on our clock."""
+        return self._add(sent, received, created_at.replace(microsecond=0), "created_at")
+
+    def _add(self, sent: datetime, received: datetime, stamped: datetime, source: str) -> SkewSample | None:
+        if received < sent:
             return None
         sample = SkewSample(
             at=received,
             low=(stamped - received).total_seconds(),
             high=(stamped - sent).total_seconds() + 1.0,
+            source=source,
         )
         self._samples.append(sample)
         return sample
 
     def recent(self, now: datetime) -> list[SkewSample]:
-        """The samples observed within ``max_age`` of ``now``."""
-        return [s for s in self._samples if 0.0 <= (now - s.at).total_seconds() <= self._max_age]
+        """The samples that count at ``now``: those within ``max_age``, ``created_at`` ones if any."""
+        fresh = [s for s in self._samples if 0.0 <= (now - s.at).total_seconds() <= self._max_age]
+        stamped = [s for s in fresh if s.source == "created_at"]
+        return stamped or fresh
 
     def lower_bound(self, now: datetime) -> float | None:
         """The largest proven lower bound of ``exchange - local`` (seconds), or None without samples."""
         recent = self.recent(now)
         return max(s.low for s in recent) if recent else None
 
-    def describe(self, now: datetime) -> dict[str, float | int | None]:
-        """JSON-ready: how many samples count now and what they bound (for evidence)."""
+    def describe(self, now: datetime) -> dict[str, float | int | str | None]:
+        """JSON-ready: how many samples count now, of which source, and what they bound (for evidence)."""
         recent = self.recent(now)
         if not recent:
-            return {"samples": 0, "low": None, "high": None}
-        return {"samples": len(recent), "low": max(s.low for s in recent), "high": min(s.high for s in recent)}
+            return {"samples": 0, "low": None, "high": None, "source": None}
+        return {
+            "samples": len(recent), "low": max(s.low for s in recent), "high": min(s.high for s in recent),
+            "source": recent[0].source,
+        }  # fmt: skip

@@ -49,11 +49,21 @@ class TestSkewEstimator:
         assert estimator.lower_bound(at(20)) == pytest.approx(4.95)
         assert estimator.describe(at(20))["samples"] == 2
 
+    def test_created_at_samples_win_over_date_ones(self) -> None:
+        """A withdrawal's created_at is the clock reconciliation compares with: when there is one, the
+        Date samples (perhaps from an edge server's clock) no longer count."""
+        estimator = SkewEstimator()
+        estimator.observe(at(0), at(0.1), http_date(at(10)))  # Date says +9.9 at least
+        assert estimator.lower_bound(at(1)) == pytest.approx(9.9)
+        estimator.observe_created(at(1), at(1.5), at(3.7))  # created_at 03:00:03 (whole seconds): >= 1.5
+        assert estimator.lower_bound(at(2)) == pytest.approx(1.5)
+        assert estimator.describe(at(2))["source"] == "created_at"
+
     def test_old_samples_stop_counting(self) -> None:
         estimator = SkewEstimator(max_age=60)
         estimator.observe(at(0), at(0.1), http_date(at(0)))
         assert estimator.lower_bound(at(61)) is None
-        assert estimator.describe(at(61)) == {"samples": 0, "low": None, "high": None}
+        assert estimator.describe(at(61)) == {"samples": 0, "low": None, "high": None, "source": None}
 
     @pytest.mark.parametrize("header", [None, "garbage"])
     def test_an_answer_without_a_date_is_ignored(self, header: str | None) -> None:
