@@ -28,8 +28,9 @@ from tests.integration.test_engine import request_for
 
 pytestmark = pytest.mark.asyncio
 
-#: The default allowance of the configuration (the issue's setting): 120 s of clock skew.
-DEFAULT_SKEW = replace(FAST, clock_skew=120.0)
+#: The configuration's defaults for what matters here (the issue's setting): 120 s of clock skew, a lane
+#: watched for 600 s after its workflow gave a POST up.
+DEFAULT_SKEW = replace(FAST, clock_skew=120.0, lane_watch=600.0)
 
 
 async def until(engine: Engine, wf_id: str, check: Callable[[Workflow], bool], timeout: float = 30.0) -> Workflow:
