@@ -39,6 +39,7 @@ def settings_for(args: argparse.Namespace) -> ChaosSettings:
         kill_gap=(args.kill_gap_min, args.kill_gap_max),
         settle_timeout=args.settle_timeout,
         max_seconds=args.max_seconds,
+        auto_resolve=args.auto_resolve,
     )
 
 
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-timeout", type=float, default=300.0)
     parser.add_argument("--max-seconds", type=float, default=1500.0, help="hard bound on the whole run")
     parser.add_argument("--workdir", type=Path, help="keep the logs, the SQLite file and summary.json here")
+    parser.add_argument(
+        "--auto-resolve",
+        action="store_true",
+        help="turn on the account's auto-resolution of needs_review by proven absence (3 listings over 3 s)",
+    )
     args = parser.parse_args(argv)
     if args.workdir is not None:
         summary = asyncio.run(run_chaos(settings_for(args), args.workdir))

@@ -47,7 +47,7 @@ from pydantic_settings import (
 )
 
 from engine.errors import ConfigError
-from engine.policy import CurrencyPolicy, Policy, WorkflowSettings
+from engine.policy import AutoResolve, CurrencyPolicy, Policy, WorkflowSettings
 from engine.upbit.auth import Credentials
 from engine.upbit.client import REGIONS
 
@@ -268,10 +268,40 @@ class _CurrencyRules(BaseModel):
         )
 
 
+class _AutoResolveRules(BaseModel):
+    """[accounts.NAME.policy.auto_resolve]: resolve this account's needs_review by proven absence."""
+
+    model_config = _SECTION
+
+    enabled: Annotated[bool, Field(strict=True)] = False
+    """true or false, nothing else (a file-only key: no environment string to coerce)."""
+    listings: Annotated[int, Field(ge=2), _NUMBER] = 3
+    """Consecutive empty listings that prove absence (at least 2: a span has two ends)."""
+    minutes: Annotated[float, Field(gt=0), _NUMBER] = 10.0
+    """Minutes from the first of those listings to the last."""
+
+    def rule(self) -> AutoResolve:
+        """The engine's frozen rule object."""
+        return AutoResolve(enabled=self.enabled, listings=self.listings, minutes=self.minutes)
+
+
+class _AccountPolicy(BaseModel):
+    """[accounts.NAME.policy]: the account's own [.CURRENCY] limits, and its optional [.auto_resolve]."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False, use_attribute_docstrings=True)
+    __pydantic_extra__: dict[str, _CurrencyRules] = Field(init=False)  # every other key is a currency
+
+    auto_resolve: _AutoResolveRules | None = None
+
+    def currencies(self) -> dict[str, _CurrencyRules]:
+        """The currency tables (every key but ``auto_resolve``)."""
+        return dict(self.__pydantic_extra__ or {})
+
+
 class _AccountTable(_AccountSettings):
     """An [accounts.NAME] table as written: the account's keys and its own policy tables."""
 
-    policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
+    policy: _AccountPolicy = Field(default_factory=_AccountPolicy)
 
 
 class _WorkflowRules(BaseModel):
@@ -475,6 +505,9 @@ def _known_keys(table: list[str]) -> list[str]:
     while parts:
         is_model = isinstance(model, type) and issubclass(model, BaseModel)
         field = model.model_fields.get(parts.pop(0)) if is_model else None
+        if field is None and model is _AccountPolicy:  # accounts.NAME.policy.CURRENCY
+            model = _CurrencyRules
+            continue
         if field is None:
             return []
         model = field.annotation
@@ -529,8 +562,12 @@ def _policy(settings: ConfigFile) -> Policy:
     def currencies(tables: Mapping[str, _CurrencyRules]) -> dict[str, CurrencyPolicy]:
         return {currency.upper(): rules.policy() for currency, rules in tables.items()}
 
-    accounts = {name: currencies(table.policy) for name, table in settings.accounts.items() if table.policy}
-    return Policy(currencies=currencies(settings.policy), dry_run=settings.engine.dry_run, accounts=accounts)
+    tables = settings.accounts.items()
+    accounts = {name: currencies(table.policy.currencies()) for name, table in tables if table.policy.currencies()}
+    auto = {name: table.policy.auto_resolve.rule() for name, table in tables if table.policy.auto_resolve}
+    return Policy(
+        currencies=currencies(settings.policy), dry_run=settings.engine.dry_run, accounts=accounts, auto_resolve=auto
+    )
 
 
 def load_config(

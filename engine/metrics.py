@@ -136,6 +136,11 @@ class Metrics:
             buckets=CALL_BUCKETS,
             registry=self.registry,
         )
+        self.late_withdrawals = Counter(
+            "upbit_withdraw_late_withdrawals",
+            "Withdrawals that appeared at the exchange for an abandoned workflow (attributed to it; alert on any).",
+            registry=self.registry,
+        )
         self.workflows = Gauge(
             "upbit_withdraw_workflows",
             "Workflows in each non-terminal state (read from the store).",
@@ -168,6 +173,8 @@ class Metrics:
 
     def observer(self, before: Workflow, after: Workflow, event: Event) -> None:
         """TransitionObserver: count the state change; time it when it lands in a terminal state."""
+        if event.trigger in ("watch", "note") and event.data.get("note") == "late_withdrawal":
+            self.late_withdrawals.inc(len(event.data.get("exchange_uuids") or ()))
         if event.from_state is None or event.from_state == event.to_state:
             return
         self.transitions.labels(from_state=event.from_state, to_state=event.to_state).inc()

@@ -32,6 +32,7 @@ FAST = WorkflowSettings(
     reconcile_grace=0.6,
     clock_skew=5.0,
     lane_retry=0.02,
+    lane_watch=1.0,
 )
 
 #: Sandbox timings for tests: withdrawals settle within a fraction of a second.

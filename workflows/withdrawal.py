@@ -5,10 +5,17 @@ Path: pending -> verifying_address -> checking_wallet -> submitting -> WAITING -
 reason), ``reconciling`` (a POST whose outcome is unknown) and ``needs_review`` (an operator decides).
 
 Decisions (``match_address``, ``wallet_verdict``, ``chance_verdict``, ``policy_verdict``,
-``choose_candidate``, ``trigger_for``) are pure functions of their inputs: they are tested as tables.
+``choose_candidate``, ``adoption_since``, ``absence_proven``, ``trigger_for``) are pure functions of their
+inputs: they are tested as tables.
 Steps do I/O and move the workflow only through :meth:`engine.context.StepContext.transition`, in the
 order decide -> persist -> act. The POST is sent only by the step that has just committed ``submitting``
 in the same run; a workflow *found* in ``submitting`` (after a crash) may have sent it, so it reconciles.
+
+A workflow that settles while a POST of it is unaccounted for (abandoned by an operator; or resubmitted
+after an unknown outcome and then answered) keeps its lane reserved and watches it for a while
+(``lane_watch``): a withdrawal that appears meanwhile is attributed to it (so no other workflow adopts
+it) and raised as an alert (``late_withdrawal``). ``needs_review`` may be resolved
+automatically by proven absence when the account's policy says so (``AutoResolve``, off by default).
 """
 
 from __future__ import annotations
@@ -24,12 +31,12 @@ from typing import Any
 import structlog
 
 from engine.backoff import backoff_delay
-from engine.context import StepContext
+from engine.context import StepContext, evolve
 from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, LaneBusy, OutcomeUnknown
 from engine.machine import TransitionSpec, WorkflowMachine
 from engine.models import AbortReason, State, TransactionType, WithdrawalRequest, Workflow
-from engine.policy import Policy
-from engine.upbit.client import WithdrawBody
+from engine.policy import AutoResolve, Policy
+from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
 __all__ = [
@@ -38,6 +45,8 @@ __all__ = [
     "TABLE",
     "AddressMatch",
     "Verdict",
+    "absence_proven",
+    "adoption_since",
     "backoff_delay",
     "chance_verdict",
     "choose_candidate",
@@ -52,11 +61,19 @@ S = State
 _PRE_SUBMIT = (S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET)
 _OBSERVABLE = (S.SUBMITTING, S.RECONCILING, S.WAITING, S.PROCESSING)
 _ACTIVE = tuple(s for s in State if not s.is_terminal)
+_SETTLED = tuple(s for s in State if s.is_terminal)
 
 
 def _throttled_reconcile(wf: Workflow, _: Mapping[str, Any]) -> bool:
     """Only a throttled POST (429/418: not executed) may be resent after its reconcile found nothing."""
     return bool(wf.data.get("reconcile", {}).get("mode") == "throttled")
+
+
+def _absence_proven_guard(wf: Workflow, data: Mapping[str, Any]) -> bool:
+    """An automatic resubmit only with its evidence: enough empty listings over enough time."""
+    evidence = data.get("evidence") or {}
+    rule = evidence.get("rule") or {}
+    return absence_proven(evidence.get("listings") or [], int(rule.get("listings", 0)), float(rule.get("minutes", 0)))
 
 
 def _operator_said(action: str) -> Callable[[Workflow, Mapping[str, Any]], bool]:
@@ -77,6 +94,7 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("lose_track", (S.SUBMITTING,), S.RECONCILING),
     TransitionSpec("resubmit", (S.RECONCILING,), S.SUBMITTING, _throttled_reconcile),
     TransitionSpec("resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _operator_said("resubmit")),
+    TransitionSpec("auto_resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _absence_proven_guard),
     TransitionSpec("escalate", (S.RECONCILING,), S.NEEDS_REVIEW),
     TransitionSpec("abandon", (S.NEEDS_REVIEW,), S.ABORTED, _operator_said("abandon")),
     TransitionSpec("mark_waiting", (S.SUBMITTING, S.RECONCILING), S.WAITING),
@@ -86,6 +104,7 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("mark_cancelled", _OBSERVABLE, S.CANCELLED),
     TransitionSpec("mark_rejected", _OBSERVABLE, S.REJECTED),
     TransitionSpec("note", _ACTIVE, None),
+    TransitionSpec("watch", _SETTLED, None),
 )
 
 MACHINE = WorkflowMachine("withdrawal", State, TABLE)
@@ -250,6 +269,35 @@ def choose_candidate(
     return Candidates(only, tuple(w.uuid for w in matches), len(withdrawals))
 
 
+def adoption_since(
+    submitted_at: datetime, offset_low: float | None, *, fallback_skew: float, margin: float
+) -> datetime:
+    """The earliest exchange ``created_at`` our own withdrawal can carry, so the earliest one we may adopt.
+
+    ``offset_low`` is a proven lower bound of ``exchange clock - our clock`` (``engine.upbit.skew``). Our
+    POST leaves after ``submitted_at``, so the exchange creates it at its time ``> submitted_at +
+    offset``; ``created_at`` truncates to whole seconds (hence the 1 s); ``margin`` covers drift since
+    the bound was measured. Unmeasured: the configured allowance ``fallback_skew``.
+
+    Residual window: a reconciliation may still adopt a foreign same-lane withdrawal created at most
+    ``1 s + margin + (offset_high - offset_low)`` before its intent (about 2-3 s with a sub-second round
+    trip), or after it; another workflow's late POST is kept out of that window by the lane watch."""
+    if offset_low is None:
+        return submitted_at - timedelta(seconds=fallback_skew)
+    return submitted_at + timedelta(seconds=offset_low - 1.0 - margin)
+
+
+def absence_proven(listings: Sequence[Mapping[str, Any]], required: int, minutes: float) -> bool:
+    """True when at least ``required`` consecutive listings, spanning ``minutes`` or more, all answered
+    completely and none showed a candidate. Anything else (a failure, a candidate, too few, too soon): no."""
+    if required < 1 or len(listings) < required:
+        return False
+    if any(not entry.get("complete") or entry.get("candidates") for entry in listings):
+        return False
+    first, last = (datetime.fromisoformat(str(listings[i]["at"])) for i in (0, -1))
+    return (last - first).total_seconds() >= minutes * 60.0
+
+
 def trigger_for(state: ExchangeState) -> str | None:
     """The trigger that records an exchange state; None for an unknown one (kept in flight)."""
     return _TRIGGERS.get(state)
@@ -390,7 +438,7 @@ async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: An
             error=None,
             attempt=0,
             next_run_at=ctx.now(),
-            data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait")},
+            data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait", "absence")},
         )
     except BaseException as exc:
         gateway.release_submit_slot()
@@ -413,15 +461,21 @@ async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody) -> Workflow:
         )  # fmt: skip
     except OutcomeUnknown as exc:
         return await _lose_track(wf, ctx, "unknown", exc, delay=ctx.settings.reconcile_delay)
+    if wf.submitted_at is not None:  # created between our intent and now: a sample of the created_at clock
+        ctx.gateway(wf).client.skew.observe_created(wf.submitted_at, ctx.now(), withdrawal.created_at)
     return await _record(wf, ctx, withdrawal, how="accepted")
 
 
 async def _lose_track(wf: Workflow, ctx: StepContext, mode: str, exc: Exception | None, *, delay: float) -> Workflow:
+    """``reconciling``; a POST that may have executed (all but a throttle) is counted in ``uncertain_posts``:
+    an abandon watches the lane until that many withdrawals are accounted for."""
     error = exc.as_dict() if isinstance(exc, ExchangeError) else None
     reconcile = {"mode": mode, "since": ctx.now().isoformat()}
+    uncertain = int(wf.data.get("uncertain_posts", 0)) + (0 if mode == "throttled" else 1)
     return await ctx.transition(
         wf, "lose_track", event_data={"mode": mode, "error": error}, error=error,
-        data={**wf.data, "reconcile": reconcile}, attempt=0, next_run_at=ctx.after(delay),
+        data={**wf.data, "reconcile": reconcile, "uncertain_posts": uncertain}, attempt=0,
+        next_run_at=ctx.after(delay),
     )  # fmt: skip
 
 
@@ -437,12 +491,21 @@ async def _record(
         log.warning("exchange.unknown_state", workflow_id=wf.id, raw_state=withdrawal.raw_state)
         trigger = "mark_waiting" if wf.state is not S.PROCESSING else "note"
     terminal = withdrawal.state.is_terminal
+    data, watch = wf.data, _open_watch(wf)
+    if watch is None and wf.exchange_uuid is None:  # first answer: earlier uncertain POSTs left to watch for?
+        unaccounted = int(wf.data.get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
+        if unaccounted > 0 and ctx.settings.lane_watch > 0:
+            watch = _new_watch(ctx, unaccounted)
+            data = {**wf.data, "watch": watch}
+            extra = {**extra, "watch_until": watch["until"]}
+    next_run_at = None if terminal else ctx.after(_poll_delay(ctx, attempt))
+    if terminal and watch is not None:
+        next_run_at = datetime.fromisoformat(watch["next_at"])
     return await ctx.transition(
         wf, trigger,
         event_data={"how": how, "exchange_state": withdrawal.raw_state, **extra},
         exchange_uuid=withdrawal.uuid, txid=withdrawal.txid, exchange_state=withdrawal.raw_state,
-        lane_held=False, attempt=attempt,
-        next_run_at=None if terminal else ctx.after(_poll_delay(ctx, attempt)),
+        lane_held=watch is not None, attempt=attempt, next_run_at=next_run_at, data=data,
     )  # fmt: skip
 
 
@@ -466,28 +529,65 @@ async def step_reconciling(wf: Workflow, ctx: StepContext) -> Workflow:
     """Adopt the one matching withdrawal; resend only after a throttle; else wait, then escalate."""
     mode = wf.data.get("reconcile", {}).get("mode", "unknown")
     assert wf.submitted_at is not None
-    since = wf.submitted_at - timedelta(seconds=ctx.settings.clock_skew)
-    found = await ctx.gateway(wf).recent_withdrawals(wf.request.currency, since, max_pages=ctx.settings.recent_pages)
+    found, since, skew = await _list_lane(wf, ctx, wf.submitted_at)
     owners = await ctx.store.owners_of([w.uuid for w in found])
     result = choose_candidate(wf, found, owners, since)
-    evidence = {"mode": mode, "searched": result.searched, "since": since.isoformat(), "matches": list(result.matches)}
+    evidence = {
+        "mode": mode, "searched": result.searched, "since": since.isoformat(), "skew": skew,
+        "matches": list(result.matches),
+    }  # fmt: skip
     if result.adopt is not None:
         return await _record(wf, ctx, result.adopt, how="adopted", evidence=evidence)
     if result.matches:
-        return await _escalate(wf, ctx, "several withdrawals match", evidence)
+        return await _escalate(wf, ctx, "several withdrawals match", evidence, absent=False)
     if mode == "throttled":
         return await _submit(wf, ctx, "resubmit", evidence=evidence)
     started = datetime.fromisoformat(wf.data["reconcile"]["since"])
     if (ctx.now() - started).total_seconds() < ctx.settings.reconcile_grace:
         delay = backoff_delay(wf.attempt, initial=ctx.settings.reconcile_delay, maximum=30.0)
         return await ctx.reschedule(wf, delay, attempt=wf.attempt + 1)
-    return await _escalate(wf, ctx, "no matching withdrawal within the grace window", evidence)
+    return await _escalate(wf, ctx, "no matching withdrawal within the grace window", evidence, absent=True)
 
 
-async def _escalate(wf: Workflow, ctx: StepContext, why: str, evidence: dict[str, Any]) -> Workflow:
-    return await ctx.transition(
-        wf, "escalate", event_data={"why": why, "evidence": evidence}, reason=why, next_run_at=None
+async def _list_lane(
+    wf: Workflow, ctx: StepContext, after: datetime, *, wide: bool = False
+) -> tuple[list[Withdrawal], datetime, dict[str, Any]]:
+    """The currency's recent withdrawals and the earliest ``created_at`` that may be ours (``after`` our
+    intent, minus the measured skew; ``wide``: minus the configured ``clock_skew`` too, whichever is
+    earlier). It lists first and measures after, so even the first look after a restart has a sample
+    (the listing's own ``Date``)."""
+    gateway, s = ctx.gateway(wf), ctx.settings
+    fallback = after - timedelta(seconds=s.clock_skew)
+    found = await gateway.recent_withdrawals(
+        wf.request.currency, min(fallback, _since(gateway, after, ctx)), max_pages=s.recent_pages
     )
+    since = _since(gateway, after, ctx)
+    if wide:
+        since = min(since, fallback)
+    skew = {**gateway.client.skew.describe(ctx.now()), "complete": len(found) < s.recent_pages * MAX_LIST_IDS}
+    return [w for w in found if w.created_at >= since], since, skew
+
+
+def _since(gateway: Any, after: datetime, ctx: StepContext) -> datetime:
+    low = gateway.client.skew.lower_bound(ctx.now())
+    return adoption_since(after, low, fallback_skew=ctx.settings.clock_skew, margin=ctx.settings.skew_margin)
+
+
+async def _escalate(wf: Workflow, ctx: StepContext, why: str, evidence: dict[str, Any], *, absent: bool) -> Workflow:
+    """``needs_review`` with the evidence. With the account's auto-resolution on, a POST that left no trace
+    (``absent``) and was never resubmitted automatically starts listing for proof of absence."""
+    rule = ctx.policy.auto_resolve_for(wf.request.account)
+    auto = rule.enabled and absent and not wf.data.get("auto_resubmits") and rule.listings >= 1
+    data = {**wf.data, "absence": {"listings": []}} if auto else wf.data
+    return await ctx.transition(
+        wf, "escalate", event_data={"why": why, "evidence": evidence, "auto_resolve": auto}, reason=why,
+        data=data, next_run_at=ctx.after(_absence_interval(rule)) if auto else None,
+    )  # fmt: skip
+
+
+def _absence_interval(rule: AutoResolve) -> float:
+    """Seconds between listings: ``listings`` of them spread over ``minutes``."""
+    return rule.minutes * 60.0 / max(1, rule.listings - 1)
 
 
 async def step_needs_review(wf: Workflow, ctx: StepContext) -> Workflow:
@@ -495,18 +595,189 @@ async def step_needs_review(wf: Workflow, ctx: StepContext) -> Workflow:
     if wf.resolution == "resubmit":
         return await _submit(wf, ctx, "resubmit", operator=True)
     if wf.resolution == "abandon":
-        return await ctx.transition(
-            wf, "abandon", event_data={"operator": True}, reason=AbortReason.ABANDONED.value, resolution=None
-        )
+        return await _abandon(wf, ctx)
     if wf.cancel_requested and not wf.data.get("cancel_noted"):
         changes = {"next_run_at": None, "data": {**wf.data, "cancel_noted": True}}
         return await ctx.note(wf, "cancel_requested", changes=changes, detail="an operator must resolve this first")
+    absence = wf.data.get("absence")
+    rule = ctx.policy.auto_resolve_for(wf.request.account)
+    if absence and not absence.get("stopped") and rule.enabled and not wf.cancel_requested:
+        return await _look_for_absence(wf, ctx, rule)
     return await ctx.reschedule(wf, None)
+
+
+async def _abandon(wf: Workflow, ctx: StepContext) -> Workflow:
+    """Aborted (abandoned). If a POST of it may have executed, keep its lane reserved and watch it."""
+    uncertain = int(wf.data.get("uncertain_posts", wf.submit_count))
+    window = ctx.settings.lane_watch
+    if window <= 0 or uncertain <= 0:
+        return await ctx.transition(
+            wf, "abandon", event_data={"operator": True}, reason=AbortReason.ABANDONED.value, resolution=None
+        )
+    watch = _new_watch(ctx, uncertain)
+    return await ctx.transition(
+        wf, "abandon", event_data={"operator": True, "watch_until": watch["until"]},
+        reason=AbortReason.ABANDONED.value, resolution=None, lane_held=True, next_run_at=ctx.now(),
+        data={k: v for k, v in {**wf.data, "watch": watch}.items() if k != "absence"},
+    )  # fmt: skip
+
+
+def _new_watch(ctx: StepContext, unaccounted: int) -> dict[str, Any]:
+    """A lane watch for ``unaccounted`` POSTs that may still execute, until ``lane_watch`` from now."""
+    now = ctx.now()
+    until = now + timedelta(seconds=ctx.settings.lane_watch)
+    return {"until": until.isoformat(), "uncertain_posts": unaccounted, "found": [], "listings": 0,
+            "next_at": now.isoformat()}  # fmt: skip
+
+
+def _open_watch(wf: Workflow) -> dict[str, Any] | None:
+    watch = wf.data.get("watch")
+    return watch if isinstance(watch, dict) and not watch.get("ended") else None
+
+
+async def step_watching(wf: Workflow, ctx: StepContext) -> Workflow:
+    """A settled workflow (abandoned, or resubmitted and answered) watching its lane: see
+    :func:`_watch_lane`; then sleep until its next look (none once the watch has ended)."""
+    if _open_watch(wf) is None:
+        return await ctx.reschedule(wf, None)
+    wf = await _watch_lane(wf, ctx)
+    watch = _open_watch(wf)
+    if watch is None:
+        return wf
+    delay = max(0.0, (datetime.fromisoformat(watch["next_at"]) - ctx.now()).total_seconds())
+    return await ctx.reschedule(wf, delay)
+
+
+async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
+    """One look at the lane: attribute any withdrawal that appeared (an alert), and release the lane when
+    every uncertain POST is accounted for or the watch's time is up.
+
+    The result may carry uncommitted progress (``data.watch``): the caller's next commit stores it. A
+    failed listing changes nothing but the time of the next look: the watch ends only after a listing
+    that answered at or after its deadline, and the lane stays reserved until then."""
+    watch = _open_watch(wf)
+    assert watch is not None
+    watch = {**watch, "next_at": _next_look(ctx, watch).isoformat()}
+    try:
+        found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
+    except ExchangeError as exc:
+        log.warning("watch.listing_failed", workflow_id=wf.id, error=str(exc))
+        return evolve(wf, data={**wf.data, "watch": watch})
+    owners = await ctx.store.owners_of([w.uuid for w in found])
+    matches = set(choose_candidate(wf, found, owners, since).matches)
+    new = [w for w in found if w.uuid in matches and w.uuid not in watch["found"] and w.uuid != wf.exchange_uuid]
+    watch = {**watch, "listings": int(watch.get("listings", 0)) + 1}
+    if new:
+        wf = await _attribute(wf, ctx, new, watch, {"since": since.isoformat(), "skew": skew, "searched": len(found)})
+        watch = wf.data["watch"]
+    accounted = len(watch["found"]) >= int(watch["uncertain_posts"])
+    if not accounted and ctx.now() < datetime.fromisoformat(watch["until"]):
+        return evolve(wf, data={**wf.data, "watch": watch})
+    changes: dict[str, Any] = {"lane_held": False, "data": {**wf.data, "watch": {**watch, "ended": True}}}
+    if wf.state.is_terminal:
+        changes["next_run_at"] = None
+    return await ctx.transition(
+        wf, _watch_trigger(wf),
+        event_data={"note": "watch_ended", "why": "accounted" if accounted else "deadline",
+                    "found": watch["found"], "listings": watch["listings"]},
+        **changes,
+    )  # fmt: skip
+
+
+def _watch_trigger(wf: Workflow) -> str:
+    """``watch`` notes on a settled workflow, ``note`` on one still in flight (polling its own)."""
+    return "watch" if wf.state.is_terminal else "note"
+
+
+def _next_look(ctx: StepContext, watch: Mapping[str, Any]) -> datetime:
+    """Backoff from ``reconcile_delay`` up to 30 s between looks, the last one at the deadline."""
+    delay = backoff_delay(int(watch.get("listings", 0)), initial=ctx.settings.reconcile_delay, maximum=30.0)
+    until = datetime.fromisoformat(watch["until"])
+    now = ctx.now()
+    return min(now + timedelta(seconds=delay), until) if now < until else now + timedelta(seconds=delay)
+
+
+async def _attribute(
+    wf: Workflow, ctx: StepContext, new: Sequence[Withdrawal], watch: dict[str, Any], evidence: dict[str, Any]
+) -> Workflow:
+    """A withdrawal appeared in the lane of a workflow with unaccounted POSTs: it is this workflow's, and an
+    operator must know: an event, an error-level log line, the ``error`` flag. The store records the
+    attribution first (idempotent: a crash before the event finds and records it again), so from then on
+    no other workflow adopts it; an abandoned workflow also takes the first one as its own uuid."""
+    uuids = [w.uuid for w in new]
+    await ctx.store.attribute(wf.id, uuids, at=ctx.now())
+    found = [*watch["found"], *uuids]
+    first = new[0] if wf.exchange_uuid is None else None
+    flag = {
+        "error": "late_withdrawal",
+        "message": "a withdrawal appeared for a POST of this workflow that was given up: it was paid; "
+        "check before paying again",
+        "exchange_uuids": found,
+    }
+    log.error(
+        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, state=wf.state.value, exchange_uuids=uuids,
+        created_at=[w.created_at.isoformat() for w in new],
+    )  # fmt: skip
+    changes: dict[str, Any] = {"error": flag, "lane_held": True, "next_run_at": wf.next_run_at}
+    if first is not None:
+        changes.update(exchange_uuid=first.uuid, txid=first.txid, exchange_state=first.raw_state)
+    return await ctx.transition(
+        wf, _watch_trigger(wf),
+        event_data={
+            "note": "late_withdrawal", "exchange_uuids": uuids,
+            "withdrawals": [
+                {"uuid": w.uuid, "created_at": w.created_at.isoformat(), "state": w.raw_state, "txid": w.txid}
+                for w in new
+            ],
+            "evidence": evidence,
+        },
+        data={**wf.data, "watch": {**watch, "found": found}}, **changes,
+    )  # fmt: skip
+
+
+async def _look_for_absence(wf: Workflow, ctx: StepContext, rule: AutoResolve) -> Workflow:
+    """One listing towards proof of absence. A failed or incomplete listing, or any candidate, stops the
+    auto-resolution for good (an event with the listings); enough empty ones resubmit (an event too)."""
+    listings: list[dict[str, Any]] = list(wf.data["absence"]["listings"])
+    try:
+        found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
+    except ExchangeError as exc:
+        listings.append({"at": ctx.now().isoformat(), "complete": False, "error": exc.as_dict()})
+        return await _stop_absence(wf, ctx, "a listing failed", listings, rule)
+    owners = await ctx.store.owners_of([w.uuid for w in found])
+    candidates = list(choose_candidate(wf, found, owners, since).matches)
+    listing = {
+        "at": ctx.now().isoformat(), "since": since.isoformat(), "searched": len(found),
+        "complete": bool(skew["complete"]), "candidates": candidates,
+    }  # fmt: skip
+    listings.append(listing)
+    if candidates or not listing["complete"]:
+        why = "a listing showed a candidate" if candidates else "a listing was incomplete"
+        return await _stop_absence(wf, ctx, why, listings, rule)
+    evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
+    if absence_proven(listings, rule.listings, rule.minutes):
+        count = int(wf.data.get("auto_resubmits", 0)) + 1
+        proven = evolve(wf, data={**wf.data, "auto_resubmits": count})
+        log.warning("workflow.auto_resubmit", workflow_id=wf.id, listings=len(listings))
+        return await _submit(proven, ctx, "auto_resubmit", evidence=evidence, auto=True)
+    data = {**wf.data, "absence": {"listings": listings}}
+    return await ctx.reschedule(wf, _absence_interval(rule), data=data)
+
+
+async def _stop_absence(
+    wf: Workflow, ctx: StepContext, why: str, listings: list[dict[str, Any]], rule: AutoResolve
+) -> Workflow:
+    evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
+    changes = {"next_run_at": None, "data": {**wf.data, "absence": {"listings": listings, "stopped": why}}}
+    return await ctx.note(wf, "auto_resolve_stopped", changes=changes, why=why, evidence=evidence)
 
 
 async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
     """WAITING/PROCESSING: send a requested cancel once, then poll (batched) with backoff."""
     assert wf.exchange_uuid is not None
+    watch = _open_watch(wf)
+    if watch is not None and ctx.now() >= datetime.fromisoformat(watch["next_at"]):
+        wf = await _watch_lane(wf, ctx)
     if wf.cancel_requested and not wf.data.get("cancel_sent"):
         wf = await _send_cancel(wf, ctx)
         if wf.state.is_terminal:
@@ -555,6 +826,7 @@ STEPS: dict[State, Step] = {
     S.SUBMITTING: step_submitting,
     S.RECONCILING: step_reconciling,
     S.NEEDS_REVIEW: step_needs_review,
+    **{state: step_watching for state in _SETTLED},
     S.WAITING: step_polling,
     S.PROCESSING: step_polling,
 }

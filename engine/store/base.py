@@ -6,7 +6,7 @@ checks them against each one):
 - ``commit`` is a compare-and-set on ``version`` (and, with an ``owner``, on the lease): the workflow row
   and its event are written in one transaction, or neither is.
 - At most one workflow per lane has ``lane_held`` (a unique index, not memory): ``LaneBusy``.
-- An exchange uuid belongs to at most one workflow (a unique index).
+- An exchange uuid belongs to at most one workflow (a unique index; an attribution, too, has one owner).
 - Events are append-only, numbered 1..n per workflow, each hash-chained to the one before.
 - Only the lease owner (the runner stepping a workflow) writes states and events. Operators' requests
   (cancel, resolve) set flag columns the owner reads, so they never race a step's compare-and-set.
@@ -107,7 +107,14 @@ class Store(Protocol):
         ...
 
     async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
-        """Which workflow owns each of these exchange uuids (absent: none)."""
+        """Which workflow owns each of these exchange uuids (absent: none): by its ``exchange_uuid``, or
+        by an attribution (:meth:`attribute`)."""
+        ...
+
+    async def attribute(self, workflow_id: str, exchange_uuids: Sequence[str], *, at: datetime) -> None:
+        """Record withdrawals that appeared for ``workflow_id`` beside its own (a POST it had given up
+        executed late): from then on :meth:`owners_of` names it, so no other workflow adopts them.
+        Idempotent; a uuid keeps its first owner."""
         ...
 
     async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:

@@ -67,4 +67,15 @@ CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 """
 
-SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+_V2 = """
+-- Withdrawals attributed to a workflow other than by its own exchange_uuid: one that appeared late for a
+-- POST the workflow had given up (abandoned, or resubmitted and answered). owners_of reads both, so no
+-- other workflow ever adopts it.
+CREATE TABLE attributions (
+    exchange_uuid TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    at TEXT NOT NULL
+);
+"""
+
+SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]

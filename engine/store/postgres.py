@@ -121,8 +121,17 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_append_only();
 """
 
+_V2 = """
+-- Withdrawals attributed to a workflow other than by its own exchange_uuid (see the SQLite migration).
+CREATE TABLE attributions (
+    exchange_uuid TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    at TEXT NOT NULL
+);
+"""
+
 #: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
-POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
 
 #: ``pg_advisory_xact_lock`` key serialising migrations ("UPBIT_WD" in ASCII).
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
@@ -584,21 +593,37 @@ class PostgresStore:
         return [event_from_row(row) for row in rows]
 
     async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
-        """uuid -> owning workflow id."""
+        """uuid -> owning workflow id (its own exchange_uuid first, else an attribution)."""
         if not exchange_uuids:
             return {}
         with _mapped():
             rows = await self._db().fetch(
-                "SELECT exchange_uuid, id FROM workflows WHERE exchange_uuid = ANY($1::text[])", list(exchange_uuids)
+                "SELECT exchange_uuid, workflow_id AS id, 0 AS rank FROM attributions "
+                "WHERE exchange_uuid = ANY($1::text[]) "
+                "UNION ALL SELECT exchange_uuid, id, 1 FROM workflows WHERE exchange_uuid = ANY($1::text[])",
+                list(exchange_uuids),
             )
-        return {row["exchange_uuid"]: row["id"] for row in rows}
+        return {row["exchange_uuid"]: row["id"] for row in sorted(rows, key=lambda r: r["rank"])}  # own uuid wins
+
+    async def attribute(self, workflow_id: str, exchange_uuids: Sequence[str], *, at: datetime) -> None:
+        """Record these exchange uuids as ``workflow_id``'s (idempotent; a uuid keeps its first owner)."""
+        if not exchange_uuids:
+            return
+        with _mapped():
+            await self._db().executemany(
+                "INSERT INTO attributions (exchange_uuid, workflow_id, at) VALUES ($1, $2, $3) "
+                "ON CONFLICT (exchange_uuid) DO NOTHING",
+                [(uuid, workflow_id, _utc_iso(at)) for uuid in exchange_uuids],
+            )
 
     async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Exact sum of amounts submitted since ``since`` that were not refused or abandoned (aborted)."""
+        """Exact sum of amounts submitted since ``since`` that were not refused or abandoned (aborted), but
+        counting an abandoned one whose withdrawal appeared late (it has an exchange uuid: it was paid)."""
         with _mapped():
             total = await self._db().fetchval(
                 "SELECT COALESCE(SUM(amount::numeric), 0) FROM workflows "
-                "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 AND state <> $4",
+                "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 "
+                "AND (state <> $4 OR exchange_uuid IS NOT NULL)",
                 account,
                 currency,
                 _utc_iso(since),

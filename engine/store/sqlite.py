@@ -592,21 +592,34 @@ class SQLiteStore:
         return [event_from_row(row) for row in rows]
 
     async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
-        """uuid -> owning workflow id."""
+        """uuid -> owning workflow id (its own exchange_uuid first, else an attribution)."""
         if not exchange_uuids:
             return {}
         marks = ",".join("?" * len(exchange_uuids))
         rows = await self._read_conn().execute_fetchall(
-            f"SELECT exchange_uuid, id FROM workflows WHERE exchange_uuid IN ({marks})",  # noqa: S608
-            list(exchange_uuids),
+            f"SELECT exchange_uuid, workflow_id, 0 FROM attributions WHERE exchange_uuid IN ({marks}) "  # noqa: S608
+            f"UNION ALL SELECT exchange_uuid, id, 1 FROM workflows WHERE exchange_uuid IN ({marks})",
+            [*exchange_uuids, *exchange_uuids],
         )
-        return {row[0]: row[1] for row in rows}
+        return {row[0]: row[1] for row in sorted(rows, key=lambda r: r[2])}  # a workflow's own uuid wins
+
+    async def attribute(self, workflow_id: str, exchange_uuids: Sequence[str], *, at: datetime) -> None:
+        """Record these exchange uuids as ``workflow_id``'s (idempotent; a uuid keeps its first owner)."""
+        if not exchange_uuids:
+            return
+        rows = [(uuid, workflow_id, _utc_iso(at)) for uuid in exchange_uuids]
+
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR IGNORE INTO attributions (exchange_uuid, workflow_id, at) VALUES (?, ?, ?)", rows)
+
+        await self._submit(op)
 
     async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Sum of amounts submitted since ``since`` that were not refused or abandoned."""
+        """Sum of amounts submitted since ``since`` that were not refused or abandoned (an abandoned one
+        whose withdrawal appeared late, so has an exchange uuid, was paid: it counts)."""
         rows = await self._read_conn().execute_fetchall(
             "SELECT amount FROM workflows WHERE account = ? AND currency = ? AND submitted_at >= ? "
-            "AND state NOT IN (?)",
+            "AND (state NOT IN (?) OR exchange_uuid IS NOT NULL)",
             (account, currency, _utc_iso(since), *_NOT_SUBMITTED),
         )
         return sum((Decimal(row[0]) for row in rows), Decimal(0))

@@ -40,6 +40,7 @@ from engine.errors import (
 from engine.upbit.auth import Algorithm, Credentials, Params, encode_params, make_token
 from engine.upbit.errors import parse_error_body, refusal, seconds_in_text, snippet
 from engine.upbit.ratelimit import Priority, RateLimiter
+from engine.upbit.skew import SkewEstimator
 from engine.upbit.types import AccountBalance, AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
 __all__ = [
@@ -179,6 +180,8 @@ class UpbitClient:
         self._observer = observer
         self.calls: Counter[str] = Counter()
         self.statuses: Counter[tuple[str, int]] = Counter()
+        #: The exchange's clock offset, measured from every answer's ``Date`` header (reconciliation reads it).
+        self.skew = SkewEstimator()
 
     def __repr__(self) -> str:
         return (
@@ -319,6 +322,7 @@ class UpbitClient:
         if method == "POST":
             headers["Content-Type"] = "application/json; charset=utf-8"
         started = self._clock.monotonic()
+        sent_at = self._clock.now()
         status = 0
         try:
             session = self._ensure_session()
@@ -327,6 +331,7 @@ class UpbitClient:
             ) as response:
                 status = response.status
                 raw = await response.read()
+                self.skew.observe(sent_at, self._clock.now(), response.headers.get("Date"))
                 self._observe_headers(response.headers)
                 return _Answer(status, raw, _retry_after(response.headers))
         except TimeoutError as exc:

@@ -165,6 +165,7 @@ reconcile_delay = 0.05
 reconcile_grace = 0.5
 clock_skew = 5.0
 lane_retry = 0.05
+lane_watch = 1.0
 
 [accounts.default]
 base_url = "{sandbox}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from engine import AbortReason, Engine, IdempotencyConflict, State, WithdrawalRequest
+from engine import AbortReason, Engine, IdempotencyConflict, State, WithdrawalRequest, Workflow
 from engine.upbit.auth import Credentials
 from engine.upbit.client import UpbitClient
 from engine.upbit.types import AllowedAddress
@@ -32,6 +34,14 @@ async def request_for(
     return WithdrawalRequest(
         currency=currency, net_type=net_type, amount=Decimal(amount), address=addr.withdraw_address, **kw
     )
+
+
+async def until(engine: Engine, wf_id: str, check: Callable[[Workflow], bool], timeout: float = 30.0) -> Workflow:
+    """The workflow once ``check`` holds for it (polled from the store; fails after ``timeout``)."""
+    async with asyncio.timeout(timeout):
+        while not check(wf := await engine.get(wf_id)):
+            await asyncio.sleep(0.05)
+    return wf
 
 
 async def events_of(engine: Engine, wf_id: str) -> list[str]:
@@ -198,13 +208,21 @@ class TestExactlyOnce:
         assert list((await admin.creations()).values()) == [1]
 
     async def test_needs_review_abandon_aborts(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
-        """An operator may abandon a needs_review workflow: aborted/abandoned, lane released."""
+        """An operator may abandon a needs_review workflow: aborted/abandoned; its lane stays reserved while
+        it watches for a late creation (``lane_watch``), then is released."""
         await admin.fault(endpoint="POST /v1/withdraws/coin", kind="error", probability=1.0, times=1, status=503)
-        async with engine_factory() as engine:
+        async with engine_factory(settings=replace(FAST, lane_watch=0.5)) as engine:
             wf = await engine.wait((await engine.submit(await request_for(sandbox.url))).id, timeout=15)
             await engine.resolve(wf.id, "abandon")
             wf = await engine.wait(wf.id, timeout=15)
-        assert (wf.state, wf.reason, wf.lane_held) == (State.ABORTED, "abandoned", False)
+            assert (wf.state, wf.reason) == (State.ABORTED, "abandoned")
+            wf = await until(engine, wf.id, lambda w: not w.lane_held)
+            events = [e async for e in engine.events(wf.id, follow=False)]
+        assert (wf.state, wf.exchange_uuid) == (State.ABORTED, None)
+        assert (wf.error or {}).get("error") != "late_withdrawal"
+        abandon = next(e for e in events if e.trigger == "abandon")
+        assert "watch_until" in abandon.data
+        assert events[-1].trigger == "watch" and events[-1].data["why"] == "deadline"
 
     async def test_same_lane_requests_serialize(self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin) -> None:
         """Two identical requests: the second POST leaves only after the first has its uuid."""

@@ -457,6 +457,26 @@ class TestOperatorFlags:
         assert (stored.resolution, stored.next_run_at, stored.data) == ("abandon", at(2), {"cancel_noted": True})
 
 
+class TestAbandonWatch:
+    async def test_an_aborted_workflow_may_keep_its_lane_and_be_due(self, store: Store) -> None:
+        """An abandoned workflow watching its lane: terminal, lane held, due, claimable; the lane's next
+        submit gets LaneBusy until the watch lets go, and the late withdrawal's uuid is then owned by it."""
+        watcher = await add(store, state=State.NEEDS_REVIEW, lane_held=True, next_run_at=None)
+        watching = await commit(store, watcher, when=1, to=State.ABORTED, lane_held=True, next_run_at=at(2))
+        assert (watching.state, watching.lane_held, watching.next_run_at) == (State.ABORTED, True, at(2))
+        assert await claim(store, "w1", now=3) == [watching.id]
+        other = await add(store, created=4, state=State.CHECKING_WALLET)
+        with pytest.raises(LaneBusy):
+            await commit(store, other, when=5, to=State.SUBMITTING, lane_held=True)
+        watching = await store.get(watching.id)
+        found = await commit(store, watching, owner="w1", when=6, exchange_uuid="late-1", next_run_at=at(7))
+        assert await store.owners_of(["late-1"]) == {"late-1": watching.id}
+        await commit(store, found, owner="w1", when=8, lane_held=False, next_run_at=None)
+        other = await store.get(other.id)
+        submitted = await commit(store, other, when=9, to=State.SUBMITTING, lane_held=True)
+        assert submitted.lane_held and (await store.get(watching.id)).exchange_uuid == "late-1"
+
+
 class TestQueries:
     async def test_owners_of(self, store: Store) -> None:
         """Each known exchange uuid maps to its workflow; unknown ones are absent."""
@@ -481,6 +501,30 @@ class TestQueries:
         assert kst == expected
         assert await store.sum_submitted(account="default", currency="BTC", since=at(21)) == 0
         assert await store.sum_submitted(account="nobody", currency="BTC", since=at(0)) == 0
+
+    async def test_attribute_makes_a_withdrawal_owned(self, store: Store) -> None:
+        """An attributed uuid is owned (by its first attribution); a workflow's own exchange_uuid wins."""
+        first = await add(store, exchange_uuid="own-1")
+        second = await add(store, request=request_for("2"))
+        await store.attribute(second.id, ["late-1", "late-2"], at=at(1))
+        await store.attribute(first.id, ["late-1"], at=at(2))  # already attributed: keeps its first owner
+        await store.attribute(second.id, ["late-2"], at=at(3))  # idempotent
+        await store.attribute(second.id, [], at=at(4))
+        owners = await store.owners_of(["own-1", "late-1", "late-2", "nobody"])
+        assert owners == {"own-1": first.id, "late-1": second.id, "late-2": second.id}
+        await store.attribute(second.id, ["own-1"], at=at(5))
+        assert await store.owners_of(["own-1"]) == {"own-1": first.id}
+        other = await reopened(store)
+        try:
+            assert (await other.owners_of(["late-2"])) == {"late-2": second.id}
+        finally:
+            await other.close()
+
+    async def test_sum_submitted_counts_an_abandoned_one_that_was_paid_late(self, store: Store) -> None:
+        """An aborted workflow with an exchange uuid (its withdrawal appeared after it was abandoned) was paid."""
+        await add(store, state=State.ABORTED, request=request_for("5"), submitted_at=at(10))
+        await add(store, state=State.ABORTED, request=request_for("0.5"), submitted_at=at(10), exchange_uuid="late")
+        assert await store.sum_submitted(account="default", currency="BTC", since=at(0)) == Decimal("0.5")
 
     async def test_count_by_state(self, store: Store) -> None:
         """How many workflows are in each state (absent states are absent)."""
@@ -556,7 +600,7 @@ class TestPostgresOnly:
             await asyncio.gather(*(s.close() for s in stores))
         conn = await asyncpg.connect(postgres_dsn)
         try:
-            assert [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")] == [1]
+            assert [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")] == [1, 2]
         finally:
             await conn.close()
 

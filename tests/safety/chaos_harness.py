@@ -162,6 +162,13 @@ class ChaosSettings:
     #: The gateway's shared caches (seconds).
     wallet_ttl: float = 0.5
     chance_ttl: float = 0.5
+    #: The account's auto-resolution of needs_review by proven absence (off, as by default in the service):
+    #: ``auto_resolve_listings`` empty listings over ``auto_resolve_minutes`` resubmit once.
+    auto_resolve: bool = False
+    auto_resolve_listings: int = 3
+    auto_resolve_minutes: float = 0.05
+    #: ``workflow.lane_watch``: how long a lane stays watched after a resubmitted workflow settles.
+    lane_watch: float = 3.0
 
 
 def free_port() -> int:
@@ -291,13 +298,14 @@ reconcile_grace = {s.reconcile_grace}
 clock_skew = 5.0
 lane_retry = 0.1
 recent_pages = 10
+lane_watch = {s.lane_watch}
 
 [accounts.default]
 base_url = "{sandbox_url}"
 timeout = {s.account_timeout}
 rate_limit = {s.rate_limit}
 {keys}
-
+{_auto_resolve_section(s)}
 [api]
 host = "127.0.0.1"
 port = {port}
@@ -305,6 +313,15 @@ port = {port}
     path = workdir / "config.toml"
     path.write_text(text)
     return path
+
+
+def _auto_resolve_section(s: ChaosSettings) -> str:
+    if not s.auto_resolve:
+        return ""
+    return (
+        "\n[accounts.default.policy.auto_resolve]\nenabled = true\n"
+        f"listings = {s.auto_resolve_listings}\nminutes = {s.auto_resolve_minutes}\n"
+    )
 
 
 # -- the run --------------------------------------------------------------------------------------------
@@ -554,10 +571,25 @@ class Chaos:
         deadline = started + self.s.settle_timeout
         while time.monotonic() < deadline:
             views = await self.states()
-            if len(views) >= len(self.bodies) and all(_settled(v) for v in views):
+            if len(views) >= len(self.bodies) and all(_settled(v) for v in views) and not await self._still_due():
                 break
             await asyncio.sleep(0.25)
         return time.monotonic() - started
+
+    async def _still_due(self) -> int:
+        """Settled workflows the service will still step (needs_review listing for proof of absence, a
+        settled one watching its lane): read from the SQLite file, read-only (the API does not show it)."""
+        path = self.dir / "workflows.sqlite3"
+
+        def count() -> int:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+                row = db.execute(
+                    "SELECT COUNT(*) FROM workflows WHERE next_run_at IS NOT NULL AND state IN "
+                    "('needs_review', 'aborted', 'DONE', 'FAILED', 'CANCELLED', 'REJECTED')"
+                ).fetchone()
+            return int(row[0])
+
+        return await asyncio.to_thread(count)
 
     async def replay_all(self) -> None:
         """Every submit again with its key: each must answer 200 with the same workflow."""
@@ -745,12 +777,22 @@ def check_never_twice(workflows: list[Any], events: dict[str, list[Any]], sandbo
     """At the wire: no POST of a body after one of its POSTs may have been executed. Also: which
     needs_review workflows never had a POST reach the exchange at all."""
     posts = _posts_by_key(sandbox["posts"])
-    resent = {_key_text(k): [r["status"] for r in rs] for k, rs in posts.items() if _resent(rs)}
+    created = Counter(request_key(w) for w in sandbox["withdrawals"])
+    # An automatic resubmit (proof of absence, with its evidence) is a resend after a possible effect by
+    # design; it is allowed only when the sandbox indeed created at most one withdrawal for that body.
+    auto = {wf_key(wf) for wf in workflows if any(e.trigger == "auto_resubmit" for e in events[wf.id])}
+    resent_keys = {k for k, rs in posts.items() if _resent(rs)}
+    by_auto = {k for k in resent_keys if k in auto and created[k] <= 1}
+    resent = {_key_text(k): [r["status"] for r in posts[k]] for k in resent_keys - by_auto}
     review = [wf for wf in workflows if wf.state.value == "needs_review"]
     never_sent = [wf for wf in review if not posts.get(wf_key(wf))]
+    triggers = Counter(e.data.get("note", e.trigger) for wf in workflows for e in events[wf.id])
     fields = {
         "posts_received_per_workflow_max": max((len(r) for r in posts.values()), default=0),
         "posts_resent_after_possible_effect": len(resent),
+        "posts_resent_by_auto_resolution": len(by_auto),
+        "auto_resubmits": triggers["auto_resubmit"],
+        "auto_resolve_stopped": triggers["auto_resolve_stopped"],
         "needs_review": len(review),
         "needs_review_modes": dict(Counter(_review_mode(events[wf.id]) for wf in review)),
         "needs_review_never_sent": len(never_sent),
@@ -846,6 +888,7 @@ async def analyse(chaos: Chaos, evidence: dict[str, Any]) -> dict[str, Any]:
         "kills": chaos.tally.kills,
         "restarts": chaos.tally.restarts,
         "submitted_via": "HTTP API (POST /v1/withdrawals with Idempotency-Key, retried across restarts)",
+        "auto_resolve": chaos.s.auto_resolve,
         "workflows_in_store": len(workflows),
         "by_state": dict(sorted(Counter(wf.state.value for wf in workflows).items())),
         "abort_reasons": dict(Counter(wf.reason for wf in workflows if wf.state.value == "aborted")),

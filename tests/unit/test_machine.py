@@ -20,6 +20,7 @@ REFUSED = "refused"
 TRIGGERS = (
     "start", "verify", "submit", "abort", "cancel", "refuse", "lose_track", "resubmit", "escalate", "abandon",
     "mark_waiting", "mark_processing", "mark_done", "mark_failed", "mark_cancelled", "mark_rejected", "note",
+    "auto_resubmit", "watch",
 )  # fmt: skip
 
 #: Every allowed move, spelled out per state; any pair not listed here must be refused.
@@ -47,18 +48,37 @@ ALLOWED: dict[State, dict[str, State]] = {
         "mark_done": S.DONE, "mark_failed": S.FAILED, "mark_cancelled": S.CANCELLED, "mark_rejected": S.REJECTED,
         "note": S.PROCESSING,
     },
-    S.NEEDS_REVIEW: {"resubmit": S.SUBMITTING, "abandon": S.ABORTED, "note": S.NEEDS_REVIEW},
-    S.DONE: {},
-    S.FAILED: {},
-    S.CANCELLED: {},
-    S.REJECTED: {},
-    S.ABORTED: {},
+    S.NEEDS_REVIEW: {
+        "resubmit": S.SUBMITTING, "auto_resubmit": S.SUBMITTING, "abandon": S.ABORTED, "note": S.NEEDS_REVIEW,
+    },
+    # A settled workflow watching its lane (abandoned, or resubmitted and answered) notes what it sees.
+    S.DONE: {"watch": S.DONE},
+    S.FAILED: {"watch": S.FAILED},
+    S.CANCELLED: {"watch": S.CANCELLED},
+    S.REJECTED: {"watch": S.REJECTED},
+    S.ABORTED: {"watch": S.ABORTED},
 }  # fmt: skip
 
-#: The full 13 x 17 table: destination state, or "refused".
+#: The full 13 x 19 table: destination state, or "refused".
 EXPECTED: dict[tuple[State, str], State | str] = {
     (state, trigger): ALLOWED[state].get(trigger, REFUSED) for state in State for trigger in TRIGGERS
 }
+
+
+#: Trigger data that makes the automatic resubmit's guard say yes: 3 empty listings over 10 minutes.
+PROVEN: dict[str, Any] = {
+    "evidence": {
+        "rule": {"listings": 3, "minutes": 10.0},
+        "listings": [
+            {"at": f"2026-05-01T03:{m:02d}:00+00:00", "complete": True, "candidates": []} for m in (0, 5, 10)
+        ],
+    }
+}
+
+
+def guard_data(trigger: str) -> dict[str, Any]:
+    """Trigger data that makes the guard of ``trigger`` say yes."""
+    return PROVEN if trigger == "auto_resubmit" else {}
 
 
 def guards_satisfied(trigger: str) -> dict[str, Any]:
@@ -73,10 +93,10 @@ class TestTable:
     """The withdrawal transition table, pair by pair."""
 
     def test_expected_table_is_complete(self) -> None:
-        """The expected table covers all 13 states and exactly the machine's 17 triggers."""
+        """The expected table covers all 13 states and exactly the machine's 19 triggers."""
         assert len(State) == 13
         assert set(TRIGGERS) == MACHINE.triggers
-        assert len(EXPECTED) == 13 * 17
+        assert len(EXPECTED) == 13 * 19
         assert set(ALLOWED) == set(State)
 
     @pytest.mark.parametrize(("state", "trigger"), list(EXPECTED), ids=[f"{s.value}-{t}" for s, t in EXPECTED])
@@ -86,10 +106,10 @@ class TestTable:
         expected = EXPECTED[(state, trigger)]
         if expected == REFUSED:
             with pytest.raises(InvalidTransition) as caught:
-                MACHINE.fire(workflow, trigger)
+                MACHINE.fire(workflow, trigger, **guard_data(trigger))
             assert type(caught.value) is InvalidTransition
         else:
-            assert MACHINE.fire(workflow, trigger) is expected
+            assert MACHINE.fire(workflow, trigger, **guard_data(trigger)) is expected
         assert workflow.state is state
 
     @pytest.mark.parametrize("state", list(State))
@@ -98,8 +118,10 @@ class TestTable:
         assert MACHINE.allowed(state) == sorted(ALLOWED[state])
 
     def test_terminal_states_are_dead_ends(self) -> None:
-        """No trigger leaves a terminal state, not even a note."""
-        assert all(MACHINE.allowed(s) == [] for s in State if s.is_terminal)
+        """No trigger leaves a terminal state: the only one they have, ``watch``, stays (a settled workflow
+        recording a late withdrawal in its lane and the end of its watch)."""
+        assert all(MACHINE.allowed(s) == ["watch"] for s in State if s.is_terminal)
+        assert all(spec.dest is None for spec in TABLE if any(s.is_terminal for s in spec.source))
 
 
 class TestGuards:
@@ -141,6 +163,40 @@ class TestGuards:
         else:
             assert MACHINE.fire(workflow, trigger) is expected
 
+    @pytest.mark.parametrize(
+        ("change", "expected"),
+        [
+            ({}, S.SUBMITTING),
+            ({"drop": 0}, REFUSED),  # two listings where three are required
+            ({"candidate": 1}, REFUSED),
+            ({"incomplete": 2}, REFUSED),
+            ({"minutes": 10.01}, REFUSED),  # the listings span less than the rule asks
+            ({"no_evidence": True}, REFUSED),
+        ],
+        ids=["proven", "too-few", "a-candidate", "a-failed-listing", "too-soon", "no-evidence"],
+    )
+    def test_auto_resubmit_needs_its_proof(
+        self, make_workflow: MakeWorkflow, change: dict[str, Any], expected: State | str
+    ) -> None:
+        """The automatic resubmit's guard re-checks the evidence it is fired with (not the workflow's word)."""
+        listings = [dict(x) for x in PROVEN["evidence"]["listings"]]
+        rule = dict(PROVEN["evidence"]["rule"])
+        if "drop" in change:
+            del listings[change["drop"]]
+        if "candidate" in change:
+            listings[change["candidate"]]["candidates"] = ["uuid-1"]
+        if "incomplete" in change:
+            listings[change["incomplete"]]["complete"] = False
+        if "minutes" in change:
+            rule["minutes"] = change["minutes"]
+        data = {} if change.get("no_evidence") else {"evidence": {"listings": listings, "rule": rule}}
+        workflow = make_workflow(S.NEEDS_REVIEW, resolution="resubmit")
+        if expected == REFUSED:
+            with pytest.raises(GuardRejected):
+                MACHINE.fire(workflow, "auto_resubmit", **data)
+        else:
+            assert MACHINE.fire(workflow, "auto_resubmit", **data) is expected
+
 
 class TestMachine:
     """WorkflowMachine mechanics."""
@@ -171,7 +227,7 @@ class TestMachine:
         for state in State:
             assert state.value in diagram
         for (state, trigger), dest in EXPECTED.items():
-            if dest != REFUSED and trigger != "note":
+            if dest != REFUSED and trigger not in ("note", "watch"):  # internal: no edge
                 assert f"    {state.value} --> {dest.value}: {trigger}" in diagram  # type: ignore[union-attr]
 
     def test_firing_adds_no_models(self, make_workflow: MakeWorkflow) -> None:
@@ -194,4 +250,4 @@ class TestMachine:
 
     def test_repr(self) -> None:
         """The repr counts triggers and transitions."""
-        assert repr(MACHINE) == f"<WorkflowMachine withdrawal: 17 triggers, {len(TABLE)} transitions>"
+        assert repr(MACHINE) == f"<WorkflowMachine withdrawal: 19 triggers, {len(TABLE)} transitions>"
