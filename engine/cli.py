@@ -223,7 +223,7 @@ def _show_workflow(view: dict[str, Any], title: str | None = None) -> None:
 
 def _describe_cause(data: dict[str, Any] | None) -> str | None:
     """The abort's ``detail`` sentence as is; any other evidence (an exchange refusal, an escalation's
-    listings) as compact JSON, in full."""
+    listings) as JSON, in full."""
     rest = {k: v for k, v in (data or {}).items() if k != "reason"}  # the reason has its own row
     if not rest:
         return None
