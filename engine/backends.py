@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -24,13 +26,23 @@ from engine.bootstrap import open_store
 from engine.clock import SystemClock
 from engine.config import AccountConfig, Config
 from engine.core import Engine
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError, EngineError, WorkflowNotFound
 from engine.models import State
 from engine.upbit.auth import Credentials
 from engine.upbit.client import UpbitClient
 from engine.upbit.gateway import Gateway
 
-__all__ = ["API_TOKEN_ENV", "Backend", "HttpBackend", "ServiceUnreachable", "StoreBackend", "wait_settled"]
+__all__ = [
+    "API_TOKEN_ENV",
+    "Backend",
+    "HttpBackend",
+    "ServiceUnreachable",
+    "StoreBackend",
+    "StoreMissing",
+    "require_store",
+    "sqlite_path",
+    "wait_settled",
+]
 
 API_TOKEN_ENV = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the name of a variable, not a token
 #: Placeholder credentials of the store backend's gateways. They are never used (no runner runs in a CLI
@@ -38,8 +50,37 @@ API_TOKEN_ENV = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the name of a variabl
 _OFFLINE = Credentials("offline-cli-no-exchange-access", "offline-cli-no-exchange-access")
 
 
+#: The shape of a workflow id (as the HTTP API checks it), so a cursor that cannot be one is refused early.
+_ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
+
+
 class ServiceUnreachable(EngineError):
     """The service (or the exchange) could not be reached."""
+
+
+class StoreMissing(ConfigError):
+    """The configured store does not exist (only ``run`` and ``migrate`` create one)."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` store URL, as :func:`engine.bootstrap.open_store` reads it; None otherwise."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def require_store(url: str) -> None:
+    """Refuse to go on when the SQLite store is not there (or is an empty file).
+
+    Opening a store creates and migrates it, so without this check a mistyped path (or a relative one
+    read from another directory) gave a fresh empty store: ``submit`` said "submitted" to a store no
+    runner watches, ``verify-audit`` reported "intact". Only ``run`` and ``migrate`` may create a store.
+    A PostgreSQL database must exist before anyone connects, so there is nothing to check there."""
+    path = sqlite_path(url)
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
+        raise StoreMissing(
+            f"no store at {path} (only `upbit-withdraw run` and `upbit-withdraw migrate` create one; "
+            "check the path)",
+            key="engine.database",
+        )
 
 
 class Backend(Protocol):
@@ -83,6 +124,7 @@ class StoreBackend:
     """Reads and writes the store directly (``Engine(run_runner=False)``)."""
 
     def __init__(self, config: Config) -> None:
+        self._url = config.engine.database
         self.engine = Engine(
             store=open_store(config.engine.database),
             gateways={name: _offline_gateway(account) for name, account in config.accounts.items()},
@@ -95,6 +137,7 @@ class StoreBackend:
         )
 
     async def __aenter__(self) -> StoreBackend:
+        require_store(self._url)
         await self.engine.__aenter__()
         return self
 
@@ -117,9 +160,25 @@ class StoreBackend:
             wanted = State(state) if state else None
         except ValueError:
             raise ApiError(422, "invalid_request", "invalid state", {"state": f"unknown state {state!r}"}) from None
+        if cursor is not None:
+            await self._check_cursor(cursor)
         items = await self.engine.list(state=wanted, limit=limit, before=cursor)
         next_cursor = items[-1].id if len(items) == limit else None
         return {"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor}
+
+    async def _check_cursor(self, cursor: str) -> None:
+        """A cursor must be the id of a stored workflow (the ``next_cursor`` of a previous page): any other
+        value used to page from an arbitrary point and return all or nothing without a word."""
+        problem = None
+        if not _ID_RE.fullmatch(cursor):
+            problem = "must be a workflow id (the next_cursor of the previous page)"
+        else:
+            try:
+                await self.engine.get(cursor)
+            except WorkflowNotFound:
+                problem = f"no workflow {cursor} in this store (use the next_cursor of the previous page)"
+        if problem is not None:
+            raise ApiError(422, "invalid_request", "invalid query parameters", {"cursor": problem})
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         """Flag for cancellation."""

@@ -3,15 +3,17 @@
 Workflow commands (submit, status, list, history, cancel, resolve) work on the store directly, or with
 ``--api URL`` on a running service (token from ``UPBIT_WITHDRAW_API_TOKEN``). Exchange commands
 (addresses, wallet-status, chance) call Upbit through the configured account. ``run`` is the service,
-``sandbox`` the simulated exchange, ``demo`` both at once with a scripted batch.
+``sandbox`` the simulated exchange, ``demo`` both at once with a scripted batch. Only ``run`` and
+``migrate`` create a store; every other command refuses a store that is not there.
 
 Exit codes (documented in the README and ``--help``)::
 
     0   ok
     1   the workflow did not end DONE (failed, rejected, cancelled, aborted, needs_review) - submit --wait;
         verify-audit found a broken event chain
-    2   usage or configuration error (the message names the option or the config key)
-    3   not found
+    2   usage or configuration error (the message names the option or the config key); the store does
+        not exist (only run and migrate create one)
+    3   not found; verify-audit: the store holds no event chain to verify
     4   conflict: idempotency key reused for another request, or a transition not allowed now
     5   the exchange, the store or the service is unreachable (or refused the call)
     6   submit --wait timed out (the workflow goes on)
@@ -32,6 +34,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -40,8 +43,28 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from engine.api import ApiError
-from engine.audit import BrokenLink, verify_store
-from engine.backends import API_TOKEN_ENV, Backend, HttpBackend, ServiceUnreachable, StoreBackend, wait_settled
+from engine.audit import (
+    AUDIT_KEY_ENV,
+    AUDIT_KEY_FILE_ENV,
+    AuditKey,
+    BrokenLink,
+    ChainHead,
+    append_heads,
+    latest_exported,
+    read_heads,
+    store_heads,
+    verify_store,
+)
+from engine.backends import (
+    API_TOKEN_ENV,
+    Backend,
+    HttpBackend,
+    ServiceUnreachable,
+    StoreBackend,
+    require_store,
+    sqlite_path,
+    wait_settled,
+)
 from engine.bootstrap import build_gateway, open_store
 from engine.clock import SystemClock
 from engine.config import Config, load_config
@@ -60,6 +83,7 @@ from engine.logging import configure_logging, redact_secrets
 from engine.models import State
 from engine.sandbox import run_sandbox
 from engine.service import serve
+from engine.store.base import Store
 from engine.upbit.client import UpbitClient
 
 __all__ = ["EXIT", "cli", "main", "run_cli"]
@@ -182,6 +206,7 @@ def _show_workflow(view: dict[str, Any], title: str | None = None) -> None:
         ("to", req["address"] + (f"  tag/memo {req['secondary_address']}" if req["secondary_address"] else "")),
         ("account", req["account"]),
         ("reason", view["reason"]),
+        ("reason detail", _describe_cause(view.get("reason_detail"))),
         ("exchange uuid", view["exchange_uuid"]),
         ("exchange state", view["exchange_state"]),
         ("txid", view["txid"]),
@@ -196,6 +221,28 @@ def _show_workflow(view: dict[str, Any], title: str | None = None) -> None:
         if value:
             table.add_row(name, value)
     _console().print(table)
+
+
+def _describe_cause(data: dict[str, Any] | None) -> str | None:
+    """The abort's ``detail`` sentence as is; any other evidence (an exchange refusal, an escalation's
+    listings) as JSON, in full."""
+    rest = {k: v for k, v in (data or {}).items() if k != "reason"}  # the reason has its own row
+    if not rest:
+        return None
+    if set(rest) == {"detail"}:
+        return str(rest["detail"])
+    return json.dumps(rest, ensure_ascii=False, default=str)
+
+
+async def _with_cause(backend: Backend, view: dict[str, Any]) -> dict[str, Any]:
+    """The view plus ``reason_detail``: the data of the event that set the workflow's reason (an abort's
+    detail, the exchange's refusal, an escalation's evidence), which the workflow row does not keep."""
+    if not view.get("reason"):
+        return view
+    for event in reversed(await backend.events(view["id"])):
+        if event["to"] == view["state"] and event["data"]:
+            return {**view, "reason_detail": event["data"]}
+    return view
 
 
 def _show_page(page: dict[str, Any]) -> None:
@@ -214,12 +261,10 @@ def _show_page(page: dict[str, Any]) -> None:
 
 def _show_events(events: list[dict[str, Any]]) -> None:
     table = Table("seq", "at", "trigger", "from", "to", "data")
+    table.columns[-1].overflow = "fold"  # evidence is shown in full, wrapped, never cut
     for event in events:
-        data = json.dumps(event["data"], separators=(",", ":"), default=str)
-        table.add_row(
-            str(event["seq"]), event["at"], event["trigger"], event["from"] or "", _styled(event["to"]),
-            data if len(data) <= 100 else data[:97] + "...",
-        )  # fmt: skip
+        data = json.dumps(event["data"], ensure_ascii=False, default=str)  # spaced: wraps between tokens
+        table.add_row(str(event["seq"]), event["at"], event["trigger"], event["from"] or "", _styled(event["to"]), data)
     _console().print(table)
 
 
@@ -289,8 +334,9 @@ def cli() -> None:
     """Crash-safe withdrawals off Upbit: each one is a persisted state machine.
 
     \b
-    Exit codes: 0 ok; 1 the workflow did not end DONE (submit --wait); 2 usage or config error;
-    3 not found; 4 conflict (idempotency key, transition not allowed); 5 exchange, store or
+    Exit codes: 0 ok; 1 the workflow did not end DONE (submit --wait), or a broken audit chain;
+    2 usage or config error, or no store there (only run and migrate create one); 3 not found,
+    or no audit chain to verify; 4 conflict (idempotency key, transition not allowed); 5 exchange, store or
     service unreachable; 6 submit --wait timed out; 70 internal error.
     """
     configure_logging(level="WARNING", stream=sys.stderr)
@@ -379,9 +425,13 @@ async def _follow(backend: Backend, view: dict[str, Any], *, limit: float) -> di
 @_global_options
 @click.argument("workflow_id")
 def status(workflow_id: str) -> None:
-    """Show one withdrawal."""
+    """Show one withdrawal (with why it was aborted or needs review)."""
     opts = _opts()
-    view = _run(_with_backend(opts, lambda b: b.get(workflow_id)))
+
+    async def go(backend: Backend) -> dict[str, Any]:
+        return await _with_cause(backend, await backend.get(workflow_id))
+
+    view = _run(_with_backend(opts, go))
     _emit_json(view) if opts.json else _show_workflow(view)
 
 
@@ -537,29 +587,111 @@ def demo(count: int, db: str | None) -> None:
     sys.exit(run_demo(count=count, db=db, as_json=_opts().json))
 
 
+def _store_label(url: str) -> str:
+    """The store for people, without a PostgreSQL URL's password."""
+    path = sqlite_path(url)
+    return f"SQLite store {path}" if path is not None else "PostgreSQL store"
+
+
+async def _on_store(url: str, action: Callable[[Store], Coroutine[Any, Any, T]], *, create: bool = False) -> T:
+    """Open the store (refused when missing, unless ``create``), run ``action``, close."""
+    if not create:
+        require_store(url)
+    store = open_store(url)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+@cli.command()
+@_global_options
+def migrate() -> None:
+    """Create the store, or bring its schema up to date, then exit (``run`` does the same at start)."""
+    opts = _opts()
+    url = _load(opts).engine.database
+
+    async def nothing(_: Store) -> None:
+        return None
+
+    _run(_on_store(url, nothing, create=True))
+    if opts.json:
+        _emit_json({"store": _store_label(url), "migrated": True})
+    else:
+        click.echo(f"{_store_label(url)}: schema up to date")
+
+
+def _heads_file(heads: str, key_file: str | None) -> tuple[list[ChainHead], list[BrokenLink]]:
+    """The heads of a heads file and its untrustworthy lines, read with the key (if any)."""
+    key = AuditKey.resolve(key_file)
+    try:
+        with Path(heads).open(encoding="utf-8", errors="replace") as lines:
+            found, problems = read_heads(lines, key)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {heads}: {exc.strerror}", key="--heads") from None
+    if not found and not problems:
+        raise ConfigError(f"{heads} holds no chain head", key="--heads")
+    return found, problems
+
+
+_KEY_HELP = f"File holding the HMAC key of the heads file (else ${AUDIT_KEY_FILE_ENV} or ${AUDIT_KEY_ENV})."
+
+
 @cli.command(name="verify-audit")
 @_global_options
-def verify_audit() -> None:
-    """Check every workflow's hash-chained event log; name the first broken link of each (exit 1 if any)."""
+@click.option("--heads", type=click.Path(dir_okay=False), help="Also check against a heads file (audit-heads).")
+@click.option("--key-file", type=click.Path(dir_okay=False), help=_KEY_HELP)
+def verify_audit(heads: str | None, key_file: str | None) -> None:
+    """Check every workflow's hash-chained event log; name the first broken link of each (exit 1 if any).
+
+    With --heads, every exported head must still hold: a chain rewritten wholesale, with every hash
+    recomputed, fails here. A store with no chain at all is not a success (exit 3)."""
     opts = _opts()
-    config = _load(opts)
+    url = _load(opts).engine.database
+    expected, bad_lines = _heads_file(heads, key_file) if heads else ([], [])
 
-    async def check() -> tuple[int, list[BrokenLink]]:
-        store = open_store(config.engine.database)
-        await store.open()
-        try:
-            return await verify_store(store)
-        finally:
-            await store.close()
+    async def check(store: Store) -> tuple[int, list[BrokenLink]]:
+        return await verify_store(store, expected)
 
-    checked, broken = _run(check())
+    checked, broken = _run(_on_store(url, check))
+    broken = [*bad_lines, *broken]
     if opts.json:
         _emit_json({"checked": checked, "broken": [dataclasses.asdict(link) for link in broken]})
     elif broken:
         _show_rows("Broken audit chains", ["workflow_id", "seq", "problem"], [dataclasses.asdict(b) for b in broken])
+    elif checked:
+        note = f", {len(expected)} exported heads hold" if heads else ""
+        _console().print(f"audit intact: {checked} workflow event chains verified{note}")
+    if broken:
+        sys.exit(EXIT["workflow_failed"])
+    if checked == 0:
+        click.echo(f"upbit-withdraw: no event chain in the {_store_label(url)}: nothing verified", err=True)
+        sys.exit(EXIT["not_found"])
+
+
+@cli.command(name="audit-heads")
+@_global_options
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Heads file to append to.")
+@click.option("--key-file", type=click.Path(dir_okay=False), help=_KEY_HELP)
+def audit_heads(out: str, key_file: str | None) -> None:
+    """Append every chain head that moved since the last export to FILE (one JSON line each, signed with
+    HMAC-SHA256 when a key is given). Keep the file off the database host; verify with --heads."""
+    opts = _opts()
+    url = _load(opts).engine.database
+    key = AuditKey.resolve(key_file)
+    path = Path(out)
+
+    async def export(store: Store) -> tuple[int, int]:
+        heads = await store_heads(store)
+        exported = latest_exported(path)
+        return append_heads(path, heads, at=SystemClock().now(), key=key, exported=exported), len(heads)
+
+    written, chains = _run(_on_store(url, export))
+    if opts.json:
+        _emit_json({"chains": chains, "written": written, "signed": key is not None, "out": str(path)})
     else:
-        _console().print(f"audit intact: {checked} workflow event chains verified")
-    sys.exit(EXIT["workflow_failed"] if broken else EXIT["ok"])
+        click.echo(f"{written} of {chains} chain heads appended to {path}{'' if key else ' (unsigned)'}")
 
 
 # -- entry point -----------------------------------------------------------------------------------------

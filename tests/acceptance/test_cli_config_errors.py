@@ -190,6 +190,7 @@ def test_demo_keys_are_refused_for_real_hosts(tmp_path: Path) -> None:
 
 def test_store_commands_need_no_exchange_keys(tmp_path: Path) -> None:
     """status/list read the store only: no exchange key needs to be present."""
+    assert run_cli(["--database", f"sqlite:///{tmp_path}/w.sqlite3", "migrate"]).code == 0  # the store must exist
     result = run_cli(["--database", f"sqlite:///{tmp_path}/w.sqlite3", "--json", "list"])
     assert result.code == 0 and result.json() == {"withdrawals": [], "next_cursor": None}
 
@@ -220,6 +221,7 @@ def test_wait_timeout_exits_6(tmp_path: Path) -> None:
     """With no runner on the store, submit --wait gives up after --timeout with exit 6; the workflow stays."""
     database = ["--database", f"sqlite:///{tmp_path}/w.sqlite3"]
     submit = ["submit", "--currency", "BTC", "--net-type", "BTC", "--amount", "0.01", "--address", "bc1qx", "--wait"]
+    assert run_cli([*database, "migrate"]).code == 0  # the store must exist
     result = run_cli([*database, *submit, "--timeout", "1"])
     assert result.code == 6 and "still not finished after 1 s" in result.err
     listed = run_cli([*database, "--json", "list"]).json()["withdrawals"]

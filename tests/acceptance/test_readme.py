@@ -169,3 +169,24 @@ def test_cli_and_http_examples_run(tmp_path: Path) -> None:
         if service is not None:
             assert service.stop() == 0, (tmp_path / "service.log").read_text()
         sandbox.stop()
+
+
+def test_license_is_the_one_pyproject_declares() -> None:
+    """LICENSE holds the Apache License 2.0 text, as pyproject.toml's license says."""
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["license"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert declared == {"text": "Apache-2.0"}
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_operations_section_uses_the_deploy_units() -> None:
+    """The README installs the units that deploy/ ships, and documents shell completion and verify-audit."""
+    operations = README[README.index("## Operations") : README.index("## The sandbox")]
+    for unit in ("deploy/upbit-withdraw.service", "deploy/upbit-withdraw-audit-heads.timer"):
+        assert unit in operations and (ROOT / unit).exists(), unit
+    assert "_UPBIT_WITHDRAW_COMPLETE=bash_source upbit-withdraw" in README
+    assert re.search(r"^\| `verify-audit", README, re.M)

@@ -306,11 +306,16 @@ class TestPoliteness:
     async def test_429_and_418_storms_fail_no_workflow(
         self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
     ) -> None:
-        """Bursts of 429 (and the 418 they provoke) delay workflows but fail none."""
+        """Bursts of 429 (and the 418 they provoke) delay workflows but fail none.
+
+        The requests are built (one allowlist read each, outside the engine) *before* the faults are
+        injected: the faults target every endpoint, and the test's own setup reads have no retry policy,
+        so reading after injecting made the test fail on its own 418 rather than on the engine's."""
+        requests = [await request_for(sandbox.url, amount=f"0.0{i + 1}") for i in range(5)]
         await admin.configure(block_after_429s=3, block_seconds=1)
         await admin.fault(endpoint="*", kind="burst_429", probability=0.3, times=8, count=2)
         async with engine_factory() as engine:
-            ids = [(await engine.submit(await request_for(sandbox.url, amount=f"0.0{i + 1}"))).id for i in range(5)]
-            results = [await engine.wait(i, timeout=30) for i in ids]
+            ids = [(await engine.submit(request)).id for request in requests]
+            results = [await engine.wait(i, timeout=60) for i in ids]
         assert all(r.state is State.DONE for r in results), [r.state for r in results]
         assert list((await admin.creations()).values()) == [1] * 5
