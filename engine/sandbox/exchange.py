@@ -19,7 +19,7 @@ Validation order of ``POST /v1/withdraws/coin`` (the first failing check answers
 ==  =========================================================  ====  ==================================
 1   currency, net_type, amount, address present                400   ``validation_error``
 2   currency known                                             404   ``currency_not_found``
-3   amount is a positive plain decimal string                  400   ``invalid_parameter``
+3   amount is a positive plain decimal string or JSON number   400   ``invalid_parameter``
 4   transaction_type is ``default`` or ``internal``            400   ``validation_error``
 5   (address, secondary_address) allowlisted for (currency,    400   ``withdraw_address_not_registered``
     net_type) on this account; the tag must match exactly
