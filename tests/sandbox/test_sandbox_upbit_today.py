@@ -249,3 +249,40 @@ class TestBlocks:
         text = unquote(urlencode(list(BTC_BODY.items())))
         assert hashed_body(json.dumps(BTC_BODY).encode()) == (text,)
         assert hashlib.sha512(text.encode()).hexdigest()
+
+
+class TestSeedKeys:
+    def test_the_new_seed_keys_load_from_toml(self, tmp_path: Any) -> None:
+        """region, per-network cancelable/onetime/daily and the 418 settings are read and checked."""
+        from engine.sandbox.seed import DEFAULT_SEED_PATH, load_seed
+
+        text = DEFAULT_SEED_PATH.read_text(encoding="utf-8")
+        text = text.replace('region = "kr"', 'region = "sg"').replace("block_growth = 1.0", "block_growth = 2.0")
+        text = text.replace("announce_block = true", "announce_block = false")
+        text = text.replace(
+            'network_name = "Bitcoin"\n', 'network_name = "Bitcoin"\ncancelable = false\nonetime = "5"\n', 1
+        )
+        path = tmp_path / "seed.toml"
+        path.write_text(text, encoding="utf-8")
+        seed = load_seed(path)
+        btc = next(n for n in seed.networks if n.currency == "BTC")
+        assert (seed.region, seed.region.fiat) == (Region.SG, "SGD")
+        assert (btc.cancelable, btc.onetime, btc.daily) == (False, Decimal(5), None)
+        assert (seed.rate_limit.block_growth, seed.rate_limit.announce_block) == (2.0, False)
+
+    def test_blocks_may_not_shrink(self, tmp_path: Any) -> None:
+        from engine.sandbox.model import SeedError
+        from engine.sandbox.seed import rate_limit_from
+
+        with pytest.raises(SeedError, match="block_growth"):
+            rate_limit_from({"block_growth": 0.5})
+        with pytest.raises(SeedError, match="region"):
+            from engine.sandbox.seed import seed_from_mapping
+
+            seed_from_mapping({"region": "us", "accounts": [{"name": "a"}], "networks": []})
+
+    async def test_the_418_settings_change_live(self, client: Client) -> None:
+        answer = await client.admin(
+            "POST", "/sandbox/config", {"rate_limit": {"announce_block": False, "block_growth": 3}}
+        )
+        assert answer["rate_limit"]["announce_block"] is False and answer["rate_limit"]["block_growth"] == 3.0

@@ -275,3 +275,35 @@ def test_decimal_amounts_round_trip(sandbox: SandboxThread) -> None:
         )
     assert Decimal(made.amount) == Decimal("0.12345678") and made.amount == "0.12345678"
     wire.check()
+
+
+async def test_a_global_region_fits_the_models_too(seed: Any, make: Callable[..., Any]) -> None:
+    """Upbit Singapore: SGD, ``+08:00`` and millisecond stamps; the answers still fit strictly."""
+    import dataclasses
+
+    from engine.sandbox.model import Region
+
+    account = dataclasses.replace(seed.accounts[0], balances={**seed.accounts[0].balances, "SGD": Decimal(1000)})
+    with SandboxThread(dataclasses.replace(seed, region=Region.SG, accounts=(account,))) as sandbox:
+        wire = Wire()
+        sdk = Driver(make(sandbox.url, wire))
+        assert (await sdk("accounts.list"))[0].currency == "SGD"
+        chance = await sdk("withdraws.retrieve_chance", currency="BTC", net_type="BTC")
+        assert chance.withdraw_limit.fiat_currency == "SGD"
+        made = await sdk(
+            "withdraws.create_withdrawal", currency="BTC", net_type="BTC", amount="0.01", address=BTC_ADDRESS
+        )
+        assert made.created_at.endswith("+08:00") and "." in made.created_at
+        assert any(m.market == "SGD-BTC" for m in await sdk("trading_pairs.list", is_details=True))
+        assert wire.check() >= {("GET", "/v1/accounts"), ("POST", "/v1/withdraws/coin")}
+
+
+def test_the_sdks_default_retry_duplicates_a_dropped_post(sandbox: SandboxThread) -> None:
+    """Why benchmarks/peers.py exists: a POST carried out and then dropped is sent again by the SDK's
+    default retry (new JWT, new nonce), and the exchange makes a second withdrawal."""
+    admin(sandbox, "POST", "/sandbox/faults", {"endpoint": "POST /v1/withdraws/coin", "kind": "drop", "times": 1})
+    with Upbit(access_key=DEMO_ACCESS_KEY, secret_key=DEMO_SECRET_KEY, base_url=sandbox.url) as client:
+        made = client.withdraws.create_withdrawal(currency="BTC", net_type="BTC", amount="0.5", address=BTC_ADDRESS)
+    stored = admin(sandbox, "GET", "/sandbox/withdrawals")
+    assert len(stored) == 2 and made.uuid == stored[1]["uuid"]
+    assert {w["amount"] for w in stored} == {"0.5"}
