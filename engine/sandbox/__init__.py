@@ -10,5 +10,6 @@ an end state on seeded timings and outcomes; and injects faults on demand. Admin
 from engine.sandbox.app import SandboxServer, create_app, run_sandbox
 from engine.sandbox.model import SandboxSeed
 from engine.sandbox.seed import default_seed, load_seed
+from engine.sandbox.thread import SandboxThread
 
-__all__ = ["SandboxSeed", "SandboxServer", "create_app", "default_seed", "load_seed", "run_sandbox"]
+__all__ = ["SandboxSeed", "SandboxServer", "SandboxThread", "create_app", "default_seed", "load_seed", "run_sandbox"]

@@ -22,6 +22,7 @@ from engine.sandbox.auth import claimed_access_key, hashed_body, hashed_query
 from engine.sandbox.errors import SandboxError
 from engine.sandbox.faults import FaultKind, FaultRule
 from engine.sandbox.listing import parse_list_query
+from engine.sandbox.markets import market_list
 from engine.sandbox.ratelimit import RateLimiter, Verdict, VerdictKind
 from engine.sandbox.records import Account
 from engine.sandbox.runtime import SANDBOX_KEY, Sandbox
@@ -103,9 +104,28 @@ ROUTES: tuple[tuple[str, str, Route], ...] = (
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every ``/v1`` endpoint behind the pipeline."""
+    """Register every ``/v1`` endpoint behind the pipeline, and the public market list beside it."""
     for method, path, route in ROUTES:
         app.router.add_route(method, path, _handler(route))
+    app.router.add_get("/v1/market/all", _market_all)
+
+
+async def _market_all(request: web.Request) -> web.Response:
+    """``GET /v1/market/all``: public, like Upbit's (no JWT, no Exchange API rate bucket, no faults)."""
+    sandbox = request.app[SANDBOX_KEY]
+    details = request.query.get("is_details", "false").lower() == "true"
+    body = json.dumps(market_list(sandbox.seed, details=details), ensure_ascii=False, separators=(",", ":"))
+    sandbox.recorder.log(
+        method="GET",
+        path=request.path,
+        query=request.rel_url.raw_query_string,
+        body=None,
+        status=200,
+        access_key=None,
+        received_at=sandbox.now().isoformat(timespec="milliseconds"),
+        fault=None,
+    )
+    return web.Response(body=body.encode(), content_type="application/json", charset="utf-8")
 
 
 def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -134,7 +154,7 @@ class _Pipeline:
         bucket = self._bucket()
         verdict = sandbox.limiter.check(bucket)
         if not verdict.allowed:
-            return self._finish(_refusal(verdict), int(verdict.kind))
+            return self._finish(_refusal(verdict, sandbox.limiter), int(verdict.kind))
         plan = sandbox.faults.plan(f"{request.method} {request.path}")
         if plan.latency_ms:
             await sandbox.clock.sleep(plan.latency_ms / 1000)
@@ -157,7 +177,10 @@ class _Pipeline:
         try:
             body = _json_body(request, self.raw_body)
             post = request.method == "POST"
-            hashed = hashed_body(body) if post else hashed_query(request.rel_url.raw_query_string)
+            if post:
+                hashed = hashed_body(self.raw_body) if body else ()
+            else:
+                hashed = hashed_query(request.rel_url.raw_query_string)
             access_key = sandbox.verifier.verify(request.headers.get("Authorization"), hashed=hashed)
             account = sandbox.exchange.account(access_key)
             sandbox.exchange.advance()  # again: an injected latency may have let steps fall due
@@ -227,13 +250,14 @@ def _raw(status: int, body: bytes, headers: Any, content_type: str = "applicatio
     return response
 
 
-def _refusal(verdict: Verdict) -> web.Response:
-    """429 (plain text, like Upbit's gateway) or 418 (JSON naming the block, plus Retry-After)."""
+def _refusal(verdict: Verdict, limiter: RateLimiter) -> web.Response:
+    """429 (plain text, like Upbit's gateway) or 418 (JSON naming the block, plus Retry-After if announced)."""
     if verdict.kind is VerdictKind.THROTTLED:
         return _raw(429, _THROTTLED_TEXT.encode(), {"Remaining-Req": verdict.header}, "text/plain")
-    error = SandboxError(418, "too_many_requests_blocked", RateLimiter.block_message(verdict.retry_after))
+    error = SandboxError(418, "too_many_requests_blocked", limiter.block_message(verdict.retry_after))
     response = _json(418, error.body(), verdict.header)
-    response.headers["Retry-After"] = str(max(1, math.ceil(verdict.retry_after)))
+    if limiter.settings.announce_block:
+        response.headers["Retry-After"] = str(max(1, math.ceil(verdict.retry_after)))
     return response
 
 

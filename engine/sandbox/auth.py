@@ -5,7 +5,12 @@ the published demo keys: it decodes the token itself (base64url, JSON), checks t
 ``hmac.compare_digest``, and rebuilds the hashed string from the request *as received*:
 
 - GET/DELETE: ``urllib.parse.unquote(raw_query_string)``, order preserved, nothing re-encoded;
-- POST: the JSON body's keys in body order, ``unquote(urlencode(list(body.items()), doseq=True))``.
+- POST: the JSON body's keys in body order, ``unquote(urlencode(pairs))``, where the pairs are written
+  either as the official SDK writes them (a ``null`` or empty value left out, booleans ``true``/``false``,
+  arrays as ``key[]``) or as Upbit's documented Python recipe and ccxt write them
+  (``urlencode(body.items(), doseq=True)``: ``None``, ``True``); a token matching either is accepted.
+  A JSON number is hashed as the text it was sent as (``0.01``), which is what both a Python and a
+  JavaScript client hash, since their JSON encoders and ``str()`` agree.
 
 Checks, in order, each a 401 with Upbit's name: no ``Authorization: Bearer`` header
 (``no_authorization_token``); undecodable token or an ``alg`` other than HS256/HS384/HS512
@@ -52,14 +57,43 @@ def _refuse(name: str, message: str) -> SandboxError:
     return SandboxError(401, name, message)
 
 
-def hashed_query(raw_query: str) -> str | None:
-    """The string a GET/DELETE token must hash: the raw query, percent-decoded, order kept."""
-    return unquote(raw_query) if raw_query else None
+def hashed_query(raw_query: str) -> tuple[str, ...]:
+    """The string a GET/DELETE token must hash: the raw query, percent-decoded, order kept (none: no params)."""
+    return (unquote(raw_query),) if raw_query else ()
 
 
-def hashed_body(body: Mapping[str, Any]) -> str | None:
-    """The string a POST token must hash: body pairs in body order, Upbit's Python recipe."""
-    return unquote(urlencode(list(body.items()), doseq=True)) if body else None
+class _Number(str):
+    """A JSON number, kept as the text it was sent as."""
+
+
+def hashed_body(raw: bytes) -> tuple[str, ...]:
+    """The strings a POST token may hash (see the module docstring); () when the body has no parameters."""
+    try:
+        pairs = json.loads(raw, parse_float=_Number, parse_int=_Number, object_pairs_hook=list)
+    except (ValueError, UnicodeDecodeError):
+        return ()
+    if not isinstance(pairs, list) or not pairs:
+        return ()
+    sdk = unquote(urlencode([item for key, value in pairs for item in _sdk_items(key, value)]))
+    recipe = unquote(urlencode([item for key, value in pairs for item in _recipe_items(key, value)]))
+    return (sdk,) if sdk == recipe else (sdk, recipe)
+
+
+def _sdk_items(key: str, value: Any) -> list[tuple[str, str]]:
+    """As ``upbit._qs.Querystring(array_format="brackets")`` writes one body value."""
+    if isinstance(value, list) and value and all(isinstance(p, tuple) for p in value):  # a nested object
+        return [item for sub, inner in value for item in _sdk_items(f"{key}[{sub}]", inner)]
+    if isinstance(value, list):
+        return [item for element in value for item in _sdk_items(f"{key}[]", element)]
+    text = "true" if value is True else "false" if value is False else "" if value is None else str(value)
+    return [(key, text)] if text else []
+
+
+def _recipe_items(key: str, value: Any) -> list[tuple[str, str]]:
+    """As ``urlencode(body.items(), doseq=True)`` writes one body value (Upbit's Python recipe)."""
+    if isinstance(value, list) and not (value and all(isinstance(p, tuple) for p in value)):
+        return [(key, str(element)) for element in value]
+    return [(key, str(dict(value)) if isinstance(value, list) else str(value))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +177,8 @@ class JwtVerifier:
     def __repr__(self) -> str:
         return f"JwtVerifier({self.nonces!r})"
 
-    def verify(self, authorization: str | None, *, hashed: str | None) -> str:
-        """Check the token against the request's hashed string; returns the verified access key."""
+    def verify(self, authorization: str | None, *, hashed: tuple[str, ...]) -> str:
+        """Check the token against the request's hashed strings (any may match); returns the access key."""
         token = parse_token(authorization)
         digest = _HASHES.get(str(token.header.get("alg")))
         if digest is None:
@@ -166,14 +200,14 @@ class JwtVerifier:
         return access_key
 
 
-def _check_query_hash(claims: Mapping[str, Any], hashed: str | None) -> None:
+def _check_query_hash(claims: Mapping[str, Any], hashed: tuple[str, ...]) -> None:
     given = claims.get("query_hash")
-    if hashed is None and given is None:
+    if given is None and (not hashed or "" in hashed):
         return
-    if hashed is None or not isinstance(given, str):
+    if not hashed or not isinstance(given, str):
         raise _refuse("invalid_query_payload", "query_hash does not match the request's parameters")
     if claims.get("query_hash_alg", "SHA512") != "SHA512":
         raise _refuse("invalid_query_payload", "query_hash_alg must be SHA512")
-    expected = hashlib.sha512(hashed.encode()).hexdigest()
-    if not hmac.compare_digest(expected.encode(), given.lower().encode()):
+    expected = [hashlib.sha512(text.encode()).hexdigest().encode() for text in hashed]
+    if not any(hmac.compare_digest(digest, given.lower().encode()) for digest in expected):
         raise _refuse("invalid_query_payload", "query_hash does not match the request's parameters")

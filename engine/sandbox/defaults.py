@@ -32,32 +32,32 @@ _WORKING = ("deposit", "withdraw")
 NETWORKS = (
     NetworkSeed(
         currency="BTC", net_type="BTC", network_name="Bitcoin", withdraw_fee=D("0.0008"),
-        minimum=D("0.00001"), fixed=8, onetime=D("50.0"), daily=D("100.0"),
+        minimum=D("0.00001"), fixed=8,
         wallet_support=_WORKING, block_height=930412,
     ),
     NetworkSeed(
         currency="ETH", net_type="ETH", network_name="Ethereum", withdraw_fee=D("0.01"),
-        minimum=D("0.001"), fixed=8, onetime=D("1000"), daily=D("2000"),
+        minimum=D("0.001"), fixed=8,
         wallet_support=_WORKING, block_height=23791455,
     ),
     NetworkSeed(
         currency="USDT", net_type="TRX", network_name="Tron (TRC20)", withdraw_fee=D("1"),
-        minimum=D("1"), fixed=6, onetime=D("1000000"), daily=D("5000000"),
+        minimum=D("1"), fixed=6,
         wallet_support=_WORKING, block_height=77203318,
     ),
     NetworkSeed(
         currency="USDT", net_type="ETH", network_name="Ethereum (ERC20)", withdraw_fee=D("5"),
-        minimum=D("10"), fixed=6, onetime=D("500000"), daily=D("2000000"),
+        minimum=D("10"), fixed=6,
         wallet_support=_WORKING, block_height=23791455,
     ),
     NetworkSeed(
         currency="XRP", net_type="XRP", network_name="Ripple", withdraw_fee=D("0.4"),
-        minimum=D("1"), fixed=6, onetime=D("1000000"), daily=D("5000000"),
+        minimum=D("1"), fixed=6,
         wallet_support=_WORKING, block_height=99810024,
     ),
     NetworkSeed(
         currency="DOGE", net_type="DOGE", network_name="Dogecoin", withdraw_fee=D("4"),
-        minimum=D("10"), fixed=8, onetime=D("5000000"), daily=D("10000000"),
+        minimum=D("10"), fixed=8,
         wallet_state=WalletState.PAUSED, block_state=BlockState.NORMAL, wallet_support=(),
         block_height=5943120,
     ),
@@ -67,34 +67,33 @@ ADDRESSES = (
     AddressSeed(
         currency="BTC", net_type="BTC", network_name="Bitcoin",
         withdraw_address="bc1qsandbox0demo0wallet0000000000000000000",
-        beneficiary_name="Kim Sandbox", beneficiary_type="individual", wallet_type="personal",
+        beneficiary_type="individual", wallet_type="Ledger",
     ),
     AddressSeed(
         currency="ETH", net_type="ETH", network_name="Ethereum",
         withdraw_address="0x5a0b54d5dc17e0aadc383d2db43b0a0d3e029c4c",
-        beneficiary_name="Kim Sandbox", beneficiary_type="individual", wallet_type="personal",
+        beneficiary_type="individual", wallet_type="MetaMask",
     ),
     AddressSeed(
         currency="USDT", net_type="TRX", network_name="Tron (TRC20)",
         withdraw_address="TJYeasTPa6gpEEfYqGJkbXhBVxBJMEZfUt",
         beneficiary_name="Park Treasury", beneficiary_type="corporate",
-        beneficiary_company_name="Sandbox Trading Co., Ltd.", exchange_name="Binance", wallet_type="exchange",
+        beneficiary_company_name="Sandbox Trading Co., Ltd.", exchange_name="Binance",
     ),
     AddressSeed(
         currency="USDT", net_type="ETH", network_name="Ethereum (ERC20)",
         withdraw_address="0x5a0b54d5dc17e0aadc383d2db43b0a0d3e029c4c",
-        beneficiary_name="Kim Sandbox", beneficiary_type="individual", wallet_type="personal",
+        beneficiary_type="individual", wallet_type="MetaMask",
     ),
     AddressSeed(
         currency="XRP", net_type="XRP", network_name="Ripple",
         withdraw_address="rN7n7otQDd6FczFgLdSqtcsAUxDkw6fzRH", secondary_address="1234567",
         beneficiary_name="Kim Sandbox", beneficiary_type="individual", exchange_name="Bithumb",
-        wallet_type="exchange",
     ),
     AddressSeed(
         currency="DOGE", net_type="DOGE", network_name="Dogecoin",
         withdraw_address="DH5yaieqoZN36fDVciNyRueRGvGLR3mr7L",
-        beneficiary_name="Kim Sandbox", beneficiary_type="individual", wallet_type="personal",
+        beneficiary_type="individual", wallet_type="Trust Wallet",
     ),
 )  # fmt: skip
 

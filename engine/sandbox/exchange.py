@@ -19,7 +19,7 @@ Validation order of ``POST /v1/withdraws/coin`` (the first failing check answers
 ==  =========================================================  ====  ==================================
 1   currency, net_type, amount, address present                400   ``validation_error``
 2   currency known                                             404   ``currency_not_found``
-3   amount is a positive plain decimal string                  400   ``invalid_parameter``
+3   amount is a positive plain decimal string or JSON number   400   ``invalid_parameter``
 4   transaction_type is ``default`` or ``internal``            400   ``validation_error``
 5   (address, secondary_address) allowlisted for (currency,    400   ``withdraw_address_not_registered``
     net_type) on this account; the tag must match exactly
@@ -27,8 +27,9 @@ Validation order of ``POST /v1/withdraws/coin`` (the first failing check answers
 7   amount >= minimum                                          400   ``sandbox_under_min_amount``
 8   decimal places <= ``fixed``                                400   ``sandbox_too_many_decimals``
 9   balance >= amount + fee                                    400   ``withdraw_insufficient_balance``
-10  amount <= onetime                                          400   ``sandbox_over_onetime_limit``
-11  amount <= remaining daily (network, KST day)               400   ``sandbox_over_daily_limit``
+10  amount <= onetime (only if the network sets one)          400   ``sandbox_over_onetime_limit``
+11  amount <= remaining daily (only if the network sets one)   400   ``sandbox_over_daily_limit``
+12  amount x price <= the account's fiat left today            400   ``sandbox_over_daily_fiat_limit``
 ==  =========================================================  ====  ==================================
 
 Error names of the sandbox's own. upbit-api.md §4.3 knows no official name for these cases, so
@@ -44,6 +45,7 @@ HTTP  error.name                         when
 400   ``sandbox_too_many_decimals``      more decimal places than withdraw_limit.fixed
 400   ``sandbox_over_onetime_limit``     amount > withdraw_limit.onetime
 400   ``sandbox_over_daily_limit``       amount > withdraw_limit.remaining_daily
+400   ``sandbox_over_daily_fiat_limit``  amount x price > withdraw_limit.remaining_daily_fiat
 418   ``too_many_requests_blocked``      rate-limit block; message and Retry-After give seconds
 400   ``sandbox_invalid_admin_request``  admin route: bad payload (the message names the key)
 404   ``sandbox_account_not_found``      admin route: unknown access key or account name
@@ -76,8 +78,9 @@ from engine.sandbox.model import (
     WithdrawalState,
     derive_wallet_support,
 )
-from engine.sandbox.records import KST, Account, Network, Withdrawal
+from engine.sandbox.records import Account, Network, Withdrawal
 from engine.sandbox.validation import (
+    Allowance,
     WithdrawRequest,
     check_destination,
     check_limits,
@@ -114,7 +117,7 @@ class Exchange:
         self.accounts = {a.name: Account.from_seed(a) for a in seed.accounts}
         self._secrets = {c.access_key: c.secret_key for a in seed.accounts for c in a.keys}
         self._by_key = {c.access_key: self.accounts[a.name] for a in seed.accounts for c in a.keys}
-        self.currencies = {"KRW"} | {n.currency for n in seed.networks}
+        self.currencies = {seed.region.fiat} | {n.currency for n in seed.networks}
         self.currencies |= {c for a in seed.accounts for c in a.balances}
         self._withdrawals: list[Withdrawal] = []
         self._by_uuid: dict[str, Withdrawal] = {}
@@ -197,10 +200,12 @@ class Exchange:
         request = parse_withdraw_request(body, self.currencies)
         network = check_destination(account, self.networks, request)
         fee = Decimal(0) if request.internal else network.seed.withdraw_fee
-        check_limits(account, network, request, fee=fee, remaining_daily=self._remaining_daily(account, network))
-        return self._open(account, request, fee, dict(body))
+        check_limits(account, network, request, fee=fee, allowance=self._allowance(account, network))
+        return self._open(account, request, network, fee, dict(body))
 
-    def _open(self, account: Account, request: WithdrawRequest, fee: Decimal, body: dict[str, Any]) -> Withdrawal:
+    def _open(
+        self, account: Account, request: WithdrawRequest, network: Network, fee: Decimal, body: dict[str, Any]
+    ) -> Withdrawal:
         created_at, created_mono = self._now(), self._monotonic()
         rng = self._rng  # always the same five draws per withdrawal, so a seed replays exactly
         uid = str(uuid_module.UUID(int=rng.getrandbits(128), version=4))
@@ -224,11 +229,13 @@ class Exchange:
             body=body,
             created_at=created_at,
             created_mono=created_mono,
-            day=created_at.astimezone(KST).date(),
+            day=created_at.astimezone(self.seed.region.tz).date(),
             outcome=outcome,
             processing_delay=to_next,
             terminal_delay=to_end,
             planned_txid=make_txid(txbits, internal=request.internal),
+            cancelable=network.seed.cancelable,
+            region=self.seed.region,
         )
         self._register(account, withdrawal)
         return withdrawal
@@ -250,11 +257,19 @@ class Exchange:
         account.fiat_used[withdrawal.day] = account.fiat_used.get(withdrawal.day, Decimal(0)) + fiat
 
     def _today(self) -> Any:
-        return self._now().astimezone(KST).date()
+        return self._now().astimezone(self.seed.region.tz).date()
 
-    def _remaining_daily(self, account: Account, network: Network) -> Decimal:
+    def _allowance(self, account: Account, network: Network) -> Allowance:
+        """What the day leaves: the network's deprecated daily limit (if set) and the account's fiat."""
+        daily = network.seed.daily
         used = account.daily_used.get((*network.seed.key, self._today()), Decimal(0))
-        return max(Decimal(0), network.seed.daily - used)
+        fiat_used = account.fiat_used.get(self._today(), Decimal(0))
+        return Allowance(
+            network_daily=None if daily is None else max(Decimal(0), daily - used),
+            fiat=max(Decimal(0), account.daily_fiat_limit - fiat_used),
+            fiat_currency=self.seed.region.fiat,
+            price=self.seed.prices.get(network.seed.currency, Decimal(0)),
+        )
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -268,9 +283,10 @@ class Exchange:
         return [network.status_row(now) for network in self.networks.values()]
 
     def balances(self, account: Account) -> list[dict[str, Any]]:
-        """``GET /v1/accounts``: KRW first, then every currency the account holds or has held."""
-        currencies = sorted(set(account.balances) | set(account.locked), key=lambda c: (c != "KRW", c))
-        return [views.balance_row(account, c, self.seed.prices) for c in currencies]
+        """``GET /v1/accounts``: the fiat first, then every currency the account holds or has held."""
+        fiat = self.seed.region.fiat
+        currencies = sorted(set(account.balances) | set(account.locked), key=lambda c: (c != fiat, c))
+        return [views.balance_row(account, c, self.seed.prices, self.seed.region.fiat) for c in currencies]
 
     def chance(self, account: Account, currency: str | None, net_type: str | None) -> dict[str, Any]:
         """``GET /v1/withdraws/chance`` (the object of upbit-api.md §5.3)."""
@@ -283,9 +299,7 @@ class Exchange:
         network = self.networks.get((currency, net_type))
         if network is None:
             raise invalid_value("net_type")
-        fiat_used = account.fiat_used.get(self._today(), Decimal(0))
-        remaining = self._remaining_daily(account, network)
-        return views.chance(account, network, self.seed.prices, remaining=remaining, fiat_used=fiat_used)
+        return views.chance(account, network, self.seed.prices, self._allowance(account, network))
 
     def find_withdrawal(
         self, account: Account, *, uuid: str | None, txid: str | None, currency: str | None

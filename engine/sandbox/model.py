@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
 
@@ -24,6 +25,7 @@ __all__ = [
     "NetworkSeed",
     "OutcomeRule",
     "RateLimitSettings",
+    "Region",
     "SandboxSeed",
     "SeedError",
     "Timings",
@@ -71,6 +73,38 @@ class WithdrawalState(StrEnum):
         return self not in (WithdrawalState.WAITING, WithdrawalState.PROCESSING)
 
 
+class Region(StrEnum):
+    """Which Upbit the sandbox plays: its fiat, its clock, and how it writes timestamps."""
+
+    KR = "kr"
+    SG = "sg"
+    ID = "id"
+    TH = "th"
+
+    @property
+    def fiat(self) -> str:
+        """The fiat currency of balances, prices and the daily withdrawal limit."""
+        return _FIAT[self]
+
+    @property
+    def tz(self) -> timezone:
+        """The offset withdrawals are stamped with (``+09:00`` in Korea, ``+08:00`` in Singapore, ...)."""
+        return _ZONES[self]
+
+    @property
+    def milliseconds(self) -> bool:
+        """Global sites stamp to the millisecond (our choice, see the README); Korea to the second."""
+        return self is not Region.KR
+
+
+_FIAT = {Region.KR: "KRW", Region.SG: "SGD", Region.ID: "IDR", Region.TH: "THB"}
+_ZONES = {
+    Region.KR: timezone(timedelta(hours=9), "KST"),
+    Region.SG: timezone(timedelta(hours=8), "SGT"),
+    Region.ID: timezone(timedelta(hours=7), "WIB"),
+    Region.TH: timezone(timedelta(hours=7), "ICT"),
+}
+
 TERMINAL_STATES = tuple(s for s in WithdrawalState if s.is_terminal)
 _SUPPORT = {
     WalletState.WORKING: ("deposit", "withdraw"),
@@ -97,13 +131,18 @@ class NetworkSeed:
     minimum: Decimal
     fixed: int
     """Maximum decimal places of an amount."""
-    onetime: Decimal
-    daily: Decimal
+    onetime: Decimal | None = None
+    """Deprecated per-network limits (Upbit enforces the account's fiat daily limit instead): None,
+    the default, means neither reported nor enforced; set, they behave as Upbit KR's used to."""
+    daily: Decimal | None = None
     wallet_state: WalletState = WalletState.WORKING
     block_state: BlockState | None = BlockState.NORMAL
     wallet_support: tuple[str, ...] | None = None
     """None means "derived from wallet_state" (see :func:`derive_wallet_support`)."""
     block_height: int | None = None
+    cancelable: bool = True
+    """Whether a WAITING withdrawal of this network can be cancelled (``is_cancelable``). Upbit's own
+    tutorial shows a fresh WAITING withdrawal with ``is_cancelable: false``: set False to play that."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -169,6 +208,11 @@ class RateLimitSettings:
     """This many 429s within ``block_window_seconds`` start a 418 block."""
     block_window_seconds: float = 10.0
     block_seconds: float = 30.0
+    block_growth: float = 1.0
+    """Each further block of the same account lasts this factor longer (Upbit: "grows on repeat")."""
+    block_max_seconds: float = 3600.0
+    announce_block: bool = True
+    """True: the 418 states its seconds in the message and in ``Retry-After``; False: neither."""
 
 
 DEFAULT_OUTCOME_WEIGHTS: Mapping[WithdrawalState, float] = {
@@ -186,13 +230,14 @@ class SandboxSeed:
     accounts: tuple[AccountSeed, ...]
     networks: tuple[NetworkSeed, ...]
     prices: Mapping[str, Decimal] = field(default_factory=dict)
-    """KRW price per currency: ``avg_buy_price`` and the fiat daily limit use it."""
+    """Price per currency in the region's fiat: ``avg_buy_price`` and the fiat daily limit use it."""
     timings: Timings = Timings()
     outcome_weights: Mapping[WithdrawalState, float] = field(default_factory=lambda: dict(DEFAULT_OUTCOME_WEIGHTS))
     outcome_rules: tuple[OutcomeRule, ...] = ()
     rate_limit: RateLimitSettings = RateLimitSettings()
     random_seed: int = 1
     faults: tuple[FaultRule, ...] = ()
+    region: Region = Region.KR
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -6,7 +6,9 @@ the monotonic clock, so ``sec=`` in ``Remaining-Req`` counts down within a secon
 next. A call over the limit is refused with 429 and *not* processed; ``block_after_429s`` 429s
 within ``block_window_seconds`` block the bucket for ``block_seconds``, during which every call gets
 418 (and, being refused too, does not count toward the window). A 429 injected by a ``burst_429``
-fault counts as a strike too, so a client that ignores 429 storms gets blocked as on Upbit.
+fault counts as a strike too, so a client that ignores 429 storms gets blocked as on Upbit. Blocks
+grow on repeat, as Upbit says its do: the n-th block of a bucket lasts
+``block_seconds * block_growth ** (n - 1)``, at most ``block_max_seconds``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class _Bucket:
     count: int = 0
     strikes: deque[float] = field(default_factory=deque)
     blocked_until: float = 0.0
+    blocks: int = 0
 
 
 class RateLimiter:
@@ -114,10 +117,17 @@ class RateLimiter:
             bucket.strikes.popleft()
         if len(bucket.strikes) >= settings.block_after_429s:
             bucket.strikes.clear()
-            bucket.blocked_until = now + settings.block_seconds
+            bucket.blocked_until = now + self.block_length(bucket.blocks)
+            bucket.blocks += 1
         return Verdict(VerdictKind.THROTTLED, 0, math.ceil(now) - now or 1.0)
 
-    @staticmethod
-    def block_message(seconds: float) -> str:
-        """The 418 message; it states the block in whole seconds, rounded up."""
+    def block_length(self, earlier_blocks: int) -> float:
+        """Seconds of the next block of a bucket that was blocked ``earlier_blocks`` times already."""
+        settings = self.settings
+        return float(min(settings.block_seconds * settings.block_growth**earlier_blocks, settings.block_max_seconds))
+
+    def block_message(self, seconds: float) -> str:
+        """The 418 message: the block in whole seconds (rounded up), or no figure when blocks are not announced."""
+        if not self.settings.announce_block:
+            return "Too many requests: this account is temporarily blocked."
         return f"Too many requests: this account is blocked for {math.ceil(seconds)} seconds."

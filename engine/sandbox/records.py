@@ -18,12 +18,13 @@ from engine.sandbox.model import (
     AddressSeed,
     BlockState,
     NetworkSeed,
+    Region,
     WalletState,
     WithdrawalState,
     derive_wallet_support,
 )
 
-__all__ = ["KST", "Account", "Network", "Withdrawal", "fmt", "fmt_amount", "kst_iso", "utc_iso"]
+__all__ = ["KST", "Account", "Network", "Withdrawal", "fmt", "fmt_amount", "kst_iso", "region_iso", "utc_iso"]
 
 #: Upbit KR stamps withdrawals in Korea Standard Time (``2026-01-01T09:00:00+09:00``).
 KST = timezone(timedelta(hours=9), "KST")
@@ -44,6 +45,11 @@ def fmt_amount(value: Decimal) -> str:
 def kst_iso(moment: datetime) -> str:
     """ISO-8601 to the second with the ``+09:00`` offset, as in Upbit's examples."""
     return moment.astimezone(KST).isoformat(timespec="seconds")
+
+
+def region_iso(moment: datetime, region: Region) -> str:
+    """A timestamp as the region's Upbit writes one: its offset; milliseconds on the global sites."""
+    return moment.astimezone(region.tz).isoformat(timespec="milliseconds" if region.milliseconds else "seconds")
 
 
 def utc_iso(moment: datetime) -> str:
@@ -120,6 +126,9 @@ class Withdrawal:
     state: WithdrawalState = WithdrawalState.WAITING
     txid: str | None = None
     done_at: datetime | None = None
+    cancelable: bool = True
+    """The network's setting at creation: may a WAITING withdrawal be cancelled at all."""
+    region: Region = Region.KR
 
     @property
     def total(self) -> Decimal:
@@ -128,8 +137,8 @@ class Withdrawal:
 
     @property
     def is_cancelable(self) -> bool:
-        """Only a WAITING withdrawal can still be cancelled."""
-        return self.state is WithdrawalState.WAITING
+        """Only a WAITING withdrawal can still be cancelled, and only on a network that allows it."""
+        return self.cancelable and self.state is WithdrawalState.WAITING
 
     def to_upbit(self, *, is_cancelable: bool | None = None) -> dict[str, Any]:
         """The withdrawal object of upbit-api.md §6 (no address: Upbit does not return one)."""
@@ -140,8 +149,8 @@ class Withdrawal:
             "net_type": self.net_type,
             "txid": self.txid,
             "state": self.state.value,
-            "created_at": kst_iso(self.created_at),
-            "done_at": None if self.done_at is None else kst_iso(self.done_at),
+            "created_at": region_iso(self.created_at, self.region),
+            "done_at": None if self.done_at is None else region_iso(self.done_at, self.region),
             "amount": self.amount_text,
             "fee": "0.0" if self.fee == 0 else fmt(self.fee),
             "transaction_type": self.transaction_type,

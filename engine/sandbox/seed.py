@@ -29,6 +29,7 @@ from engine.sandbox.model import (
     NetworkSeed,
     OutcomeRule,
     RateLimitSettings,
+    Region,
     SandboxSeed,
     SeedError,
     Timings,
@@ -164,7 +165,7 @@ def seed_from_mapping(data: Mapping[str, Any]) -> SandboxSeed:
     """Build and validate a seed from parsed TOML (or JSON)."""
     top = _Table(data, "").only(
         "random_seed", "timings", "outcome_weights", "outcome_rules", "rate_limit",
-        "prices", "networks", "accounts", "faults",
+        "prices", "networks", "accounts", "faults", "region",
     )  # fmt: skip
     try:
         return SandboxSeed(
@@ -177,6 +178,7 @@ def seed_from_mapping(data: Mapping[str, Any]) -> SandboxSeed:
             rate_limit=rate_limit_from(top.raw("rate_limit", {})),
             random_seed=top.typed("random_seed", int, 1),
             faults=tuple(_fault(t) for t in top.tables("faults")),
+            region=top.enum("region", Region, Region.KR),
         )
     except (TypeError, ValueError) as exc:
         raise exc if isinstance(exc, SeedError) else SeedError(str(exc)) from exc
@@ -185,7 +187,7 @@ def seed_from_mapping(data: Mapping[str, Any]) -> SandboxSeed:
 def _network(t: _Table) -> NetworkSeed:
     t.only(
         "currency", "net_type", "network_name", "withdraw_fee", "minimum", "fixed", "onetime",
-        "daily", "wallet_state", "block_state", "wallet_support", "block_height",
+        "daily", "wallet_state", "block_state", "wallet_support", "block_height", "cancelable",
     )  # fmt: skip
     support = t.raw("wallet_support", None)
     if support is not None and not (isinstance(support, list) and all(isinstance(s, str) for s in support)):
@@ -197,13 +199,18 @@ def _network(t: _Table) -> NetworkSeed:
         withdraw_fee=t.decimal("withdraw_fee"),
         minimum=t.decimal("minimum"),
         fixed=t.typed("fixed", int),
-        onetime=t.decimal("onetime"),
-        daily=t.decimal("daily"),
+        onetime=_optional_decimal(t, "onetime"),
+        daily=_optional_decimal(t, "daily"),
         wallet_state=t.enum("wallet_state", WalletState, WalletState.WORKING),
         block_state=t.enum("block_state", BlockState, BlockState.NORMAL),
         wallet_support=None if support is None else tuple(support),
         block_height=t.typed("block_height", int, None),
+        cancelable=t.typed("cancelable", bool, True),
     )
+
+
+def _optional_decimal(t: _Table, key: str) -> Decimal | None:
+    return None if t.raw(key, None) is None else t.decimal(key)
 
 
 def _account(t: _Table) -> AccountSeed:
@@ -260,11 +267,13 @@ def rate_limit_from(data: object, base: RateLimitSettings | None = None) -> Rate
     """Rate-limit settings from a table; keys left out keep ``base``'s values."""
     base = base or RateLimitSettings()
     t = _Table(data, "rate_limit").only(*(f.name for f in dataclasses.fields(RateLimitSettings)))
-    kinds: dict[str, type] = {"enabled": bool, "per_second": int, "block_after_429s": int}
+    kinds: dict[str, type] = {"enabled": bool, "announce_block": bool, "per_second": int, "block_after_429s": int}
     changes: dict[str, Any] = {key: t.typed(key, kinds.get(key, float)) for key in t.data}
     for key, value in changes.items():
-        if key != "enabled" and value <= 0:
+        if kinds.get(key) is not bool and value <= 0:
             raise SeedError(f"rate_limit.{key}: must be positive")
+        if key == "block_growth" and value < 1:
+            raise SeedError("rate_limit.block_growth: must be at least 1 (blocks grow, never shrink)")
     return dataclasses.replace(base, **changes)
 
 

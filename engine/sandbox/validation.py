@@ -15,7 +15,7 @@ from typing import Any
 from engine.sandbox.errors import SandboxError, invalid_value, missing
 from engine.sandbox.records import Account, Network, fmt
 
-__all__ = ["WithdrawRequest", "check_destination", "check_limits", "parse_withdraw_request"]
+__all__ = ["Allowance", "WithdrawRequest", "check_destination", "check_limits", "parse_withdraw_request"]
 
 _REQUIRED = ("currency", "net_type", "amount", "address")
 _TRANSACTION_TYPES = ("default", "internal")
@@ -50,14 +50,15 @@ def parse_withdraw_request(body: Mapping[str, Any], currencies: Iterable[str]) -
     if body["currency"] not in currencies:
         raise SandboxError(404, "currency_not_found", f"unknown currency: {body['currency']}")
     amount = _positive_decimal(body["amount"])
-    transaction_type = body.get("transaction_type", "default")
+    transaction_type = body.get("transaction_type")
+    transaction_type = "default" if transaction_type is None else transaction_type
     if transaction_type not in _TRANSACTION_TYPES:
         raise invalid_value("transaction_type")
     return WithdrawRequest(
         currency=body["currency"],
         net_type=body["net_type"],
         amount=amount,
-        amount_text=body["amount"],
+        amount_text=body["amount"] if isinstance(body["amount"], str) else fmt(amount),
         address=body["address"],
         secondary_address=body.get("secondary_address"),
         transaction_type=transaction_type,
@@ -65,15 +66,23 @@ def parse_withdraw_request(body: Mapping[str, Any], currencies: Iterable[str]) -
 
 
 def _positive_decimal(value: object) -> Decimal:
-    """Amounts travel as plain decimal strings; a JSON number or ``"1e-3"`` is refused."""
+    """A plain decimal string (``"1e-3"`` is refused), or a JSON number as ccxt's ``withdraw()`` sends one.
+
+    A JSON number arrives as a float; ``repr`` gives the shortest text that reads back to it, which is
+    what the sender's own JSON encoder wrote (Python's and JavaScript's both), so ``0.01`` is 0.01.
+    """
     bad = SandboxError(400, "invalid_parameter", "amount must be a positive decimal string")
-    if not isinstance(value, str) or not value or not set(value) <= set("0123456789."):
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = repr(value)
+    elif isinstance(value, str) and value and set(value) <= set("0123456789."):
+        text = value
+    else:
         raise bad
     try:
-        amount = Decimal(value)
+        amount = Decimal(text)
     except InvalidOperation:
         raise bad from None
-    if amount <= 0:
+    if not amount.is_finite() or amount <= 0:
         raise bad
     return amount
 
@@ -101,10 +110,21 @@ def check_destination(
     return network
 
 
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What is left of the day: the network's deprecated daily limit (None: none), and the account's fiat."""
+
+    network_daily: Decimal | None
+    fiat: Decimal
+    fiat_currency: str
+    price: Decimal
+    """The currency's price in that fiat (0: unpriced, so the fiat limit cannot apply)."""
+
+
 def check_limits(
-    account: Account, network: Network, request: WithdrawRequest, *, fee: Decimal, remaining_daily: Decimal
+    account: Account, network: Network, request: WithdrawRequest, *, fee: Decimal, allowance: Allowance
 ) -> None:
-    """The limit checks, in order: minimum, decimals, balance, onetime, daily."""
+    """The limit checks, in order: minimum, decimals, balance, onetime and daily (when set), fiat daily."""
     seed, amount = network.seed, request.amount
     if amount < seed.minimum:
         raise SandboxError(400, "sandbox_under_min_amount", f"minimum is {fmt(seed.minimum)}")
@@ -112,7 +132,14 @@ def check_limits(
         raise SandboxError(400, "sandbox_too_many_decimals", f"at most {seed.fixed} decimal places")
     if account.balance(request.currency) < amount + fee:
         raise SandboxError(400, "withdraw_insufficient_balance", f"balance is below amount + fee ({fmt(amount + fee)})")
-    if amount > seed.onetime:
+    if seed.onetime is not None and amount > seed.onetime:
         raise SandboxError(400, "sandbox_over_onetime_limit", f"onetime limit is {fmt(seed.onetime)}")
-    if amount > remaining_daily:
-        raise SandboxError(400, "sandbox_over_daily_limit", f"daily limit is {fmt(seed.daily)}")
+    if allowance.network_daily is not None and amount > allowance.network_daily:
+        raise SandboxError(400, "sandbox_over_daily_limit", f"daily limit is {fmt(seed.daily or Decimal(0))}")
+    if amount * allowance.price > allowance.fiat:
+        raise SandboxError(
+            400,
+            "sandbox_over_daily_fiat_limit",
+            f"worth {fmt(amount * allowance.price)} {allowance.fiat_currency}; "
+            f"{fmt(allowance.fiat)} {allowance.fiat_currency} left today",
+        )

@@ -232,7 +232,7 @@ class TestEndpoints:
         assert chance.withdraw_fee == Decimal("0.0008") and isinstance(chance.withdraw_fee, Decimal)
         assert chance.minimum == Decimal("0.00001")
         assert chance.fixed == 8
-        assert chance.onetime == Decimal("50")
+        assert chance.onetime is None  # deprecated per-network limit: Upbit enforces the fiat daily limit
         assert chance.balance == Decimal("10")
         assert "withdraw" in chance.wallet_support
         assert chance.can_withdraw and not chance.member_locked and not chance.wallet_locked
@@ -364,10 +364,9 @@ async def _rich(client: UpbitClient, admin: SandboxAdmin) -> None:
     await admin.call("POST", "balances", {"currency": "BTC", "balance": "1000"})
 
 
-async def _rich_and_daily_limit_used(client: UpbitClient, admin: SandboxAdmin) -> None:
+async def _rich_and_fiat_limit_partly_used(client: UpbitClient, admin: SandboxAdmin) -> None:
     await _rich(client, admin)
-    await client.withdraw_coin(btc("50"))
-    await client.withdraw_coin(btc("50"))
+    await client.withdraw_coin(btc("30"))  # 4.2 of the demo account's 5 billion KRW a day
 
 
 def _post(body: WithdrawBody) -> Call:
@@ -410,9 +409,10 @@ ERROR_CASES: list[tuple[str, Setup | None, Call, type[ExchangeError], int, str, 
      POST_COIN),
     ("post-insufficient-balance", None, _post(btc("20")), ExchangeRefused, 400, "withdraw_insufficient_balance",
      POST_COIN),
-    ("post-over-onetime", _rich, _post(btc("60")), ExchangeRefused, 400, "sandbox_over_onetime_limit", POST_COIN),
-    ("post-over-daily", _rich_and_daily_limit_used, _post(btc("1")), ExchangeRefused, 400,
-     "sandbox_over_daily_limit", POST_COIN),
+    ("post-over-fiat-daily", _rich, _post(btc("36")), ExchangeRefused, 400, "sandbox_over_daily_fiat_limit",
+     POST_COIN),
+    ("post-over-fiat-daily-left", _rich_and_fiat_limit_partly_used, _post(btc("6")), ExchangeRefused, 400,
+     "sandbox_over_daily_fiat_limit", POST_COIN),
     ("get-unknown-uuid", None, lambda c: c.get_withdraw(uuid=str(uuid.uuid4())), ExchangeNotFound, 404,
      "withdraw_not_found", ONE),
     ("get-unknown-txid", None, lambda c: c.get_withdraw(txid="ab" * 32), ExchangeNotFound, 404,

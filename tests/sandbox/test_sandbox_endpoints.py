@@ -75,10 +75,12 @@ class TestReads:
             "avg_buy_price_modified": False, "unit_currency": "KRW",
         }  # fmt: skip
         limit = body["withdraw_limit"]
-        assert limit["minimum"] == "0.00001" and limit["fixed"] == 8 and limit["onetime"] == "50.0"
+        assert limit["minimum"] == "0.00001" and limit["fixed"] == 8
         assert limit["can_withdraw"] is True and limit["fiat_currency"] == "KRW"
-        for key in ("currency", "daily", "remaining_daily", "remaining_daily_fiat", "withdraw_delayed_fiat"):
+        assert limit["remaining_daily_fiat"] == "5000000000"
+        for key in ("currency", "remaining_daily_fiat", "withdraw_delayed_fiat"):
             assert isinstance(limit[key], str)
+        assert not {"onetime", "daily", "remaining_daily"} & set(limit), "deprecated per-network keys"
 
     async def test_chance_of_a_paused_wallet(self, client: Client) -> None:
         """A paused network: wallet_support lacks "withdraw" and can_withdraw is false."""
@@ -152,7 +154,7 @@ class TestWithdraw:
             ({"amount": "-1"}, 400, "invalid_parameter"),
             ({"amount": "0"}, 400, "invalid_parameter"),
             ({"amount": "1e-3"}, 400, "invalid_parameter"),
-            ({"amount": 0.01}, 400, "invalid_parameter"),
+            ({"amount": True}, 400, "invalid_parameter"),
             ({"amount": "abc", "address": "nowhere"}, 400, "invalid_parameter"),
             ({"transaction_type": "instant"}, 400, "validation_error"),
             ({"address": "bc1qsomeoneelse"}, 400, "withdraw_address_not_registered"),
@@ -208,8 +210,17 @@ class TestWithdraw:
         assert (await client.withdraw()).status == 201
 
     async def test_onetime_and_daily_limits(self, client: Client, server: SandboxServer) -> None:
-        """Over onetime: sandbox_over_onetime_limit; over the day's remainder: sandbox_over_daily_limit."""
+        """Seeded (deprecated) per-network limits: over onetime, then over the day's remainder."""
+        btc = dataclasses.replace(server.seed.networks[0], onetime=Decimal(50), daily=Decimal(100))
+        seed = dataclasses.replace(server.seed, networks=(btc, *server.seed.networks[1:]))
+        async with SandboxServer(seed) as legacy:
+            await self._legacy_limits(client.as_key(client.access_key, client.secret), legacy)
+
+    @staticmethod
+    async def _legacy_limits(client: Client, server: SandboxServer) -> None:
+        client.base = server.url
         server.exchange.set_balance(None, "BTC", Decimal(1000))
+        server.exchange.accounts["demo"].daily_fiat_limit = Decimal(10) ** 12
         assert (await client.withdraw(amount="51")).error == "sandbox_over_onetime_limit"
         assert (await client.withdraw(amount="50")).status == 201
         assert (await client.withdraw(amount="50")).status == 201
