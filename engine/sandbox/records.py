@@ -120,6 +120,8 @@ class Withdrawal:
     state: WithdrawalState = WithdrawalState.WAITING
     txid: str | None = None
     done_at: datetime | None = None
+    state_changes: list[tuple[str, datetime]] = field(default_factory=list)
+    """(state, when the exchange reached it), from creation on: benchmarks measure how late clients see it."""
 
     @property
     def total(self) -> Decimal:
@@ -158,6 +160,7 @@ class Withdrawal:
             "secondary_address": self.secondary_address,
             "planned_outcome": self.outcome.value,
             "body": self.body,
+            "state_changes": [[state, at.isoformat()] for state, at in self.state_changes],
         }
 
 
