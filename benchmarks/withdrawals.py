@@ -1022,9 +1022,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-baseline", action="store_true", help="run the engine side only")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     p.add_argument("--py-spy", type=Path, default=None, help="record the engine side with py-spy (collapsed stacks)")
+    p.add_argument(
+        "--peers",
+        default="recipe,ccxt",
+        help="realistic mode: the peers run beside the engine, of recipe and ccxt (the `bench` extra)",
+    )
     # internal: one side in a child process
-    p.add_argument("--peers", default="recipe,ccxt",
-                   help="realistic mode: the peers run beside the engine, of recipe and ccxt (the `bench` extra)")
     p.add_argument("--side", choices=("engine", "baseline", "ccxt"), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
