@@ -4,6 +4,7 @@ running the benchmark itself, see benchmarks/README.md)."""
 from __future__ import annotations
 
 import argparse
+import tomllib
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -153,3 +154,15 @@ def test_lag_is_measured_from_when_the_exchange_reached_each_state() -> None:
     assert lag["all"]["count"] == 2 and lag["all"]["max"] == pytest.approx(0.5)
     assert lag["polled"]["count"] == 1 and lag["polled"]["p50"] == pytest.approx(0.5)
     assert lag["unmatched"] == 1 and lag["exchange_span"] == pytest.approx(7.0)
+
+
+def test_multi_account_seed_gives_each_account_its_keys_and_balance() -> None:
+    from engine.sandbox.seed import seed_from_mapping
+
+    seed = seed_from_mapping(tomllib.loads(bench.multi_account_seed(3)))
+    assert [a.name for a in seed.accounts] == bench.account_names(3) == ["acct0", "acct1", "acct2"]
+    assert [a.keys[0].access_key for a in seed.accounts] == [bench.account_credentials(i).access_key for i in range(3)]
+    assert all(a.balances["USDT"] == Decimal(bench.BALANCE) and a.addresses for a in seed.accounts)
+    requests = bench.make_requests(6, accounts=3)
+    assert [r.account for r in requests] == ["acct0", "acct1", "acct2"] * 2
+    assert {r.account for r in bench.make_requests(4)} == {"default"}
