@@ -13,7 +13,8 @@
   after the previous batch: polling is a sweep that costs at most one call per ``within`` however many
   withdrawals are in flight (beyond 100, each is simply looked at less often), and every answer still
   comes within its ``within``. A batch takes its uuids only once it holds a rate-limit slot: when the
-  budget is tight (submits go first) it keeps growing while it waits.
+  budget is tight (submits go first) it keeps growing while it waits. With the limiter off there is no
+  budget to spare, and full batches leave at once.
 - ``submit_delay()`` keeps the queue of submits waiting for a rate-limit slot about ``submit_queue``
   seconds long: a new workflow beyond that gets a turn (a time, spaced at the account's rate) and waits
   for it as a row in the store, not as a task holding a runner slot; polls and cancels are not stuck
@@ -365,8 +366,13 @@ class Gateway:
         """Start a batch when polls fall due, the sweep's spacing has passed and no batch is waiting."""
         while self._pending:
             now = self._clock.monotonic()
+            uncovered = len(self._pending) - MAX_LIST_IDS * self._acquiring  # not yet in a waiting batch
             wait = max(self._due - now, self._last_batch + self._spacing - now)
-            if wait <= 0 and not self._acquiring:
+            if not self.client.limiter.enabled and uncovered >= MAX_LIST_IDS:
+                wait = 0.0  # no budget to spare (limiter off): a full batch leaves at once, beside others
+            elif self._acquiring:
+                wait = max(wait, self._poll_window)
+            if wait <= 0 and uncovered > 0:
                 self._acquiring += 1
                 self._last_batch = now
                 self._launch(self._batch())

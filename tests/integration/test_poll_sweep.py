@@ -35,6 +35,27 @@ async def test_a_sweep_costs_one_call_per_within_however_many_are_in_flight(sand
     await gateway.aclose()
 
 
+async def test_with_the_limiter_off_full_batches_leave_at_once(sandbox: Any) -> None:
+    """No budget to spare: full batches do not wait for the sweep's spacing (only the rest does)."""
+    clock = FakeClock()
+    gateway = make_gateway(sandbox.url, clock=clock)
+    gateway.client.limiter.enabled = False
+    sent_at: list[float] = []
+    list_withdraws = gateway.client.list_withdraws
+
+    async def spy(**kwargs: Any) -> Any:
+        sent_at.append(clock.monotonic())
+        return await list_withdraws(**kwargs)
+
+    gateway.client.list_withdraws = spy  # type: ignore[method-assign]
+    async with gateway.client:
+        uuids = [str(uuid.uuid4()) for _ in range(250)]
+        await asyncio.wait_for(asyncio.gather(*(gateway.poll(u, within=5.0) for u in uuids)), 60)
+    assert gateway.poll_batches == 3
+    assert sent_at[1] - sent_at[0] < 1.0 <= 5.0 <= sent_at[2] - sent_at[0]
+    await gateway.aclose()
+
+
 def _ctx(**settings: Any) -> Any:
     return SimpleNamespace(settings=WorkflowSettings(**settings))
 
