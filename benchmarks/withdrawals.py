@@ -389,12 +389,14 @@ async def run_runner_until(engine: Any, tracker: Tracker, timeout: float, *, sha
 
 
 async def all_settled(store: Any, interval: float = 0.1) -> None:
-    """Return once no workflow in the store is unsettled (every one terminal)."""
+    """Return once no workflow in the store can still move by itself (terminal, or waiting for an
+    operator in needs_review: the report's ``store_states`` shows how many)."""
     from engine.models import State
 
     while True:
         states = await store.count_by_state()
-        if not any(count for state, count in states.items() if not State(state).is_terminal):
+        moving = (State(state) for state, count in states.items() if count)
+        if all(state.is_terminal or state is State.NEEDS_REVIEW for state in moving):
             return
         await asyncio.sleep(interval)
 
