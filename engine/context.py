@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
@@ -170,15 +171,24 @@ class StepContext:
             observer(before, after, event)
 
 
+#: ``Event.canonical``'s encoder, built once (``json.dumps`` with options builds one per call).
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def _sealed(workflow: Workflow, at: datetime, trigger: str, dest: State, data: dict[str, Any]) -> Event:
     """The transition's event, hash-chained to the workflow's last one: ``Event(...).sealed(last_hash)``
-    built directly (two constructions instead of three)."""
-    fields: dict[str, Any] = {
-        "workflow_id": workflow.id, "seq": workflow.event_seq + 1, "at": at, "trigger": trigger,
-        "from_state": workflow.state.value, "to_state": dest.value, "data": data, "prev_hash": workflow.last_hash,
+    built directly: the hashed body is ``Event.canonical()``'s, without an unsealed Event to make it
+    (tests/unit/test_event_seal.py checks that both give the same bytes and hash)."""
+    seq, prev = workflow.event_seq + 1, workflow.last_hash
+    body = {
+        "workflow_id": workflow.id, "seq": seq, "at": at.isoformat(), "trigger": trigger,
+        "from": workflow.state.value, "to": dest.value, "data": data, "prev": prev,
     }  # fmt: skip
-    digest = hashlib.sha256(Event(**fields).canonical()).hexdigest()
-    return Event(**fields, hash=digest)
+    digest = hashlib.sha256(_canonical_json(body).encode()).hexdigest()
+    return Event(
+        workflow_id=workflow.id, seq=seq, at=at, trigger=trigger, from_state=workflow.state.value,
+        to_state=dest.value, data=data, prev_hash=prev, hash=digest,
+    )  # fmt: skip
 
 
 _SKIP = frozenset({"exchange_uuid", "reason", "evidence", "body"})

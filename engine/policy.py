@@ -71,9 +71,13 @@ class WorkflowSettings:
     wallet_recheck_max: float = 120.0
     read_retry_initial: float = 1.0
     read_retry_max: float = 60.0
-    poll_initial: float = 1.0
+    poll_initial: float = 0.5
+    """Wait after a poll's answer before asking again, at the steady cadence (the gateway's sweep, one
+    call per ``2 * poll_initial`` at most, sets the real pace: see ``workflows.withdrawal._poll_slack``)."""
     poll_max: float = 60.0
-    poll_jitter: float = 0.5
+    poll_jitter: float = 0.1
+    poll_steady: float = 300.0
+    """Poll at the steady cadence this long after the POST; then back off towards ``poll_max``."""
     reconcile_delay: float = 2.0
     """First look for an outcome-unknown POST's withdrawal after this long."""
     reconcile_grace: float = 120.0

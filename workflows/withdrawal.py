@@ -35,7 +35,7 @@ from engine.context import StepContext, evolve
 from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, LaneBusy, OutcomeUnknown
 from engine.machine import TransitionSpec, WorkflowMachine
 from engine.models import AbortReason, State, TransactionType, WithdrawalRequest, Workflow
-from engine.policy import AutoResolve, Policy
+from engine.policy import AutoResolve, Policy, WorkflowSettings
 from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
@@ -510,14 +510,32 @@ async def _record(
 
 
 def _poll_delay(ctx: StepContext, attempt: int) -> float:
+    """Seconds before the next poll: ``poll_initial`` (plus jitter) while steady, then exponential backoff.
+
+    Polls are batched per account and a batch leaves at most once per the slack below, so the steady
+    cadence is a sweep: everything in flight is looked at about every ``2 * poll_initial`` seconds (the
+    most overdue first, 100 a call), whatever the number in flight; long-running withdrawals then fade
+    to ``poll_max``."""
     s = ctx.settings
-    return backoff_delay(attempt, initial=s.poll_initial, maximum=s.poll_max, jitter=s.poll_jitter)
+    steady = _steady_polls(s)
+    if attempt < steady:
+        return backoff_delay(0, initial=s.poll_initial, maximum=s.poll_max, jitter=s.poll_jitter)
+    return backoff_delay(attempt - steady + 1, initial=s.poll_initial, maximum=s.poll_max, jitter=s.poll_jitter)
 
 
 def _poll_slack(ctx: StepContext, attempt: int) -> float:
-    """How late a poll's answer may come: half the interval that led to it (the batch grows meanwhile)."""
+    """How late a poll's answer may come: the sweep period while steady, then half the backoff interval."""
     s = ctx.settings
-    return float(min(s.poll_max, s.poll_initial * 2 ** min(attempt, 30))) / 2
+    steady = _steady_polls(s)
+    sweep = 2 * s.poll_initial
+    if attempt < steady:
+        return sweep
+    return max(sweep, float(min(s.poll_max, s.poll_initial * 2 ** min(attempt - steady + 1, 30))) / 2)
+
+
+def _steady_polls(s: WorkflowSettings) -> int:
+    """How many polls (attempts) run at the steady cadence."""
+    return int(s.poll_steady / s.poll_initial) if s.poll_initial > 0 else 0
 
 
 async def step_submitting(wf: Workflow, ctx: StepContext) -> Workflow:

@@ -164,7 +164,7 @@ class Exchange:
             if withdrawal.outcome in _SKIPS_PROCESSING:
                 self._finish(withdrawal, withdrawal.outcome, due)
             else:
-                self._set_state(withdrawal, WithdrawalState.PROCESSING)
+                self._set_state(withdrawal, WithdrawalState.PROCESSING, due)
                 withdrawal.txid = withdrawal.planned_txid
                 self.accounts[withdrawal.account].by_txid[withdrawal.txid] = withdrawal
                 end = withdrawal.created_mono + withdrawal.terminal_delay
@@ -175,15 +175,17 @@ class Exchange:
             return 1
         return 0
 
-    def _set_state(self, withdrawal: Withdrawal, state: WithdrawalState) -> None:
+    def _set_state(self, withdrawal: Withdrawal, state: WithdrawalState, due: float) -> None:
         self.state_counts[withdrawal.state] -= 1
         self.state_counts[state] += 1
         withdrawal.state = state
+        at = withdrawal.created_at + timedelta(seconds=due - withdrawal.created_mono)
+        withdrawal.state_changes.append((state.value, at))
 
     def _finish(self, withdrawal: Withdrawal, state: WithdrawalState, due: float) -> None:
         """Terminal move: stamp ``done_at`` at the due time (not the time we noticed) and settle."""
-        self._set_state(withdrawal, state)
-        withdrawal.done_at = withdrawal.created_at + timedelta(seconds=due - withdrawal.created_mono)
+        self._set_state(withdrawal, state, due)
+        withdrawal.done_at = withdrawal.state_changes[-1][1]
         account = self.accounts[withdrawal.account]
         account.move(withdrawal.currency, locked=-withdrawal.total)
         if state is WithdrawalState.DONE:
@@ -247,6 +249,7 @@ class Exchange:
         account.move(withdrawal.currency, balance=-withdrawal.total, locked=withdrawal.total)
         self._count_daily(account, withdrawal, withdrawal.amount)
         self.state_counts[WithdrawalState.WAITING] += 1
+        withdrawal.state_changes.append((WithdrawalState.WAITING.value, withdrawal.created_at))
         due = withdrawal.created_mono + withdrawal.processing_delay
         heapq.heappush(self._heap, (due, withdrawal.seq, _TO_NEXT))
 

@@ -129,6 +129,8 @@ class Withdrawal:
     cancelable: bool = True
     """The network's setting at creation: may a WAITING withdrawal be cancelled at all."""
     region: Region = Region.KR
+    state_changes: list[tuple[str, datetime]] = field(default_factory=list)
+    """(state, when the exchange reached it), from creation on: benchmarks measure how late clients see it."""
 
     @property
     def total(self) -> Decimal:
@@ -167,6 +169,7 @@ class Withdrawal:
             "secondary_address": self.secondary_address,
             "planned_outcome": self.outcome.value,
             "body": self.body,
+            "state_changes": [[state, at.isoformat()] for state, at in self.state_changes],
         }
 
 

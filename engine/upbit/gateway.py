@@ -8,10 +8,13 @@
   held against the snapshot's balance locally, so a submit does not cost every later withdrawal a fresh
   ``chance`` call; a workflow that finds the held balance short asks for a fresh snapshot before it gives up.
 - ``poll(uuid, within=...)`` does not call the exchange by itself: polls are coalesced into
-  ``GET /v1/withdraws?uuids[]=...`` calls of up to 100 uuids. A batch waits for the most urgent of its
-  polls (``within`` seconds, at least ``poll_window``), leaves early when it is full, and takes its uuids
-  only once it holds a rate-limit slot: when the budget is tight (submits go first) the batch keeps
-  growing while it waits, so polling gets cheaper exactly when calls are scarce.
+  ``GET /v1/withdraws?uuids[]=...`` calls of up to 100 uuids, the longest-waiting first. A batch leaves
+  ``poll_window`` after a poll falls due, but no sooner than the smallest ``within`` of the waiting polls
+  after the previous batch: polling is a sweep that costs at most one call per ``within`` however many
+  withdrawals are in flight (beyond 100, each is simply looked at less often), and every answer still
+  comes within its ``within``. A batch takes its uuids only once it holds a rate-limit slot: when the
+  budget is tight (submits go first) it keeps growing while it waits. With the limiter off there is no
+  budget to spare, and full batches leave at once.
 - ``submit_delay()`` keeps the queue of submits waiting for a rate-limit slot about ``submit_queue``
   seconds long: a new workflow beyond that gets a turn (a time, spaced at the account's rate) and waits
   for it as a row in the store, not as a task holding a runner slot; polls and cancels are not stuck
@@ -126,9 +129,11 @@ class _Holds:
 
 @dataclass(slots=True)
 class _Poll:
-    """The callers waiting for one uuid, and by when the batch that carries it should leave."""
+    """The callers waiting for one uuid, by when the batch that carries it should leave, and how late
+    its answer may come (the sweep's period)."""
 
     deadline: float
+    within: float
     futures: list[asyncio.Future[Withdrawal | None]]
 
 
@@ -163,6 +168,8 @@ class Gateway:
         self._poll_window = poll_window
         self._pending: dict[str, _Poll] = {}
         self._due = float("inf")
+        self._spacing = float("inf")
+        self._last_batch = float("-inf")
         self._acquiring = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
@@ -340,29 +347,39 @@ class Gateway:
         ``within``: how late the answer may come (the caller's own poll schedule can stretch that much);
         never less than the gateway's ``poll_window``."""
         future: asyncio.Future[Withdrawal | None] = asyncio.get_running_loop().create_future()
-        deadline = self._clock.monotonic() + max(self._poll_window, within or 0.0)
+        deadline = self._clock.monotonic() + self._poll_window
+        slack = max(self._poll_window, within or 0.0)
         entry = self._pending.get(uuid)
         if entry is None:
-            self._pending[uuid] = _Poll(deadline, [future])
+            self._pending[uuid] = _Poll(deadline, slack, [future])
         else:
             entry.futures.append(future)
-            entry.deadline = min(entry.deadline, deadline)
+            entry.deadline, entry.within = min(entry.deadline, deadline), min(entry.within, slack)
         self._due = min(self._due, deadline)
+        self._spacing = min(self._spacing, slack)
         self.polls += 1
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
-        """Start a batch when polls fall due (or a batch is full) and no batch already waiting covers them."""
+        """Start a batch when polls fall due, the sweep's spacing has passed and no batch is waiting."""
         while self._pending:
-            uncovered = len(self._pending) - MAX_LIST_IDS * self._acquiring
             now = self._clock.monotonic()
-            if uncovered > 0 and (uncovered >= MAX_LIST_IDS or (self._due <= now and not self._acquiring)):
+            uncovered = len(self._pending) - MAX_LIST_IDS * self._acquiring  # not yet in a waiting batch
+            wait = max(self._due - now, self._last_batch + self._spacing - now)
+            if not self.client.limiter.enabled and uncovered >= MAX_LIST_IDS:
+                wait = 0.0  # no budget to spare (limiter off): a full batch leaves at once, beside others
+            elif self._acquiring:
+                wait = max(wait, self._poll_window)
+            if wait <= 0 and uncovered > 0:
                 self._acquiring += 1
+                self._last_batch = now
                 self._launch(self._batch())
                 continue
-            await self._clock.sleep(max(0.0, min(self._due - now, self._poll_window)) or self._poll_window)
+            if self._acquiring:  # the batch takes its uuids once it has a slot: look again soon
+                wait = self._poll_window
+            await self._clock.sleep(max(self._poll_window, min(wait, self._spacing)))
 
     async def _batch(self) -> None:
         """Get a read slot, then take up to 100 pending uuids (the most urgent first) and list them."""
@@ -383,6 +400,7 @@ class Gateway:
             urgent = sorted(self._pending, key=lambda u: self._pending[u].deadline)[:MAX_LIST_IDS]
             taken = {uuid: self._pending.pop(uuid) for uuid in urgent}
         self._due = min((p.deadline for p in self._pending.values()), default=float("inf"))
+        self._spacing = min((p.within for p in self._pending.values()), default=float("inf"))
         return {uuid: entry.futures for uuid, entry in taken.items()}
 
     def _launch(self, coro: Awaitable[None]) -> None:

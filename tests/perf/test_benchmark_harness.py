@@ -4,6 +4,7 @@ running the benchmark itself, see benchmarks/README.md)."""
 from __future__ import annotations
 
 import argparse
+import tomllib
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -105,6 +106,8 @@ async def test_engine_side_pieces_run_withdrawals_to_done(sandbox: Any, admin: S
     assert tracker.states == Counter({"DONE": 4}) and states == {"DONE": 4}
     assert len(tracker.accepted) == 4 and len(tracker.latencies) == 4
     assert tracker.transitions >= 4 * 5  # start, verify, submit, accepted, ..., done
+    assert len(tracker.observed) == 4  # the exchange states the engine recorded, for the lag figures
+    assert all(seen[0][0] == "WAITING" and seen[-1][0] == "DONE" for seen in tracker.observed.values())
     assert sorted((await admin.creations()).values()) == [1, 1, 1, 1]
 
 
@@ -114,3 +117,52 @@ def test_thread_cpu_and_rss_samplers() -> None:
     with bench.RssSampler(interval=0.01) as sampler:
         block = bytearray(8 * 1024 * 1024)
     assert sampler.peak >= len(block)
+
+
+async def test_ccxt_peer_withdraws_then_fetches_until_the_end(sandbox: Any, admin: SandboxAdmin) -> None:
+    """ccxt's async client as a user writes it: one POST each, then GET /v1/withdraw until terminal."""
+    pytest.importorskip("ccxt")
+    await admin.call("POST", "balances", {"currency": bench.CURRENCY, "balance": bench.BALANCE})
+    exchange = bench.make_ccxt(sandbox.url)
+    outcome: Counter[str] = Counter()
+    accepted: list[float] = []
+    observed: dict[str, list[tuple[str, float]]] = {}
+    try:
+        for request in bench.make_requests(2):
+            state = await bench.ccxt_withdrawal(
+                exchange, request, poll_interval=0.05, outcome=outcome, accepted=accepted, observed=observed
+            )
+            assert state == "DONE"
+    finally:
+        await exchange.close()
+    calls = (await admin.stats())["by_endpoint"]
+    assert calls["POST /v1/withdraws/coin"] == 2 == len(accepted) and calls["GET /v1/withdraw"] >= 2
+    assert sorted((await admin.creations()).values()) == [1, 1]
+    rows = await admin.call("GET", "withdrawals")
+    lag = bench.lag_figures({u: [list(s) for s in seen] for u, seen in observed.items()}, rows)
+    assert lag["unmatched"] == 0 and lag["all"]["count"] >= 4  # WAITING and DONE at least, for each
+    assert 0 <= lag["all"]["p50"] <= lag["all"]["max"] < 30
+
+
+def test_lag_is_measured_from_when_the_exchange_reached_each_state() -> None:
+    rows = [{"uuid": "u1", "state_changes": [["WAITING", "2026-01-01T00:00:00+00:00"],
+                                             ["PROCESSING", "2026-01-01T00:00:02+00:00"],
+                                             ["DONE", "2026-01-01T00:00:07+00:00"]]}]  # fmt: skip
+    t0 = 1767225600.0  # 2026-01-01T00:00:00Z
+    observed = {"u1": [["WAITING", t0 + 0.1], ["DONE", t0 + 7.5]], "u2": [["WAITING", t0]]}
+    lag = bench.lag_figures(observed, rows)
+    assert lag["all"]["count"] == 2 and lag["all"]["max"] == pytest.approx(0.5)
+    assert lag["polled"]["count"] == 1 and lag["polled"]["p50"] == pytest.approx(0.5)
+    assert lag["unmatched"] == 1 and lag["exchange_span"] == pytest.approx(7.0)
+
+
+def test_multi_account_seed_gives_each_account_its_keys_and_balance() -> None:
+    from engine.sandbox.seed import seed_from_mapping
+
+    seed = seed_from_mapping(tomllib.loads(bench.multi_account_seed(3)))
+    assert [a.name for a in seed.accounts] == bench.account_names(3) == ["acct0", "acct1", "acct2"]
+    assert [a.keys[0].access_key for a in seed.accounts] == [bench.account_credentials(i).access_key for i in range(3)]
+    assert all(a.balances["USDT"] == Decimal(bench.BALANCE) and a.addresses for a in seed.accounts)
+    requests = bench.make_requests(6, accounts=3)
+    assert [r.account for r in requests] == ["acct0", "acct1", "acct2"] * 2
+    assert {r.account for r in bench.make_requests(4)} == {"default"}

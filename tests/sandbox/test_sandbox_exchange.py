@@ -59,6 +59,15 @@ class TestLifecycle:
         step(exchange, clock, 100.0)
         assert w.done_at is not None and (w.done_at - w.created_at).total_seconds() == pytest.approx(3.0)
 
+    def test_state_changes_carry_when_each_state_was_reached(self) -> None:
+        """Each state with the time the exchange reached it, even when noticed late (benchmarks use it)."""
+        exchange, clock = make()
+        w = exchange.create_withdrawal(exchange.account(), BTC_BODY)
+        step(exchange, clock, 100.0)
+        offsets = [(state, (at - w.created_at).total_seconds()) for state, at in w.state_changes]
+        assert offsets == [("WAITING", 0.0), ("PROCESSING", pytest.approx(1.0)), ("DONE", pytest.approx(3.0))]
+        assert w.to_admin()["state_changes"][-1] == ["DONE", w.done_at.isoformat() if w.done_at else None]
+
     def test_failed_refunds_after_processing(self) -> None:
         """FAILED passes through PROCESSING (txid set) and gives amount+fee back."""
         exchange, clock = make(outcome_weights={S.FAILED: 1.0})
