@@ -28,6 +28,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from engine.api import create_app, create_metrics_app
+from engine.audit import HeadsExporter
 from engine.bootstrap import build_engine
 from engine.config import ApiConfig, Config
 from engine.core import Engine
@@ -100,6 +101,7 @@ async def _serve_on(
                     create_metrics_app(metrics), limits=limits, sockets=metrics_sockets
                 )
                 sites.push_async_callback(metrics_site.cleanup)
+            _export_audit_heads(engine, stop, sites)
             log.info(
                 "service.started", url=url, metrics_url=metrics_url, database=redact_url(config.engine.database),
                 accounts=sorted(config.accounts), dry_run=config.policy.dry_run, config=config.source,
@@ -139,6 +141,21 @@ def _bind(host: str, port: int, host_key: str, port_key: str) -> list[socket.soc
 def _close(listeners: list[socket.socket]) -> None:
     for sock in listeners:
         sock.close()
+
+
+def _export_audit_heads(engine: Engine, stop: asyncio.Event, sites: contextlib.AsyncExitStack) -> None:
+    """Start the periodic audit-heads export when ``$UPBIT_WITHDRAW_AUDIT_HEADS`` names a file; on the way
+    out it writes the final heads (after the runner drained) and stops."""
+    exporter = HeadsExporter.from_env(engine.store)
+    if exporter is None:
+        return
+    task = asyncio.create_task(exporter.run(stop))
+
+    async def finish() -> None:
+        stop.set()
+        await task
+
+    sites.push_async_callback(finish)
 
 
 class _StoppedWaiting(Exception):

@@ -187,14 +187,14 @@ def write_config(directory: Path, sandbox_url: str, *, port: int | None = None, 
 class Service:
     """``upbit-withdraw --config FILE run`` as a subprocess."""
 
-    def __init__(self, config: Path, port: int, *, log: Path) -> None:
+    def __init__(self, config: Path, port: int, *, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [*CLI, "--config", str(config), "run", "--port", str(port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=clean_env(**{TOKEN_ENV: TOKEN}),
+            stdout=self._log, stderr=subprocess.STDOUT, env=clean_env(**{TOKEN_ENV: TOKEN, **(env or {})}),
         )  # fmt: skip
         self._wait_healthy()
 

@@ -152,3 +152,28 @@ def test_sandbox_command_refuses_public_bind() -> None:
     """The sandbox's admin routes are open and its keys public: it only binds loopback."""
     result = run_cli(["sandbox", "--host", "0.0.0.0", "--port", str(free_port())], timeout=20)
     assert result.code == 2 and "loopback" in result.err
+
+
+@pytest.mark.slow
+def test_run_exports_signed_audit_heads_that_verify(tmp_path: Path) -> None:
+    """With ``$UPBIT_WITHDRAW_AUDIT_HEADS`` set, ``run`` appends signed chain heads while it serves and once
+    more after draining; ``verify-audit --heads`` with the same key accepts the store against them."""
+    key = "k" * 32
+    heads = tmp_path / "heads.jsonl"
+    env = {"UPBIT_WITHDRAW_AUDIT_HEADS": str(heads), "UPBIT_WITHDRAW_AUDIT_KEY": key}
+    with ThreadSandbox(fast_seed()) as sandbox:
+        config = write_config(tmp_path, sandbox.url)
+        service = Service(config, free_port(), log=tmp_path / "run.log", env=env)
+        try:
+            body = {"currency": "BTC", "net_type": "BTC", "amount": "0.001", "address": BTC_ADDRESS}
+            status, view = service.call("POST", "/v1/withdrawals", body)
+            assert status == 201
+            wait_until(lambda: states(service)[view["id"]] == "DONE", timeout=60)
+        finally:
+            assert service.stop(signal.SIGTERM) == 0, service.logs()
+    lines = [json.loads(line) for line in heads.read_text().splitlines()]
+    assert any(line.get("workflow_id") == view["id"] and "mac" in line for line in lines), lines
+    assert key not in heads.read_text() and key not in service.logs()
+    checked = run_cli(["--config", str(config), "verify-audit", "--heads", str(heads)], env=clean_env(
+        UPBIT_WITHDRAW_AUDIT_KEY=key))  # fmt: skip
+    assert checked.code == 0, checked.out + checked.err
