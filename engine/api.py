@@ -315,6 +315,16 @@ async def get_withdrawal(request: web.Request) -> web.Response:
     return _json(workflow_view(await request.app[ENGINE].get(_workflow_id(request))))
 
 
+async def _known_cursor(engine: Engine, cursor: str) -> None:
+    """A cursor must be a stored workflow's id (the ``next_cursor`` of a previous page): an unknown one used
+    to page from an arbitrary point and answer all or nothing without a word."""
+    try:
+        await engine.get(cursor)
+    except WorkflowNotFound:
+        problem = f"no workflow {cursor} (use the next_cursor of the previous page)"
+        raise ApiError(422, "invalid_request", "invalid query parameters", {"cursor": problem}) from None
+
+
 def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | None]:
     fields: dict[str, str] = {}
     for key in sorted(set(query) - {"state", "limit", "cursor"}):
@@ -344,7 +354,10 @@ def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | Non
 async def list_withdrawals(request: web.Request) -> web.Response:
     """GET /v1/withdrawals?state=&limit=&cursor=."""
     state, limit, cursor = _list_params(request.query)
-    items = await request.app[ENGINE].list(state=state, limit=limit, before=cursor)
+    engine = request.app[ENGINE]
+    if cursor is not None:
+        await _known_cursor(engine, cursor)
+    items = await engine.list(state=state, limit=limit, before=cursor)
     next_cursor = items[-1].id if len(items) == limit else None
     return _json({"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor})
 

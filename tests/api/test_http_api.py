@@ -215,6 +215,13 @@ class TestRead:
             cursor = f"&cursor={page['next_cursor']}"
         assert seen == list(reversed(ids))
 
+    async def test_list_refuses_an_unknown_cursor(self, api: Api) -> None:
+        """A well-formed cursor that is no stored workflow's id is 422 naming ``cursor``, not a silent page."""
+        await api.client.call("POST", "/v1/withdrawals", body=btc())
+        answer = await api.client.call("GET", "/v1/withdrawals?cursor=wd_80")
+        assert answer.status == 422
+        assert "no workflow wd_80" in answer.body["error"]["fields"]["cursor"]
+
     async def test_list_filters_by_state(self, api: Api) -> None:
         """?state= returns only workflows in that state."""
         wf = (await api.client.call("POST", "/v1/withdrawals", body=btc())).body
