@@ -95,5 +95,8 @@ class WorkflowSettings:
     lane_retry: float = 0.5
     hold_on_block_delayed: bool = False
     """Treat a ``delayed`` block state like a paused wallet (wait) instead of sending."""
-    recent_pages: int = 5
-    """Pages of 100 recent withdrawals a reconciliation reads at most."""
+    recent_pages: int = 40
+    """Pages of 100 recent withdrawals a reconciliation reads at most. Listing stops at the adoption window's
+    start, so the cap only bites when the window really holds that many: 40 pages cover the 3,600
+    withdrawals one account can create at 30/s within the default 120 s ``clock_skew``. 5 pages left
+    spurious needs_review when another worker reconciled a busy account's lost POST (benchmark, 3 workers)."""
