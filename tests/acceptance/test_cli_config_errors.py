@@ -85,7 +85,7 @@ def test_bad_value_exits_2_naming_the_key_and_the_rule(tmp_path: Path, text: str
     [
         ("UPBIT_WITHDRAW_ENGINE_LEASE_SECONDS", "nan", "engine.lease_seconds", "finite number"),
         ("UPBIT_WITHDRAW_ENGINE_CONCURRENCY", "1.9", "engine.concurrency", "integer"),
-        ("UPBIT_WITHDRAW_WORKFLOW_POLL_MAX", "0.5", "workflow.poll_max", "at least poll_initial"),
+        ("UPBIT_WITHDRAW_WORKFLOW_POLL_MAX", "0.2", "workflow.poll_max", "at least poll_initial"),
         ("UPBIT_WITHDRAW_API_MAX_BODY_BYTES", "-1", "api.max_body_bytes", "greater than or equal to 1024"),
         ("UPBIT_WITHDRAW_GATEWAY_COLOUR", "blue", "gateway.colour", "unknown key"),
     ],
