@@ -105,9 +105,11 @@ class StepContext:
         return self.clock.now() + timedelta(seconds=seconds)
 
     async def transition(
-        self, workflow: Workflow, trigger: str, *, event_data: Mapping[str, Any] | None = None, **changes: Any
-    ) -> Workflow:
-        """Fire ``trigger``, persist the new state and one event atomically, then log it."""
+        self, workflow: Workflow, trigger: str, *, event_data: Mapping[str, Any] | None = None,
+        unflagged: bool = False, **changes: Any,
+    ) -> Workflow:  # fmt: skip
+        """Fire ``trigger``, persist the new state and one event atomically, then log it (``unflagged``: see
+        :meth:`engine.store.base.Store.commit`)."""
         dest = self._fire(workflow, trigger, event_data)
         now = self.clock.now()
         if dest.is_terminal:
@@ -119,7 +121,7 @@ class StepContext:
                 data.setdefault(key, changes[key])
         event = _sealed(workflow, now, trigger, dest, data)
         moved = evolve(workflow, state=dest, updated_at=now, event_seq=event.seq, last_hash=event.hash, **changes)
-        stored = await self.store.commit(moved, event, owner=self.owner)
+        stored = await self.store.commit(moved, event, owner=self.owner, unflagged=unflagged)
         self._announce(workflow, stored, event)
         return stored
 

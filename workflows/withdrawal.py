@@ -429,6 +429,9 @@ async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: An
             wf,
             trigger,
             event_data={"body": dict(body.params()), **event_data},
+            # An automatic resubmit must not overrule (and clear) an operator's abandon or cancel that
+            # arrived while its proof was being gathered: the store refuses it if any flag is set.
+            unflagged=trigger == "auto_resubmit",
             lane_held=True,
             submit_body=json.dumps(dict(body.params())),
             submitted_at=ctx.now(),

@@ -69,9 +69,15 @@ class Store(Protocol):
         """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
         ...
 
-    async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
+    async def commit(
+        self, workflow: Workflow, event: Event | None, *, owner: str | None, unflagged: bool = False
+    ) -> Workflow:
         """Write ``workflow`` (whose ``version`` is the one read) and ``event``; returns the stored
-        workflow with ``version + 1``. Raises ``StaleVersion`` or ``LaneBusy``."""
+        workflow with ``version + 1``. Raises ``StaleVersion`` or ``LaneBusy``.
+
+        ``unflagged``: also ``StaleVersion`` if the row carries an operator's cancel flag or resolution,
+        whenever it arrived. For a decision the engine takes on its own (an automatic resubmit): an
+        operator's word that came in while it was being made wins, and is never silently cleared."""
         ...
 
     async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:

@@ -167,8 +167,9 @@ _UPDATABLE = [
     c for c in WORKFLOW_COLUMNS if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at")
 ]
 # $1 id, $2 version read, $3 owner, $4 writer's now (epoch), $5 cancel flag seen, $6 resolution seen,
-# $7 new next_run_at, $8 new state, then the _UPDATABLE values (state among them), then the event.
-_FIXED = 8
+# $7 new next_run_at, $8 new state, $9 unflagged (refuse if the row carries any operator flag), then the
+# _UPDATABLE values (state among them), then the event.
+_FIXED = 9
 _UNSEEN_FLAG = (
     "(cancel_requested_at IS NOT NULL AND $5::text IS NULL) "
     "OR (resolution IS NOT NULL AND $6::text IS NULL AND $8::text = 'needs_review')"
@@ -182,6 +183,7 @@ UPDATE workflows SET
         ELSE $7::float8 END
 WHERE id = $1 AND version = $2
     AND ($3::text IS NULL OR (lease_owner = $3::text AND lease_expires_at >= $4::float8))
+    AND NOT ($9::boolean AND (cancel_requested_at IS NOT NULL OR resolution IS NOT NULL))
 RETURNING {_COLS}
 """  # noqa: S608
 _COMMIT = _COMMIT_ROW
@@ -237,13 +239,15 @@ def _row_values(wf: Workflow) -> builtins.list[Any]:
     return values
 
 
-def _commit_params(wf: Workflow, event: Event | None, owner: str | None) -> builtins.list[Any]:
+def _commit_params(
+    wf: Workflow, event: Event | None, owner: str | None, *, unflagged: bool = False
+) -> builtins.list[Any]:
     row = dict(zip(WORKFLOW_COLUMNS, _row_values(wf), strict=True))
     row["version"] = wf.version + 1
     cancel_seen = None if wf.cancel_requested_at is None else _utc_iso(wf.cancel_requested_at)
     fixed = (wf.id, wf.version, owner, epoch(wf.updated_at), cancel_seen, wf.resolution, row["next_run_at"])
     tail = () if event is None else event_to_row(event)
-    return [*fixed, wf.state.value, *(row[c] for c in _UPDATABLE), *tail]
+    return [*fixed, wf.state.value, unflagged, *(row[c] for c in _UPDATABLE), *tail]
 
 
 def _redacted(dsn: str) -> str:
@@ -481,11 +485,13 @@ class PostgresStore:
             raise StoreError(f"{workflow.id} was neither inserted nor found under its idempotency key")
         return existing, False
 
-    async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
+    async def commit(
+        self, workflow: Workflow, event: Event | None, *, owner: str | None, unflagged: bool = False
+    ) -> Workflow:
         """Compare-and-set the row on version and lease, and append the event, in one statement."""
         sql = _COMMIT if event is None else _COMMIT_WITH_EVENT
         with _mapped(workflow):
-            row = await self._db().fetchrow(sql, *_commit_params(workflow, event, owner))
+            row = await self._db().fetchrow(sql, *_commit_params(workflow, event, owner, unflagged=unflagged))
         if row is None:
             raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
         return workflow_from_row(row)

@@ -68,7 +68,10 @@ _IMMUTABLE = ("id", "kind", "request", "account", "currency", "amount", "lane", 
 _UPDATABLE = [c for c in WORKFLOW_COLUMNS if c not in (*_IMMUTABLE, "cancel_requested_at", "resolution", "next_run_at")]
 # Parameters are numbered (?1, ?2, ...) and bound from a tuple: cheaper than named binding, and a value
 # used several times in the statement is passed once.
-_PARAMS = (*_UPDATABLE, "id", "next_run_at", "read_version", "owner", "writer_now", "seen_cancel", "seen_resolution")
+_PARAMS = (
+    *_UPDATABLE, "id", "next_run_at", "read_version", "owner", "writer_now", "seen_cancel", "seen_resolution",
+    "unflagged",
+)
 _P = {name: f"?{i}" for i, name in enumerate(_PARAMS, start=1)}
 _UNSEEN_FLAG = (
     f"(cancel_requested_at IS NOT NULL AND {_P['seen_cancel']} IS NULL) "
@@ -82,7 +85,8 @@ _UPDATE_WF = (
     f"THEN MIN(COALESCE({_P['next_run_at']}, next_run_at), COALESCE(next_run_at, {_P['next_run_at']})) "
     f"ELSE {_P['next_run_at']} END "
     f"WHERE id = {_P['id']} AND version = {_P['read_version']} "
-    f"AND ({_P['owner']} IS NULL OR (lease_owner = {_P['owner']} AND lease_expires_at >= {_P['writer_now']}))"
+    f"AND ({_P['owner']} IS NULL OR (lease_owner = {_P['owner']} AND lease_expires_at >= {_P['writer_now']})) "
+    f"AND NOT ({_P['unflagged']} AND (cancel_requested_at IS NOT NULL OR resolution IS NOT NULL))"
 )
 # One statement claims: lease the due rows nobody holds and return them (sorted by next_run_at in Python).
 _CLAIM = (
@@ -144,7 +148,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def _update_params(wf: Workflow, owner: str | None) -> tuple[Any, ...]:
+def _update_params(wf: Workflow, owner: str | None, *, unflagged: bool = False) -> tuple[Any, ...]:
     """The values of ``_PARAMS``, in order (the mutable columns as ``workflow_to_row`` writes them)."""
     next_run = wf.next_run_at
     return (
@@ -153,7 +157,7 @@ def _update_params(wf: Workflow, owner: str | None) -> tuple[Any, ...]:
         None if wf.error is None else _json(wf.error), _json(wf.data), wf.version + 1, wf.event_seq,
         wf.last_hash, _iso(wf.updated_at),
         wf.id, None if next_run is None else next_run.timestamp(), wf.version, owner, wf.updated_at.timestamp(),
-        _iso(wf.cancel_requested_at), wf.resolution,
+        _iso(wf.cancel_requested_at), wf.resolution, int(unflagged),
     )  # fmt: skip
 
 
@@ -428,9 +432,11 @@ class SQLiteStore:
         result: tuple[Workflow, bool] = await self._submit(op, _FastCreate(row, event_row, (workflow, True)))
         return result
 
-    async def commit(self, workflow: Workflow, event: Event | None, *, owner: str | None) -> Workflow:
+    async def commit(
+        self, workflow: Workflow, event: Event | None, *, owner: str | None, unflagged: bool = False
+    ) -> Workflow:
         """Compare-and-set the row on version (and lease owner and expiry); append the event in the same batch."""
-        params = _update_params(workflow, owner)
+        params = _update_params(workflow, owner, unflagged=unflagged)
 
         def op(db: sqlite3.Connection) -> Workflow:
             try:

@@ -456,6 +456,25 @@ class TestOperatorFlags:
         stored = await store.get(wf.id)
         assert (stored.resolution, stored.next_run_at, stored.data) == ("abandon", at(2), {"cancel_noted": True})
 
+    async def test_an_unflagged_commit_loses_to_an_operator_flag(self, store: Store) -> None:
+        """A decision the engine takes on its own (``unflagged``) is refused once an operator's resolution or
+        cancel arrived after the read, and the operator's word stays; with no flag it goes through."""
+        for flag in ("resolution", "cancel"):
+            wf = await add(store, state=State.NEEDS_REVIEW, next_run_at=None)
+            if flag == "resolution":
+                await store.request_resolution(wf.id, "abandon", at=at(2))
+            else:
+                await store.request_cancel(wf.id, at=at(2))
+            moved, event = advanced(wf, when=3, to=State.SUBMITTING)
+            with pytest.raises(StaleVersion):
+                await store.commit(moved, event, owner=None, unflagged=True)
+            stored = await store.get(wf.id)
+            assert stored.state is State.NEEDS_REVIEW and stored.version == wf.version
+            assert stored.resolution == ("abandon" if flag == "resolution" else None)
+        clean = await add(store, state=State.NEEDS_REVIEW, next_run_at=None)
+        moved, event = advanced(clean, when=3, to=State.SUBMITTING)
+        assert (await store.commit(moved, event, owner=None, unflagged=True)).state is State.SUBMITTING
+
 
 class TestAbandonWatch:
     async def test_an_aborted_workflow_may_keep_its_lane_and_be_due(self, store: Store) -> None:
