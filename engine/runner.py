@@ -251,6 +251,8 @@ class Runner:
             )
             self.claims += 1
             self.claimed += len(claimed)
+            if claimed:  # a claim is a write that went through: the store is back, whatever the steps meet
+                self._store_answered()
             for wf in claimed:
                 self._start(wf)
         if claimed and len(claimed) == free:
