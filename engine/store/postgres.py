@@ -627,7 +627,11 @@ class PostgresStore:
         counting an abandoned one whose withdrawal appeared late (it has an exchange uuid: it was paid)."""
         with _mapped():
             total = await self._db().fetchval(
-                "SELECT COALESCE(SUM(amount::numeric), 0) FROM workflows "
+                "SELECT COALESCE(SUM(amount::numeric), 0) + ("
+                # A late withdrawal attributed to a workflow beside its own (paid twice) counts once more each.
+                "SELECT COALESCE(SUM(w.amount::numeric), 0) FROM attributions a JOIN workflows w "
+                "ON w.id = a.workflow_id WHERE w.account = $1 AND w.currency = $2 AND w.submitted_at >= $3 "
+                "AND a.exchange_uuid <> COALESCE(w.exchange_uuid, '')) FROM workflows "
                 "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 "
                 "AND (state <> $4 OR exchange_uuid IS NOT NULL)",
                 account,

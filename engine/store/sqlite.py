@@ -624,8 +624,12 @@ class SQLiteStore:
         """Sum of amounts submitted since ``since`` that were not refused or abandoned (an abandoned one
         whose withdrawal appeared late, so has an exchange uuid, was paid: it counts)."""
         rows = await self._read_conn().execute_fetchall(
-            "SELECT amount FROM workflows WHERE account = ? AND currency = ? AND submitted_at >= ? "
-            "AND (state NOT IN (?) OR exchange_uuid IS NOT NULL)",
+            "SELECT amount FROM workflows WHERE account = ?1 AND currency = ?2 AND submitted_at >= ?3 "
+            "AND (state NOT IN (?4) OR exchange_uuid IS NOT NULL) "
+            # A late withdrawal attributed to a workflow beside its own (paid twice) counts once more each.
+            "UNION ALL SELECT w.amount FROM attributions a JOIN workflows w ON w.id = a.workflow_id "
+            "WHERE w.account = ?1 AND w.currency = ?2 AND w.submitted_at >= ?3 "
+            "AND a.exchange_uuid <> COALESCE(w.exchange_uuid, '')",
             (account, currency, _utc_iso(since), *_NOT_SUBMITTED),
         )
         return sum((Decimal(row[0]) for row in rows), Decimal(0))

@@ -545,6 +545,15 @@ class TestQueries:
         await add(store, state=State.ABORTED, request=request_for("0.5"), submitted_at=at(10), exchange_uuid="late")
         assert await store.sum_submitted(account="default", currency="BTC", since=at(0)) == Decimal("0.5")
 
+    async def test_sum_submitted_counts_late_withdrawals_beside_the_own_one(self, store: Store) -> None:
+        """A workflow paid by its own withdrawal and by a late one attributed to it was paid twice; an
+        abandoned one whose two late withdrawals were attributed was paid twice too (one is its uuid)."""
+        twice = await add(store, state=State.DONE, request=request_for("1"), submitted_at=at(10), exchange_uuid="own")
+        await store.attribute(twice.id, ["own", "late-1"], at=at(11))
+        gone = await add(store, state=State.ABORTED, request=request_for("0.5"), submitted_at=at(10), exchange_uuid="u")
+        await store.attribute(gone.id, ["u", "l3"], at=at(12))
+        assert await store.sum_submitted(account="default", currency="BTC", since=at(0)) == Decimal("3")
+
     async def test_count_by_state(self, store: Store) -> None:
         """How many workflows are in each state (absent states are absent)."""
         assert await store.count_by_state() == {}
