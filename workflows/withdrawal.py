@@ -691,7 +691,12 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
     if new:
         wf = await _attribute(wf, ctx, new, watch, {"since": since.isoformat(), "skew": skew, "searched": len(found)})
         watch = wf.data["watch"]
-    accounted = len(watch["found"]) >= int(watch["uncertain_posts"])
+    # Attribution looks as wide as reconciliation may (an alert costs nothing), but only a withdrawal
+    # created after this workflow existed (minus the measured skew) can be one of its own POSTs and end the
+    # watch early: an older unowned one in the wide window must not release the lane for the real one.
+    narrow = _since(ctx.gateway(wf), wf.created_at, ctx)
+    after_creation = {w.uuid for w in found if w.created_at >= narrow}
+    accounted = sum(uuid in after_creation for uuid in watch["found"]) >= int(watch["uncertain_posts"])
     if not accounted and ctx.now() < datetime.fromisoformat(watch["until"]):
         return evolve(wf, data={**wf.data, "watch": watch})
     changes: dict[str, Any] = {"lane_held": False, "data": {**wf.data, "watch": {**watch, "ended": True}}}

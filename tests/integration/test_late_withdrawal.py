@@ -224,3 +224,26 @@ class TestAutoResolution:
         assert stop.data["why"] == "a listing showed a candidate"
         assert stop.data["evidence"]["listings"][-1]["candidates"] == [manual.uuid]
         assert await admin.posts() == 2 and request.amount == Decimal("0.03")
+
+
+class TestWatchAccounting:
+    async def test_an_older_foreign_withdrawal_is_attributed_but_does_not_end_the_watch(
+        self, sandbox: Any, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
+        """Found in review: the watch lists as wide as reconciliation may (back to creation minus the
+        configured skew), so a same-lane withdrawal made by hand BEFORE the workflow existed is attributed
+        (an alert), but it cannot be the workflow's own lost POST: the lane stays reserved for the real one
+        instead of being released as "accounted"."""
+        async with engine_factory(settings=DEFAULT_SKEW) as engine:
+            request = await request_for(sandbox.url)
+            foreign = await send_by_hand(sandbox.url, request)
+            # Comfortably past the adoption window's margin (1 s + skew_margin): only a lower bound on time.
+            await asyncio.sleep(3.0)
+            await post_fails_once(admin)
+            a = await engine.wait((await engine.submit(request)).id, timeout=30)
+            assert a.state is State.NEEDS_REVIEW  # the foreign one is older than A's intent: not adopted
+            await engine.resolve(a.id, "abandon")
+            a = await until(engine, a.id, lambda w: w.exchange_uuid == foreign.uuid)
+            assert a.state is State.ABORTED and a.lane_held  # attributed, and still watching
+            a_events = await events(engine, a.id)
+        assert not any(e.data.get("note") == "watch_ended" for e in a_events)
