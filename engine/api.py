@@ -219,7 +219,12 @@ def _engine_error(exc: EngineError) -> ApiError:
     if isinstance(exc, InvalidTransition):
         return ApiError(409, "invalid_transition", exc.message)
     log.error("api.engine_error", error=type(exc).__name__, message=exc.message)
-    return ApiError(503, "unavailable", "the engine could not complete the request; see the service log")
+    # A write may have committed before the store failed: the answer must not invite a blind retry.
+    return ApiError(
+        503, "unavailable",
+        "the engine could not complete the request (a submission may or may not have been stored: retry it "
+        "only with the same Idempotency-Key); see the service log",
+    )  # fmt: skip
 
 
 def _http_error(exc: web.HTTPException) -> ApiError:
