@@ -113,7 +113,10 @@ async def _counts(dsn: str) -> dict[str, int]:
 async def _held_by(dsn: str, owner: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT COUNT(*) FROM workflows WHERE lease_owner = $1", owner))
+        # Only rows that can still be stepped: a settled row (next_run_at NULL) whose lease release the
+        # runner had batched for its next round keeps the dead owner's name forever, harmlessly (never due).
+        sql = "SELECT COUNT(*) FROM workflows WHERE lease_owner = $1 AND next_run_at IS NOT NULL"
+        return int(await conn.fetchval(sql, owner))
     finally:
         await conn.close()
 
