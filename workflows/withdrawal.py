@@ -37,6 +37,7 @@ from engine.machine import TransitionSpec, WorkflowMachine
 from engine.models import AbortReason, State, TransactionType, WithdrawalRequest, Workflow
 from engine.policy import AutoResolve, Policy, WorkflowSettings
 from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
+from engine.upbit.gateway import SubmitSlot
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
 __all__ = [
@@ -419,42 +420,45 @@ def _body(wf: Workflow) -> WithdrawBody:
 
 
 async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: Any) -> Workflow:
-    """Reserve a rate-limit slot, persist the intent (state ``submitting``, exact body, time, lane held),
-    then send it once with that slot."""
+    """Take a rate-limit slot, persist the intent through it (state ``submitting``, exact body, time, lane
+    held), then send it once with that slot; the gateway refuses a POST whose intent was not recorded,
+    and a slot left unused (the lane was busy, an error, a cancellation) goes back as the block exits."""
     body = _body(wf)
-    gateway = ctx.gateway(wf)
-    await gateway.reserve_submit_slot()
-    try:
-        wf = await ctx.transition(
-            wf,
-            trigger,
-            event_data={"body": dict(body.params()), **event_data},
-            # An automatic resubmit must not overrule (and clear) an operator's abandon or cancel that
-            # arrived while its proof was being gathered: the store refuses it if any flag is set.
-            unflagged=trigger == "auto_resubmit",
-            lane_held=True,
-            submit_body=json.dumps(dict(body.params())),
-            submitted_at=ctx.now(),
-            submit_count=wf.submit_count + 1,
-            resolution=None,
-            reason=None,
-            error=None,
-            attempt=0,
-            next_run_at=ctx.now(),
-            data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait", "absence")},
-        )
-    except BaseException as exc:
-        gateway.release_submit_slot()
-        if isinstance(exc, LaneBusy):
-            return await ctx.reschedule(wf, ctx.settings.lane_retry)
-        raise
-    return await _send(wf, ctx, body)
+    async with ctx.gateway(wf).submit_slot() as slot:
+
+        async def persist() -> Workflow:
+            return await ctx.transition(
+                wf,
+                trigger,
+                event_data={"body": dict(body.params()), **event_data},
+                # An automatic resubmit must not overrule (and clear) an operator's abandon or cancel that
+                # arrived while its proof was being gathered: the store refuses it if any flag is set.
+                unflagged=trigger == "auto_resubmit",
+                lane_held=True,
+                submit_body=json.dumps(dict(body.params())),
+                submitted_at=ctx.now(),
+                submit_count=wf.submit_count + 1,
+                resolution=None,
+                reason=None,
+                error=None,
+                attempt=0,
+                next_run_at=ctx.now(),
+                data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait", "absence")},
+            )
+
+        try:
+            intent = await slot.record_intent(body, persist)
+        except LaneBusy:
+            pass  # another submit holds the lane: come back later (the slot goes back as the block exits)
+        else:
+            return await _send(intent, ctx, body, slot)
+    return await ctx.reschedule(wf, ctx.settings.lane_retry)
 
 
-async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody) -> Workflow:
+async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody, slot: SubmitSlot) -> Workflow:
     """The only place a POST leaves. Its error type says what is known of the outcome."""
     try:
-        withdrawal = await ctx.gateway(wf).submit(body, slot_reserved=True)
+        withdrawal = await ctx.gateway(wf).submit(body, slot=slot)
     except ExchangeThrottled as exc:
         return await _lose_track(wf, ctx, "throttled", exc, delay=exc.retry_after)
     except ExchangeRefused as exc:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -40,10 +41,10 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from engine.clock import Clock, SystemClock
 from engine.errors import ExchangeBlocked, ExchangeRefused, ExchangeThrottled, OutcomeUnknown
 from engine.upbit.client import MAX_LIST_IDS, UpbitClient, WithdrawBody
-from engine.upbit.ratelimit import Priority
+from engine.upbit.ratelimit import Priority, Reservation
 from engine.upbit.types import AllowedAddress, Chance, WalletStatus, Withdrawal
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "SubmitSlot"]
 
 log = structlog.get_logger("engine.gateway")
 
@@ -125,6 +126,49 @@ class _Holds:
         if executed:  # or possibly executed: held until a snapshot asked later shows it
             self.answered.append((at, total))
             self.answered_total += total
+
+
+class SubmitSlot:
+    """The one write slot a POST goes out with, and the intent it was recorded for (the order that
+    protects money, held by the types rather than by a convention).
+
+    Only :meth:`Gateway.submit_slot` makes one, after the rate limiter granted it; :meth:`record_intent`
+    persists the intent *through* the slot; :meth:`Gateway.submit` takes the slot as a required argument
+    and refuses it unless that intent, for exactly the body being sent, was recorded and the slot is
+    unused. So a POST cannot leave before its slot, nor before its intent is committed, nor twice on
+    one slot; and a slot whose POST never left goes back to the budget when its block exits."""
+
+    __slots__ = ("_intent", "_reservation")
+
+    def __init__(self, reservation: Reservation) -> None:
+        self._reservation = reservation
+        self._intent: WithdrawBody | None = None
+
+    def __repr__(self) -> str:
+        return f"<SubmitSlot {self._reservation!r} intent={'recorded' if self._intent else 'none'}>"
+
+    @property
+    def used(self) -> bool:
+        """A POST went out with this slot."""
+        return self._reservation.spent
+
+    async def record_intent(self, body: WithdrawBody, persist: Callable[[], Awaitable[T]]) -> T:
+        """Run ``persist`` (the store commit of the intent to send ``body``) while holding the slot; only
+        once it returned may :meth:`Gateway.submit` send ``body`` with this slot. If ``persist`` raises,
+        nothing is recorded (and the slot goes back when the block exits)."""
+        if not self._reservation.usable or self._intent is not None:
+            raise RuntimeError(f"{self!r}: one intent per slot, inside its block")
+        result = await persist()
+        self._intent = body
+        return result
+
+    def spend_on(self, body: WithdrawBody) -> None:
+        """The POST of ``body`` leaves now with this slot: check the order, then hand the slot over."""
+        if self._intent is None:
+            raise RuntimeError("no intent was recorded with this slot: persist it before the POST")
+        if self._intent != body:
+            raise RuntimeError("the body sent is not the intent recorded with this slot")
+        self._reservation.spend()
 
 
 @dataclass(slots=True)
@@ -295,24 +339,27 @@ class Gateway:
             self._admitted.popleft()
         return len(self._admitted)
 
-    async def reserve_submit_slot(self) -> None:
-        """Wait for a write slot of the account's budget before the intent is persisted, so a workflow
-        never sits in ``submitting`` while queued behind the rate limit (a crash there would leave an
-        intent whose POST may or may not have left; now that window is one commit long)."""
+    @asynccontextmanager
+    async def submit_slot(self) -> AsyncIterator[SubmitSlot]:
+        """A write slot of the account's budget for one POST, taken before the intent is persisted, so a
+        workflow never sits in ``submitting`` while queued behind the rate limit (a crash there would leave
+        an intent whose POST may or may not have left; this way that window is one commit long).
+
+        Inside the block: :meth:`SubmitSlot.record_intent` persists the intent, then :meth:`submit` sends
+        it with the slot. Unused, the slot goes back to the budget on any exit from the block."""
         if self._admitted:
             self._admitted.popleft()
-        await self.client.limiter.acquire(Priority.WRITE)
+        async with self.client.limiter.reserve(Priority.WRITE) as reservation:
+            yield SubmitSlot(reservation)
 
-    def release_submit_slot(self) -> None:
-        """The reserved slot was not used (the lane was busy): give it back."""
-        self.client.limiter.refund()
-
-    async def submit(self, body: WithdrawBody, *, slot_reserved: bool = False) -> Withdrawal:
-        """POST the withdrawal once. Errors tell what is known of the outcome; nothing is retried."""
+    async def submit(self, body: WithdrawBody, *, slot: SubmitSlot) -> Withdrawal:
+        """POST the withdrawal once, with ``slot`` (whose intent for exactly ``body`` was recorded).
+        Errors tell what is known of the outcome; nothing is retried."""
+        slot.spend_on(body)
         holds, total = self._hold(body)
         executed = True  # or unknown: stays held, the safe side
         try:
-            return await self.client.withdraw_coin(body, slot_reserved=slot_reserved)
+            return await self.client.withdraw_coin(body, slot_reserved=True)
         except (ExchangeRefused, ExchangeThrottled):  # definitely not executed: nothing to hold
             executed = False
             raise

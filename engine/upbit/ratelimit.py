@@ -26,7 +26,9 @@ first served; a read that has waited ``read_patience`` seconds goes before the w
 stream of submits can delay polls but never starve them.
 
 Callers pair every :meth:`acquire` with :meth:`release` once the call completed (or :meth:`refund` when
-no request went out with the slot).
+no request went out with the slot). A caller that holds a slot across other awaits (a submit persists its
+intent between the slot and the POST) takes it as a value instead: ``async with limiter.reserve(p) as r``
+refunds ``r`` on every way out of the block unless :meth:`Reservation.spend` handed it to a call.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 
 from engine.backoff import backoff_delay
 from engine.clock import Clock, SystemClock
 
-__all__ = ["Priority", "RateLimiter", "RateLimiterStats"]
+__all__ = ["Priority", "RateLimiter", "RateLimiterStats", "Reservation"]
 
 
 class Priority(IntEnum):
@@ -61,6 +65,47 @@ class RateLimiterStats:
     blocks: int = 0
     phantom: int = 0
     penalties: int = 0
+
+
+class Reservation:
+    """One granted slot, held as a value until a request goes out with it (:meth:`spend`) or it goes back.
+
+    Made only by :meth:`RateLimiter.reserve`, which refunds it on any exit from its block (an exception,
+    a cancellation, an early return) unless it was spent; spent, it belongs to the call that sends, which
+    releases it when the call completed (``slot_reserved=True`` on the client). Spending twice, or after
+    the block ended, is a programming error (``RuntimeError``): one slot is one request."""
+
+    __slots__ = ("_open", "_spent", "priority")
+
+    def __init__(self, priority: Priority) -> None:
+        self.priority = priority
+        self._open = True
+        self._spent = False
+
+    def __repr__(self) -> str:
+        status = "spent" if self._spent else "held" if self._open else "refunded"
+        return f"<Reservation {self.priority.name} {status}>"
+
+    @property
+    def usable(self) -> bool:
+        """Held and not spent yet: a request may still go out with it."""
+        return self._open and not self._spent
+
+    @property
+    def spent(self) -> bool:
+        """A request went out (or is going out) with this slot."""
+        return self._spent
+
+    def spend(self) -> None:
+        """Hand the slot to the request about to leave; from here on the call releases it."""
+        if not self.usable:
+            raise RuntimeError(f"{self!r} cannot be spent: a slot carries exactly one request, inside its block")
+        self._spent = True
+
+    def _close(self) -> bool:
+        """End the block; True when the slot was never spent (so it must be refunded)."""
+        self._open = False
+        return not self._spent
 
 
 class RateLimiter:
@@ -130,6 +175,18 @@ class RateLimiter:
         self.stats.waited += 1
         self.stats.wait_seconds += waited
         return waited
+
+    @asynccontextmanager
+    async def reserve(self, priority: Priority = Priority.WRITE) -> AsyncIterator[Reservation]:
+        """Wait for a slot and hold it as a :class:`Reservation` for the block; unspent, it is refunded on
+        any exit (so a slot can never leak out of the budget, whatever happens between grant and send)."""
+        await self.acquire(priority)  # cancelled while waiting: acquire itself gives back a late grant
+        reservation = Reservation(priority)
+        try:
+            yield reservation
+        finally:
+            if reservation._close():
+                self.refund()
 
     def release(self) -> None:
         """The call made with a slot completed (answered, failed or timed out): it counts one more window."""

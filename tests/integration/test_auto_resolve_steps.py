@@ -40,7 +40,7 @@ class FailingListings:
         self.listings += 1
         raise ExchangeServerError("500 from the exchange", status=500, endpoint="GET /v1/withdraws")
 
-    async def reserve_submit_slot(self) -> None:
+    def submit_slot(self) -> Any:
         raise AssertionError("no POST may follow a failed listing")
 
 
