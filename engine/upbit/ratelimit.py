@@ -253,10 +253,10 @@ class RateLimiter:
         return max(0.0, self._blocked_until - self._clock.monotonic())
 
     def waiting(self, priority: Priority | None = None) -> int:
-        """Callers queued for a slot (of one priority, or all)."""
-        if priority is not None:
-            return len(self._queues[priority])
-        return sum(len(queue) for queue in self._queues)
+        """Callers queued for a slot (of one priority, or all); one cancelled while waiting is not counted
+        (it stays in the queue until the dispatcher passes it)."""
+        queues = self._queues if priority is None else (self._queues[priority],)
+        return sum(1 for queue in queues for _, future in queue if not future.done())
 
     @property
     def load(self) -> float:
