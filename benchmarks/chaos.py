@@ -1,6 +1,6 @@
 """The large chaos run: ``python benchmarks/chaos.py --withdrawals 1000 --kills 20``.
 
-The same harness as ``tests/safety/test_chaos.py`` (``tests/safety/chaos_harness.py``): the service
+The same harness as ``tests/safety/test_chaos.py`` (``workflows/testing/chaos.py``): the service
 (``upbit-withdraw run``) SIGKILLed ``--kills`` times at random moments while ``--withdrawals`` are
 submitted through its HTTP API, against the sandbox exchange with faults on (5xx everywhere, dropped and
 malformed POST answers, hangs past the client's timeout, 429 bursts, wallets paused and resumed). After
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.safety.chaos_harness import ChaosSettings, run_chaos  # noqa: E402
+from workflows.testing.chaos import ChaosSettings, run_chaos  # noqa: E402
 
 
 def settings_for(args: argparse.Namespace) -> ChaosSettings:

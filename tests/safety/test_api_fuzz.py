@@ -32,7 +32,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.safety.chaos_harness import BTC_ADDRESS, TOKEN, LiveStack
+from workflows.testing.chaos import BTC_ADDRESS, TOKEN
+from workflows.testing.live import LiveStack
 
 schemathesis = pytest.importorskip("schemathesis")
 jsonschema_rs = pytest.importorskip("jsonschema_rs")

@@ -1,6 +1,6 @@
 """Chaos, fast size: the real service SIGKILLed three times while 40 withdrawals go through a faulty sandbox.
 
-The harness (``tests/safety/chaos_harness.py``, shared with ``benchmarks/chaos.py``) says what runs and
+The harness (``workflows/testing/chaos.py``, shared with ``benchmarks/chaos.py``) says what runs and
 what is checked. Here: every property holds, and the run is bounded (it stops by itself well under 60 s).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.safety.chaos_harness import ChaosSettings, run_chaos
+from workflows.testing.chaos import ChaosSettings, run_chaos
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="SIGKILL")]
 

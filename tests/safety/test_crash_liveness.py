@@ -30,7 +30,8 @@ import pytest
 from engine import Engine, WithdrawalRequest
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import make_gateway
-from tests.safety.chaos_harness import Chaos, ChaosSettings, request_key, service_config
+from workflows.testing.chaos import Chaos, ChaosSettings, service_config
+from workflows.testing.checks import request_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="SIGKILL")]
 

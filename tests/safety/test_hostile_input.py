@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from engine import Engine, InvalidRequest, WithdrawalRequest
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import make_gateway
-from tests.safety.chaos_harness import BTC_ADDRESS, ETH_ADDRESS, TRX_ADDRESS, XRP_ADDRESS, LiveStack
+from workflows.testing.chaos import BTC_ADDRESS, ETH_ADDRESS, TRX_ADDRESS, XRP_ADDRESS
+from workflows.testing.live import LiveStack
 
 PURE = settings(max_examples=200, derandomize=True, deadline=None)
 HTTP = settings(

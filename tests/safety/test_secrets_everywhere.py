@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.upbit.auth import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
-from tests.safety.chaos_harness import CLI, ROOT, TOKEN, ChaosSettings, clean_env, run_chaos
+from workflows.testing.chaos import CLI, TOKEN, ChaosSettings, clean_env, run_chaos
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="SIGKILL")]
 
@@ -43,7 +43,7 @@ def test_demo_writes_no_key_secret_or_jwt(tmp_path: Path) -> None:
     """The demo's output and its database hold neither demo key nor any JWT."""
     db = tmp_path / "demo.sqlite3"
     proc = subprocess.run(
-        [*CLI, "demo", "--db", str(db)], capture_output=True, timeout=120, env=clean_env(), cwd=ROOT, check=False
+        [*CLI, "demo", "--db", str(db)], capture_output=True, timeout=120, env=clean_env(), cwd=tmp_path, check=False
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     haystacks = {"demo stdout": proc.stdout, "demo stderr": proc.stderr}
