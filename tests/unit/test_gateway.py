@@ -351,9 +351,7 @@ class TestRefreshAhead:
         await asyncio.wait_for(_until(gateway.allowlist, client.addresses), BOUND)
         assert client.count("addresses") == 2
 
-    async def test_a_failed_refresh_keeps_the_cached_value(
-        self, make_gateway: MakeGateway, clock: FakeClock
-    ) -> None:
+    async def test_a_failed_refresh_keeps_the_cached_value(self, make_gateway: MakeGateway, clock: FakeClock) -> None:
         """A background refresh that fails is only logged; readers keep the value until its TTL ends."""
         gateway, client = make_gateway(allowlist_ttl=10.0, read_attempts=1)
         old = await gateway.allowlist()
@@ -447,9 +445,7 @@ class TestBatchedPolls:
 class TestHolds:
     """A 429 or 418 booked on the account's limiter stops every call of the gateway until it ends."""
 
-    async def test_a_429_pauses_reads_for_the_window_then_the_read_is_retried(
-        self, make_gateway: MakeGateway
-    ) -> None:
+    async def test_a_429_pauses_reads_for_the_window_then_the_read_is_retried(self, make_gateway: MakeGateway) -> None:
         """The throttled fetch is retried (it was not executed) no sooner than the block ends."""
         gateway, client = make_gateway()
         client.failures["addresses"] = [ExchangeThrottled("429", status=429, endpoint="addresses")]

@@ -187,7 +187,6 @@ def plan_requests(count: int, seed: int) -> list[dict[str, str]]:
     return bodies
 
 
-
 # -- processes ------------------------------------------------------------------------------------------
 
 
@@ -673,4 +672,3 @@ async def run_chaos(settings: ChaosSettings, workdir: Path, *, keep_answers: boo
     """One chaos run in ``workdir`` (created); the summary (see the module docstring)."""
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     return await Chaos(settings, workdir, keep_answers=keep_answers).run()
-

@@ -30,7 +30,6 @@ def request_key(body: dict[str, Any]) -> tuple[str, str, Decimal]:
     return (str(body["currency"]), str(body.get("net_type") or body["currency"]), Decimal(str(body["amount"])))
 
 
-
 def settled(view: dict[str, Any]) -> bool:
     """A workflow view that is terminal, or in needs_review and not resolved yet."""
     return view["state"] in TERMINAL or (view["state"] == "needs_review" and view["resolution"] is None)
@@ -362,4 +361,3 @@ def scan_logs(workdir: Path) -> dict[str, int]:
                 if f'"{name}"' in line:
                     counts[name] += 1
     return counts
-
