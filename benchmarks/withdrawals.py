@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -50,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import psutil
@@ -586,62 +587,95 @@ def _observe(observed: dict[str, list[tuple[str, float]]] | None, uuid: str, sta
         seen.append((state, time.time()))
 
 
-async def baseline_side(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """The same N withdrawals as plain asyncio tasks, bounded by the same concurrency."""
-    limiter = RateLimiter(args.rate) if args.mode == "realistic" else RateLimiter(args.rate, enabled=False)
-    client = UpbitClient(Credentials.demo(), base_url=url, limiter=limiter, timeout=10.0)
-    gate = asyncio.Semaphore(args.concurrency)
-    outcome: Counter[str] = Counter()
-    completions: list[float] = []
-    accepted: list[float] = []
-    latencies: list[float] = []
-    observed: dict[str, list[tuple[str, float]]] = {}
-    requests = make_requests(args.n)
+@dataclass
+class PeerRun:
+    """What one peer side (the recipe, ccxt) measured over its N withdrawals."""
+
+    outcome: Counter[str] = field(default_factory=Counter)
+    accepted: list[float] = field(default_factory=list)
+    completions: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    observed: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    finished: bool = False
+    started: float = 0.0
+    wall: float = 0.0
+    cpu: float = 0.0
+    peak_rss: int = 0
+
+    def figures(self, side: str, args: argparse.Namespace) -> dict[str, Any]:
+        """The figures every peer side reports (a side adds its own)."""
+        done = self.outcome.get("DONE", 0)
+        return {
+            "side": side, "n": args.n, "concurrency": args.concurrency, "poll_interval": args.poll_interval,
+            "finished": self.finished, "completed": done, "terminal_states": dict(self.outcome),
+            "wall_seconds": round(self.wall, 3),
+            "withdrawals_per_second": round(done / self.wall, 2) if self.wall > 0 else None,
+            **flow_figures(self.started, self.accepted, self.completions, self.latencies),
+            "cpu_seconds": round(self.cpu, 3), "cpu_us_per_withdrawal": round(self.cpu / max(1, done) * 1e6, 1),
+            "peak_rss_run_bytes": self.peak_rss, "observed": self.observed,
+        }  # fmt: skip
+
+
+class PeerWithdrawal(Protocol):
+    """One peer withdrawal (:func:`baseline_withdrawal`, :func:`ccxt_withdrawal`, bound to their client and
+    poll interval): counts into ``outcome``, notes its acceptance time in ``accepted`` and the states it saw
+    in ``observed``, and returns the state it ended in."""
+
+    def __call__(
+        self,
+        request: WithdrawalRequest,
+        *,
+        outcome: Counter[str],
+        accepted: list[float],
+        observed: dict[str, list[tuple[str, float]]],
+    ) -> Awaitable[str]: ...
+
+
+async def run_peer(
+    withdraw: PeerWithdrawal, requests: Sequence[WithdrawalRequest], *, concurrency: int, timeout: float
+) -> PeerRun:
+    """Each request as a task of its own, at most ``concurrency`` at once, timed (wall, CPU, peak RSS) until
+    all ended or ``timeout``; per withdrawal, when it was accepted and when it ended."""
+    run = PeerRun()
+    gate = asyncio.Semaphore(concurrency)
 
     async def one(request: WithdrawalRequest) -> None:
         mine: list[float] = []
         async with gate:
-            state = await baseline_withdrawal(
-                client, request, poll_interval=args.poll_interval, outcome=outcome, accepted=mine,
-                observed=observed,
-            )  # fmt: skip
-        outcome[state] += 1
+            state = await withdraw(request, outcome=run.outcome, accepted=mine, observed=run.observed)
+        run.outcome[state] += 1
         now = time.monotonic()
-        completions.append(now)
-        accepted.extend(mine)
-        latencies.extend(now - a for a in mine)
+        run.completions.append(now)
+        run.accepted.extend(mine)
+        run.latencies.extend(now - a for a in mine)
 
+    with RssSampler() as sampler:
+        cpu0, run.started = cpu_seconds(), time.monotonic()
+        tasks = [asyncio.create_task(one(r)) for r in requests]
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+            run.finished = True
+        except TimeoutError:
+            run.finished = False
+        run.cpu, run.wall = cpu_seconds() - cpu0, time.monotonic() - run.started
+    run.peak_rss = sampler.peak
+    return run
+
+
+async def baseline_side(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The same N withdrawals as plain asyncio tasks, bounded by the same concurrency."""
+    limiter = RateLimiter(args.rate) if args.mode == "realistic" else RateLimiter(args.rate, enabled=False)
+    client = UpbitClient(Credentials.demo(), base_url=url, limiter=limiter, timeout=10.0)
+    withdraw = functools.partial(baseline_withdrawal, client, poll_interval=args.poll_interval)
+    requests = make_requests(args.n)
     async with client:
-        with RssSampler() as sampler:
-            cpu0, t0 = cpu_seconds(), time.monotonic()
-            tasks = [asyncio.create_task(one(r)) for r in requests]
-            try:
-                await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
-                finished = True
-            except TimeoutError:
-                finished = False
-            cpu1, t1 = cpu_seconds(), time.monotonic()
-    wall = t1 - t0
-    done = outcome.get("DONE", 0)
+        run = await run_peer(withdraw, requests, concurrency=args.concurrency, timeout=args.timeout)
     return {
-        "side": "baseline",
-        "n": args.n,
-        "concurrency": args.concurrency,
-        "poll_interval": args.poll_interval,
-        "finished": finished,
-        "completed": done,
-        "terminal_states": dict(outcome),
-        "wall_seconds": round(wall, 3),
-        "withdrawals_per_second": round(done / wall, 2) if wall > 0 else None,
-        **flow_figures(t0, accepted, completions, latencies),
-        "cpu_seconds": round(cpu1 - cpu0, 3),
-        "cpu_us_per_withdrawal": round((cpu1 - cpu0) / max(1, done) * 1e6, 1),
+        **run.figures("baseline", args),
         "client_calls": dict(client.calls),
         "limiter": {"granted": limiter.stats.granted, "waited": limiter.stats.waited,
                     "throttles": limiter.stats.throttles, "blocks": limiter.stats.blocks},
-        "peak_rss_run_bytes": sampler.peak,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "observed": observed,
     }  # fmt: skip
 
 
@@ -707,48 +741,13 @@ async def ccxt_withdrawal(
 async def ccxt_side(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The same N withdrawals through ccxt, one task each, bounded by the same concurrency."""
     exchange = make_ccxt(url)
-    gate = asyncio.Semaphore(args.concurrency)
-    outcome: Counter[str] = Counter()
-    completions: list[float] = []
-    accepted: list[float] = []
-    latencies: list[float] = []
-    observed: dict[str, list[tuple[str, float]]] = {}
-
-    async def one(request: WithdrawalRequest) -> None:
-        mine: list[float] = []
-        async with gate:
-            state = await ccxt_withdrawal(
-                exchange, request, poll_interval=args.poll_interval, outcome=outcome, accepted=mine,
-                observed=observed,
-            )  # fmt: skip
-        outcome[state] += 1
-        now = time.monotonic()
-        completions.append(now)
-        accepted.extend(mine)
-        latencies.extend(now - a for a in mine)
-
+    withdraw = functools.partial(ccxt_withdrawal, exchange, poll_interval=args.poll_interval)
+    requests = make_requests(args.n)
     try:
-        with RssSampler() as sampler:
-            cpu0, t0 = cpu_seconds(), time.monotonic()
-            tasks = [asyncio.create_task(one(r)) for r in make_requests(args.n)]
-            try:
-                await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
-                finished = True
-            except TimeoutError:
-                finished = False
-            cpu1, t1 = cpu_seconds(), time.monotonic()
+        run = await run_peer(withdraw, requests, concurrency=args.concurrency, timeout=args.timeout)
     finally:
         await exchange.close()
-    wall = t1 - t0
-    done = outcome.get("DONE", 0)
-    return {
-        "side": "ccxt", "n": args.n, "concurrency": args.concurrency, "poll_interval": args.poll_interval,
-        "finished": finished, "completed": done, "terminal_states": dict(outcome),
-        "wall_seconds": round(wall, 3), "withdrawals_per_second": round(done / wall, 2) if wall > 0 else None,
-        **flow_figures(t0, accepted, completions, latencies),
-        "cpu_seconds": round(cpu1 - cpu0, 3), "cpu_us_per_withdrawal": round((cpu1 - cpu0) / max(1, done) * 1e6, 1),
-        "peak_rss_run_bytes": sampler.peak, "observed": observed,
-    }  # fmt: skip
+    return run.figures("ccxt", args)
 
 
 async def sandbox_stats(url: str) -> dict[str, Any]:

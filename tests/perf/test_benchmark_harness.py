@@ -4,6 +4,8 @@ running the benchmark itself, see benchmarks/README.md)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
 import tomllib
 from collections import Counter
 from decimal import Decimal
@@ -166,3 +168,39 @@ def test_multi_account_seed_gives_each_account_its_keys_and_balance() -> None:
     requests = bench.make_requests(6, accounts=3)
     assert [r.account for r in requests] == ["acct0", "acct1", "acct2"] * 2
     assert {r.account for r in bench.make_requests(4)} == {"default"}
+
+
+async def test_run_peer_bounds_concurrency_and_collects_each_withdrawal() -> None:
+    """The peers' shared driver: at most ``concurrency`` withdrawals at once, each one's end state counted,
+    its acceptance noted, and the figures every peer side reports."""
+    active, peak = 0, 0
+
+    async def withdraw(request: Any, *, outcome: Counter[str], accepted: list[float], observed: Any) -> str:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0)
+        accepted.append(time.monotonic())
+        observed[str(request.amount)] = [("DONE", 0.0)]
+        active -= 1
+        return "DONE" if len(observed) % 4 else "FAILED"
+
+    run = await bench.run_peer(withdraw, bench.make_requests(20), concurrency=3, timeout=60.0)
+    assert run.finished and 1 <= peak <= 3
+    assert run.outcome == Counter({"DONE": 15, "FAILED": 5})
+    assert len(run.accepted) == len(run.completions) == len(run.latencies) == 20 and len(run.observed) == 20
+    figures = run.figures("peer", argparse.Namespace(n=20, concurrency=3, poll_interval=1.0))
+    assert figures["side"] == "peer" and figures["completed"] == 15 and figures["finished"] is True
+    assert figures["terminal_states"] == {"DONE": 15, "FAILED": 5} and figures["observed"] is run.observed
+
+
+async def test_run_peer_stops_at_its_timeout() -> None:
+    """Withdrawals that never end: the run gives up at ``timeout`` and says it did not finish."""
+    never = asyncio.Event()
+
+    async def withdraw(request: Any, *, outcome: Counter[str], accepted: list[float], observed: Any) -> str:
+        await never.wait()
+        return "DONE"
+
+    run = await bench.run_peer(withdraw, bench.make_requests(5), concurrency=5, timeout=0.05)
+    assert not run.finished and sum(run.outcome.values()) == 0
