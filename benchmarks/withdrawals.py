@@ -1207,7 +1207,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+    """A config section's settings (the sections are pydantic models), JSON-ready."""
+    return dict(obj.model_dump(mode="json"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
