@@ -19,6 +19,9 @@
   seconds long: a new workflow beyond that gets a turn (a time, spaced at the account's rate) and waits
   for it as a row in the store, not as a task holding a runner slot; polls and cancels are not stuck
   behind a backlog.
+- ``submit_slot()`` holds the write slot a POST goes out with, as a value: the intent is persisted through
+  it and ``submit(body, slot=slot)`` refuses a slot without that intent (or used already); a slot whose
+  POST never left goes back to the budget on any exit from its block.
 - Transient read failures of the shared fetches are retried with tenacity (exponential backoff with
   jitter, on the injected clock); a POST is never retried here.
 """
@@ -326,8 +329,11 @@ class Gateway:
             return 0.0
         turn = max(self._next_turn, now + queued / rate - self._submit_queue)
         self._next_turn = turn + 1 / rate
+        if turn <= now:  # its turn is now: it goes, counted as queued like any other
+            self.admit()
+            return 0.0
         self.deferred_submits += 1
-        return max(0.0, turn - now)
+        return turn - now
 
     def admit(self) -> None:
         """A workflow starts towards its POST now (counted as queued until it reserves its slot)."""
