@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -49,7 +50,7 @@ class ListFilter:
     UTC, the zone the stores write.
     """
 
-    states: frozenset[State] = field(default_factory=frozenset)
+    states: AbstractSet[State] = field(default_factory=frozenset)  # kept as a frozenset
     currency: str | None = None
     net_type: str | None = None
     account: str | None = None
