@@ -71,7 +71,9 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 def test_submit_with_reference_and_metadata_then_status_by_each_handle(cli: Cli) -> None:
     """The reference and metadata are stored and shown; status finds the workflow by id, by reference
     (with or without its account) and by idempotency key, in --json and in the table."""
-    view = cli.submit("0.01", "--reference", "payout-1", "--metadata", '{"user": "42", "n": 1}', "--idempotency-key", "k1")
+    view = cli.submit(
+        "0.01", "--reference", "payout-1", "--metadata", '{"user": "42", "n": 1}', "--idempotency-key", "k1"
+    )
     assert (view["reference"], view["metadata"]) == ("payout-1", {"user": "42", "n": 1})
     for lookup in (
         [view["id"]], ["--reference", "payout-1"], ["--reference", "payout-1", "--account", "default"],

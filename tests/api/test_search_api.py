@@ -15,7 +15,9 @@ SETTLED = {"DONE", "FAILED", "CANCELLED", "REJECTED", "aborted", "needs_review"}
 
 async def submit(api: Api, body: dict[str, Any], key: str | None = None) -> Any:
     """POST /v1/withdrawals (optionally under an Idempotency-Key); the answer."""
-    return await api.client.call("POST", "/v1/withdrawals", body=body, headers={"Idempotency-Key": key} if key else None)
+    return await api.client.call(
+        "POST", "/v1/withdrawals", body=body, headers={"Idempotency-Key": key} if key else None
+    )
 
 
 async def listed(api: Api, query: str) -> dict[str, Any]:

@@ -50,14 +50,16 @@ async def population(store: Store) -> list[Workflow]:
             created=n * 10.0,
             state=STATES[n % len(STATES)],
             request=request(
-                currency=("BTC", "ETH", "XRP")[n % 3], net_type=("BTC", "ETH", "TRX", "XRP")[n % 4],
-                account=("default", "desk-2")[n % 2], amount=f"{n + 1}",
-            ),  # fmt: skip
+                currency=("BTC", "ETH", "XRP")[n % 3],
+                net_type=("BTC", "ETH", "TRX", "XRP")[n % 4],
+                account=("default", "desk-2")[n % 2],
+                amount=f"{n + 1}",
+            ),
             reason=(None, "address_not_allowed", "dry_run")[n % 3] if n % 5 else None,
             reference=f"payout-{n}" if n % 4 else None,
             metadata={"n": n, "tags": ["a", "b"], "nested": {"ok": True}} if n % 6 == 0 else None,
             idempotency_key=f"key-{n}" if n % 3 == 0 else None,
-        )  # fmt: skip
+        )
         # updated_at runs in the opposite direction to created_at, so the two ranges cannot stand in for each other.
         moved = replace(wf, updated_at=at(1000 - n * 7))
         made.append(await store.commit(moved, None, owner=None))
@@ -180,7 +182,7 @@ async def test_migration_4_keeps_sqlite_rows_and_fills_the_network(tmp_path: Pat
     for version, script in (m for m in SQLITE_MIGRATIONS if m[0] < 4):
         db.executescript(f"BEGIN;\n{script}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;")
     marks = ", ".join("?" * len(_OLD_COLUMNS))
-    db.execute(f"INSERT INTO workflows ({', '.join(_OLD_COLUMNS)}) VALUES ({marks})", _old_row(wf))  # noqa: S608
+    db.execute(f"INSERT INTO workflows ({', '.join(_OLD_COLUMNS)}) VALUES ({marks})", _old_row(wf))
     ev = (event.workflow_id, 1, event.at.isoformat(), "create", None, "pending", json.dumps(event.data), "", event.hash)
     db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ev)
     db.close()
@@ -193,7 +195,7 @@ async def test_migration_4_keeps_sqlite_rows_and_fills_the_network(tmp_path: Pat
 @pytest.mark.postgres
 async def test_migration_4_keeps_postgres_rows_and_fills_the_network(postgres_database: str) -> None:
     """The same on PostgreSQL: the rows of a database migrated to version 2 survive migration 4."""
-    wf, event = new_workflow(request=request(net_type="TRX", currency="USDT"))
+    wf, _ = new_workflow(request=request(net_type="TRX", currency="USDT"))
     async with fresh_schema(postgres_database) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
@@ -204,7 +206,7 @@ async def test_migration_4_keeps_postgres_rows_and_fills_the_network(postgres_da
             values = _old_row(wf)
             values[_OLD_COLUMNS.index("lane_held")] = bool(values[_OLD_COLUMNS.index("lane_held")])
             marks = ", ".join(f"${i + 1}" for i in range(len(_OLD_COLUMNS)))
-            await conn.execute(f"INSERT INTO workflows ({', '.join(_OLD_COLUMNS)}) VALUES ({marks})", *values)  # noqa: S608
+            await conn.execute(f"INSERT INTO workflows ({', '.join(_OLD_COLUMNS)}) VALUES ({marks})", *values)
         finally:
             await conn.close()
         async with PostgresStore(dsn) as store:
