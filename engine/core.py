@@ -165,13 +165,14 @@ class Engine:
             existing = await self.store.get_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._replay(existing, request, idempotency_key, reference, extra), False
-        if reference is not None:
-            await self._reference_free(reference, request.account)
         workflow, event = self._new(request, idempotency_key, reference, extra)
         try:
+            if reference is not None:
+                await self._reference_free(reference, request.account)
             stored, created = await self.store.create(workflow, event)
         except ReferenceConflict:
-            # A concurrent submit took the reference; under the same idempotency key it is this request's.
+            # A concurrent submit took the reference since the key was looked up; under the same idempotency
+            # key it is this very request (a client's retry racing its first try): answer it as a replay.
             raced = None if idempotency_key is None else await self.store.get_by_idempotency_key(idempotency_key)
             if raced is None:
                 raise
