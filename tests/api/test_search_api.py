@@ -3,12 +3,17 @@ sandbox on 127.0.0.1, a real SQLite file, every answer checked against engine/op
 
 from __future__ import annotations
 
+import asyncio
+import json
 import urllib.parse
 from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, btc
+from engine.backends import API_TOKEN_ENV
+from engine.cli import run_cli
+from engine.models import State
+from tests.api.conftest import BTC_ADDRESS, TOKEN, Api, btc
 
 SETTLED = {"DONE", "FAILED", "CANCELLED", "REJECTED", "aborted", "needs_review"}
 
@@ -164,3 +169,30 @@ class TestSearch:
         answer = await api.client.call("GET", "/v1/withdrawals?limit=0&state=x&created_after=2026-01-01")
         assert answer.status == 422
         assert {"limit", "state", "created_after"} <= set(answer.body["error"]["fields"])
+
+
+async def test_cli_api_mode_submits_finds_and_filters(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's --api path sends the same reference, metadata and filters over HTTP and reads the same views."""
+    monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
+    url = str(api.client.client.make_url("")).rstrip("/")
+
+    async def cli(*args: str) -> tuple[int, Any]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(run_cli, ["--api", url, "--json", *args])
+        out = capsys.readouterr().out
+        return code, json.loads(out) if code == 0 else None
+
+    code, view = await cli(
+        "submit", "--currency", "BTC", "--net-type", "BTC", "--amount", "0.01", "--address", BTC_ADDRESS,
+        "--reference", "api-ref", "--metadata", '{"via": "api"}', "--idempotency-key", "api-key",
+    )  # fmt: skip
+    assert code == 0 and (view["reference"], view["metadata"]) == ("api-ref", {"via": "api"})
+    assert (await cli("status", "--reference", "api-ref"))[1]["id"] == view["id"]
+    assert (await cli("status", "--idempotency-key", "api-key"))[1]["id"] == view["id"]
+    code, page = await cli("list", "--state", ",".join(State), "--reference", "api-ref")
+    assert code == 0 and [v["id"] for v in page["withdrawals"]] == [view["id"]] and page["total"] == 1
+    assert (await cli("list", "--cursor", "wd_0000"))[0] == 2
+    assert (await cli("list", "--created-after", "2026-01-01T00:00:00"))[0] == 2
+    assert (await cli("status", "--reference", "missing"))[0] == 3
