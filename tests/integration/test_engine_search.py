@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from engine.audit import verify_store
 from engine.core import Engine
 from engine.errors import IdempotencyConflict, InvalidRequest, ReferenceConflict
 from engine.models import State, WithdrawalRequest
@@ -33,6 +34,9 @@ async def test_submit_stores_reference_and_metadata_and_find_returns_it(engine_f
         assert (first.data["reference"], first.data["metadata"]) == ("payout-1", {"user": "42"})
         with pytest.raises(InvalidRequest):
             await engine.find()
+        floats = await engine.submit(btc("0.5"), metadata={"rate": 0.1, "big": 1e300, "neg": -2.5e-7, "u": "출금"})
+        assert (await engine.get(floats.id)).metadata == {"rate": 0.1, "big": 1e300, "neg": -2.5e-7, "u": "출금"}
+        assert await verify_store(engine.store) == (2, [])  # the sealed first events verify as stored
 
 
 async def test_reference_conflicts_and_replays(engine_factory: EngineFactory) -> None:
