@@ -146,9 +146,10 @@ _V4 = """
 -- References and search (see the SQLite migration 4).
 ALTER TABLE workflows ADD COLUMN net_type TEXT, ADD COLUMN reference TEXT, ADD COLUMN metadata TEXT;
 UPDATE workflows SET net_type = request::jsonb ->> 'net_type';
-CREATE UNIQUE INDEX workflows_reference ON workflows (account, reference) WHERE reference IS NOT NULL;
+CREATE UNIQUE INDEX workflows_reference ON workflows (reference, account) WHERE reference IS NOT NULL;
 CREATE INDEX workflows_account ON workflows (account, id);
 CREATE INDEX workflows_created ON workflows (created_at);
+CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
 """
 
 POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (4, _V4)]
