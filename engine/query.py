@@ -70,7 +70,8 @@ class ListFilter:
                 object.__setattr__(self, name, _utc(value, name))
 
     def with_state(self, state: State | None) -> ListFilter:
-        """This filter narrowed to one more state (None: unchanged), for ``Engine.list(state=...)``."""
+        """This filter with one more state allowed (None: unchanged), for ``Engine.list(state=...)``: with no
+        states given it selects only that one."""
         return self if state is None else replace(self, states=self.states | {state})
 
     def matches(self, wf: Workflow) -> bool:
