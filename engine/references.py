@@ -57,8 +57,8 @@ def check_reference(value: object) -> str | None:
 
 
 def check_metadata(value: object) -> dict[str, Any] | None:
-    """``value`` if it is acceptable metadata (None or ``{}``: none); :class:`InvalidRequest` naming the
-    broken rule otherwise."""
+    """A copy of ``value`` if it is acceptable metadata (None or ``{}``: none); :class:`InvalidRequest`
+    naming the broken rule otherwise."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -69,9 +69,12 @@ def check_metadata(value: object) -> dict[str, Any] | None:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_METADATA_KEY_LEN:
             raise InvalidRequest(f"keys must be strings of 1-{MAX_METADATA_KEY_LEN} characters", field="metadata")
     _check_values(value, depth=1)
-    if len(dump_metadata(value).encode()) > MAX_METADATA_BYTES:
+    dumped = dump_metadata(value)
+    if len(dumped.encode()) > MAX_METADATA_BYTES:
         raise InvalidRequest(f"is larger than {MAX_METADATA_BYTES} bytes serialized as JSON", field="metadata")
-    return value or None
+    # A copy, as it will read back from the store: the caller changing its dict later changes nothing here.
+    copy: dict[str, Any] = json.loads(dumped)
+    return copy or None
 
 
 def _check_values(value: object, *, depth: int) -> None:

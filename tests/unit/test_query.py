@@ -36,6 +36,12 @@ class TestMetadata:
         value = {"s": "x", "i": 1, "f": 1.5, "b": True, "n": None, "l": [1, "a"], "d": {"k": {"k": [None]}}}
         assert check_metadata(value) == value
 
+    def test_the_result_is_a_copy(self) -> None:
+        given: dict[str, Any] = {"tags": ["a"]}
+        kept = check_metadata(given)
+        given["tags"].append("b")
+        assert kept == {"tags": ["a"]}
+
     def test_empty_or_none_is_no_metadata(self) -> None:
         assert check_metadata(None) is None
         assert check_metadata({}) is None
