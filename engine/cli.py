@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -202,12 +203,17 @@ def _styled(state: str) -> str:
     return f"[{style}]{state}[/{style}]" if style else state
 
 
+def _escaped(row: tuple[str, ...], *, keep: int) -> list[str]:
+    """Cells as text, not rich markup (a reference or evidence may hold "[red]"), but the styled state."""
+    return [cell if i == keep else escape(cell) for i, cell in enumerate(row)]
+
+
 def _show_workflow(view: dict[str, Any], title: str | None = None) -> None:
     table = Table(title=title, show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     for name, value in workflow_rows(view, _styled):
-        table.add_row(name, value)
+        table.add_row(name, value if name == "state" else escape(value))
     _console().print(table)
 
 
@@ -220,7 +226,7 @@ async def _with_cause(backend: Backend, view: dict[str, Any]) -> dict[str, Any]:
 def _show_page(page: dict[str, Any]) -> None:
     table = Table(*PAGE_COLUMNS)
     for row in page_rows(page, _styled):
-        table.add_row(*row)
+        table.add_row(*_escaped(row, keep=PAGE_COLUMNS.index("state")))
     console = _console()
     console.print(table)
     shown = len(page["withdrawals"])
@@ -233,7 +239,7 @@ def _show_events(events: list[dict[str, Any]]) -> None:
     table = Table(*EVENT_COLUMNS)
     table.columns[-1].overflow = "fold"  # evidence is shown in full, wrapped, never cut
     for row in event_rows(events, _styled):
-        table.add_row(*row)
+        table.add_row(*_escaped(row, keep=EVENT_COLUMNS.index("to")))
     _console().print(table)
 
 

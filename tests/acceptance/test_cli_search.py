@@ -87,6 +87,15 @@ def test_submit_with_reference_and_metadata_then_status_by_each_handle(cli: Cli)
     assert (history[0]["data"]["reference"], history[0]["data"]["metadata"]) == ("payout-1", {"user": "42", "n": 1})
 
 
+def test_tables_show_the_callers_text_as_text(cli: Cli) -> None:
+    """A reference or metadata that looks like rich markup is printed as written, in every table."""
+    view = cli.submit("0.01", "--reference", "[red]payout[/red]", "--metadata", '{"note": "[bold]x"}')
+    for args in (["status", view["id"]], ["list"]):
+        code, out, _ = cli(*args)
+        assert code == 0 and "[red]payout[/red]" in out, out
+    assert "[bold]x" in cli("status", view["id"])[1]
+
+
 def test_lookups_that_find_nothing_or_too_much(cli: Cli) -> None:
     """Unknown reference: exit 3. One reference on two accounts without --account: exit 2 naming both."""
     cli.submit("0.01", "--reference", "shared")
