@@ -16,10 +16,14 @@ from engine.errors import (
     InvalidRequest,
     InvalidTransition,
     OutcomeUnknown,
+    ReferenceConflict,
+    ServiceUnreachable,
+    WaitTimeout,
     WorkflowNotFound,
 )
 from engine.models import AbortReason, Event, State, TransactionType, WithdrawalRequest, Workflow
 from engine.policy import CurrencyPolicy, Policy, WorkflowSettings
+from engine.query import ListFilter, Page
 
 __all__ = [
     "AbortReason",
@@ -37,11 +41,16 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidRequest",
     "InvalidTransition",
+    "ListFilter",
     "OutcomeUnknown",
+    "Page",
     "Policy",
+    "ReferenceConflict",
+    "ServiceUnreachable",
     "State",
     "SystemClock",
     "TransactionType",
+    "WaitTimeout",
     "WithdrawalRequest",
     "Workflow",
     "WorkflowNotFound",

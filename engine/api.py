@@ -3,7 +3,9 @@
 Routes (``engine/openapi.json`` is the contract; a test validates every answer against it)::
 
     POST /v1/withdrawals                 201 new, 200 replay (same Idempotency-Key, same body), 409, 422
-    GET  /v1/withdrawals                 ?state=&limit=&cursor=  (cursor: the last id of the previous page)
+    GET  /v1/withdrawals                 filters (state, several; currency, net_type, account, reason,
+                                         reference, idempotency_key, created/updated_after/_before),
+                                         limit, cursor (the next_cursor of the previous page); a total
     GET  /v1/withdrawals/{id}            404 when unknown
     POST /v1/withdrawals/{id}/cancel     202; 409 when already terminal
     POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon"}: 202; 409 unless needs_review
@@ -41,12 +43,16 @@ from engine.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
+    ReferenceConflict,
     WorkflowNotFound,
 )
 from engine.http_server import ServerLimits, start_site
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
-from engine.models import State, WithdrawalRequest, Workflow
+from engine.models import WithdrawalRequest
+from engine.query import parse_list_query
+from engine.references import check_metadata, check_reference
+from engine.views import events_view, page_view, workflow_view
 
 __all__ = [
     "ApiError",
@@ -55,6 +61,7 @@ __all__ = [
     "create_metrics_app",
     "error_body",
     "openapi_document",
+    "parse_submission",
     "parse_withdrawal",
     "start_site",
     "workflow_view",
@@ -66,8 +73,8 @@ ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 OPENAPI = web.AppKey("openapi", bytes)
-DEFAULT_PAGE = 50
-MAX_PAGE = 1000
+#: Fields of a submission body beside the withdrawal request itself.
+SUBMISSION_EXTRAS = ("reference", "metadata")
 _ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
 _REQUIRED = ("currency", "net_type", "amount", "address")
 #: Valid stand-ins: a field that failed is replaced by one, so the next failing field shows up too.
@@ -107,26 +114,6 @@ def error_body(name: str, message: str, fields: Mapping[str, str] | None = None)
     return {"error": error}
 
 
-def workflow_view(wf: Workflow) -> dict[str, Any]:
-    """The one JSON view of a workflow (API answers, ``--json`` CLI output)."""
-    return {
-        "id": wf.id,
-        "state": wf.state.value,
-        "request": wf.request.to_dict(),
-        "exchange_uuid": wf.exchange_uuid,
-        "txid": wf.txid,
-        "exchange_state": wf.exchange_state,
-        "reason": wf.reason,
-        "error": wf.error,
-        "submit_count": wf.submit_count,
-        "cancel_requested": wf.cancel_requested,
-        "resolution": wf.resolution,
-        "created_at": wf.created_at.isoformat(),
-        "updated_at": wf.updated_at.isoformat(),
-        "lane": wf.lane,
-    }
-
-
 def parse_withdrawal(data: object) -> WithdrawalRequest:
     """A request from a JSON body, or an :class:`ApiError` (422) naming *every* bad field.
 
@@ -157,6 +144,31 @@ def parse_withdrawal(data: object) -> WithdrawalRequest:
     if fields:
         raise ApiError(422, "invalid_request", "the withdrawal request is invalid", fields)
     return request
+
+
+def parse_submission(data: object) -> tuple[WithdrawalRequest, str | None, dict[str, Any] | None]:
+    """``(request, reference, metadata)`` from a submission body, or an :class:`ApiError` (422) naming every
+    bad field, the request's and the reference's and metadata's alike."""
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    fields: dict[str, str] = {}
+    reference: str | None = None
+    metadata: dict[str, Any] | None = None
+    try:
+        reference = check_reference(data.get("reference"))
+    except InvalidRequest as exc:
+        fields["reference"] = exc.message.removeprefix("reference: ")
+    try:
+        metadata = check_metadata(data.get("metadata"))
+    except InvalidRequest as exc:
+        fields["metadata"] = exc.message.removeprefix("metadata: ")
+    try:
+        request = parse_withdrawal({k: v for k, v in data.items() if k not in SUBMISSION_EXTRAS})
+    except ApiError as exc:
+        fields = {**exc.fields, **fields}
+    if fields:
+        raise ApiError(422, "invalid_request", "the withdrawal request is invalid", fields)
+    return request, reference, metadata
 
 
 def openapi_document() -> bytes:
@@ -210,12 +222,13 @@ def _error_middleware() -> Any:
 
 def _engine_error(exc: EngineError) -> ApiError:
     if isinstance(exc, InvalidRequest):
-        field = exc.field or "body"
-        return ApiError(422, "invalid_request", exc.message, {field: exc.message.removeprefix(f"{field}: ")})
+        return ApiError(422, "invalid_request", exc.message, exc.fields or {"body": exc.message})
     if isinstance(exc, WorkflowNotFound):
         return ApiError(404, "not_found", exc.message)
     if isinstance(exc, IdempotencyConflict):
         return ApiError(409, "idempotency_conflict", exc.message)
+    if isinstance(exc, ReferenceConflict):
+        return ApiError(409, "reference_conflict", exc.message)
     if isinstance(exc, InvalidTransition):
         return ApiError(409, "invalid_transition", exc.message)
     log.error("api.engine_error", error=type(exc).__name__, message=exc.message)
@@ -290,10 +303,10 @@ def _workflow_id(request: web.Request) -> str:
 
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/withdrawals."""
-    withdrawal = parse_withdrawal(await _body(request))
+    withdrawal, reference, metadata = parse_submission(await _body(request))
     key = _idempotency_key(request)
     engine = request.app[ENGINE]
-    wf, created = await engine.intake(withdrawal, idempotency_key=key)
+    wf, created = await engine.intake(withdrawal, idempotency_key=key, reference=reference, metadata=metadata)
     return _json(workflow_view(wf), status=201 if created else 200, headers={"Location": f"/v1/withdrawals/{wf.id}"})
 
 
@@ -320,51 +333,10 @@ async def get_withdrawal(request: web.Request) -> web.Response:
     return _json(workflow_view(await request.app[ENGINE].get(_workflow_id(request))))
 
 
-async def _known_cursor(engine: Engine, cursor: str) -> None:
-    """A cursor must be a stored workflow's id (the ``next_cursor`` of a previous page): an unknown one used
-    to page from an arbitrary point and answer all or nothing without a word."""
-    try:
-        await engine.get(cursor)
-    except WorkflowNotFound:
-        problem = f"no workflow {cursor} (use the next_cursor of the previous page)"
-        raise ApiError(422, "invalid_request", "invalid query parameters", {"cursor": problem}) from None
-
-
-def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | None]:
-    fields: dict[str, str] = {}
-    for key in sorted(set(query) - {"state", "limit", "cursor"}):
-        fields[key] = "unknown parameter"
-    state: State | None = None
-    if "state" in query:
-        try:
-            state = State(query["state"])
-        except ValueError:
-            fields["state"] = f"must be one of {', '.join(s.value for s in State)}"
-    limit = DEFAULT_PAGE
-    if "limit" in query:
-        try:
-            limit = int(query["limit"])
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            fields["limit"] = f"must be an integer between 1 and {MAX_PAGE}"
-    cursor = query.get("cursor")
-    if cursor is not None and not _ID_RE.fullmatch(cursor):
-        fields["cursor"] = "must be a workflow id (the next_cursor of the previous page)"
-    if fields:
-        raise ApiError(422, "invalid_request", "invalid query parameters", fields)
-    return state, limit, cursor
-
-
 async def list_withdrawals(request: web.Request) -> web.Response:
-    """GET /v1/withdrawals?state=&limit=&cursor=."""
-    state, limit, cursor = _list_params(request.query)
-    engine = request.app[ENGINE]
-    if cursor is not None:
-        await _known_cursor(engine, cursor)
-    items = await engine.list(state=state, limit=limit, before=cursor)
-    next_cursor = items[-1].id if len(items) == limit else None
-    return _json({"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor})
+    """GET /v1/withdrawals with filters (engine/query.py parses them; an unknown cursor is 422)."""
+    where, limit, cursor = parse_list_query(request.query.items())
+    return _json(page_view(await request.app[ENGINE].page(where, limit=limit, cursor=cursor)))
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -387,8 +359,8 @@ async def resolve(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.Response:
     """GET /v1/withdrawals/{id}/events."""
     workflow_id = _workflow_id(request)
-    found = [e.to_dict() async for e in request.app[ENGINE].events(workflow_id, follow=False)]
-    return _json({"workflow_id": workflow_id, "events": found})
+    found = [e async for e in request.app[ENGINE].events(workflow_id, follow=False)]
+    return _json(events_view(workflow_id, found))
 
 
 #: Routes a load balancer or an orchestrator probes, without a token.

@@ -1,36 +1,35 @@
 """Where the CLI's workflow commands go: straight to the store, or to a running service over HTTP.
 
 Both backends speak the HTTP API's vocabulary: they take and return the API's JSON views
-(:func:`engine.api.workflow_view`) and fail with :class:`engine.api.ApiError` or an
+(:mod:`engine.views`), take list queries as the API's query parameters (parsed by
+:func:`engine.query.parse_list_query` on both paths) and fail with :class:`engine.api.ApiError` or an
 :class:`~engine.errors.EngineError`, so the CLI renders and maps exit codes once for both.
 
-The store backend opens an :class:`~engine.Engine` with ``run_runner=False``: it writes intents and
-reads state; a ``upbit-withdraw run`` service (or any runner on the same store) does the work. It loads
-no exchange keys: a CLI that only reads and writes the store has no business holding them.
+The store backend opens an :class:`~engine.Engine` with ``run_runner=False`` and no gateways at all (only
+the configured account *names*, which a submission is checked against): it writes intents and reads
+state; a ``upbit-withdraw run`` service (or any runner on the same store) does the work. It builds no
+exchange client and loads no keys: a CLI that only reads and writes the store has no business holding them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.api import ApiError, parse_withdrawal, workflow_view
+from engine.api import ApiError, parse_submission
 from engine.bootstrap import open_store
 from engine.clock import SystemClock
-from engine.config import AccountConfig, Config
+from engine.config import Config
 from engine.core import Engine
-from engine.errors import ConfigError, EngineError, WorkflowNotFound
-from engine.models import State
-from engine.upbit.auth import Credentials
-from engine.upbit.client import UpbitClient
-from engine.upbit.gateway import Gateway
+from engine.errors import ConfigError, ServiceUnreachable
+from engine.query import parse_list_query
+from engine.views import SETTLED_STATES, event_view, page_view, workflow_view
 
 __all__ = [
     "API_TOKEN_ENV",
@@ -45,17 +44,8 @@ __all__ = [
 ]
 
 API_TOKEN_ENV = "UPBIT_WITHDRAW_API_TOKEN"  # noqa: S105 - the name of a variable, not a token
-#: Placeholder credentials of the store backend's gateways. They are never used (no runner runs in a CLI
-#: process); if they were, the exchange would refuse them. Only account *names* matter there.
-_OFFLINE = Credentials("offline-cli-no-exchange-access", "offline-cli-no-exchange-access")
-
-
-#: The shape of a workflow id (as the HTTP API checks it), so a cursor that cannot be one is refused early.
-_ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
-
-
-class ServiceUnreachable(EngineError):
-    """The service (or the exchange) could not be reached."""
+#: One list query: the HTTP API's query parameters, in order (``state`` may repeat).
+Query = Sequence[tuple[str, str]]
 
 
 class StoreMissing(ConfigError):
@@ -98,8 +88,9 @@ class Backend(Protocol):
         """The workflow view."""
         ...
 
-    async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
-        """``{"withdrawals": [...], "next_cursor": ...}``."""
+    async def page(self, query: Query) -> dict[str, Any]:
+        """``{"withdrawals": [...], "next_cursor": ..., "total": ...}`` for the query parameters of
+        ``GET /v1/withdrawals``."""
         ...
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
@@ -115,11 +106,6 @@ class Backend(Protocol):
         ...
 
 
-def _offline_gateway(account: AccountConfig) -> Gateway:
-    client = UpbitClient(_OFFLINE, region=None if account.base_url else account.region, base_url=account.base_url)
-    return Gateway(client)
-
-
 class StoreBackend:
     """Reads and writes the store directly (``Engine(run_runner=False)``)."""
 
@@ -127,7 +113,8 @@ class StoreBackend:
         self._url = config.engine.database
         self.engine = Engine(
             store=open_store(config.engine.database),
-            gateways={name: _offline_gateway(account) for name, account in config.accounts.items()},
+            gateways={},
+            accounts=config.accounts,
             clock=SystemClock(),
             settings=config.workflow,
             policy=config.policy,
@@ -146,39 +133,20 @@ class StoreBackend:
 
     async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         """Validate (every bad field named), persist, report whether it was new."""
-        request = parse_withdrawal(dict(body))
-        wf, created = await self.engine.intake(request, idempotency_key=idempotency_key)
+        request, reference, metadata = parse_submission(dict(body))
+        wf, created = await self.engine.intake(
+            request, idempotency_key=idempotency_key, reference=reference, metadata=metadata
+        )
         return workflow_view(wf), created
 
     async def get(self, workflow_id: str) -> dict[str, Any]:
         """The workflow view."""
         return workflow_view(await self.engine.get(workflow_id))
 
-    async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
-        """One page, newest first."""
-        try:
-            wanted = State(state) if state else None
-        except ValueError:
-            raise ApiError(422, "invalid_request", "invalid state", {"state": f"unknown state {state!r}"}) from None
-        if cursor is not None:
-            await self._check_cursor(cursor)
-        items = await self.engine.list(state=wanted, limit=limit, before=cursor)
-        next_cursor = items[-1].id if len(items) == limit else None
-        return {"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor}
-
-    async def _check_cursor(self, cursor: str) -> None:
-        """A cursor must be the id of a stored workflow (the ``next_cursor`` of a previous page): any other
-        value used to page from an arbitrary point and return all or nothing without a word."""
-        problem = None
-        if not _ID_RE.fullmatch(cursor):
-            problem = "must be a workflow id (the next_cursor of the previous page)"
-        else:
-            try:
-                await self.engine.get(cursor)
-            except WorkflowNotFound:
-                problem = f"no workflow {cursor} in this store (use the next_cursor of the previous page)"
-        if problem is not None:
-            raise ApiError(422, "invalid_request", "invalid query parameters", {"cursor": problem})
+    async def page(self, query: Query) -> dict[str, Any]:
+        """One page, newest first, parsed and checked as the HTTP API does (an unknown cursor included)."""
+        where, limit, cursor = parse_list_query(query)
+        return page_view(await self.engine.page(where, limit=limit, cursor=cursor))
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         """Flag for cancellation."""
@@ -190,7 +158,7 @@ class StoreBackend:
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
         """Every event so far."""
-        return [e.to_dict() async for e in self.engine.events(workflow_id, follow=False)]
+        return [event_view(e) async for e in self.engine.events(workflow_id, follow=False)]
 
 
 class HttpBackend:
@@ -221,7 +189,7 @@ class HttpBackend:
 
     async def _call(
         self, method: str, path: str, *, body: Any = None, headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
+        params: Query | None = None,
     ) -> tuple[int, Any]:  # fmt: skip
         if self._session is None:
             raise RuntimeError("use 'async with HttpBackend(...)'")
@@ -262,10 +230,9 @@ class HttpBackend:
         """GET /v1/withdrawals/{id}."""
         return dict((await self._call("GET", f"/v1/withdrawals/{workflow_id}"))[1])
 
-    async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
-        """GET /v1/withdrawals."""
-        params = {k: v for k, v in (("state", state), ("limit", str(limit)), ("cursor", cursor)) if v}
-        return dict((await self._call("GET", "/v1/withdrawals", params=params))[1])
+    async def page(self, query: Query) -> dict[str, Any]:
+        """GET /v1/withdrawals with the query's parameters."""
+        return dict((await self._call("GET", "/v1/withdrawals", params=list(query)))[1])
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         """POST /v1/withdrawals/{id}/cancel."""
@@ -291,11 +258,10 @@ async def wait_settled(
     """Poll until the workflow is terminal or needs an operator; ``on_poll(view)`` after every read.
 
     Bound it with ``asyncio.timeout``."""
-    settled = {s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value}
     while True:
         view = await backend.get(workflow_id)
         if on_poll is not None:
             on_poll(view)
-        if view["state"] in settled:
+        if view["state"] in SETTLED_STATES:
             return view
         await asyncio.sleep(interval)

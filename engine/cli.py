@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -59,7 +60,7 @@ from engine.backends import (
     API_TOKEN_ENV,
     Backend,
     HttpBackend,
-    ServiceUnreachable,
+    Query,
     StoreBackend,
     require_store,
     sqlite_path,
@@ -76,7 +77,10 @@ from engine.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
+    ReferenceConflict,
+    ServiceUnreachable,
     StoreInUse,
+    WaitTimeout,
     WorkflowNotFound,
 )
 from engine.logging import configure_logging, redact_secrets
@@ -85,8 +89,17 @@ from engine.sandbox import run_sandbox
 from engine.service import serve
 from engine.store.base import Store
 from engine.upbit.client import UpbitClient
+from engine.views import (
+    EVENT_COLUMNS,
+    PAGE_COLUMNS,
+    SETTLED_STATES,
+    event_rows,
+    page_rows,
+    with_cause,
+    workflow_rows,
+)
 
-__all__ = ["EXIT", "cli", "main", "run_cli"]
+__all__ = ["EXIT", "WaitTimeout", "cli", "main", "run_cli"]
 
 T = TypeVar("T")
 
@@ -102,12 +115,8 @@ EXIT = {
     "internal": 70,
 }
 _PATH = ("pending", "verifying_address", "checking_wallet", "submitting", "WAITING", "PROCESSING")
-_SETTLED = {s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value}
+_SETTLED = SETTLED_STATES
 _STATE_STYLE = {"DONE": "green", "aborted": "red", "FAILED": "red", "REJECTED": "red", "needs_review": "yellow"}
-
-
-class WaitTimeout(EngineError):
-    """Stopped waiting; the workflow goes on."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -194,77 +203,43 @@ def _styled(state: str) -> str:
     return f"[{style}]{state}[/{style}]" if style else state
 
 
+def _escaped(row: tuple[str, ...], *, keep: int) -> list[str]:
+    """Cells as text, not rich markup (a reference or evidence may hold "[red]"), but the styled state."""
+    return [cell if i == keep else escape(cell) for i, cell in enumerate(row)]
+
+
 def _show_workflow(view: dict[str, Any], title: str | None = None) -> None:
-    req = view["request"]
     table = Table(title=title, show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    rows = [
-        ("id", view["id"]),
-        ("state", _styled(view["state"])),
-        ("withdrawal", f"{req['amount']} {req['currency']} on {req['net_type']} ({req['transaction_type']})"),
-        ("to", req["address"] + (f"  tag/memo {req['secondary_address']}" if req["secondary_address"] else "")),
-        ("account", req["account"]),
-        ("reason", view["reason"]),
-        ("reason detail", _describe_cause(view.get("reason_detail"))),
-        ("exchange uuid", view["exchange_uuid"]),
-        ("exchange state", view["exchange_state"]),
-        ("txid", view["txid"]),
-        ("submits", str(view["submit_count"])),
-        ("cancel requested", "yes" if view["cancel_requested"] else None),
-        ("resolution", view["resolution"]),
-        ("error", json.dumps(view["error"]) if view["error"] else None),
-        ("created", view["created_at"]),
-        ("updated", view["updated_at"]),
-    ]
-    for name, value in rows:
-        if value:
-            table.add_row(name, value)
+    for name, value in workflow_rows(view, _styled):
+        table.add_row(name, value if name == "state" else escape(value))
     _console().print(table)
 
 
-def _describe_cause(data: dict[str, Any] | None) -> str | None:
-    """The abort's ``detail`` sentence as is; any other evidence (an exchange refusal, an escalation's
-    listings) as JSON, in full."""
-    rest = {k: v for k, v in (data or {}).items() if k != "reason"}  # the reason has its own row
-    if not rest:
-        return None
-    if set(rest) == {"detail"}:
-        return str(rest["detail"])
-    return json.dumps(rest, ensure_ascii=False, default=str)
-
-
 async def _with_cause(backend: Backend, view: dict[str, Any]) -> dict[str, Any]:
-    """The view plus ``reason_detail``: the data of the event that set the workflow's reason (an abort's
-    detail, the exchange's refusal, an escalation's evidence), which the workflow row does not keep."""
-    if not view.get("reason"):
-        return view
-    for event in reversed(await backend.events(view["id"])):
-        if event["to"] == view["state"] and event["data"]:
-            return {**view, "reason_detail": event["data"]}
-    return view
+    """The view plus ``reason_detail`` (:func:`engine.views.with_cause`), reading the events only when
+    the workflow has a reason to explain."""
+    return with_cause(view, await backend.events(view["id"])) if view.get("reason") else view
 
 
 def _show_page(page: dict[str, Any]) -> None:
-    table = Table("id", "state", "withdrawal", "reason", "updated")
-    for view in page["withdrawals"]:
-        req = view["request"]
-        table.add_row(
-            view["id"], _styled(view["state"]), f"{req['amount']} {req['currency']}/{req['net_type']}",
-            view["reason"] or "", view["updated_at"],
-        )  # fmt: skip
+    table = Table(*PAGE_COLUMNS)
+    for row in page_rows(page, _styled):
+        table.add_row(*_escaped(row, keep=PAGE_COLUMNS.index("state")))
     console = _console()
     console.print(table)
+    shown = len(page["withdrawals"])
+    console.print(f"{shown} shown of {page['total']} matching")
     if page["next_cursor"]:
         console.print(f"more: --cursor {page['next_cursor']}")
 
 
 def _show_events(events: list[dict[str, Any]]) -> None:
-    table = Table("seq", "at", "trigger", "from", "to", "data")
+    table = Table(*EVENT_COLUMNS)
     table.columns[-1].overflow = "fold"  # evidence is shown in full, wrapped, never cut
-    for event in events:
-        data = json.dumps(event["data"], ensure_ascii=False, default=str)  # spaced: wraps between tokens
-        table.add_row(str(event["seq"]), event["at"], event["trigger"], event["from"] or "", _styled(event["to"]), data)
+    for row in event_rows(events, _styled):
+        table.add_row(*_escaped(row, keep=EVENT_COLUMNS.index("to")))
     _console().print(table)
 
 
@@ -294,6 +269,14 @@ def _api_error_code(exc: ApiError) -> int:
     return EXIT["usage"]
 
 
+def _text(exc: BaseException) -> str:
+    """The error's sentence; for a query with several bad parameters, each named with its problem."""
+    text = str(exc)
+    if isinstance(exc, InvalidRequest) and exc.fields and not (exc.field and text.startswith(f"{exc.field}:")):
+        text += f" ({'; '.join(f'{k}: {v}' for k, v in exc.fields.items())})"
+    return text
+
+
 def _describe(exc: BaseException) -> tuple[int, str]:
     """Exit code and one-line message for an error that ends a command."""
     if isinstance(exc, ApiError):
@@ -307,6 +290,7 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         (InvalidRequest, "usage", ""),
         (WorkflowNotFound, "not_found", ""),
         (IdempotencyConflict, "conflict", ""),
+        (ReferenceConflict, "conflict", ""),
         (InvalidTransition, "conflict", ""),
         (WaitTimeout, "timeout", ""),
         (StoreInUse, "store_in_use", ""),
@@ -316,7 +300,7 @@ def _describe(exc: BaseException) -> tuple[int, str]:
     ]
     for kind, code, prefix in table:
         if isinstance(exc, kind):
-            return EXIT[code], prefix + str(exc)
+            return EXIT[code], prefix + _text(exc)
     if isinstance(exc, ValueError):
         return EXIT["usage"], str(exc)
     if isinstance(exc, OSError):
@@ -367,20 +351,22 @@ async def _with_backend(opts: Options, action: Callable[[Backend], Coroutine[Any
 @click.option("--account", default="default", show_default=True, help="Configured account that pays.")
 @click.option("--exchange-name", help="Receiving exchange, when the allowlist names one.")
 @click.option("--idempotency-key", help="Same key + same request = the same workflow, never a second one.")
+@click.option("--reference", help="Your own id for this payout (unique per account); find it with status --reference.")
+@click.option("--metadata", metavar="JSON", help='A small JSON object kept as given, e.g. \'{"user": "42"}\'.')
 @click.option("--wait", is_flag=True, help="Follow the workflow until it ends (progress on stderr).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=900.0, show_default=True, help="--wait limit (s).")
 def submit(
     *,
     currency: str, net_type: str, amount: str, address: str, secondary_address: str | None,
     transaction_type: str, account: str, exchange_name: str | None, idempotency_key: str | None,
-    wait: bool, timeout: float,
+    reference: str | None, metadata: str | None, wait: bool, timeout: float,
 ) -> None:  # fmt: skip
     """Submit a withdrawal (and optionally wait for its end)."""
     opts = _opts()
     body = {
         "currency": currency.upper(), "net_type": net_type.upper(), "amount": amount, "address": address,
         "secondary_address": secondary_address, "transaction_type": transaction_type, "account": account,
-        "exchange_name": exchange_name,
+        "exchange_name": exchange_name, "reference": reference, "metadata": _json_option(metadata, "metadata"),
     }  # fmt: skip
     body = {k: v for k, v in body.items() if v is not None}
 
@@ -421,29 +407,80 @@ async def _follow(backend: Backend, view: dict[str, Any], *, limit: float) -> di
             raise WaitTimeout(f"still not finished after {limit:g} s; follow it with: status {view['id']}") from None
 
 
+def _json_option(value: str | None, name: str) -> Any:
+    """A JSON-valued option, parsed (None when not given); bad JSON is a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise InvalidRequest("is not valid JSON", field=name) from None
+
+
+async def _find(backend: Backend, query: Query) -> dict[str, Any]:
+    """The one workflow a look-up query (reference and account, or idempotency key) selects."""
+    page = await backend.page([*query, ("limit", "2")])
+    found = page["withdrawals"]
+    if not found:
+        wanted = ", ".join(f"{k} {v!r}" for k, v in query)
+        raise WorkflowNotFound(f"no workflow with {wanted}")
+    if len(found) > 1:
+        accounts = ", ".join(sorted(view["request"]["account"] for view in found))
+        raise InvalidRequest(f"the reference is used on several accounts ({accounts}): add --account", field="account")
+    return dict(found[0])
+
+
 @cli.command()
 @_global_options
-@click.argument("workflow_id")
-def status(workflow_id: str) -> None:
-    """Show one withdrawal (with why it was aborted or needs review)."""
+@click.argument("workflow_id", required=False)
+@click.option("--reference", help="Find it by your reference instead of its id.")
+@click.option("--account", help="With --reference: the account it was submitted on.")
+@click.option("--idempotency-key", help="Find it by the idempotency key it was submitted under.")
+def status(workflow_id: str | None, reference: str | None, account: str | None, idempotency_key: str | None) -> None:
+    """Show one withdrawal (with why it was aborted or needs review), by id, reference or idempotency key."""
     opts = _opts()
+    given = [name for name, value in (("WORKFLOW_ID", workflow_id), ("--reference", reference),
+                                      ("--idempotency-key", idempotency_key)) if value is not None]  # fmt: skip
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of WORKFLOW_ID, --reference or --idempotency-key")
+    if account is not None and reference is None:
+        raise click.UsageError("--account goes with --reference")
+    query = [(k, v) for k, v in (("reference", reference), ("account", account), ("idempotency_key", idempotency_key))
+             if v is not None]  # fmt: skip
 
     async def go(backend: Backend) -> dict[str, Any]:
-        return await _with_cause(backend, await backend.get(workflow_id))
+        view = await backend.get(workflow_id) if workflow_id is not None else await _find(backend, query)
+        return await _with_cause(backend, view)
 
     view = _run(_with_backend(opts, go))
     _emit_json(view) if opts.json else _show_workflow(view)
 
 
+_TIME_HELP = "ISO 8601 time with a UTC offset, e.g. 2026-01-01T09:00:00+09:00"
+
+
 @cli.command(name="list")
 @_global_options
-@click.option("--state", type=click.Choice([s.value for s in State]), help="Only this state.")
+@click.option("--state", multiple=True, help="Only these states (repeat, or comma-separate): " + ", ".join(State))
+@click.option("--currency", help="Only this currency, e.g. BTC.")
+@click.option("--net-type", help="Only this network, e.g. TRX.")
+@click.option("--account", help="Only this account.")
+@click.option("--reason", help="Only this reason (e.g. address_not_allowed).")
+@click.option("--reference", help="Only the one with this reference.")
+@click.option("--idempotency-key", help="Only the one submitted under this idempotency key.")
+@click.option("--created-after", help=f"Created at or after this time ({_TIME_HELP}).")
+@click.option("--created-before", help="Created before this time.")
+@click.option("--updated-after", help="Last changed at or after this time.")
+@click.option("--updated-before", help="Last changed before this time.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", help="The id printed as 'more: --cursor ...' by the previous page.")
-def list_(state: str | None, limit: int, cursor: str | None) -> None:
-    """List withdrawals, newest first."""
+def list_(state: tuple[str, ...], limit: int, **filters: str | None) -> None:
+    """List withdrawals, newest first, with the count of all that match (filters combine)."""
     opts = _opts()
-    page = _run(_with_backend(opts, lambda b: b.page(state=state, limit=limit, cursor=cursor)))
+    query: list[tuple[str, str]] = [("state", value) for value in state]
+    query += [(name, value) for name, value in filters.items() if value is not None]
+    query.append(("limit", str(limit)))
+    page = _run(_with_backend(opts, lambda b: b.page(query)))
     _emit_json(page) if opts.json else _show_page(page)
 
 

@@ -7,9 +7,12 @@ what is known about the outcome of the call, because that decides whether a with
     ├── ConfigError                      bad configuration; names the key
     ├── InvalidRequest                   a WithdrawalRequest failed validation; names the field
     ├── IdempotencyConflict              known idempotency key, different request
+    ├── ReferenceConflict                the account already has a withdrawal with this reference
     ├── WorkflowNotFound
     ├── InvalidTransition                trigger not allowed from the current state
     │   └── GuardRejected                the transition exists, its guard said no
+    ├── WaitTimeout                      stopped waiting for a workflow to settle; it goes on
+    ├── ServiceUnreachable               the HTTP service (CLI ``--api``) could not be reached or read
     ├── StoreError                       the store failed (a driver error never leaves the store as itself)
     │   ├── StaleVersion                 compare-and-set lost: someone else moved the workflow
     │   ├── LaneBusy                     another unresolved submit holds the lane (design §3.3)
@@ -52,10 +55,13 @@ __all__ = [
     "InvalidTransition",
     "LaneBusy",
     "OutcomeUnknown",
+    "ReferenceConflict",
+    "ServiceUnreachable",
     "StaleVersion",
     "StoreError",
     "StoreInUse",
     "StoreUnavailable",
+    "WaitTimeout",
     "WorkflowNotFound",
 ]
 
@@ -82,16 +88,35 @@ class ConfigError(EngineError):
 
 
 class InvalidRequest(EngineError):
-    """The withdrawal request is invalid."""
+    """The withdrawal request is invalid.
 
-    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
-        self.field = field
+    ``field`` names the one bad field; ``fields`` (field -> problem) is set when several were checked at
+    once (a list query), so an answer can name every one of them instead of the first.
+    """
+
+    def __init__(
+        self, message: str | None = None, *, field: str | None = None, fields: dict[str, str] | None = None
+    ) -> None:
+        self.field = field if field is not None else next(iter(fields or {}), None)
+        self.fields = dict(fields) if fields else ({field: message or "invalid value"} if field else {})
         text = message or "invalid value"
         super().__init__(f"{field}: {text}" if field else text)
 
 
 class IdempotencyConflict(EngineError):
     """This idempotency key was already used for a different request."""
+
+
+class ReferenceConflict(EngineError):
+    """The account already has a withdrawal with this reference (under another idempotency key)."""
+
+
+class WaitTimeout(EngineError):
+    """Stopped waiting; the workflow goes on."""
+
+
+class ServiceUnreachable(EngineError):
+    """The service (or the exchange) could not be reached."""
 
 
 class WorkflowNotFound(EngineError):

@@ -260,6 +260,10 @@ class Workflow:
     data: dict[str, Any] = field(default_factory=dict)
     event_seq: int = 0
     last_hash: str = ""
+    #: The caller's own id for this payout (unique per account) and free metadata, never interpreted
+    #: (engine/references.py has the rules). Stored in columns of their own, fixed at creation.
+    reference: str | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def cancel_requested(self) -> bool:

@@ -7,6 +7,7 @@ checks them against each one):
   and its event are written in one transaction, or neither is.
 - At most one workflow per lane has ``lane_held`` (a unique index, not memory): ``LaneBusy``.
 - An exchange uuid belongs to at most one workflow (a unique index; an attribution, too, has one owner).
+- A ``reference`` is unique per account when given (a partial unique index): ``ReferenceConflict``.
 - Events are append-only, numbered 1..n per workflow, each hash-chained to the one before.
 - Only the lease owner (the runner stepping a workflow) writes states and events. Operators' requests
   (cancel, resolve) set flag columns the owner reads, so they never race a step's compare-and-set.
@@ -29,7 +30,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from engine.models import Event, State, Workflow
+from engine.models import Event, Workflow
+from engine.query import ListFilter
 
 WorkflowList = list[Workflow]
 EventList = list[Event]
@@ -65,8 +67,15 @@ class Store(Protocol):
         """The workflow submitted under ``key``, if any."""
         ...
 
-    async def list(self, *, state: State | None = None, limit: int = 100, before_id: str | None = None) -> WorkflowList:
-        """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
+    async def list(
+        self, where: ListFilter | None = None, *, limit: int = 100, before_id: str | None = None
+    ) -> WorkflowList:
+        """What ``where`` selects (None: everything; :meth:`ListFilter.matches` is the rule), newest first;
+        ``before_id`` is the cursor (ids sort by creation time)."""
+        ...
+
+    async def count(self, where: ListFilter | None = None) -> int:
+        """How many workflows ``where`` selects (the ``total`` of a page)."""
         ...
 
     async def commit(

@@ -78,4 +78,21 @@ CREATE TABLE attributions (
 );
 """
 
-SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+_V4 = """
+-- References and search (issue #13): the caller's payout id and metadata, fixed at creation, and the
+-- request's network as a column so lists can filter on it. A reference is unique per account when given;
+-- the index leads with the reference so a look-up by reference alone (any account) uses it too.
+ALTER TABLE workflows ADD COLUMN net_type TEXT;
+ALTER TABLE workflows ADD COLUMN reference TEXT;
+ALTER TABLE workflows ADD COLUMN metadata TEXT;
+UPDATE workflows SET net_type = json_extract(request, '$.net_type');
+CREATE UNIQUE INDEX workflows_reference ON workflows (reference, account) WHERE reference IS NOT NULL;
+-- List filters: by account (newest first) and by creation time. updated_at is left unindexed on purpose:
+-- it moves on every transition, and an index there would cost every commit a write. A reason is set only
+-- when a workflow stops (aborted, needs_review), so its partial index costs little.
+CREATE INDEX workflows_account ON workflows (account, id);
+CREATE INDEX workflows_created ON workflows (created_at);
+CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
+"""
+
+SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (4, _V4)]

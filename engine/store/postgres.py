@@ -39,10 +39,21 @@ import asyncpg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from engine.errors import EngineError, LaneBusy, StaleVersion, StoreError, StoreUnavailable, WorkflowNotFound
+from engine.errors import (
+    EngineError,
+    LaneBusy,
+    ReferenceConflict,
+    StaleVersion,
+    StoreError,
+    StoreUnavailable,
+    WorkflowNotFound,
+)
 from engine.models import TERMINAL, Event, State, Workflow
+from engine.query import ListFilter
 from engine.store.boundary import postgres_error, store_boundary
+from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.rows import (
+    CREATION_COLUMNS,
     EVENT_COLUMNS,
     WORKFLOW_COLUMNS,
     epoch,
@@ -131,7 +142,17 @@ CREATE TABLE attributions (
 """
 
 #: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
-POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+_V4 = """
+-- References and search (see the SQLite migration 4).
+ALTER TABLE workflows ADD COLUMN net_type TEXT, ADD COLUMN reference TEXT, ADD COLUMN metadata TEXT;
+UPDATE workflows SET net_type = request::jsonb ->> 'net_type';
+CREATE UNIQUE INDEX workflows_reference ON workflows (reference, account) WHERE reference IS NOT NULL;
+CREATE INDEX workflows_account ON workflows (account, id);
+CREATE INDEX workflows_created ON workflows (created_at);
+CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
+"""
+
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (4, _V4)]
 
 #: ``pg_advisory_xact_lock`` key serialising migrations ("UPBIT_WD" in ASCII).
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
@@ -143,6 +164,7 @@ _EV_TYPES = ("text", "bigint", "text", "text", "text", "text", "text", "text", "
 _LANE_HELD = WORKFLOW_COLUMNS.index("lane_held")
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 _LANE_INDEX = "workflows_lane_unresolved"
+_REFERENCE_INDEX = "workflows_reference"
 
 
 def _event_select(first: int) -> str:
@@ -150,7 +172,7 @@ def _event_select(first: int) -> str:
     return ", ".join(f"${first + i}::{t}" for i, t in enumerate(_EV_TYPES))
 
 
-# $1..$29 the row, $30..$38 the event, $39 the channel.
+# $1..$N the row (N = len(WORKFLOW_COLUMNS)), then the event's nine columns, then the channel.
 _CREATE = f"""
 WITH wf AS (
     INSERT INTO workflows ({_COLS}) VALUES ({", ".join(f"${i + 1}" for i in range(_N))})
@@ -164,7 +186,8 @@ SELECT pg_notify(${_N + len(EVENT_COLUMNS) + 1}::text, workflow_id) FROM ev
 
 # Columns a commit writes as given; the flag columns and next_run_at follow the rules in _COMMIT_ROW.
 _UPDATABLE = [
-    c for c in WORKFLOW_COLUMNS if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at")
+    c for c in WORKFLOW_COLUMNS
+    if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at", *CREATION_COLUMNS)
 ]
 # $1 id, $2 version read, $3 owner, $4 writer's now (epoch), $5 cancel flag seen, $6 resolution seen,
 # $7 new next_run_at, $8 new state, $9 unflagged (refuse if the row carries any operator flag), then the
@@ -270,6 +293,10 @@ def _mapped(workflow: Workflow | None = None) -> Iterator[None]:
         if constraint == _LANE_INDEX:
             lane = workflow.lane if workflow is not None else "?"
             raise LaneBusy(f"lane {lane} has an unresolved submit") from exc
+        if constraint == _REFERENCE_INDEX and workflow is not None:
+            raise ReferenceConflict(
+                f"account {workflow.request.account!r} already has a withdrawal with reference {workflow.reference!r}"
+            ) from exc
         raise StaleVersion(f"{subject}: {constraint or 'unique constraint'} already taken") from exc
     except EngineError:
         raise
@@ -569,15 +596,23 @@ class PostgresStore:
         return found[0] if found else None
 
     async def list(
-        self, *, state: State | None = None, limit: int = 100, before_id: str | None = None
+        self, where: ListFilter | None = None, *, limit: int = 100, before_id: str | None = None
     ) -> builtins.list[Workflow]:
-        """Newest first (ids sort by creation time), filtered by state, paged by id."""
-        return await self._fetch(
-            "($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-            None if state is None else state.value,
-            before_id,
-            limit,
-        )
+        """Newest first (ids sort by creation time), filtered, paged by id."""
+        bind = SqlArgs("numeric")
+        condition = filter_sql(where or ListFilter(), bind)
+        if before_id is not None:
+            condition += f" AND id < {bind(before_id)}"
+        condition += f" ORDER BY id DESC LIMIT {bind(limit)}::bigint"
+        return await self._fetch(condition, *bind.values)
+
+    async def count(self, where: ListFilter | None = None) -> int:
+        """How many workflows ``where`` selects."""
+        bind = SqlArgs("numeric")
+        condition = filter_sql(where or ListFilter(), bind)
+        with _mapped():
+            total = await self._db().fetchval(f"SELECT COUNT(*) FROM workflows WHERE {condition}", *bind.values)  # noqa: S608
+        return int(total)
 
     async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:
         """Earliest next_run_at among workflows nobody holds (or among all, with ``any_lease``)."""

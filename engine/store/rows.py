@@ -14,6 +14,7 @@ from typing import Any
 from engine.models import Event, State, WithdrawalRequest, Workflow
 
 __all__ = [
+    "CREATION_COLUMNS",
     "EVENT_COLUMNS",
     "WORKFLOW_COLUMNS",
     "epoch",
@@ -29,7 +30,11 @@ WORKFLOW_COLUMNS = (
     "idempotency_key", "exchange_uuid", "txid", "exchange_state", "attempt", "submit_count",
     "next_run_at", "deadline_at", "submit_body", "submitted_at", "cancel_requested_at", "resolution",
     "reason", "error", "data", "version", "event_seq", "last_hash", "created_at", "updated_at",
+    "net_type", "reference", "metadata",
 )  # fmt: skip
+#: Columns fixed at creation (migration 4): the request's network (a filter), the caller's reference
+#: and metadata. No commit rewrites them.
+CREATION_COLUMNS = ("net_type", "reference", "metadata")
 EVENT_COLUMNS = ("workflow_id", "seq", "at", "trigger", "from_state", "to_state", "data", "prev_hash", "hash")
 
 
@@ -65,12 +70,14 @@ def workflow_to_row(wf: Workflow) -> tuple[Any, ...]:
         _iso(wf.deadline_at), wf.submit_body, _iso(wf.submitted_at), _iso(wf.cancel_requested_at),
         wf.resolution, wf.reason, None if wf.error is None else _dumps(wf.error), _dumps(wf.data),
         wf.version, wf.event_seq, wf.last_hash, _iso(wf.created_at), _iso(wf.updated_at),
+        req.net_type, wf.reference, None if wf.metadata is None else _dumps(wf.metadata),
     )  # fmt: skip
 
 
 def workflow_from_row(row: Any) -> Workflow:
     """A Workflow from a mapping-like row with ``WORKFLOW_COLUMNS`` keys."""
     error = row["error"]
+    metadata = row["metadata"]
     created = _from_iso(row["created_at"])
     updated = _from_iso(row["updated_at"])
     assert created is not None and updated is not None
@@ -100,6 +107,8 @@ def workflow_from_row(row: Any) -> Workflow:
         last_hash=row["last_hash"],
         created_at=created,
         updated_at=updated,
+        reference=row["reference"],
+        metadata=None if metadata is None else json.loads(metadata),
     )
 
 

@@ -33,12 +33,15 @@ from typing import Any
 
 import aiosqlite
 
-from engine.errors import EngineError, LaneBusy, StaleVersion, StoreError, WorkflowNotFound
+from engine.errors import EngineError, LaneBusy, ReferenceConflict, StaleVersion, StoreError, WorkflowNotFound
 from engine.models import TERMINAL, Event, State, Workflow
+from engine.query import ListFilter
 from engine.store.boundary import sqlite_error, store_boundary
+from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.owner import OwnerLock
 from engine.store.rows import (
+    CREATION_COLUMNS,
     EVENT_COLUMNS,
     WORKFLOW_COLUMNS,
     epoch,
@@ -65,7 +68,10 @@ _WF_FIELDS = tuple(f.name for f in fields(Workflow))
 # seen keeps the row due (its wake-up is not lost). With an owner, the lease must be held and unexpired at
 # the writer's time (the updated_at it writes).
 _IMMUTABLE = ("id", "kind", "request", "account", "currency", "amount", "lane", "idempotency_key", "created_at")
-_UPDATABLE = [c for c in WORKFLOW_COLUMNS if c not in (*_IMMUTABLE, "cancel_requested_at", "resolution", "next_run_at")]
+_UPDATABLE = [
+    c for c in WORKFLOW_COLUMNS
+    if c not in (*_IMMUTABLE, *CREATION_COLUMNS, "cancel_requested_at", "resolution", "next_run_at")
+]  # fmt: skip
 # Parameters are numbered (?1, ?2, ...) and bound from a tuple: cheaper than named binding, and a value
 # used several times in the statement is passed once.
 _PARAMS = (
@@ -424,7 +430,12 @@ class SQLiteStore:
                 existing = _fetch_wf_now(db, "idempotency_key = ?", (workflow.idempotency_key,))
                 if existing is not None:
                     return existing, False
-            db.execute(_INSERT_WF, row)
+            try:
+                db.execute(_INSERT_WF, row)
+            except sqlite3.IntegrityError as exc:
+                if "workflows.reference" in str(exc):
+                    raise ReferenceConflict(_reference_taken(workflow)) from exc
+                raise
             db.execute(_INSERT_EVENT, event_row)
             return workflow, True
 
@@ -568,17 +579,24 @@ class SQLiteStore:
         """The workflow submitted under this key."""
         return await _fetch_wf(self._read_conn(), "idempotency_key = ?", (key,))
 
-    async def list(self, *, state: State | None = None, limit: int = 100, before_id: str | None = None) -> WorkflowList:
-        """Newest first, filtered by state, paged by id."""
-        clauses, args = ["1 = 1"], []
-        if state is not None:
-            clauses.append("state = ?")
-            args.append(state.value)
+    async def list(
+        self, where: ListFilter | None = None, *, limit: int = 100, before_id: str | None = None
+    ) -> WorkflowList:
+        """Newest first, filtered, paged by id."""
+        bind = SqlArgs("qmark")
+        condition = filter_sql(where or ListFilter(), bind)
         if before_id is not None:
-            clauses.append("id < ?")
-            args.append(before_id)
-        where = " AND ".join(clauses) + " ORDER BY id DESC LIMIT ?"
-        return await _fetch_many(self._read_conn(), where, [*args, limit])
+            condition += f" AND id < {bind(before_id)}"
+        condition += f" ORDER BY id DESC LIMIT {bind(limit)}"
+        return await _fetch_many(self._read_conn(), condition, bind.values)
+
+    async def count(self, where: ListFilter | None = None) -> int:
+        """How many workflows ``where`` selects."""
+        bind = SqlArgs("qmark")
+        condition = filter_sql(where or ListFilter(), bind)
+        sql = f"SELECT COUNT(*) FROM workflows WHERE {condition}"  # noqa: S608
+        rows = await self._read_conn().execute_fetchall(sql, bind.values)
+        return int(next(iter(rows))[0])
 
     async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:
         """Earliest next_run_at among workflows nobody holds (or among all, with ``any_lease``)."""
@@ -665,6 +683,10 @@ def _store_error(exc: BaseException) -> BaseException:
     if isinstance(exc, EngineError):
         return exc
     return sqlite_error(exc) or exc
+
+
+def _reference_taken(workflow: Workflow) -> str:
+    return f"account {workflow.request.account!r} already has a withdrawal with reference {workflow.reference!r}"
 
 
 def _integrity(exc: sqlite3.IntegrityError, workflow: Workflow) -> Exception:

@@ -192,7 +192,7 @@ def test_store_commands_need_no_exchange_keys(tmp_path: Path) -> None:
     """status/list read the store only: no exchange key needs to be present."""
     assert run_cli(["--database", f"sqlite:///{tmp_path}/w.sqlite3", "migrate"]).code == 0  # the store must exist
     result = run_cli(["--database", f"sqlite:///{tmp_path}/w.sqlite3", "--json", "list"])
-    assert result.code == 0 and result.json() == {"withdrawals": [], "next_cursor": None}
+    assert result.code == 0 and result.json() == {"withdrawals": [], "next_cursor": None, "total": 0}
 
 
 def test_api_without_token_exits_2() -> None:

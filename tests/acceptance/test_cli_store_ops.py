@@ -58,7 +58,7 @@ class TestOnlyRunAndMigrateCreateAStore:
         assert first.code == 0 and "schema up to date" in first.out, first.err
         assert run_cli([*database, "migrate"]).code == 0
         listed = run_cli([*database, "--json", "list"])
-        assert listed.code == 0 and listed.json() == {"withdrawals": [], "next_cursor": None}
+        assert listed.code == 0 and listed.json() == {"withdrawals": [], "next_cursor": None, "total": 0}
 
     def test_verify_audit_of_zero_chains_is_not_a_success(self, tmp_path: Path) -> None:
         """An existing store with no workflow exits 3 and says nothing was verified (never 'intact')."""

@@ -21,8 +21,9 @@ import pytest
 
 from engine.errors import LaneBusy, StaleVersion, WorkflowNotFound
 from engine.models import Event, State, TransactionType, WithdrawalRequest, Workflow
+from engine.query import ListFilter
 from engine.store.base import Store
-from engine.store.postgres import PostgresStore
+from engine.store.postgres import POSTGRES_MIGRATIONS, PostgresStore
 from engine.store.sqlite import SQLiteStore
 from tests.integration.conftest import RawSQL
 
@@ -568,9 +569,10 @@ class TestQueries:
         assert [wf.id for wf in await store.list(limit=2)] == [ids[4], ids[3]]
         assert [wf.id for wf in await store.list(limit=2, before_id=ids[3])] == [ids[2], ids[1]]
         assert [wf.id for wf in await store.list(limit=2, before_id=ids[1])] == [ids[0]]
-        assert [wf.id for wf in await store.list(state=State.DONE)] == [ids[3], ids[1]]
-        assert [wf.id for wf in await store.list(state=State.PENDING, before_id=ids[4], limit=1)] == [ids[2]]
-        assert await store.list(state=State.FAILED) == []
+        assert [wf.id for wf in await store.list(ListFilter(states={State.DONE}))] == [ids[3], ids[1]]
+        pending = ListFilter(states={State.PENDING})
+        assert [wf.id for wf in await store.list(pending, before_id=ids[4], limit=1)] == [ids[2]]
+        assert await store.list(ListFilter(states={State.FAILED})) == []
         assert (await store.list(limit=1))[0] == await store.get(ids[4])
 
 
@@ -628,7 +630,8 @@ class TestPostgresOnly:
             await asyncio.gather(*(s.close() for s in stores))
         conn = await asyncpg.connect(postgres_dsn)
         try:
-            assert [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")] == [1, 2]
+            versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+            assert versions == [version for version, _ in POSTGRES_MIGRATIONS]  # each applied once
         finally:
             await conn.close()
 
