@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine import api_batches
 from engine.core import Engine
 from engine.errors import (
     EngineError,
@@ -475,6 +476,7 @@ def create_app(
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
+    api_batches.register(app)
     return app
 
 

@@ -10,20 +10,26 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from decimal import Decimal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from engine.clock import Clock, SystemClock
 from engine.context import StepContext, TransitionObserver
-from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition
+from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition, WorkflowNotFound
 from engine.models import Event, State, WithdrawalRequest, Workflow, new_workflow_id
 from engine.policy import Policy, WorkflowSettings
 from engine.runner import Runner
 from engine.store.base import Store
 from engine.upbit.gateway import Gateway
+
+if TYPE_CHECKING:
+    from workflows.batch.intake import BatchRequest
+    from workflows.batch.kind import BatchKind
 
 __all__ = ["Engine"]
 
@@ -254,3 +260,90 @@ class Engine:
             }
             for name, gw in self.gateways.items()
         }
+
+    # -- payout batches (the "batch" kind, workflows/batch; reached through the registry) ----------------
+
+    #: [batches] max_total: the most one batch may pay per currency (set by ``engine.bootstrap``).
+    batch_max_total: Mapping[str, Decimal] = MappingProxyType({})
+    #: [batches] max_body_bytes: the largest batch the HTTP API reads.
+    batch_max_body_bytes: int = 8 * 1024 * 1024
+
+    def _batch_kind(self) -> BatchKind:
+        """The registered batch kind (its batch-only operations are pure; this engine does the I/O)."""
+        return cast("BatchKind", self.kinds["batch"])
+
+    async def _batch(self, batch_id: str) -> Workflow:
+        wf = await self.store.get(batch_id)
+        if wf.kind != "batch":
+            raise WorkflowNotFound(f"no batch has the id {batch_id}")
+        return wf
+
+    def read_batch(self, text: str, fmt: str) -> tuple[list[Any], dict[str, Decimal]]:
+        """A payout file's items and its own per-currency caps (``fmt``: ``csv`` or ``json``)."""
+        return self._batch_kind().read(text, fmt)
+
+    async def submit_batch(
+        self,
+        items: Sequence[object] | BatchRequest,
+        *,
+        skip_invalid: bool = False,
+        max_total: Mapping[str, Decimal] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Workflow:
+        """Validate a payout batch whole and persist it as one workflow (see :meth:`intake_batch`)."""
+        workflow, _ = await self.intake_batch(
+            items, skip_invalid=skip_invalid, max_total=max_total, idempotency_key=idempotency_key
+        )
+        return workflow
+
+    async def intake_batch(
+        self,
+        items: Sequence[object] | BatchRequest,
+        *,
+        skip_invalid: bool = False,
+        max_total: Mapping[str, Decimal] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Workflow, bool]:
+        """Every item validated first (``InvalidBatch`` names each bad item and field; ``skip_invalid``
+        accepts the rest and lists them), then the per-currency caps; only then is the batch stored. Its
+        children are created by its own steps. Returns (workflow, created now)."""
+        request = self._batch_kind().accept(
+            items, skip_invalid=skip_invalid, max_total=max_total, accounts=self.gateways.keys(),
+            limits=self.batch_max_total,
+        )  # fmt: skip
+        return await self.intake(request, idempotency_key=idempotency_key)
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch's view and its children's counts by state."""
+        wf = await self._batch(batch_id)
+        by_state: dict[str, int] = {}
+        for (_kind, state, _resolved), n in (await self.store.count_children(wf.id)).items():
+            by_state[state] = by_state.get(state, 0) + n
+        return self._batch_kind().status(wf, by_state)
+
+    async def batch_children(self, batch_id: str) -> AsyncIterator[Workflow]:
+        """The batch's children, a page at a time from the store, in creation order."""
+        after: str | None = None
+        while True:
+            page = await self.store.children(batch_id, after_id=after, limit=1000)
+            for child in page:
+                yield child
+            if len(page) < 1000:
+                return
+            after = page[-1].id
+
+    async def batch_report(self, batch_id: str) -> dict[str, Any]:
+        """The settlement report: per item reference, outcome, exchange uuid, txid, fee, reason; totals."""
+        wf = await self._batch(batch_id)
+        children = [child async for child in self.batch_children(wf.id)]
+        return self._batch_kind().report(wf, children)
+
+    def batch_report_csv(self, report: Mapping[str, Any]) -> str:
+        """A report's items as CSV."""
+        return self._batch_kind().render_csv(report)
+
+    async def cancel_batch(self, batch_id: str) -> Workflow:
+        """Cancel a batch: no more children are created, every child not yet submitted is cancelled, and
+        the exchange is asked to cancel the cancelable ones (each through the withdrawal's cancel)."""
+        await self._batch(batch_id)
+        return await self.cancel(batch_id)

@@ -1,0 +1,155 @@
+"""The batch's steps: dispatch its children durably in chunks, follow them through the store, settle;
+on cancel, flag every child still open (the withdrawal's own cancel path does the rest).
+
+Dispatch is resumable and never creates a child twice: each child's idempotency key derives from the
+batch and the item's position (:func:`~workflows.batch.machine.child_key`), so a step resumed after a
+crash asks for the children it may already have created and gets them back. The progress counter
+(``data.dispatched``) only saves work; correctness rests on the keys.
+
+Following reads the children's states from the store (one grouped count per look), never the exchange:
+the children poll the exchange themselves, batched by the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from engine.backoff import backoff_delay
+from engine.context import StepContext
+from engine.models import Workflow
+from workflows.batch.intake import BatchRequest
+from workflows.batch.machine import TERMINAL, BatchState, Progress, child_key, next_trigger
+
+__all__ = ["CHUNK", "STEPS", "progress_of"]
+
+B = BatchState
+#: Children created (or flagged for cancel) per step: one grouped store transaction, well inside a lease.
+CHUNK = 100
+FOLLOW_INITIAL, FOLLOW_MAX = 0.25, 5.0
+T = TypeVar("T")
+
+
+async def _all(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Run the store calls together (the store groups them into one transaction); the first failure is
+    raised as itself (the runner knows ``StoreUnavailable`` and ``StaleVersion``), after all finished."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def _request(wf: Workflow) -> BatchRequest:
+    request = wf.request
+    assert isinstance(request, BatchRequest)
+    return request
+
+
+async def progress_of(ctx: StepContext, wf: Workflow) -> Progress:
+    """The batch's children by the store: how many exist, are terminal, wait for an operator."""
+    counts = await ctx.store.count_children(wf.id)
+    total = terminal = awaiting = 0
+    for (kind_name, state, resolved), n in counts.items():
+        kind = ctx.kinds[kind_name]
+        total += n
+        if kind.is_terminal(state):
+            terminal += n
+        elif kind.awaits_operator(state) and not resolved:
+            awaiting += n
+    return Progress(total=total, terminal=terminal, awaiting=awaiting)
+
+
+async def step_accepted(wf: Workflow, ctx: StepContext) -> Workflow:
+    """Start dispatching (or go straight to cancelling: nothing was created yet)."""
+    if wf.cancel_requested:
+        return await _cancel(wf, ctx)
+    return await ctx.transition(
+        wf, "dispatch", event_data={"items": len(_request(wf).items)}, next_run_at=ctx.now(),
+        data={**wf.data, "dispatched": 0},
+    )  # fmt: skip
+
+
+async def step_dispatching(wf: Workflow, ctx: StepContext) -> Workflow:
+    """Create the next chunk of children (each under its derived key), then record the progress; when
+    every item has its child, move to ``running`` with the count in the event."""
+    if wf.cancel_requested:
+        return await _cancel(wf, ctx)
+    items = _request(wf).items
+    start = int(wf.data.get("dispatched", 0))
+    chunk = items[start : start + CHUNK]
+    await _all([ctx.create(item.request, idempotency_key=child_key(wf.id, item.index), parent=wf) for item in chunk])
+    done = start + len(chunk)
+    data = {**wf.data, "dispatched": done}
+    if done < len(items):
+        return await ctx.reschedule(wf, 0.0, data=data)
+    return await ctx.transition(wf, "dispatched", event_data={"children": done}, data=data, next_run_at=ctx.now())
+
+
+async def step_following(wf: Workflow, ctx: StepContext) -> Workflow:
+    """running / needs_attention / cancelling: flag children for cancel while some are left to flag,
+    else read the children's counts and move when they say so (settle, attention, resume, cancelled)."""
+    if wf.state == B.CANCELLING and wf.data.get("cancel_cursor") is not None:
+        return await _flag_children(wf, ctx)
+    progress = await progress_of(ctx, wf)
+    expected = len(_request(wf).items)
+    trigger = next_trigger(wf.state, progress, expected=expected, cancel_requested=wf.cancel_requested)
+    if trigger == "cancel":
+        return await _cancel(wf, ctx)
+    if trigger is not None:
+        dest_terminal = trigger in ("settle", "cancelled")
+        return await ctx.transition(
+            wf, trigger,
+            event_data={"children": progress.total, "open": progress.open, "awaiting": progress.awaiting},
+            next_run_at=None if dest_terminal else ctx.now(), attempt=0,
+        )  # fmt: skip
+    return await _look_later(wf, ctx, progress)
+
+
+async def _look_later(wf: Workflow, ctx: StepContext, progress: Progress) -> Workflow:
+    """Sleep until the next look: soon after a change, backing off while nothing moves."""
+    seen = wf.data.get("seen")
+    now_seen = [progress.total, progress.terminal, progress.awaiting]
+    attempt = 0 if seen != now_seen else wf.attempt + 1
+    delay = backoff_delay(attempt, initial=FOLLOW_INITIAL, maximum=FOLLOW_MAX)
+    return await ctx.reschedule(wf, delay, attempt=attempt, data={**wf.data, "seen": now_seen})
+
+
+async def _cancel(wf: Workflow, ctx: StepContext) -> Workflow:
+    """``cancelling``: no more children are created; the ones created are flagged next (from the start)."""
+    dispatched = int(wf.data.get("dispatched", 0)) if wf.state != B.ACCEPTED else 0
+    return await ctx.transition(
+        wf, "cancel", event_data={"dispatched": dispatched}, next_run_at=ctx.now(),
+        data={**wf.data, "cancel_cursor": ""},
+    )  # fmt: skip
+
+
+async def _flag_children(wf: Workflow, ctx: StepContext) -> Workflow:
+    """Flag the next page of children for cancel, through the store's cancel request (the same path an
+    operator's cancel of one withdrawal takes): a child not yet submitted then cancels itself, one at the
+    exchange asks the exchange to cancel it. Terminal children are left alone."""
+    cursor = str(wf.data["cancel_cursor"])
+    page = await ctx.store.children(wf.id, after_id=cursor or None, limit=CHUNK)
+    now = ctx.now()
+    open_children = [c for c in page if not ctx.kinds[c.kind].is_terminal(c.state) and not c.cancel_requested]
+    await _all([ctx.store.request_cancel(child.id, at=now) for child in open_children])
+    if open_children:
+        ctx.wake()
+    flagged = int(wf.data.get("cancel_flagged", 0)) + len(open_children)
+    data: dict[str, Any] = {**wf.data, "cancel_flagged": flagged}
+    if len(page) < CHUNK:
+        data["cancel_cursor"] = None
+        return await ctx.note(wf, "children_flagged", changes={"data": data, "next_run_at": now}, flagged=flagged)
+    data["cancel_cursor"] = page[-1].id
+    return await ctx.reschedule(wf, 0.0, data=data)
+
+
+STEPS = {
+    B.ACCEPTED: step_accepted,
+    B.DISPATCHING: step_dispatching,
+    B.RUNNING: step_following,
+    B.NEEDS_ATTENTION: step_following,
+    B.CANCELLING: step_following,
+}
+assert not set(STEPS) & TERMINAL
