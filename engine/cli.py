@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engine import cli_batches
 from engine.api import ApiError
 from engine.audit import (
     AUDIT_KEY_ENV,
@@ -692,6 +693,11 @@ def audit_heads(out: str, key_file: str | None) -> None:
         _emit_json({"chains": chains, "written": written, "signed": key is not None, "out": str(path)})
     else:
         click.echo(f"{written} of {chains} chain heads appended to {path}{'' if key else ' (unsigned)'}")
+
+
+cli_batches.register(
+    cli, cli_batches.CliParts(_global_options, _opts, _with_backend, _run, _emit_json, _console, EXIT["usage"])
+)
 
 
 # -- entry point -----------------------------------------------------------------------------------------
