@@ -278,7 +278,7 @@ class Engine:
             raise WorkflowNotFound(f"no batch has the id {batch_id}")
         return wf
 
-    def read_batch(self, text: str, fmt: str) -> tuple[list[Any], dict[str, Decimal]]:
+    def read_batch(self, text: str, fmt: str) -> tuple[builtins.list[Any], dict[str, Decimal]]:
         """A payout file's items and its own per-currency caps (``fmt``: ``csv`` or ``json``)."""
         return self._batch_kind().read(text, fmt)
 

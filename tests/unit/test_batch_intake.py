@@ -33,7 +33,10 @@ class TestCsv:
 
     def test_rows_become_items(self) -> None:
         """Each row is one object keyed by the header; empty cells are not given."""
-        text = "reference,currency,net_type,amount,address,secondary_address\np-1,BTC,BTC,0.5,bc1q,\np-2,XRP,XRP,10,r9,memo\n"
+        text = (
+            "reference,currency,net_type,amount,address,secondary_address\n"
+            "p-1,BTC,BTC,0.5,bc1q,\np-2,XRP,XRP,10,r9,memo\n"
+        )
         rows = parse_csv(text)
         assert rows == [
             {"reference": "p-1", "currency": "BTC", "net_type": "BTC", "amount": "0.5", "address": "bc1q"},

@@ -39,7 +39,8 @@ def test_rows_and_totals() -> None:
     totals = report["totals"]
     assert totals["items"] == 4
     assert totals["by_state"] == {"DONE": 2, "aborted": 1, NOT_CREATED: 1}
-    assert totals["by_currency"]["BTC"] == {"count": 2, "amount": "0.35", "by_state": {"DONE": "0.1", "aborted": "0.25"}}
+    btc = {"count": 2, "amount": "0.35", "by_state": {"DONE": "0.1", "aborted": "0.25"}}
+    assert totals["by_currency"]["BTC"] == btc
     assert totals["by_currency"]["XRP"]["by_state"] == {"DONE": "10", NOT_CREATED: "5"}
     assert report["notes"] == []
 

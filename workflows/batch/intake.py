@@ -193,7 +193,9 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
         for raw in reader:
             if len(rows) >= MAX_ITEMS:
                 raise InvalidRequest(f"a batch holds at most {MAX_ITEMS} items", field="items")
-            row = {k: v.strip() for k, v in raw.items() if k != "__extra__" and isinstance(v, str) and v.strip()}
+            row: dict[str, Any] = {
+                k: v.strip() for k, v in raw.items() if k != "__extra__" and isinstance(v, str) and v.strip()
+            }
             if raw.get("__extra__"):
                 row["__extra__"] = True
             rows.append(row)

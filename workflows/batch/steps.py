@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from engine.backoff import backoff_delay
 from engine.context import StepContext
+from engine.kinds import Step
 from engine.models import Workflow
 from workflows.batch.intake import BatchRequest
 from workflows.batch.machine import TERMINAL, BatchState, Progress, child_key, next_trigger
@@ -145,7 +146,7 @@ async def _flag_children(wf: Workflow, ctx: StepContext) -> Workflow:
     return await ctx.reschedule(wf, 0.0, data=data)
 
 
-STEPS = {
+STEPS: dict[str, Step] = {
     B.ACCEPTED: step_accepted,
     B.DISPATCHING: step_dispatching,
     B.RUNNING: step_following,
