@@ -112,7 +112,7 @@ def workflow_view(wf: Workflow) -> dict[str, Any]:
     """The one JSON view of a workflow (API answers, ``--json`` CLI output)."""
     return {
         "id": wf.id,
-        "state": wf.state.value,
+        "state": str(wf.state),
         "request": wf.request.to_dict(),
         "exchange_uuid": wf.exchange_uuid,
         "txid": wf.txid,

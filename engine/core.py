@@ -11,7 +11,6 @@ import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import timedelta
 from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
@@ -19,9 +18,10 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from engine.clock import Clock, SystemClock
-from engine.context import StepContext, TransitionObserver
-from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition, WorkflowNotFound
-from engine.models import Event, State, WithdrawalRequest, Workflow, new_workflow_id
+from engine.context import StepContext, TransitionObserver, create_workflow
+from engine.errors import InvalidRequest, InvalidTransition, WorkflowNotFound
+from engine.kinds import KindRegistry, default_kinds
+from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
 from engine.runner import Runner
 from engine.store.base import Store
@@ -34,16 +34,14 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 log = structlog.get_logger("engine")
-RESOLUTIONS = ("resubmit", "abandon")
-
-
-def _settled(wf: Workflow) -> bool:
-    """Terminal, or waiting for an operator who has not decided yet."""
-    return wf.state.is_terminal or (wf.state is State.NEEDS_REVIEW and wf.resolution is None)
 
 
 class Engine:
-    """Submit withdrawals and follow them. Use ``async with Engine(...) as engine``."""
+    """Submit workflows (withdrawals, or any registered kind) and follow them.
+    Use ``async with Engine(...) as engine``.
+
+    ``kinds`` are the workflow kinds it runs (default: those ``engine.bootstrap`` registers); the engine
+    knows a workflow only through its kind (:class:`engine.kinds.WorkflowKind`)."""
 
     def __init__(
         self,
@@ -59,27 +57,24 @@ class Engine:
         exclusive: bool = True,
         owner: str | None = None,
         observers: list[TransitionObserver] | None = None,
+        kinds: KindRegistry | None = None,
     ) -> None:
         self.store = store
+        self.kinds = kinds if kinds is not None else default_kinds()
         self.gateways = dict(gateways)
         self.clock = clock or SystemClock()
         self.settings = settings or WorkflowSettings()
         self.policy = policy or Policy()
         self._changed = asyncio.Condition()
         self._notifications: set[asyncio.Task[None]] = set()
-        # Imported here, not at module top: workflows import engine modules, and engine/__init__ exports
-        # Engine, so a top-level import would make "import workflows.withdrawal" first a circular import.
-        from workflows.withdrawal import MACHINE, STEPS
-
         self.ctx = StepContext(
             store=store,
-            machine=MACHINE,
+            kinds=self.kinds,
             gateways=self.gateways,
             clock=self.clock,
             settings=self.settings,
             policy=self.policy,
             owner=owner,
-            steps=STEPS,
             observers=[*(observers or []), self._on_transition],
         )
         self.runner = Runner(self.ctx, concurrency=concurrency, lease_seconds=lease_seconds, exclusive=exclusive)
@@ -127,64 +122,36 @@ class Engine:
 
     # -- the API -----------------------------------------------------------------------------------
 
-    async def submit(self, request: WithdrawalRequest, *, idempotency_key: str | None = None) -> Workflow:
-        """Persist a new withdrawal workflow (or return the one already under ``idempotency_key``)."""
+    async def submit(self, request: Any, *, idempotency_key: str | None = None) -> Workflow:
+        """Persist a new workflow of the request's kind (or return the one already under ``idempotency_key``)."""
         workflow, _ = await self.intake(request, idempotency_key=idempotency_key)
         return workflow
 
-    async def intake(self, request: WithdrawalRequest, *, idempotency_key: str | None = None) -> tuple[Workflow, bool]:
+    async def intake(self, request: Any, *, idempotency_key: str | None = None) -> tuple[Workflow, bool]:
         """Like :meth:`submit`, and says whether the workflow was created now (False: a replay)."""
-        if request.account not in self.gateways:
-            raise InvalidRequest(f"no account named {request.account!r} is configured", field="account")
-        if idempotency_key is not None:
-            if not 0 < len(idempotency_key) <= 200:
-                raise InvalidRequest("must be 1-200 characters", field="idempotency_key")
-            existing = await self.store.get_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return self._replay(existing, request, idempotency_key), False
-        workflow, event = self._new(request, idempotency_key)
-        stored, created = await self.store.create(workflow, event)
-        if not created:
-            return self._replay(stored, request, idempotency_key or ""), False
-        log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)
-        self.runner.wake()
-        return stored, True
+        kind = self.kinds.for_request(request)
+        for account in kind.accounts(request):
+            if account not in self.gateways:
+                raise InvalidRequest(f"no account named {account!r} is configured", field="account")
+        stored, created = await create_workflow(
+            self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        if created:
+            log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)
+            self.runner.wake()
+        return stored, created
 
-    def _new(self, request: WithdrawalRequest, key: str | None) -> tuple[Workflow, Event]:
-        now = self.clock.now()
-        wf_id = new_workflow_id()
-        event = Event(
-            workflow_id=wf_id, seq=1, at=now, trigger="create", from_state=None, to_state=State.PENDING.value,
-            data={"request": request.to_dict(), "idempotency_key": key},
-        ).sealed("")  # fmt: skip
-        workflow = Workflow(
-            id=wf_id,
-            state=State.PENDING,
-            request=request,
-            created_at=now,
-            updated_at=now,
-            idempotency_key=key,
-            next_run_at=now,
-            deadline_at=now + timedelta(seconds=self.settings.preflight_deadline),
-            event_seq=1,
-            last_hash=event.hash,
-        )
-        return workflow, event
-
-    @staticmethod
-    def _replay(existing: Workflow, request: WithdrawalRequest, key: str) -> Workflow:
-        if not existing.request.same_as(request):
-            raise IdempotencyConflict(
-                f"idempotency key {key!r} was used for a different request (workflow {existing.id})"
-            )
-        return existing
+    def settled(self, wf: Workflow) -> bool:
+        """Terminal, or waiting for an operator who has not decided yet (by the workflow's kind)."""
+        return self.kinds.is_settled(wf)
 
     async def get(self, workflow_id: str) -> Workflow:
         """The workflow as stored now."""
         return await self.store.get(workflow_id)
 
     async def list(
-        self, *, state: State | None = None, limit: int = 100, before: str | None = None
+        self, *, state: str | None = None, limit: int = 100, before: str | None = None
     ) -> builtins.list[Workflow]:
         """Newest first; pass the last id as ``before`` for the next page."""
         if not 1 <= limit <= 1000:
@@ -194,19 +161,22 @@ class Engine:
     async def cancel(self, workflow_id: str) -> Workflow:
         """Ask to cancel: locally before submit, at the exchange after. Terminal workflows refuse."""
         current = await self.store.get(workflow_id)
-        if current.state.is_terminal:
-            raise InvalidTransition(f"{workflow_id} is already {current.state.value}")
+        if self.kinds[current.kind].is_terminal(current.state):
+            raise InvalidTransition(f"{workflow_id} is already {current.state}")
         flagged = await self.store.request_cancel(workflow_id, at=self.clock.now())
         self.runner.wake()
         return flagged
 
     async def resolve(self, workflow_id: str, action: str) -> Workflow:
-        """An operator's decision for a ``needs_review`` workflow: ``resubmit`` or ``abandon``."""
-        if action not in RESOLUTIONS:
-            raise InvalidRequest(f"must be one of {', '.join(RESOLUTIONS)}", field="action")
+        """An operator's decision for a workflow that awaits one (a withdrawal in ``needs_review``:
+        ``resubmit`` or ``abandon``); the kind says which actions it accepts, its next step applies it."""
+        self.kinds.check_resolution(action)  # before the read: a bad action is refused as before
         current = await self.store.get(workflow_id)
-        if current.state is not State.NEEDS_REVIEW:
-            raise InvalidTransition(f"{workflow_id} is {current.state.value}, not needs_review")
+        kind = self.kinds[current.kind]
+        kind.check_resolution(action)
+        if not kind.awaits_operator(current.state):
+            awaiting = "/".join(sorted(kind.awaiting_operator)) or "a state awaiting an operator"
+            raise InvalidTransition(f"{workflow_id} is {current.state}, not {awaiting}")
         flagged = await self.store.request_resolution(workflow_id, action, at=self.clock.now())
         self.runner.wake()
         return flagged
@@ -216,7 +186,7 @@ class Engine:
         async with asyncio.timeout(timeout):
             while True:
                 wf = await self.store.get(workflow_id)
-                if _settled(wf):
+                if self.kinds.is_settled(wf):
                     return wf
                 await self._changed_or(0.5)
 
@@ -228,7 +198,7 @@ class Engine:
             for event in await self.store.events(workflow_id, after_seq=seen):
                 seen = event.seq
                 yield event
-            if not follow or _settled(await self.store.get(workflow_id)):
+            if not follow or self.kinds.is_settled(await self.store.get(workflow_id)):
                 for event in await self.store.events(workflow_id, after_seq=seen):
                     seen = event.seq
                     yield event

@@ -150,13 +150,13 @@ class _Tracker:
     """Latest state per workflow, fed by the engine's transition hook."""
 
     def __init__(self) -> None:
-        self.states: dict[str, State] = {}
+        self.states: dict[str, str] = {}
 
     def observe(self, before: Workflow, after: Workflow, event: Event) -> None:
         self.states[after.id] = after.state
 
     def counts(self, ids: list[str]) -> Counter[str]:
-        return Counter(self.states.get(i, State.PENDING).value for i in ids)
+        return Counter(str(self.states.get(i, State.PENDING)) for i in ids)
 
     def settled(self, ids: list[str]) -> int:
         return sum(1 for i in ids if self.states.get(i, State.PENDING) in _SETTLED)
@@ -216,7 +216,7 @@ def _report(planned: list[Planned], finals: list[Workflow], stats: dict[str, Any
             "currency": wf.request.currency,
             "net_type": wf.request.net_type,
             "amount": format(wf.request.amount, "f"),
-            "state": wf.state.value,
+            "state": str(wf.state),
             "reason": wf.reason,
             "expected_state": p.expected_state.value,
             "expected_reasons": list(p.expected_reasons),

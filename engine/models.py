@@ -99,9 +99,9 @@ class TransactionType(StrEnum):
     INTERNAL = "internal"
 
 
-def new_workflow_id() -> str:
-    """A sortable unique id: creation microseconds in hex, then 40 random bits."""
-    return f"wd_{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
+def new_workflow_id(prefix: str = "wd") -> str:
+    """A sortable unique id: the kind's prefix, creation microseconds in hex, then 40 random bits."""
+    return f"{prefix}_{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
 
 
 def _parse_amount(value: object) -> Decimal:
@@ -226,6 +226,11 @@ class WithdrawalRequest:
         kwargs = {k: v for k, v in data.items() if v is not None}
         return cls(**kwargs)
 
+    @property
+    def brief(self) -> str:
+        """``CUR/NET amount``: how a workflow's repr names its request (no address)."""
+        return f"{self.currency}/{self.net_type} {format(self.amount, 'f')}"
+
     def same_as(self, other: WithdrawalRequest) -> bool:
         """Equal requests (amounts compared by value: "1.0" == "1")."""
         return self.to_dict() | {"amount": None} == other.to_dict() | {"amount": None} and (self.amount == other.amount)
@@ -233,11 +238,16 @@ class WithdrawalRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Workflow:
-    """One withdrawal's persisted state. ``version`` is the compare-and-set token of the store."""
+    """One workflow's persisted state, of any kind. ``version`` is the compare-and-set token of the store.
+
+    To the engine ``state`` is a string and ``request`` an opaque value: the workflow's kind
+    (:class:`engine.kinds.WorkflowKind`) parses both from the store (its state values are its own
+    ``StrEnum`` members) and says what they mean. ``parent_id`` names the workflow that created this one
+    (a batch's child), if any."""
 
     id: str
-    state: State
-    request: WithdrawalRequest
+    state: str
+    request: Any
     created_at: datetime
     updated_at: datetime
     version: int = 0
@@ -260,6 +270,7 @@ class Workflow:
     data: dict[str, Any] = field(default_factory=dict)
     event_seq: int = 0
     last_hash: str = ""
+    parent_id: str | None = None
 
     @property
     def cancel_requested(self) -> bool:
@@ -267,15 +278,15 @@ class Workflow:
         return self.cancel_requested_at is not None
 
     @property
-    def lane(self) -> str:
-        """The request's lane."""
-        return self.request.lane
+    def lane(self) -> str | None:
+        """The request's lane, for a kind whose requests have one (a withdrawal's); else None."""
+        lane = getattr(self.request, "lane", None)
+        return lane if isinstance(lane, str) else None
 
     def __repr__(self) -> str:
-        return (
-            f"<Workflow {self.id} {self.state.value} {self.request.currency}/{self.request.net_type} "
-            f"{format(self.request.amount, 'f')} v{self.version}>"
-        )
+        brief = getattr(self.request, "brief", None)
+        what = f" {brief}" if isinstance(brief, str) else f" {self.kind}"
+        return f"<Workflow {self.id} {self.state}{what} v{self.version}>"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

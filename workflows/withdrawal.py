@@ -33,6 +33,7 @@ import structlog
 from engine.backoff import backoff_delay
 from engine.context import StepContext, evolve
 from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, LaneBusy, OutcomeUnknown
+from engine.kinds import RowIndex, Step, WorkflowKind
 from engine.machine import TransitionSpec, WorkflowMachine
 from engine.models import AbortReason, State, TransactionType, WithdrawalRequest, Workflow
 from engine.policy import AutoResolve, Policy, WorkflowSettings
@@ -40,7 +41,9 @@ from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 
 __all__ = [
+    "KIND",
     "MACHINE",
+    "NOT_PAID",
     "STEPS",
     "TABLE",
     "AddressMatch",
@@ -107,7 +110,10 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("watch", _SETTLED, None),
 )
 
-MACHINE = WorkflowMachine("withdrawal", State, TABLE)
+MACHINE = WorkflowMachine("withdrawal", State, TABLE, initial=S.PENDING, terminal=_SETTLED)
+#: Ended states whose withdrawal was never paid (refused, abandoned): the daily limit's sum leaves them
+#: out, unless an exchange uuid shows the withdrawal happened after all.
+NOT_PAID: tuple[str, ...] = (S.ABORTED,)
 
 _TRIGGERS = {
     ExchangeState.WAITING: "mark_waiting",
@@ -305,9 +311,6 @@ def trigger_for(state: ExchangeState) -> str | None:
 
 # -- steps ---------------------------------------------------------------------------------------------
 
-Step = Callable[[Workflow, StepContext], Awaitable[Workflow]]
-
-
 async def step_pending(wf: Workflow, ctx: StepContext) -> Workflow:
     """Start, unless cancelled first, or unless the account's write budget is booked for a while: then
     wait for this workflow's turn as a row (``next_run_at``), not as a task queued at the rate limiter,
@@ -382,7 +385,8 @@ async def _daily_check(wf: Workflow, ctx: StepContext) -> Check:
     if ctx.policy.for_currency(wf.request.currency, wf.request.account).max_per_day is None:
         return SEND
     spent = await ctx.store.sum_submitted(
-        account=wf.request.account, currency=wf.request.currency, since=ctx.now() - timedelta(days=1)
+        account=wf.request.account, currency=wf.request.currency, since=ctx.now() - timedelta(days=1),
+        not_paid=NOT_PAID,
     )
     return policy_verdict(wf.request, ctx.policy, spent)
 
@@ -700,7 +704,7 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
     if not accounted and ctx.now() < datetime.fromisoformat(watch["until"]):
         return evolve(wf, data={**wf.data, "watch": watch})
     changes: dict[str, Any] = {"lane_held": False, "data": {**wf.data, "watch": {**watch, "ended": True}}}
-    if wf.state.is_terminal:
+    if State(wf.state).is_terminal:
         changes["next_run_at"] = None
     return await ctx.transition(
         wf, _watch_trigger(wf),
@@ -712,7 +716,7 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
 
 def _watch_trigger(wf: Workflow) -> str:
     """``watch`` notes on a settled workflow, ``note`` on one still in flight (polling its own)."""
-    return "watch" if wf.state.is_terminal else "note"
+    return "watch" if State(wf.state).is_terminal else "note"
 
 
 def _next_look(ctx: StepContext, watch: Mapping[str, Any]) -> datetime:
@@ -741,7 +745,7 @@ async def _attribute(
         "exchange_uuids": found,
     }
     log.error(
-        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, state=wf.state.value, exchange_uuids=uuids,
+        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, state=wf.state, exchange_uuids=uuids,
         created_at=[w.created_at.isoformat() for w in new],
     )  # fmt: skip
     changes: dict[str, Any] = {"error": flag, "lane_held": True, "next_run_at": wf.next_run_at}
@@ -806,7 +810,7 @@ async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
         wf = await _watch_lane(wf, ctx)
     if wf.cancel_requested and not wf.data.get("cancel_sent"):
         wf = await _send_cancel(wf, ctx)
-        if wf.state.is_terminal:
+        if State(wf.state).is_terminal:
             return wf
     assert wf.exchange_uuid is not None
     with ctx.park():  # waiting for a shared batch: the runner lends this slot out meanwhile
@@ -845,7 +849,7 @@ async def _abort(wf: Workflow, ctx: StepContext, check: Check, **extra: Any) -> 
     return await ctx.transition(wf, "abort", event_data={"detail": check.detail, **extra}, reason=reason)
 
 
-STEPS: dict[State, Step] = {
+STEPS: dict[str, Step] = {
     S.PENDING: step_pending,
     S.VERIFYING_ADDRESS: step_verifying_address,
     S.CHECKING_WALLET: step_checking_wallet,
@@ -856,3 +860,85 @@ STEPS: dict[State, Step] = {
     S.WAITING: step_polling,
     S.PROCESSING: step_polling,
 }
+
+
+# -- the kind ------------------------------------------------------------------------------------------
+
+
+def past_deadline(wf: Workflow, now: datetime) -> bool:
+    """Pre-flight did not pass before the deadline (nothing was sent yet): the runner ends it first.
+
+    A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with the
+    reason that kept it (wallet_unavailable), or goes through if the wallet came back."""
+    waiting_for_wallet = wf.state is S.CHECKING_WALLET and bool(wf.data.get("wallet_wait"))
+    pre = wf.state in _PRE_SUBMIT and not waiting_for_wallet
+    return pre and wf.deadline_at is not None and now >= wf.deadline_at
+
+
+async def expire(wf: Workflow, ctx: StepContext) -> Workflow:
+    """End a workflow past its pre-flight deadline: aborted, nothing sent."""
+    return await ctx.transition(
+        wf, "abort", event_data={"detail": "pre-flight did not pass before the deadline"},
+        reason=AbortReason.DEADLINE_EXCEEDED.value,
+    )  # fmt: skip
+
+
+def _index(request: WithdrawalRequest) -> RowIndex:
+    return RowIndex(
+        account=request.account, currency=request.currency, amount=format(request.amount, "f"), lane=request.lane
+    )
+
+
+def _same(a: WithdrawalRequest, b: WithdrawalRequest) -> bool:
+    return a.same_as(b)
+
+
+def _dump(request: WithdrawalRequest) -> dict[str, Any]:
+    return dict(request.to_dict())
+
+
+def view(wf: Workflow) -> dict[str, Any]:
+    """The one JSON view of a withdrawal workflow (API answers, ``--json`` CLI output)."""
+    return {
+        "id": wf.id,
+        "state": str(wf.state),
+        "request": wf.request.to_dict(),
+        "exchange_uuid": wf.exchange_uuid,
+        "txid": wf.txid,
+        "exchange_state": wf.exchange_state,
+        "reason": wf.reason,
+        "error": wf.error,
+        "submit_count": wf.submit_count,
+        "cancel_requested": wf.cancel_requested,
+        "resolution": wf.resolution,
+        "created_at": wf.created_at.isoformat(),
+        "updated_at": wf.updated_at.isoformat(),
+        "lane": wf.lane,
+    }
+
+
+#: The withdrawal as a workflow kind: what the engine knows of it.
+KIND = WorkflowKind(
+    name="withdrawal",
+    request_type=WithdrawalRequest,
+    states=tuple(State),
+    initial=S.PENDING,
+    parse_state=State,
+    parse_request=lambda data: WithdrawalRequest.from_dict(dict(data)),
+    dump_request=_dump,
+    same_request=_same,
+    machine=MACHINE,
+    steps=STEPS,
+    terminal=frozenset(_SETTLED),
+    awaiting_operator=frozenset({S.NEEDS_REVIEW}),
+    resolutions=("resubmit", "abandon"),
+    urgent=frozenset({S.SUBMITTING}),
+    alerting=frozenset({S.NEEDS_REVIEW, S.RECONCILING}),
+    past_deadline=past_deadline,
+    expire=expire,
+    deadline_after=lambda settings: settings.preflight_deadline,
+    index=_index,
+    accounts=lambda request: (request.account,),
+    id_prefix="wd",
+    view=view,
+)

@@ -78,4 +78,11 @@ CREATE TABLE attributions (
 );
 """
 
-SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+_V3 = """
+-- Workflows of any kind: a workflow created by another one (a batch's child withdrawal) names its parent.
+-- Existing rows keep every value (parent_id NULL), so their event chains verify as before.
+ALTER TABLE workflows ADD COLUMN parent_id TEXT REFERENCES workflows (id);
+CREATE INDEX workflows_parent ON workflows (parent_id, state) WHERE parent_id IS NOT NULL;
+"""
+
+SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]

@@ -119,11 +119,11 @@ class TestIntake:
         """A batch over [batches] max_total (or its own lower cap) is refused before anything exists."""
         async with engine_factory(run_runner=False) as engine:
             engine.batch_max_total = {"BTC": Decimal("0.05")}
-            with pytest.raises(InvalidRequest, match="BTC total 0.06 > 0.05"):
+            with pytest.raises(InvalidRequest, match=r"BTC total 0\.06 > 0\.05"):
                 await engine.submit_batch([btc("a", "0.03"), btc("b", "0.03")])
             with pytest.raises(InvalidRequest, match="can only lower"):
                 await engine.submit_batch([btc("a", "0.01")], max_total={"BTC": Decimal("1")})
-            with pytest.raises(InvalidRequest, match="BTC total 0.02 > 0.015"):
+            with pytest.raises(InvalidRequest, match=r"BTC total 0\.02 > 0\.015"):
                 await engine.submit_batch([btc("a", "0.01"), btc("b", "0.01")], max_total={"BTC": Decimal("0.015")})
             assert await workflow_count(engine) == 0
             ok = await engine.submit_batch([btc("a", "0.025"), btc("b", "0.025")])
@@ -193,7 +193,7 @@ class TestAttention:
         async with engine_factory() as engine:
             batch = await engine.submit_batch([btc("only", "0.0501")])
             await until_state(engine, batch.id, {"needs_attention"})
-            child = [c async for c in engine.batch_children(batch.id)][0]
+            (child,) = [c async for c in engine.batch_children(batch.id)]
             assert child.state == "needs_review"
             await engine.resolve(child.id, "abandon")
             final = await until_state(engine, batch.id, {"settled"})

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from engine.kinds import WorkflowKind
 from engine.errors import InvalidBatch
+from engine.kinds import WorkflowKind
 from engine.models import Workflow
 from workflows.batch.intake import BatchRequest, ItemError, build_batch, check_limits, items_from_text
 from workflows.batch.machine import MACHINE, TERMINAL, BatchState
