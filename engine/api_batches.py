@@ -93,10 +93,14 @@ async def submit_batch(request: web.Request) -> web.Response:
     skip_invalid = _flag(request, "skip_invalid")
     fmt = "csv" if request.content_type == "text/csv" else "json"
     text = _text(await _read(request, engine.batch_max_body_bytes))
-    if fmt == "json" and not text.strip():
-        raise api.ApiError(400, "malformed_json", "the body is not valid JSON")
+    source: object = text
+    if fmt == "json":
+        try:
+            source = json.loads(text)
+        except (ValueError, RecursionError):
+            raise api.ApiError(400, "malformed_json", "the body is not valid JSON") from None
     try:
-        items, caps = engine.read_batch(text, fmt)
+        items, caps = engine.read_batch(source, fmt)
         wf, created = await engine.intake_batch(items, skip_invalid=skip_invalid, max_total=caps or None,
                                                 idempotency_key=key)  # fmt: skip
     except InvalidBatch as exc:

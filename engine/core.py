@@ -248,8 +248,9 @@ class Engine:
             raise WorkflowNotFound(f"no batch has the id {batch_id}")
         return wf
 
-    def read_batch(self, text: str, fmt: str) -> tuple[builtins.list[Any], dict[str, Decimal]]:
-        """A payout file's items and its own per-currency caps (``fmt``: ``csv`` or ``json``)."""
+    def read_batch(self, text: str | object, fmt: str) -> tuple[builtins.list[Any], dict[str, Decimal]]:
+        """A payout file's items and its own per-currency caps (``fmt``: ``csv`` or ``json``; JSON may
+        come parsed)."""
         return self._batch_kind().read(text, fmt)
 
     async def submit_batch(

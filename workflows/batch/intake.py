@@ -352,15 +352,20 @@ def check_limits(batch: BatchRequest, configured: Mapping[str, Decimal]) -> None
         raise InvalidRequest(f"the batch is over its per-currency limit: {detail}", field="max_total")
 
 
-def items_from_text(text: str, fmt: str) -> tuple[list[Any], dict[str, Decimal]]:
-    """Items (and the batch's own caps, JSON only) from a payout file's text, ``fmt`` ``csv`` or ``json``."""
+def items_from_text(text: str | object, fmt: str) -> tuple[list[Any], dict[str, Decimal]]:
+    """Items (and the batch's own caps, JSON only) from a payout file's text, ``fmt`` ``csv`` or ``json``;
+    for JSON, ``text`` may also be the already parsed document."""
     if fmt == "csv":
+        if not isinstance(text, str):
+            raise InvalidRequest("must be CSV text", field="csv")
         return list(parse_csv(text)), {}
     if fmt != "json":
         raise InvalidRequest("must be csv or json", field="format")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("not valid JSON", field="body") from None
+    data = text
+    if isinstance(text, str):
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("not valid JSON", field="body") from None
     items, limits = parse_json(data)
     return items, parse_limits(limits)

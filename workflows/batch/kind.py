@@ -74,7 +74,7 @@ def _index_of(batch_id: str, child: Workflow) -> int | None:
 class BatchKind(WorkflowKind):
     """The batch kind, with the batch-only operations of the engine's batch API (pure: no I/O)."""
 
-    def read(self, text: str, fmt: str) -> tuple[list[Any], dict[str, Decimal]]:
+    def read(self, text: str | object, fmt: str) -> tuple[list[Any], dict[str, Decimal]]:
         """A payout file's items and its own caps (``fmt``: ``csv`` or ``json``)."""
         return items_from_text(text, fmt)
 
