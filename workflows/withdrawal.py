@@ -35,10 +35,19 @@ from engine.context import StepContext, evolve
 from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, LaneBusy, OutcomeUnknown
 from engine.kinds import RowIndex, Step, WorkflowKind
 from engine.machine import TransitionSpec, WorkflowMachine
-from engine.models import AbortReason, State, TransactionType, WithdrawalRequest, Workflow
+from engine.models import Workflow
 from engine.policy import AutoResolve, Policy, WorkflowSettings
 from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
+from workflows.withdrawal_model import (
+    AbortReason,
+    ReconcileMode,
+    Resolution,
+    State,
+    TransactionType,
+    WithdrawalRequest,
+    data_of,
+)
 
 __all__ = [
     "KIND",
@@ -69,7 +78,7 @@ _SETTLED = tuple(s for s in State if s.is_terminal)
 
 def _throttled_reconcile(wf: Workflow, _: Mapping[str, Any]) -> bool:
     """Only a throttled POST (429/418: not executed) may be resent after its reconcile found nothing."""
-    return bool(wf.data.get("reconcile", {}).get("mode") == "throttled")
+    return bool(data_of(wf.data).get("reconcile", {}).get("mode") == ReconcileMode.THROTTLED)
 
 
 def _absence_proven_guard(wf: Workflow, data: Mapping[str, Any]) -> bool:
@@ -96,10 +105,10 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("refuse", (S.SUBMITTING,), S.ABORTED),
     TransitionSpec("lose_track", (S.SUBMITTING,), S.RECONCILING),
     TransitionSpec("resubmit", (S.RECONCILING,), S.SUBMITTING, _throttled_reconcile),
-    TransitionSpec("resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _operator_said("resubmit")),
+    TransitionSpec("resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _operator_said(Resolution.RESUBMIT)),
     TransitionSpec("auto_resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _absence_proven_guard),
     TransitionSpec("escalate", (S.RECONCILING,), S.NEEDS_REVIEW),
-    TransitionSpec("abandon", (S.NEEDS_REVIEW,), S.ABORTED, _operator_said("abandon")),
+    TransitionSpec("abandon", (S.NEEDS_REVIEW,), S.ABORTED, _operator_said(Resolution.ABANDON)),
     TransitionSpec("mark_waiting", (S.SUBMITTING, S.RECONCILING), S.WAITING),
     TransitionSpec("mark_processing", (S.SUBMITTING, S.RECONCILING, S.WAITING), S.PROCESSING),
     TransitionSpec("mark_done", _OBSERVABLE, S.DONE),
@@ -400,7 +409,7 @@ async def _wait_for_wallet(wf: Workflow, ctx: StepContext, check: Check) -> Work
     )
     if wf.deadline_at is not None:
         delay = min(delay, max(0.0, (wf.deadline_at - ctx.now()).total_seconds()))
-    if not wf.data.get("wallet_wait"):
+    if not data_of(wf.data).get("wallet_wait"):
         changes = {
             "next_run_at": ctx.after(delay),
             "attempt": wf.attempt + 1,
@@ -417,7 +426,7 @@ def _body(wf: Workflow) -> WithdrawBody:
         net_type=req.net_type,
         amount=req.amount,
         address=req.address,
-        secondary_address=wf.data.get("secondary_address", req.secondary_address),
+        secondary_address=data_of(wf.data).get("secondary_address", req.secondary_address),
         transaction_type=req.transaction_type.value,
     )
 
@@ -460,25 +469,27 @@ async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody) -> Workflow:
     try:
         withdrawal = await ctx.gateway(wf).submit(body, slot_reserved=True)
     except ExchangeThrottled as exc:
-        return await _lose_track(wf, ctx, "throttled", exc, delay=exc.retry_after)
+        return await _lose_track(wf, ctx, ReconcileMode.THROTTLED, exc, delay=exc.retry_after)
     except ExchangeRefused as exc:
         return await ctx.transition(
             wf, "refuse", event_data={"error": exc.as_dict()}, reason=AbortReason.SUBMIT_REFUSED.value,
             error=exc.as_dict(),
         )  # fmt: skip
     except OutcomeUnknown as exc:
-        return await _lose_track(wf, ctx, "unknown", exc, delay=ctx.settings.reconcile_delay)
+        return await _lose_track(wf, ctx, ReconcileMode.UNKNOWN, exc, delay=ctx.settings.reconcile_delay)
     if wf.submitted_at is not None:  # created between our intent and now: a sample of the created_at clock
         ctx.gateway(wf).client.skew.observe_created(wf.submitted_at, ctx.now(), withdrawal.created_at)
     return await _record(wf, ctx, withdrawal, how="accepted")
 
 
-async def _lose_track(wf: Workflow, ctx: StepContext, mode: str, exc: Exception | None, *, delay: float) -> Workflow:
+async def _lose_track(
+    wf: Workflow, ctx: StepContext, mode: ReconcileMode, exc: Exception | None, *, delay: float
+) -> Workflow:
     """``reconciling``; a POST that may have executed (all but a throttle) is counted in ``uncertain_posts``:
     an abandon watches the lane until that many withdrawals are accounted for."""
     error = exc.as_dict() if isinstance(exc, ExchangeError) else None
     reconcile = {"mode": mode, "since": ctx.now().isoformat()}
-    uncertain = int(wf.data.get("uncertain_posts", 0)) + (0 if mode == "throttled" else 1)
+    uncertain = int(data_of(wf.data).get("uncertain_posts", 0)) + (0 if mode == ReconcileMode.THROTTLED else 1)
     return await ctx.transition(
         wf, "lose_track", event_data={"mode": mode, "error": error}, error=error,
         data={**wf.data, "reconcile": reconcile, "uncertain_posts": uncertain}, attempt=0,
@@ -500,7 +511,7 @@ async def _record(
     terminal = withdrawal.state.is_terminal
     data, watch = wf.data, _open_watch(wf)
     if watch is None and wf.exchange_uuid is None:  # first answer: earlier uncertain POSTs left to watch for?
-        unaccounted = int(wf.data.get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
+        unaccounted = int(data_of(wf.data).get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
         if unaccounted > 0 and ctx.settings.lane_watch > 0:
             watch = _new_watch(ctx, unaccounted)
             data = {**wf.data, "watch": watch}
@@ -547,12 +558,12 @@ def _steady_polls(s: WorkflowSettings) -> int:
 
 async def step_submitting(wf: Workflow, ctx: StepContext) -> Workflow:
     """Found in ``submitting``: a previous run may have sent the POST. Never resend: reconcile."""
-    return await _lose_track(wf, ctx, "interrupted", None, delay=0.0)
+    return await _lose_track(wf, ctx, ReconcileMode.INTERRUPTED, None, delay=0.0)
 
 
 async def step_reconciling(wf: Workflow, ctx: StepContext) -> Workflow:
     """Adopt the one matching withdrawal; resend only after a throttle; else wait, then escalate."""
-    mode = wf.data.get("reconcile", {}).get("mode", "unknown")
+    mode = data_of(wf.data).get("reconcile", {}).get("mode", ReconcileMode.UNKNOWN)
     assert wf.submitted_at is not None
     found, since, skew = await _list_lane(wf, ctx, wf.submitted_at)
     owners = await ctx.store.owners_of([w.uuid for w in found])
@@ -565,9 +576,9 @@ async def step_reconciling(wf: Workflow, ctx: StepContext) -> Workflow:
         return await _record(wf, ctx, result.adopt, how="adopted", evidence=evidence)
     if result.matches:
         return await _escalate(wf, ctx, "several withdrawals match", evidence, absent=False)
-    if mode == "throttled":
+    if mode == ReconcileMode.THROTTLED:
         return await _submit(wf, ctx, "resubmit", evidence=evidence)
-    started = datetime.fromisoformat(wf.data["reconcile"]["since"])
+    started = datetime.fromisoformat(data_of(wf.data)["reconcile"]["since"])
     if (ctx.now() - started).total_seconds() < ctx.settings.reconcile_grace:
         delay = backoff_delay(wf.attempt, initial=ctx.settings.reconcile_delay, maximum=30.0)
         return await ctx.reschedule(wf, delay, attempt=wf.attempt + 1)
@@ -602,7 +613,7 @@ async def _escalate(wf: Workflow, ctx: StepContext, why: str, evidence: dict[str
     """``needs_review`` with the evidence. With the account's auto-resolution on, a POST that left no trace
     (``absent``) and was never resubmitted automatically starts listing for proof of absence."""
     rule = ctx.policy.auto_resolve_for(wf.request.account)
-    auto = rule.enabled and absent and not wf.data.get("auto_resubmits") and rule.listings >= 1
+    auto = rule.enabled and absent and not data_of(wf.data).get("auto_resubmits") and rule.listings >= 1
     data = {**wf.data, "absence": {"listings": []}} if auto else wf.data
     return await ctx.transition(
         wf, "escalate", event_data={"why": why, "evidence": evidence, "auto_resolve": auto}, reason=why,
@@ -617,14 +628,14 @@ def _absence_interval(rule: AutoResolve) -> float:
 
 async def step_needs_review(wf: Workflow, ctx: StepContext) -> Workflow:
     """Carry out the operator's decision: resubmit (a fresh intent, then one POST) or abandon."""
-    if wf.resolution == "resubmit":
+    if wf.resolution == Resolution.RESUBMIT:
         return await _submit(wf, ctx, "resubmit", operator=True)
-    if wf.resolution == "abandon":
+    if wf.resolution == Resolution.ABANDON:
         return await _abandon(wf, ctx)
-    if wf.cancel_requested and not wf.data.get("cancel_noted"):
+    if wf.cancel_requested and not data_of(wf.data).get("cancel_noted"):
         changes = {"next_run_at": None, "data": {**wf.data, "cancel_noted": True}}
         return await ctx.note(wf, "cancel_requested", changes=changes, detail="an operator must resolve this first")
-    absence = wf.data.get("absence")
+    absence = data_of(wf.data).get("absence")
     rule = ctx.policy.auto_resolve_for(wf.request.account)
     if absence and not absence.get("stopped") and rule.enabled and not wf.cancel_requested:
         return await _look_for_absence(wf, ctx, rule)
@@ -633,7 +644,7 @@ async def step_needs_review(wf: Workflow, ctx: StepContext) -> Workflow:
 
 async def _abandon(wf: Workflow, ctx: StepContext) -> Workflow:
     """Aborted (abandoned). If a POST of it may have executed, keep its lane reserved and watch it."""
-    uncertain = int(wf.data.get("uncertain_posts", wf.submit_count))
+    uncertain = int(data_of(wf.data).get("uncertain_posts", wf.submit_count))
     window = ctx.settings.lane_watch
     if window <= 0 or uncertain <= 0:
         return await ctx.transition(
@@ -656,7 +667,7 @@ def _new_watch(ctx: StepContext, unaccounted: int) -> dict[str, Any]:
 
 
 def _open_watch(wf: Workflow) -> dict[str, Any] | None:
-    watch = wf.data.get("watch")
+    watch = data_of(wf.data).get("watch")
     return watch if isinstance(watch, dict) and not watch.get("ended") else None
 
 
@@ -694,7 +705,7 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
     watch = {**watch, "listings": int(watch.get("listings", 0)) + 1}
     if new:
         wf = await _attribute(wf, ctx, new, watch, {"since": since.isoformat(), "skew": skew, "searched": len(found)})
-        watch = wf.data["watch"]
+        watch = data_of(wf.data)["watch"]
     # Attribution looks as wide as reconciliation may (an alert costs nothing), but only a withdrawal
     # created after this workflow existed (minus the measured skew) can be one of its own POSTs and end the
     # watch early: an older unowned one in the wide window must not release the lane for the real one.
@@ -768,7 +779,7 @@ async def _attribute(
 async def _look_for_absence(wf: Workflow, ctx: StepContext, rule: AutoResolve) -> Workflow:
     """One listing towards proof of absence. A failed or incomplete listing, or any candidate, stops the
     auto-resolution for good (an event with the listings); enough empty ones resubmit (an event too)."""
-    listings: list[dict[str, Any]] = list(wf.data["absence"]["listings"])
+    listings: list[dict[str, Any]] = list(data_of(wf.data)["absence"]["listings"])
     try:
         found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
     except ExchangeError as exc:
@@ -786,7 +797,7 @@ async def _look_for_absence(wf: Workflow, ctx: StepContext, rule: AutoResolve) -
         return await _stop_absence(wf, ctx, why, listings, rule)
     evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
     if absence_proven(listings, rule.listings, rule.minutes):
-        count = int(wf.data.get("auto_resubmits", 0)) + 1
+        count = int(data_of(wf.data).get("auto_resubmits", 0)) + 1
         proven = evolve(wf, data={**wf.data, "auto_resubmits": count})
         log.warning("workflow.auto_resubmit", workflow_id=wf.id, listings=len(listings))
         return await _submit(proven, ctx, "auto_resubmit", evidence=evidence, auto=True)
@@ -808,7 +819,7 @@ async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
     watch = _open_watch(wf)
     if watch is not None and ctx.now() >= datetime.fromisoformat(watch["next_at"]):
         wf = await _watch_lane(wf, ctx)
-    if wf.cancel_requested and not wf.data.get("cancel_sent"):
+    if wf.cancel_requested and not data_of(wf.data).get("cancel_sent"):
         wf = await _send_cancel(wf, ctx)
         if State(wf.state).is_terminal:
             return wf
@@ -870,7 +881,7 @@ def past_deadline(wf: Workflow, now: datetime) -> bool:
 
     A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with the
     reason that kept it (wallet_unavailable), or goes through if the wallet came back."""
-    waiting_for_wallet = wf.state is S.CHECKING_WALLET and bool(wf.data.get("wallet_wait"))
+    waiting_for_wallet = wf.state is S.CHECKING_WALLET and bool(data_of(wf.data).get("wallet_wait"))
     pre = wf.state in _PRE_SUBMIT and not waiting_for_wallet
     return pre and wf.deadline_at is not None and now >= wf.deadline_at
 
@@ -931,7 +942,7 @@ KIND = WorkflowKind(
     steps=STEPS,
     terminal=frozenset(_SETTLED),
     awaiting_operator=frozenset({S.NEEDS_REVIEW}),
-    resolutions=("resubmit", "abandon"),
+    resolutions=tuple(Resolution),
     urgent=frozenset({S.SUBMITTING}),
     alerting=frozenset({S.NEEDS_REVIEW, S.RECONCILING}),
     past_deadline=past_deadline,
