@@ -12,10 +12,11 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -107,7 +108,8 @@ def _replay(kind: WorkflowKind, existing: Workflow, request: Any, key: str, pare
 
 @dataclass(slots=True, kw_only=True)
 class StepContext:
-    """Everything a step needs, injected by the runner."""
+    """Everything a step needs, injected by the runner. Steps see it as a :class:`engine.port.StepPort`
+    (no ``store``): the runner and the engine use the rest."""
 
     store: Store
     kinds: KindRegistry
@@ -209,6 +211,30 @@ class StepContext:
         if created:
             self.wake()
         return stored, created
+
+    async def list_children(
+        self, parent: Workflow, *, after_id: str | None = None, limit: int = 1000
+    ) -> list[Workflow]:
+        """The parent's children in creation order, a page at a time."""
+        return await self.store.children(parent.id, after_id=after_id, limit=limit)
+
+    async def read(self, workflow_id: str) -> Workflow:
+        """Another workflow as stored now."""
+        return await self.store.get(workflow_id)
+
+    async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
+        """Which workflow owns each exchange uuid (see :meth:`engine.store.base.Store.owners_of`)."""
+        return await self.store.owners_of(exchange_uuids)
+
+    async def attribute(self, workflow: Workflow, exchange_uuids: Sequence[str]) -> None:
+        """Record these exchange uuids as ``workflow``'s, now (see :meth:`engine.store.base.Store.attribute`)."""
+        await self.store.attribute(workflow.id, exchange_uuids, at=self.clock.now())
+
+    async def sum_submitted(
+        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
+    ) -> Decimal:
+        """See :meth:`engine.store.base.Store.sum_submitted`."""
+        return await self.store.sum_submitted(account=account, currency=currency, since=since, not_paid=not_paid)
 
     async def children(self, parent: Workflow) -> ChildCounts:
         """How many children ``parent`` has in each state, and how many are settled (by their kinds)."""

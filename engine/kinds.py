@@ -25,8 +25,8 @@ from engine.machine import WorkflowMachine
 from engine.models import Event, Workflow, new_workflow_id
 
 if TYPE_CHECKING:
-    from engine.context import StepContext
     from engine.policy import WorkflowSettings
+    from engine.port import StepPort
 
 __all__ = [
     "KindRegistry",
@@ -38,11 +38,11 @@ __all__ = [
 ]
 
 #: A step: given a workflow due in its state, do I/O and move it (returns the stored result).
-Step = Callable[[Workflow, "StepContext"], Awaitable[Workflow]]
+Step = Callable[[Workflow, "StepPort"], Awaitable[Workflow]]
 #: The workflow is past its deadline now (checked by the runner before every step).
 DeadlineRule = Callable[[Workflow, datetime], bool]
 #: How a workflow past its deadline ends (a transition through the context).
-Expiry = Callable[[Workflow, "StepContext"], Awaitable[Workflow]]
+Expiry = Callable[[Workflow, "StepPort"], Awaitable[Workflow]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,7 @@ def _never(_wf: Workflow, _now: datetime) -> bool:
     return False
 
 
-async def _no_expiry(wf: Workflow, _ctx: StepContext) -> Workflow:  # pragma: no cover - _never never fires
+async def _no_expiry(wf: Workflow, _ctx: StepPort) -> Workflow:  # pragma: no cover - _never never fires
     return wf
 
 
