@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from engine.clock import Clock
-from engine.errors import IdempotencyConflict
+from engine.errors import IdempotencyConflict, InvalidTransition
 from engine.kinds import ChildCounts, KindRegistry, Step, WorkflowKind, check_idempotency_key, new_workflow
 from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
@@ -247,6 +247,15 @@ class StepContext:
             if kind.is_terminal(state) or (kind.awaits_operator(state) and not resolved):
                 settled += n
         return ChildCounts(by_state=by_state, settled=settled)
+
+    async def cancel_child(self, parent: Workflow, child: Workflow) -> Workflow:
+        """Flag ``parent``'s child for cancellation (the store's cancel request, as an operator's cancel)
+        and wake the runner; refused (``InvalidTransition``) for a workflow that is not its child."""
+        if child.parent_id != parent.id:
+            raise InvalidTransition(f"{child.id} is not a child of {parent.id}")
+        flagged = await self.store.request_cancel(child.id, at=self.clock.now())
+        self.wake()
+        return flagged
 
     def _announce(self, before: Workflow, after: Workflow, event: Event) -> None:
         level = _WARNING if after.state in self.kinds[after.kind].alerting else _INFO

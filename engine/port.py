@@ -109,3 +109,8 @@ class StepPort(Protocol):
     ) -> Decimal:
         """The amount of ``currency`` submitted from ``account`` since ``since`` (see the store's rule)."""
         ...
+
+    async def cancel_child(self, parent: Workflow, child: Workflow) -> Workflow:
+        """Ask one of ``parent``'s own children to cancel: the flag an operator's cancel sets, which the
+        child's next step acts on (a parent cancelling what it started; no other workflow's flags)."""
+        ...

@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from engine.backoff import backoff_delay
-from engine.context import StepContext
 from engine.kinds import Step
 from engine.models import Workflow
+from engine.port import StepPort
 from workflows.batch.intake import BatchRequest
 from workflows.batch.machine import TERMINAL, BatchState, Progress, child_key, next_trigger
+from workflows.withdrawal_model import State
 
 __all__ = ["CHUNK", "STEPS", "progress_of"]
 
@@ -48,21 +49,15 @@ def _request(wf: Workflow) -> BatchRequest:
     return request
 
 
-async def progress_of(ctx: StepContext, wf: Workflow) -> Progress:
-    """The batch's children by the store: how many exist, are terminal, wait for an operator."""
-    counts = await ctx.store.count_children(wf.id)
-    total = terminal = awaiting = 0
-    for (kind_name, state, resolved), n in counts.items():
-        kind = ctx.kinds[kind_name]
-        total += n
-        if kind.is_terminal(state):
-            terminal += n
-        elif kind.awaits_operator(state) and not resolved:
-            awaiting += n
-    return Progress(total=total, terminal=terminal, awaiting=awaiting)
+async def progress_of(ctx: StepPort, wf: Workflow) -> Progress:
+    """The batch's children by the store: how many exist, are terminal, wait for an operator (settled by
+    their kind's rule but not terminal: a withdrawal in review that no operator has decided yet)."""
+    counts = await ctx.children(wf)
+    terminal = sum(n for state, n in counts.by_state.items() if State(state).is_terminal)
+    return Progress(total=counts.total, terminal=terminal, awaiting=counts.settled - terminal)
 
 
-async def step_accepted(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_accepted(wf: Workflow, ctx: StepPort) -> Workflow:
     """Start dispatching (or go straight to cancelling: nothing was created yet)."""
     if wf.cancel_requested:
         return await _cancel(wf, ctx)
@@ -72,7 +67,7 @@ async def step_accepted(wf: Workflow, ctx: StepContext) -> Workflow:
     )  # fmt: skip
 
 
-async def step_dispatching(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_dispatching(wf: Workflow, ctx: StepPort) -> Workflow:
     """Create the next chunk of children (each under its derived key), then record the progress; when
     every item has its child, move to ``running`` with the count in the event."""
     if wf.cancel_requested:
@@ -88,7 +83,7 @@ async def step_dispatching(wf: Workflow, ctx: StepContext) -> Workflow:
     return await ctx.transition(wf, "dispatched", event_data={"children": done}, data=data, next_run_at=ctx.now())
 
 
-async def step_following(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_following(wf: Workflow, ctx: StepPort) -> Workflow:
     """running / needs_attention / cancelling: flag children for cancel while some are left to flag,
     else read the children's counts and move when they say so (settle, attention, resume, cancelled)."""
     if wf.state == B.CANCELLING and wf.data.get("cancel_cursor") is not None:
@@ -108,7 +103,7 @@ async def step_following(wf: Workflow, ctx: StepContext) -> Workflow:
     return await _look_later(wf, ctx, progress)
 
 
-async def _look_later(wf: Workflow, ctx: StepContext, progress: Progress) -> Workflow:
+async def _look_later(wf: Workflow, ctx: StepPort, progress: Progress) -> Workflow:
     """Sleep until the next look: soon after a change, backing off while nothing moves."""
     seen = wf.data.get("seen")
     now_seen = [progress.total, progress.terminal, progress.awaiting]
@@ -117,7 +112,7 @@ async def _look_later(wf: Workflow, ctx: StepContext, progress: Progress) -> Wor
     return await ctx.reschedule(wf, delay, attempt=attempt, data={**wf.data, "seen": now_seen})
 
 
-async def _cancel(wf: Workflow, ctx: StepContext) -> Workflow:
+async def _cancel(wf: Workflow, ctx: StepPort) -> Workflow:
     """``cancelling``: no more children are created; the ones created are flagged next (from the start)."""
     dispatched = int(wf.data.get("dispatched", 0)) if wf.state != B.ACCEPTED else 0
     return await ctx.transition(
@@ -126,22 +121,19 @@ async def _cancel(wf: Workflow, ctx: StepContext) -> Workflow:
     )  # fmt: skip
 
 
-async def _flag_children(wf: Workflow, ctx: StepContext) -> Workflow:
+async def _flag_children(wf: Workflow, ctx: StepPort) -> Workflow:
     """Flag the next page of children for cancel, through the store's cancel request (the same path an
     operator's cancel of one withdrawal takes): a child not yet submitted then cancels itself, one at the
     exchange asks the exchange to cancel it. Terminal children are left alone."""
     cursor = str(wf.data["cancel_cursor"])
-    page = await ctx.store.children(wf.id, after_id=cursor or None, limit=CHUNK)
-    now = ctx.now()
-    open_children = [c for c in page if not ctx.kinds[c.kind].is_terminal(c.state) and not c.cancel_requested]
-    await _all([ctx.store.request_cancel(child.id, at=now) for child in open_children])
-    if open_children:
-        ctx.wake()
+    page = await ctx.list_children(wf, after_id=cursor or None, limit=CHUNK)
+    open_children = [c for c in page if not ctx.kind(c).is_terminal(c.state) and not c.cancel_requested]
+    await _all([ctx.cancel_child(wf, child) for child in open_children])
     flagged = int(wf.data.get("cancel_flagged", 0)) + len(open_children)
     data: dict[str, Any] = {**wf.data, "cancel_flagged": flagged}
     if len(page) < CHUNK:
         data["cancel_cursor"] = None
-        return await ctx.note(wf, "children_flagged", changes={"data": data, "next_run_at": now}, flagged=flagged)
+        return await ctx.note(wf, "children_flagged", changes={"data": data, "next_run_at": ctx.now()}, flagged=flagged)
     data["cancel_cursor"] = page[-1].id
     return await ctx.reschedule(wf, 0.0, data=data)
 
