@@ -363,7 +363,7 @@ async def list_withdrawals(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if cursor is not None:
         await _known_cursor(engine, cursor)
-    items = await engine.list(state=state, limit=limit, before=cursor)
+    items = await engine.list(state=state, limit=limit, before=cursor, kind="withdrawal")
     next_cursor = items[-1].id if len(items) == limit else None
     return _json({"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor})
 

@@ -162,7 +162,7 @@ class StoreBackend:
             raise ApiError(422, "invalid_request", "invalid state", {"state": f"unknown state {state!r}"}) from None
         if cursor is not None:
             await self._check_cursor(cursor)
-        items = await self.engine.list(state=wanted, limit=limit, before=cursor)
+        items = await self.engine.list(state=wanted, limit=limit, before=cursor, kind="withdrawal")
         next_cursor = items[-1].id if len(items) == limit else None
         return {"withdrawals": [workflow_view(wf) for wf in items], "next_cursor": next_cursor}
 

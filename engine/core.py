@@ -151,12 +151,12 @@ class Engine:
         return await self.store.get(workflow_id)
 
     async def list(
-        self, *, state: str | None = None, limit: int = 100, before: str | None = None
+        self, *, state: str | None = None, limit: int = 100, before: str | None = None, kind: str | None = None
     ) -> builtins.list[Workflow]:
-        """Newest first; pass the last id as ``before`` for the next page."""
+        """Newest first; pass the last id as ``before`` for the next page; ``kind``: only that kind's."""
         if not 1 <= limit <= 1000:
             raise InvalidRequest("must be between 1 and 1000", field="limit")
-        return await self.store.list(state=state, limit=limit, before_id=before)
+        return await self.store.list(state=state, limit=limit, before_id=before, kind=kind)
 
     async def cancel(self, workflow_id: str) -> Workflow:
         """Ask to cancel: locally before submit, at the exchange after. Terminal workflows refuse."""

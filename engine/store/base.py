@@ -71,8 +71,10 @@ class Store(Protocol):
         """The workflow submitted under ``key``, if any."""
         ...
 
-    async def list(self, *, state: str | None = None, limit: int = 100, before_id: str | None = None) -> WorkflowList:
-        """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
+    async def list(
+        self, *, state: str | None = None, limit: int = 100, before_id: str | None = None, kind: str | None = None
+    ) -> WorkflowList:
+        """Newest first; ``before_id`` is the cursor (ids sort by creation time); ``kind``: only that kind's."""
         ...
 
     async def commit(

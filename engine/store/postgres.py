@@ -588,14 +588,16 @@ class PostgresStore:
         return found[0] if found else None
 
     async def list(
-        self, *, state: str | None = None, limit: int = 100, before_id: str | None = None
+        self, *, state: str | None = None, limit: int = 100, before_id: str | None = None, kind: str | None = None
     ) -> builtins.list[Workflow]:
-        """Newest first (ids sort by creation time), filtered by state, paged by id."""
+        """Newest first (ids sort by creation time), filtered by state (and kind), paged by id."""
         return await self._fetch(
-            "($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+            "($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR id < $2) AND ($4::text IS NULL OR kind = $4) "
+            "ORDER BY id DESC LIMIT $3",
             None if state is None else str(state),
             before_id,
             limit,
+            kind,
         )
 
     async def next_due_at(self, *, any_lease: bool = False) -> datetime | None:

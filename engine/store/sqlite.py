@@ -592,12 +592,17 @@ class SQLiteStore:
         """The workflow submitted under this key."""
         return await _fetch_wf(self._read_conn(), self.kinds, "idempotency_key = ?", (key,))
 
-    async def list(self, *, state: str | None = None, limit: int = 100, before_id: str | None = None) -> WorkflowList:
-        """Newest first, filtered by state, paged by id."""
+    async def list(
+        self, *, state: str | None = None, limit: int = 100, before_id: str | None = None, kind: str | None = None
+    ) -> WorkflowList:
+        """Newest first, filtered by state (and kind), paged by id."""
         clauses, args = ["1 = 1"], []
         if state is not None:
             clauses.append("state = ?")
             args.append(str(state))
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)
         if before_id is not None:
             clauses.append("id < ?")
             args.append(before_id)

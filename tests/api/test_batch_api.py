@@ -113,6 +113,13 @@ class TestOther:
         assert (await api.client.call("GET", "/v1/batches/wd_0123abcd")).status == 404
         assert (await api.client.call("GET", f"/v1/batches/{batch_id}/report?format=xml")).status == 422
 
+    async def test_withdrawal_list_shows_withdrawals_only(self, api: Api) -> None:
+        """GET /v1/withdrawals lists the batch's children (withdrawals), never the batch itself."""
+        batch = (await api.client.call("POST", "/v1/batches", body=[item("a", "0.041")])).body
+        await settled(api, batch["id"])
+        listed = (await api.client.call("GET", "/v1/withdrawals")).body["withdrawals"]
+        assert [w["request"]["amount"] for w in listed] == ["0.041"]
+
     async def test_routes_need_the_token(self, api: Api) -> None:
         """Batch routes sit behind the same bearer token."""
         for method, path in [("POST", "/v1/batches"), ("GET", "/v1/batches/bt_01"), ("GET", "/v1/batches/bt_01/report"),

@@ -109,12 +109,18 @@ class TestBatchRecord:
         assert checked == 1 and broken == []
 
     async def test_counted_and_listed_by_its_states(self, store: Store) -> None:
-        """count_by_state and list(state=...) know the batch's states beside the withdrawal's."""
+        """count_by_state and list(state=...) know the batch's states beside the withdrawal's; list(kind=...)
+        keeps one kind (the withdrawal list of the API and CLI shows no batch)."""
         running = await move(store, await move(store, await add_batch(store), "dispatch"), "dispatched")
         await add_batch(store)
         counts = await store.count_by_state()
         assert counts.get("accepted") == 1 and counts.get("running") == 1
         assert [w.id for w in await store.list(state="running")] == [running.id]
+        kid, _ = await child(store, running, 0)
+        assert [w.id for w in await store.list(kind="withdrawal")] == [kid.id]
+        batches = await store.list(kind="batch")
+        assert {w.kind for w in batches} == {"batch"} and len(batches) == 2
+        assert len(await store.list()) == 3
 
     async def test_cancel_flag_and_claims(self, store: Store) -> None:
         """A batch is claimed like any due workflow; a cancel flags it and makes it due; a terminal one
