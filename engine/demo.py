@@ -11,13 +11,16 @@ seed's allowlisted networks. A few are built to fail, each for a documented reas
 - XRP 13.13, which the sandbox's outcome rule makes the exchange REJECT  -> ``REJECTED``
 - ETH 0.131313, which an outcome rule makes FAIL on chain                -> ``FAILED``
 
-Everything else ends ``DONE``. The demo shows live progress, then a table of outcomes and the exchange
-calls used per endpoint, and exits 0 only when every workflow ended as expected.
+Everything else ends ``DONE``. Beside them runs a small payout batch (:func:`demo_batch`: five items,
+one REJECTED by the exchange, one not allowlisted), which settles with its settlement report. The demo
+shows live progress, then a table of outcomes, the batch's report and the exchange calls used per
+endpoint, and exits 0 only when every workflow and every batch item ended as expected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sys
@@ -44,7 +47,7 @@ from engine.sandbox.defaults import build_default_seed
 from engine.sandbox.model import OutcomeRule, Timings, WithdrawalState
 from engine.upbit.auth import Credentials
 
-__all__ = ["DEMO_SETTINGS", "Planned", "demo_seed", "plan", "run_demo"]
+__all__ = ["DEMO_SETTINGS", "Planned", "demo_batch", "demo_seed", "plan", "run_demo"]
 
 #: Demo timings: a paused wallet gives up after 4 s instead of 30 min; polls are frequent.
 DEMO_SETTINGS = WorkflowSettings(
@@ -146,6 +149,33 @@ def plan(count: int, seed: SandboxSeed) -> list[Planned]:
     return planned
 
 
+def demo_batch(seed: SandboxSeed) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """The demo's payout batch (items as a payout file has them) and each reference's expected outcome."""
+    addresses = _addresses(seed)
+    bogus = "bc1qnotinthe0allowlist000000000000000000000"
+    rows = [
+        ("payroll-001", "BTC", "BTC", "0.0031", addresses[("BTC", "BTC")], "DONE"),
+        ("payroll-002", "USDT", "TRX", "31.5", addresses[("USDT", "TRX")], "DONE"),
+        ("payroll-003", "XRP", "XRP", "31.5", addresses[("XRP", "XRP")], "DONE"),
+        ("payroll-004", "XRP", "XRP", "13.13", addresses[("XRP", "XRP")], "REJECTED"),
+        ("payroll-005", "BTC", "BTC", "0.0032", bogus, "aborted"),
+    ]
+    items = [{"reference": r, "currency": c, "net_type": n, "amount": a, "address": to} for r, c, n, a, to, _ in rows]
+    return items, {row[0]: row[5] for row in rows}
+
+
+async def _run_batch(engine: Engine, batch_id: str, expected: dict[str, str]) -> dict[str, Any]:
+    """Wait for the demo batch to settle; its report, each item checked against what was expected."""
+    with contextlib.suppress(TimeoutError):  # a batch that did not settle is reported as not ok
+        await engine.wait(batch_id, timeout=SETTLE_LIMIT)
+    report = await engine.batch_report(batch_id)
+    for row in report["items"]:
+        row["expected"] = expected[row["reference"]]
+        row["as_expected"] = row["outcome"] == row["expected"]
+    report["ok"] = report["state"] == "settled" and all(row["as_expected"] for row in report["items"])
+    return report
+
+
 class _Tracker:
     """Latest state per workflow, fed by the engine's transition hook."""
 
@@ -197,15 +227,19 @@ async def _run(count: int, db_path: Path, console: Console) -> dict[str, Any]:
     tracker = _Tracker()
     started = time.monotonic()
     sandbox = SandboxServer(seed=seed)
+    items, expected = demo_batch(seed)
     async with sandbox, build_engine(_config(sandbox.url, db_path), observers=[tracker.observe]) as engine:
         ids = [(await engine.submit(p.request)).id for p in planned]
+        batch = await engine.submit_batch(items, idempotency_key="demo-payroll")
         try:
             await _follow(engine, tracker, ids, console)
         except TimeoutError:
             console.print(f"[red]not every withdrawal settled within {SETTLE_LIMIT:g} s[/red]")
         finals = [await engine.get(i) for i in ids]
+        batch_report = await _run_batch(engine, batch.id, expected)
         stats = engine.stats()["default"]
-    return _report(planned, finals, stats, time.monotonic() - started)
+    report = _report(planned, finals, stats, time.monotonic() - started)
+    return {**report, "ok": report["ok"] and batch_report["ok"], "batch": batch_report}
 
 
 def _report(planned: list[Planned], finals: list[Workflow], stats: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -246,17 +280,31 @@ def _show(report: dict[str, Any], console: Console) -> None:
             f"[{style}]{row['state']}[/{style}]", row["reason"] or "", mark,
         )  # fmt: skip
     console.print(table)
+    _show_batch(report["batch"], console)
     calls = Table("endpoint", "calls", title="Exchange API calls")
     for endpoint, n in report["calls"].items():
         calls.add_row(endpoint, str(n))
     calls.add_row("[bold]total[/bold]", f"[bold]{report['calls_total']}[/bold]")
     console.print(calls)
-    per = report["calls_total"] / max(1, len(report["workflows"]))
+    batch_items = len(report["batch"]["items"])
+    per = report["calls_total"] / max(1, len(report["workflows"]) + batch_items)
     verdict = "[green]every withdrawal ended as expected[/green]" if report["ok"] else "[red]unexpected outcomes[/red]"
     console.print(
-        f"{len(report['workflows'])} withdrawals in {report['elapsed_seconds']:.1f} s, {per:.2f} exchange calls "
-        f"each ({report['poll_batches']} batched polls): {verdict}"
+        f"{len(report['workflows'])} withdrawals and a batch of {batch_items} in {report['elapsed_seconds']:.1f} s, "
+        f"{per:.2f} exchange calls each ({report['poll_batches']} batched polls): {verdict}"
     )
+
+
+def _show_batch(batch: dict[str, Any], console: Console) -> None:
+    table = Table("reference", "amount", "outcome", "reason", "txid", "expected?",
+                  title=f"Payout batch {batch['batch_id']}: {batch['state']}")  # fmt: skip
+    for row in batch["items"]:
+        mark = "[green]as expected[/green]" if row["as_expected"] else f"[red]NO[/red] (wanted {row['expected']})"
+        table.add_row(row["reference"], f"{row['amount']} {row['currency']}", row["outcome"], row["reason"] or "",
+                      row["txid"] or "", mark)  # fmt: skip
+    console.print(table)
+    totals = ", ".join(f"{cur} {t['amount']} ({t['count']} items)" for cur, t in batch["totals"]["by_currency"].items())
+    console.print(f"batch totals: {totals}; by outcome: {batch['totals']['by_state']}")
 
 
 def run_demo(*, count: int = 20, db: str | None = None, as_json: bool = False) -> int:
