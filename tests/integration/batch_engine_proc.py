@@ -16,7 +16,7 @@ from engine.models import Event, Workflow
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import FAST, make_gateway
 
-CREATE_DELAY = 0.1
+CREATE_DELAY = 0.5
 
 
 class PacedStore(SQLiteStore):

@@ -211,3 +211,20 @@ class TestLimits:
         """Caps are currency codes with positive decimal strings."""
         with pytest.raises(InvalidRequest):
             parse_limits(caps)
+
+
+class TestStoredForm:
+    """A batch read back from the store validates an item's request only when it is used."""
+
+    def test_lazy_items(self) -> None:
+        """Reading a stored batch costs no validation; totals come from the stored amounts; a request
+        validates on first use (a tampered one is refused then, with its field)."""
+        stored = build_batch([item("a", amount="0.5"), item("b", amount="0.25")]).to_dict()
+        stored["items"][1]["request"]["currency"] = "b t c"
+        batch = BatchRequest.from_dict(stored)
+        assert batch.totals() == {"BTC": Decimal("0.5"), "b t c": Decimal("0.25")}
+        assert batch.items[0].request.amount == Decimal("0.5")
+        with pytest.raises(InvalidRequest) as err:
+            _ = batch.items[1].request
+        assert err.value.field == "currency"
+        assert BatchRequest.from_dict(stored).to_dict() == stored

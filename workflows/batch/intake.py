@@ -84,27 +84,67 @@ class ItemError:
         return {"index": self.index, "reference": self.reference, "field": self.field, "message": self.message}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class BatchItem:
     """One payout: the withdrawal request, the caller's reference, and its position in the submitted list
-    (which the child's idempotency key derives from, so it never changes once accepted)."""
+    (which the child's idempotency key derives from, so it never changes once accepted).
 
-    index: int
-    reference: str
-    request: WithdrawalRequest
+    Read back from the store, an item keeps its stored form and validates it into a
+    :class:`WithdrawalRequest` only when ``request`` is first asked for: the batch's row is read and
+    written at every step of the batch, and re-validating 10,000 requests each time would cost ~0.2 s
+    of CPU per step for nothing (a step dispatching a chunk needs the chunk's requests only)."""
+
+    __slots__ = ("_raw", "_request", "index", "reference")
+
+    def __init__(
+        self, *, index: int, reference: str, request: WithdrawalRequest | None = None,
+        raw: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        if request is None and raw is None:
+            raise TypeError("a BatchItem needs its request (or its stored form)")
+        self.index = index
+        self.reference = reference
+        self._request = request
+        self._raw = raw
+
+    @property
+    def request(self) -> WithdrawalRequest:
+        """The item's withdrawal request (validated on first use when read from the store)."""
+        if self._request is None:
+            assert self._raw is not None
+            self._request = WithdrawalRequest.from_dict(dict(self._raw))
+        return self._request
+
+    @property
+    def currency(self) -> str:
+        """The request's currency (without validating a stored item)."""
+        return str(self._raw["currency"]) if self._request is None and self._raw is not None else self.request.currency
+
+    @property
+    def amount(self) -> Decimal:
+        """The request's exact amount (without validating a stored item)."""
+        return Decimal(str(self._raw["amount"])) if self._request is None and self._raw is not None else (
+            self.request.amount
+        )
+
+    def __repr__(self) -> str:
+        return f"<BatchItem #{self.index} {self.reference!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BatchItem):
+            return NotImplemented
+        return (self.index, self.reference) == (other.index, other.reference) and self.request.same_as(other.request)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the request's amount as an exact string)."""
-        return {"index": self.index, "reference": self.reference, "request": self.request.to_dict()}
+        request = dict(self._raw) if self._request is None and self._raw is not None else self.request.to_dict()
+        return {"index": self.index, "reference": self.reference, "request": request}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchItem:
-        """From :meth:`to_dict`'s shape (a stored batch)."""
-        return cls(
-            index=int(data["index"]),
-            reference=str(data["reference"]),
-            request=WithdrawalRequest.from_dict(dict(data["request"])),
-        )
+        """From :meth:`to_dict`'s shape (a stored batch); the request is validated on first use."""
+        return cls(index=int(data["index"]), reference=str(data["reference"]), raw=dict(data["request"]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,7 +173,7 @@ class BatchRequest:
         """The sum of the items' amounts per currency."""
         sums: dict[str, Decimal] = {}
         for item in self.items:
-            sums[item.request.currency] = sums.get(item.request.currency, Decimal(0)) + item.request.amount
+            sums[item.currency] = sums.get(item.currency, Decimal(0)) + item.amount
         return sums
 
     def accounts(self) -> frozenset[str]:

@@ -27,8 +27,9 @@ from workflows.withdrawal_model import State
 __all__ = ["CHUNK", "STEPS", "progress_of"]
 
 B = BatchState
-#: Children created (or flagged for cancel) per step: one grouped store transaction, well inside a lease.
-CHUNK = 100
+#: Children created (or flagged for cancel) per step: grouped store transactions, well inside a lease
+#: (fewer, larger steps: each step reads and writes the batch's row, up to 10,000 items).
+CHUNK = 500
 FOLLOW_INITIAL, FOLLOW_MAX = 0.25, 5.0
 T = TypeVar("T")
 
