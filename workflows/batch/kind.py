@@ -89,7 +89,7 @@ class BatchKind(WorkflowKind):
     ) -> BatchRequest:
         """Validate every item (``InvalidBatch`` naming each problem) and the caps; nothing is stored."""
         if isinstance(items, BatchRequest):  # built by the caller: its accounts are checked here
-            batch = items if max_total is None else replace(items, max_total=dict(max_total))
+            batch = items if max_total is None else replace(items, max_total=dict(max_total), stored=None)
             unknown = [i for i in batch.items if i.request.account not in accounts]
             if unknown:
                 raise InvalidBatch(errors=[_no_account(i.index, i.reference, i.request.account) for i in unknown])
