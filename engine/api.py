@@ -45,9 +45,10 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.http_server import ServerLimits, start_site
+from engine.kinds import WorkflowKind, default_kinds
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
-from engine.models import State, WithdrawalRequest, Workflow
+from engine.models import Workflow
 
 __all__ = [
     "ApiError",
@@ -64,6 +65,8 @@ __all__ = [
 log = structlog.get_logger("engine.api")
 
 ENGINE = web.AppKey("engine", Engine)
+#: The workflow kind the /v1/withdrawals routes serve.
+WITHDRAWAL = "withdrawal"
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 OPENAPI = web.AppKey("openapi", bytes)
@@ -109,33 +112,20 @@ def error_body(name: str, message: str, fields: Mapping[str, str] | None = None)
 
 
 def workflow_view(wf: Workflow) -> dict[str, Any]:
-    """The one JSON view of a workflow (API answers, ``--json`` CLI output)."""
-    return {
-        "id": wf.id,
-        "state": str(wf.state),
-        "request": wf.request.to_dict(),
-        "exchange_uuid": wf.exchange_uuid,
-        "txid": wf.txid,
-        "exchange_state": wf.exchange_state,
-        "reason": wf.reason,
-        "error": wf.error,
-        "submit_count": wf.submit_count,
-        "cancel_requested": wf.cancel_requested,
-        "resolution": wf.resolution,
-        "created_at": wf.created_at.isoformat(),
-        "updated_at": wf.updated_at.isoformat(),
-        "lane": wf.lane,
-    }
+    """The one JSON view of a workflow (API answers, ``--json`` CLI output): its kind's ``view``."""
+    return default_kinds()[wf.kind].view(wf)
 
 
-def parse_withdrawal(data: object) -> WithdrawalRequest:
-    """A request from a JSON body, or an :class:`ApiError` (422) naming *every* bad field.
+def parse_withdrawal(data: object, kind: WorkflowKind | None = None) -> Any:
+    """A withdrawal request (the kind's request model) from a JSON body, or an :class:`ApiError` (422)
+    naming *every* bad field.
 
     The model validates one field at a time; a failed field is swapped for a valid stand-in and the
     model asked again, so the answer lists all problems at once while the rules stay in one place.
     """
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    parse = (kind or default_kinds()[WITHDRAWAL]).parse_request
     fields = {key: "unknown field" for key in sorted(set(data) - set(_STAND_INS))}
     candidate = {key: value for key, value in data.items() if key in _STAND_INS}
     for key in _REQUIRED:
@@ -147,7 +137,7 @@ def parse_withdrawal(data: object) -> WithdrawalRequest:
         candidate["amount"] = _STAND_INS["amount"]
     for _ in range(len(_STAND_INS) + 1):
         try:
-            request = WithdrawalRequest.from_dict(candidate)
+            request = parse(candidate)
             break
         except InvalidRequest as exc:
             if exc.field not in _STAND_INS or exc.field in fields:
@@ -291,7 +281,7 @@ def _workflow_id(request: web.Request) -> str:
 
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/withdrawals."""
-    withdrawal = parse_withdrawal(await _body(request))
+    withdrawal = parse_withdrawal(await _body(request), request.app[ENGINE].kinds[WITHDRAWAL])
     key = _idempotency_key(request)
     engine = request.app[ENGINE]
     wf, created = await engine.intake(withdrawal, idempotency_key=key)
@@ -331,16 +321,16 @@ async def _known_cursor(engine: Engine, cursor: str) -> None:
         raise ApiError(422, "invalid_request", "invalid query parameters", {"cursor": problem}) from None
 
 
-def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | None]:
+def _list_params(query: Mapping[str, str], kind: WorkflowKind) -> tuple[str | None, int, str | None]:
     fields: dict[str, str] = {}
     for key in sorted(set(query) - {"state", "limit", "cursor"}):
         fields[key] = "unknown parameter"
-    state: State | None = None
+    state: str | None = None
     if "state" in query:
-        try:
-            state = State(query["state"])
-        except ValueError:
-            fields["state"] = f"must be one of {', '.join(s.value for s in State)}"
+        if query["state"] in kind.states:
+            state = query["state"]
+        else:
+            fields["state"] = f"must be one of {', '.join(str(s) for s in kind.states)}"
     limit = DEFAULT_PAGE
     if "limit" in query:
         try:
@@ -359,8 +349,8 @@ def _list_params(query: Mapping[str, str]) -> tuple[State | None, int, str | Non
 
 async def list_withdrawals(request: web.Request) -> web.Response:
     """GET /v1/withdrawals?state=&limit=&cursor=."""
-    state, limit, cursor = _list_params(request.query)
     engine = request.app[ENGINE]
+    state, limit, cursor = _list_params(request.query, engine.kinds[WITHDRAWAL])
     if cursor is not None:
         await _known_cursor(engine, cursor)
     items = await engine.list(state=state, limit=limit, before=cursor, kind="withdrawal")
@@ -378,9 +368,10 @@ async def resolve(request: web.Request) -> web.Response:
     workflow_id = _workflow_id(request)
     body = await _body(request)
     if not isinstance(body, dict) or set(body) != {"action"} or not isinstance(body["action"], str):
+        actions = [str(a) for a in request.app[ENGINE].kinds[WITHDRAWAL].resolutions]
         raise ApiError(
-            422, "invalid_request", 'the body must be {"action": "resubmit"} or {"action": "abandon"}',
-            {"action": "must be resubmit or abandon"},
+            422, "invalid_request", f"the body must be {' or '.join(json.dumps({'action': a}) for a in actions)}",
+            {"action": f"must be {' or '.join(actions)}"},
         )  # fmt: skip
     return _json(workflow_view(await request.app[ENGINE].resolve(workflow_id, body["action"])), status=202)
 

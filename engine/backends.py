@@ -22,12 +22,11 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from engine.api import ApiError, parse_withdrawal, workflow_view
-from engine.bootstrap import open_store
+from engine.bootstrap import open_store, standard_kinds
 from engine.clock import SystemClock
 from engine.config import AccountConfig, Config
 from engine.core import Engine
 from engine.errors import ConfigError, EngineError, WorkflowNotFound
-from engine.models import State
 from engine.upbit.auth import Credentials
 from engine.upbit.client import UpbitClient
 from engine.upbit.gateway import Gateway
@@ -156,10 +155,9 @@ class StoreBackend:
 
     async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
         """One page, newest first."""
-        try:
-            wanted = State(state) if state else None
-        except ValueError:
-            raise ApiError(422, "invalid_request", "invalid state", {"state": f"unknown state {state!r}"}) from None
+        wanted = state or None
+        if wanted is not None and wanted not in self.engine.kinds["withdrawal"].states:
+            raise ApiError(422, "invalid_request", "invalid state", {"state": f"unknown state {state!r}"})
         if cursor is not None:
             await self._check_cursor(cursor)
         items = await self.engine.list(state=wanted, limit=limit, before=cursor, kind="withdrawal")
@@ -291,11 +289,11 @@ async def wait_settled(
     """Poll until the workflow is terminal or needs an operator; ``on_poll(view)`` after every read.
 
     Bound it with ``asyncio.timeout``."""
-    settled = {s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value}
+    kind = standard_kinds()["withdrawal"]  # the views the backends speak are the withdrawal's
     while True:
         view = await backend.get(workflow_id)
         if on_poll is not None:
             on_poll(view)
-        if view["state"] in settled:
+        if kind.settles_in(view["state"]):
             return view
         await asyncio.sleep(interval)

@@ -18,13 +18,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from engine.backends import Backend, HttpBackend, StoreBackend
+from engine.batch_ops import BATCH_KIND, BatchOps
 from engine.bootstrap import standard_kinds
 from engine.errors import InvalidBatch
 
@@ -222,11 +223,11 @@ def register(group: click.Group, parts: CliParts) -> None:
         parts.emit_json(view) if opts.json else _show_status(parts.console(), view)
 
 
-def _kind() -> Any:
+def _kind() -> BatchOps:
     """The batch kind (its pure file reading and CSV rendering serve both the store and ``--api``)."""
-    return standard_kinds()["batch"]
+    return cast(BatchOps, standard_kinds()[BATCH_KIND])
 
 
 def _csv(report: dict[str, Any]) -> str:
     """The report's CSV, rendered by the batch kind (the same text ``GET .../report?format=csv`` gives)."""
-    return str(_kind().render_csv(report))
+    return _kind().render_csv(report)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import structlog
 
+from engine.batch_ops import BATCH_KIND, BatchOps
 from engine.clock import Clock, SystemClock
 from engine.context import StepContext, TransitionObserver, create_workflow
 from engine.errors import InvalidRequest, InvalidTransition, WorkflowNotFound
@@ -26,10 +27,6 @@ from engine.policy import Policy, WorkflowSettings
 from engine.runner import Runner
 from engine.store.base import Store
 from engine.upbit.gateway import Gateway
-
-if TYPE_CHECKING:
-    from workflows.batch.intake import BatchRequest
-    from workflows.batch.kind import BatchKind
 
 __all__ = ["Engine"]
 
@@ -238,13 +235,13 @@ class Engine:
     #: [batches] max_body_bytes: the largest batch the HTTP API reads.
     batch_max_body_bytes: int = 8 * 1024 * 1024
 
-    def _batch_kind(self) -> BatchKind:
+    def _batch_kind(self) -> BatchOps:
         """The registered batch kind (its batch-only operations are pure; this engine does the I/O)."""
-        return cast("BatchKind", self.kinds["batch"])
+        return cast(BatchOps, self.kinds[BATCH_KIND])
 
     async def _batch(self, batch_id: str) -> Workflow:
         wf = await self.store.get(batch_id)
-        if wf.kind != "batch":
+        if wf.kind != BATCH_KIND:
             raise WorkflowNotFound(f"no batch has the id {batch_id}")
         return wf
 
@@ -255,13 +252,16 @@ class Engine:
 
     async def submit_batch(
         self,
-        items: Sequence[object] | BatchRequest,
+        items: object,
         *,
         skip_invalid: bool = False,
         max_total: Mapping[str, Decimal] | None = None,
         idempotency_key: str | None = None,
     ) -> Workflow:
-        """Validate a payout batch whole and persist it as one workflow (see :meth:`intake_batch`)."""
+        """Validate a payout batch whole and persist it as one workflow (see :meth:`intake_batch`).
+
+        ``items``: a list of item objects (withdrawal request fields plus ``reference``), or a batch request
+        the batch kind built (``workflows.batch.intake.build_batch``)."""
         workflow, _ = await self.intake_batch(
             items, skip_invalid=skip_invalid, max_total=max_total, idempotency_key=idempotency_key
         )
@@ -269,7 +269,7 @@ class Engine:
 
     async def intake_batch(
         self,
-        items: Sequence[object] | BatchRequest,
+        items: object,
         *,
         skip_invalid: bool = False,
         max_total: Mapping[str, Decimal] | None = None,

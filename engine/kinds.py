@@ -111,15 +111,19 @@ class WorkflowKind:
     id_prefix: str = "wf"
     #: The workflow as callers see it (API and CLI JSON).
     view: Callable[[Workflow], dict[str, Any]] = _no_view
+    #: Presentation: the usual way through (a progress bar's steps), the states that count as success
+    #: (a CLI's ``--wait`` exits 0 on them), and a colour per state worth one (green/red/yellow).
+    path: tuple[str, ...] = ()
+    success: frozenset[str] = frozenset()
+    styles: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name:
             raise ValueError(f"a kind name must be non-empty and free of ':': {self.name!r}")
         if self.initial not in self.states:
             raise ValueError(f"{self.name}: initial state {self.initial!r} is not one of its states")
-        unknown = (set(self.terminal) | set(self.awaiting_operator) | set(self.urgent) | set(self.steps)) - set(
-            self.states
-        )
+        named = (self.terminal, self.awaiting_operator, self.urgent, self.alerting, self.steps, self.path, self.success)
+        unknown = {state for states in named for state in states} - set(self.states)
         if unknown:
             raise ValueError(f"{self.name}: unknown state(s) {sorted(unknown)}")
 
@@ -134,8 +138,14 @@ class WorkflowKind:
         """An operator's resolution is accepted in this state."""
         return state in self.awaiting_operator
 
+    def settles_in(self, state: str) -> bool:
+        """Nothing happens in this state until someone acts, if ever: terminal, or awaiting an operator
+        (what a caller that only has a state, e.g. an API view, waits for)."""
+        return state in self.terminal or state in self.awaiting_operator
+
     def is_settled(self, wf: Workflow) -> bool:
-        """Terminal, or waiting for an operator who has not decided yet (what ``wait`` waits for)."""
+        """The one definition of settled: terminal, or waiting for an operator who has not decided yet
+        (what ``Engine.wait`` waits for)."""
         return self.is_terminal(wf.state) or (self.awaits_operator(wf.state) and wf.resolution is None)
 
     def is_urgent(self, state: str) -> bool:

@@ -176,7 +176,7 @@ class Metrics:
 
     def observer(self, before: Workflow, after: Workflow, event: Event) -> None:
         """TransitionObserver: count the state change; time it when it lands in a terminal state."""
-        if event.trigger in ("watch", "note") and event.data.get("note") == "late_withdrawal":
+        if event.data.get("note") == "late_withdrawal":
             self.late_withdrawals.inc(len(event.data.get("exchange_uuids") or ()))
         if event.from_state is None or event.from_state == event.to_state:
             return

@@ -953,4 +953,7 @@ KIND = WorkflowKind(
     accounts=lambda request: (request.account,),
     id_prefix="wd",
     view=view,
+    path=(S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET, S.SUBMITTING, S.WAITING, S.PROCESSING),
+    success=frozenset({S.DONE}),
+    styles={S.DONE: "green", S.ABORTED: "red", S.FAILED: "red", S.REJECTED: "red", S.NEEDS_REVIEW: "yellow"},
 )
