@@ -64,6 +64,10 @@ async def _submit(
                                                 idempotency_key=key)  # fmt: skip
         return await engine.get_batch(wf.id), created
     items, caps = _kind().read(text, fmt)  # parsed here, sent as JSON: the service validates every item
+    # Checked here first as well, so that a refusal lists every bad item (the service's answer carries
+    # them too, but the backend's error keeps only its message); the accounts are the service's to check.
+    named = {str(i.get("account") or "default") for i in items if isinstance(i, dict)}
+    _kind().accept(items, skip_invalid=skip_invalid, max_total=None, accounts=named, limits={})
     body = {"items": items, "max_total": {cur: format(v, "f") for cur, v in caps.items()}}
     headers = {"Idempotency-Key": key} if key else None
     params = {"skip_invalid": "true" if skip_invalid else "false"}

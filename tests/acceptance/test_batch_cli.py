@@ -61,8 +61,7 @@ class TestBatchCommands:
         refused = stack.cli(mode, "batch", "submit", str(path))
         assert refused.code == 2
         assert "invalid" in refused.err and refused.err.strip().splitlines()[-1].startswith("upbit-withdraw: error")
-        if mode == "store":  # every bad item and field, on stderr
-            assert "bad" in refused.err and "amount" in refused.err
+        assert "bad" in refused.err and "amount" in refused.err  # every bad item and field, on stderr
         skipped = stack.cli(mode, "--json", "batch", "submit", str(path), "--skip-invalid")
         assert skipped.code == 0, skipped.err
         assert [e["reference"] for e in skipped.json()["skipped"]] == ["bad"]
