@@ -182,6 +182,19 @@ class TestCancel:
         assert report["totals"]["by_state"] == {"not_created": 2}
 
 
+    async def test_a_batch_cancels_only_its_own_children(self, engine_factory: Any) -> None:
+        """The step port's cancel_child flags a child of the batch, and refuses any other workflow."""
+        async with engine_factory(run_runner=False) as engine:
+            batch = await engine.submit_batch([btc("a", "0.0601")])
+            request = WithdrawalRequest(currency="BTC", net_type="BTC", amount=Decimal("0.0602"), address=BTC_ADDRESS)
+            stranger = await engine.submit(request)
+            child, _ = await engine.ctx.create(batch.request.items[0].request, idempotency_key="k", parent=batch)
+            with pytest.raises(InvalidTransition, match="not a child"):
+                await engine.ctx.cancel_child(batch, stranger)
+            flagged = await engine.ctx.cancel_child(batch, child)
+            assert flagged.cancel_requested and not (await engine.get(stranger.id)).cancel_requested
+
+
 class TestAttention:
     async def test_a_child_in_review_puts_the_batch_in_needs_attention(
         self, engine_factory: Any, admin: SandboxAdmin
