@@ -56,7 +56,7 @@ class TestEndToEnd:
             batch = await engine.submit_batch(items, idempotency_key="payday-1")
             assert batch.kind == "batch" and batch.state == "accepted"
             settled = await engine.wait(batch.id, timeout=60)
-            assert settled.state == "settled"
+            assert settled.state == "settled" and settled.next_run_at is None  # never due again
             report = await engine.batch_report(batch.id)
             status = await engine.get_batch(batch.id)
             triggers = [e.trigger async for e in engine.events(batch.id, follow=False)]

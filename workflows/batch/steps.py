@@ -21,7 +21,7 @@ from engine.kinds import Step
 from engine.models import Workflow
 from engine.port import StepPort
 from workflows.batch.intake import BatchRequest
-from workflows.batch.machine import TERMINAL, BatchState, Progress, child_key, next_trigger
+from workflows.batch.machine import BatchState, Progress, child_key, next_trigger
 from workflows.withdrawal_model import State
 
 __all__ = ["CHUNK", "STEPS", "progress_of"]
@@ -31,6 +31,8 @@ B = BatchState
 #: (fewer, larger steps: each step reads and writes the batch's row, up to 10,000 items).
 CHUNK = 500
 FOLLOW_INITIAL, FOLLOW_MAX = 0.25, 5.0
+#: The triggers that end a batch (into a terminal state).
+_ENDINGS = frozenset({"settle", "cancelled"})
 T = TypeVar("T")
 
 
@@ -95,11 +97,11 @@ async def step_following(wf: Workflow, ctx: StepPort) -> Workflow:
     if trigger == "cancel":
         return await _cancel(wf, ctx)
     if trigger is not None:
-        dest_terminal = trigger in ("settle", "cancelled")
+        ending = trigger in _ENDINGS  # a settled or cancelled batch is never due again
         return await ctx.transition(
             wf, trigger,
             event_data={"children": progress.total, "open": progress.open, "awaiting": progress.awaiting},
-            next_run_at=None if dest_terminal else ctx.now(), attempt=0,
+            next_run_at=None if ending else ctx.now(), attempt=0,
         )  # fmt: skip
     return await _look_later(wf, ctx, progress)
 
@@ -146,4 +148,3 @@ STEPS: dict[str, Step] = {
     B.NEEDS_ATTENTION: step_following,
     B.CANCELLING: step_following,
 }
-assert not set(STEPS) & TERMINAL
