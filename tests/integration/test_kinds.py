@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from engine.machine import TransitionSpec, WorkflowMachine
 from engine.models import Workflow
 from engine.store.sqlite import SQLiteStore
 from workflows.withdrawal import KIND as WITHDRAWAL
+from workflows.withdrawal_model import WithdrawalRequest
 
 
 class TallyState(StrEnum):
@@ -167,6 +169,13 @@ async def test_a_repeated_create_returns_the_child_it_made(tmp_path: Path, kinds
             await ctx.create(Tick(0), idempotency_key="k", parent=None)
         counts = await ctx.children(parent)
         assert (counts.by_state, counts.settled, counts.total) == ({"new": 1}, 0, 1)
+        # A child of another kind is created the same way; one paying from an account nobody configured
+        # could never be stepped: refused, nothing stored.
+        orphan = WithdrawalRequest(currency="BTC", net_type="BTC", amount=Decimal("0.1"), address="bc1qchild0")
+        with pytest.raises(InvalidRequest, match="no account named 'default'"):
+            await ctx.create(orphan, idempotency_key="w", parent=parent)
+        assert await engine.store.get_by_idempotency_key("w") is None
+        assert (await ctx.children(parent)).total == 1
 
 
 async def test_rows_of_every_kind_survive_a_reopen(tmp_path: Path, kinds: KindRegistry) -> None:
