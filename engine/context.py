@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from engine.clock import Clock
-from engine.errors import IdempotencyConflict, InvalidTransition
+from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition
 from engine.kinds import ChildCounts, KindRegistry, Step, WorkflowKind, check_idempotency_key, new_workflow
 from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
@@ -79,12 +79,19 @@ async def create_workflow(
     settings: WorkflowSettings,
     idempotency_key: str | None = None,
     parent_id: str | None = None,
+    accounts: Collection[str] | None = None,
 ) -> tuple[Workflow, bool]:
     """Persist a new workflow of the request's kind (with its first event), or return the one already
     stored under ``idempotency_key`` (False: a replay). A replay must be the same request (and the same
-    parent): otherwise ``IdempotencyConflict``. The one path by which workflows are created, by callers
-    (:meth:`engine.Engine.submit`) and by steps (:meth:`StepContext.create`) alike."""
+    parent): otherwise ``IdempotencyConflict``. With ``accounts`` (the configured ones), a request that
+    pays from any other is refused first (``InvalidRequest``): it could never be stepped. The one path by
+    which workflows are created, by callers (:meth:`engine.Engine.submit`) and by steps
+    (:meth:`StepContext.create`) alike."""
     kind = kinds.for_request(request)
+    if accounts is not None:
+        for account in kind.accounts(request):
+            if account not in accounts:
+                raise InvalidRequest(f"no account named {account!r} is configured", field="account")
     check_idempotency_key(idempotency_key)
     if idempotency_key is not None:
         existing = await store.get_by_idempotency_key(idempotency_key)
@@ -207,6 +214,7 @@ class StepContext:
         stored, created = await create_workflow(
             self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
             idempotency_key=idempotency_key, parent_id=None if parent is None else parent.id,
+            accounts=self.gateways.keys(),
         )  # fmt: skip
         if created:
             self.wake()

@@ -126,13 +126,9 @@ class Engine:
 
     async def intake(self, request: Any, *, idempotency_key: str | None = None) -> tuple[Workflow, bool]:
         """Like :meth:`submit`, and says whether the workflow was created now (False: a replay)."""
-        kind = self.kinds.for_request(request)
-        for account in kind.accounts(request):
-            if account not in self.gateways:
-                raise InvalidRequest(f"no account named {account!r} is configured", field="account")
         stored, created = await create_workflow(
             self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, accounts=self.gateways.keys(),
         )  # fmt: skip
         if created:
             log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)

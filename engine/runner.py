@@ -1,15 +1,18 @@
 """The asyncio runner: claim due workflows, step them under a concurrency bound, persist, repeat.
 
 A sleeping workflow costs nothing here: it is a row with ``next_run_at``; no task, no machine object.
-The loop leases what is due (up to the free slots), drives each leased workflow through as many steps as
-are due right away, and gives the lease back. Between rounds it sleeps until the earliest due time, a
-wake-up (a new submission, a cancel) or a freed slot, whichever comes first.
+The runner runs any registered kind: a claimed workflow goes to its kind's step for its state
+(``kinds[wf.kind].step(state)``), after the kind's deadline rule had its say. The loop leases what is
+due (up to the free slots), drives each leased workflow through as many steps as are due right away,
+and gives the lease back. Between rounds it sleeps until the earliest due time, a wake-up (a new
+submission, a cancel) or a freed slot, whichever comes first.
 
 A step that fails does not fail its workflow: a read error reschedules it with tenacity backoff (and
-past the pre-flight deadline aborts it, nothing having been sent); a lost compare-and-set ends the drive
-and the workflow is picked up again from the store. Shutdown stops claiming, lets steps in flight finish
-(a POST in flight gets its answer recorded) for ``drain_timeout`` seconds, then cancels what remains;
-the store already says where each of those stands, so the next start resumes them.
+past its kind's deadline the kind ends it: a withdrawal aborts, nothing having been sent); a lost
+compare-and-set ends the drive and the workflow is picked up again from the store. Shutdown stops
+claiming, lets steps in flight finish (a POST in flight gets its answer recorded) for ``drain_timeout``
+seconds, then cancels what remains; the store already says where each of those stands, so the next
+start resumes them.
 
 Losing the store is not fatal either. A failed claim, a step whose write could not reach the store, a
 database restart or a full disk makes the runner stop claiming and retry after a capped, jittered

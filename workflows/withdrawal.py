@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, Unpack
 
 import structlog
 
@@ -42,13 +42,21 @@ from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 from workflows.withdrawal_model import (
     AbortReason,
+    ReconcileInfo,
     ReconcileMode,
     Resolution,
     State,
     TransactionType,
+    WithdrawalData,
     WithdrawalRequest,
     data_of,
 )
+
+#: A key of :class:`WithdrawalData`.
+WithdrawalKey = Literal[
+    "secondary_address", "network_name", "wallet_wait", "reconcile", "uncertain_posts", "watch", "absence",
+    "auto_resubmits", "cancel_noted", "cancel_sent",
+]
 
 __all__ = [
     "KIND",
@@ -133,6 +141,19 @@ _TRIGGERS = {
     ExchangeState.CANCELLED: "mark_cancelled",
     ExchangeState.REJECTED: "mark_rejected",
 }
+
+
+def _data(wf: Workflow, **changes: Unpack[WithdrawalData]) -> WithdrawalData:
+    """The workflow's data with ``changes`` (keys checked against :class:`WithdrawalData`)."""
+    return {**data_of(wf.data), **changes}
+
+
+def _data_without(wf: Workflow, *keys: WithdrawalKey) -> WithdrawalData:
+    """The workflow's data without ``keys``."""
+    data: WithdrawalData = {**data_of(wf.data)}
+    for key in keys:
+        data.pop(key, None)
+    return data
 
 
 # -- pure decisions ------------------------------------------------------------------------------------
@@ -347,7 +368,7 @@ async def step_verifying_address(wf: Workflow, ctx: StepPort) -> Workflow:
     match = match_address(wf.request, await ctx.gateway(wf).allowlist())
     if not match.ok:
         return await _abort(wf, ctx, Check(Verdict.ABORT, AbortReason.ADDRESS_NOT_ALLOWED, match.detail))
-    data = {**wf.data, "secondary_address": match.secondary_address}
+    data = _data(wf, secondary_address=match.secondary_address)
     if match.registered is not None:
         data["network_name"] = match.registered.network_name
     return await ctx.transition(wf, "verify", data=data, attempt=0, next_run_at=ctx.now())
@@ -414,7 +435,7 @@ async def _wait_for_wallet(wf: Workflow, ctx: StepPort, check: Check) -> Workflo
         changes = {
             "next_run_at": ctx.after(delay),
             "attempt": wf.attempt + 1,
-            "data": {**wf.data, "wallet_wait": check.detail},
+            "data": _data(wf, wallet_wait=check.detail),
         }
         return await ctx.note(wf, "wallet_wait", changes=changes, detail=check.detail)
     return await ctx.reschedule(wf, delay, attempt=wf.attempt + 1)
@@ -455,7 +476,7 @@ async def _submit(wf: Workflow, ctx: StepPort, trigger: str, **event_data: Any) 
             error=None,
             attempt=0,
             next_run_at=ctx.now(),
-            data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait", "absence")},
+            data=_data_without(wf, "reconcile", "wallet_wait", "absence"),
         )
     except BaseException as exc:
         gateway.release_submit_slot()
@@ -489,11 +510,11 @@ async def _lose_track(
     """``reconciling``; a POST that may have executed (all but a throttle) is counted in ``uncertain_posts``:
     an abandon watches the lane until that many withdrawals are accounted for."""
     error = exc.as_dict() if isinstance(exc, ExchangeError) else None
-    reconcile = {"mode": mode, "since": ctx.now().isoformat()}
+    reconcile = ReconcileInfo(mode=mode, since=ctx.now().isoformat())
     uncertain = int(data_of(wf.data).get("uncertain_posts", 0)) + (0 if mode == ReconcileMode.THROTTLED else 1)
     return await ctx.transition(
         wf, "lose_track", event_data={"mode": mode, "error": error}, error=error,
-        data={**wf.data, "reconcile": reconcile, "uncertain_posts": uncertain}, attempt=0,
+        data=_data(wf, reconcile=reconcile, uncertain_posts=uncertain), attempt=0,
         next_run_at=ctx.after(delay),
     )  # fmt: skip
 
@@ -510,12 +531,12 @@ async def _record(
         log.warning("exchange.unknown_state", workflow_id=wf.id, raw_state=withdrawal.raw_state)
         trigger = "mark_waiting" if wf.state is not S.PROCESSING else "note"
     terminal = withdrawal.state.is_terminal
-    data, watch = wf.data, _open_watch(wf)
+    data, watch = data_of(wf.data), _open_watch(wf)
     if watch is None and wf.exchange_uuid is None:  # first answer: earlier uncertain POSTs left to watch for?
         unaccounted = int(data_of(wf.data).get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
         if unaccounted > 0 and ctx.settings.lane_watch > 0:
             watch = _new_watch(ctx, unaccounted)
-            data = {**wf.data, "watch": watch}
+            data = _data(wf, watch=watch)
             extra = {**extra, "watch_until": watch["until"]}
     next_run_at = None if terminal else ctx.after(_poll_delay(ctx, attempt))
     if terminal and watch is not None:
@@ -615,7 +636,7 @@ async def _escalate(wf: Workflow, ctx: StepPort, why: str, evidence: dict[str, A
     (``absent``) and was never resubmitted automatically starts listing for proof of absence."""
     rule = ctx.policy.auto_resolve_for(wf.request.account)
     auto = rule.enabled and absent and not data_of(wf.data).get("auto_resubmits") and rule.listings >= 1
-    data = {**wf.data, "absence": {"listings": []}} if auto else wf.data
+    data = _data(wf, absence={"listings": []}) if auto else wf.data
     return await ctx.transition(
         wf, "escalate", event_data={"why": why, "evidence": evidence, "auto_resolve": auto}, reason=why,
         data=data, next_run_at=ctx.after(_absence_interval(rule)) if auto else None,
@@ -634,7 +655,7 @@ async def step_needs_review(wf: Workflow, ctx: StepPort) -> Workflow:
     if wf.resolution == Resolution.ABANDON:
         return await _abandon(wf, ctx)
     if wf.cancel_requested and not data_of(wf.data).get("cancel_noted"):
-        changes = {"next_run_at": None, "data": {**wf.data, "cancel_noted": True}}
+        changes = {"next_run_at": None, "data": _data(wf, cancel_noted=True)}
         return await ctx.note(wf, "cancel_requested", changes=changes, detail="an operator must resolve this first")
     absence = data_of(wf.data).get("absence")
     rule = ctx.policy.auto_resolve_for(wf.request.account)
@@ -655,7 +676,7 @@ async def _abandon(wf: Workflow, ctx: StepPort) -> Workflow:
     return await ctx.transition(
         wf, "abandon", event_data={"operator": True, "watch_until": watch["until"]},
         reason=AbortReason.ABANDONED.value, resolution=None, lane_held=True, next_run_at=ctx.now(),
-        data={k: v for k, v in {**wf.data, "watch": watch}.items() if k != "absence"},
+        data=_data_without(evolve(wf, data=_data(wf, watch=watch)), "absence"),
     )  # fmt: skip
 
 
@@ -699,7 +720,7 @@ async def _watch_lane(wf: Workflow, ctx: StepPort) -> Workflow:
         found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
     except ExchangeError as exc:
         log.warning("watch.listing_failed", workflow_id=wf.id, error=str(exc))
-        return evolve(wf, data={**wf.data, "watch": watch})
+        return evolve(wf, data=_data(wf, watch=watch))
     owners = await ctx.owners_of([w.uuid for w in found])
     matches = set(choose_candidate(wf, found, owners, since).matches)
     new = [w for w in found if w.uuid in matches and w.uuid not in watch["found"] and w.uuid != wf.exchange_uuid]
@@ -714,8 +735,8 @@ async def _watch_lane(wf: Workflow, ctx: StepPort) -> Workflow:
     after_creation = {w.uuid for w in found if w.created_at >= narrow}
     accounted = sum(uuid in after_creation for uuid in watch["found"]) >= int(watch["uncertain_posts"])
     if not accounted and ctx.now() < datetime.fromisoformat(watch["until"]):
-        return evolve(wf, data={**wf.data, "watch": watch})
-    changes: dict[str, Any] = {"lane_held": False, "data": {**wf.data, "watch": {**watch, "ended": True}}}
+        return evolve(wf, data=_data(wf, watch=watch))
+    changes: dict[str, Any] = {"lane_held": False, "data": _data(wf, watch={**watch, "ended": True})}
     if State(wf.state).is_terminal:
         changes["next_run_at"] = None
     return await ctx.transition(
@@ -773,7 +794,7 @@ async def _attribute(
             ],
             "evidence": evidence,
         },
-        data={**wf.data, "watch": {**watch, "found": found}}, **changes,
+        data=_data(wf, watch={**watch, "found": found}), **changes,
     )  # fmt: skip
 
 
@@ -799,10 +820,10 @@ async def _look_for_absence(wf: Workflow, ctx: StepPort, rule: AutoResolve) -> W
     evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
     if absence_proven(listings, rule.listings, rule.minutes):
         count = int(data_of(wf.data).get("auto_resubmits", 0)) + 1
-        proven = evolve(wf, data={**wf.data, "auto_resubmits": count})
+        proven = evolve(wf, data=_data(wf, auto_resubmits=count))
         log.warning("workflow.auto_resubmit", workflow_id=wf.id, listings=len(listings))
         return await _submit(proven, ctx, "auto_resubmit", evidence=evidence, auto=True)
-    data = {**wf.data, "absence": {"listings": listings}}
+    data = _data(wf, absence={"listings": listings})
     return await ctx.reschedule(wf, _absence_interval(rule), data=data)
 
 
@@ -810,7 +831,7 @@ async def _stop_absence(
     wf: Workflow, ctx: StepPort, why: str, listings: list[dict[str, Any]], rule: AutoResolve
 ) -> Workflow:
     evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
-    changes = {"next_run_at": None, "data": {**wf.data, "absence": {"listings": listings, "stopped": why}}}
+    changes = {"next_run_at": None, "data": _data(wf, absence={"listings": listings, "stopped": why})}
     return await ctx.note(wf, "auto_resolve_stopped", changes=changes, why=why, evidence=evidence)
 
 
@@ -837,7 +858,7 @@ async def step_polling(wf: Workflow, ctx: StepPort) -> Workflow:
 
 async def _send_cancel(wf: Workflow, ctx: StepPort) -> Workflow:
     assert wf.exchange_uuid is not None
-    changes = {"data": {**wf.data, "cancel_sent": True}}
+    changes = {"data": _data(wf, cancel_sent=True)}
     try:
         answer = await ctx.gateway(wf).cancel(wf.exchange_uuid)
     except ExchangeRefused as exc:

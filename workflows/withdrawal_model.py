@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from engine.errors import InvalidRequest
 
@@ -25,6 +25,7 @@ __all__ = [
     "NON_TERMINAL",
     "TERMINAL",
     "AbortReason",
+    "ReconcileInfo",
     "ReconcileMode",
     "Resolution",
     "State",
@@ -276,6 +277,8 @@ class WithdrawalData(TypedDict, total=False):
 
     #: The allowlist's registered tag/memo, when the request had none.
     secondary_address: str | None
+    #: The registered address's network name (shown to operators).
+    network_name: str | None
     #: Why the wallet check is waiting (a paused or delayed wallet).
     wallet_wait: str
     reconcile: ReconcileInfo
@@ -294,4 +297,4 @@ class WithdrawalData(TypedDict, total=False):
 
 def data_of(data: dict[str, Any]) -> WithdrawalData:
     """A workflow's ``data`` read as the withdrawal's (the store keeps JSON; this names its keys)."""
-    return data  # type: ignore[return-value]
+    return cast(WithdrawalData, data)

@@ -7,8 +7,10 @@ their counts, and closes when every child is settled. Nothing in engine/ names e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,16 @@ import pytest
 from engine import Engine
 from engine.context import StepContext
 from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition
-from engine.kinds import KindRegistry, WorkflowKind
+from engine.kinds import KindRegistry, WorkflowKind, new_workflow
 from engine.machine import TransitionSpec, WorkflowMachine
-from engine.models import Workflow
+from engine.models import Event, Workflow
+from engine.policy import WorkflowSettings
+from engine.store.base import Store
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SQLiteStore
+from tests.integration.conftest import fresh_schema
 from workflows.withdrawal import KIND as WITHDRAWAL
+from workflows.withdrawal_model import WithdrawalRequest
 
 
 class TallyState(StrEnum):
@@ -167,6 +174,13 @@ async def test_a_repeated_create_returns_the_child_it_made(tmp_path: Path, kinds
             await ctx.create(Tick(0), idempotency_key="k", parent=None)
         counts = await ctx.children(parent)
         assert (counts.by_state, counts.settled, counts.total) == ({"new": 1}, 0, 1)
+        # A child of another kind is created the same way; one paying from an account nobody configured
+        # could never be stepped: refused, nothing stored.
+        orphan = WithdrawalRequest(currency="BTC", net_type="BTC", amount=Decimal("0.1"), address="bc1qchild0")
+        with pytest.raises(InvalidRequest, match="no account named 'default'"):
+            await ctx.create(orphan, idempotency_key="w", parent=parent)
+        assert await engine.store.get_by_idempotency_key("w") is None
+        assert (await ctx.children(parent)).total == 1
 
 
 async def test_rows_of_every_kind_survive_a_reopen(tmp_path: Path, kinds: KindRegistry) -> None:
@@ -194,3 +208,53 @@ def test_a_kind_is_checked_when_it_is_declared() -> None:
 
 def _fields(kind: WorkflowKind) -> Mapping[str, Any]:
     return {name: getattr(kind, name) for name in kind.__dataclass_fields__}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def kind_store(
+    request: pytest.FixtureRequest, tmp_path: Path, kinds: KindRegistry
+) -> AsyncIterator[Store]:
+    """Each store, over fresh storage, holding the toy kinds beside the withdrawal."""
+    if request.param == "sqlite":
+        async with SQLiteStore(tmp_path / "kinds.sqlite3", kinds=kinds) as sqlite_store:
+            yield sqlite_store
+        return
+    database = request.getfixturevalue("postgres_database")
+    async with fresh_schema(database) as dsn, PostgresStore(dsn, kinds=kinds) as pg_store:
+        yield pg_store
+
+
+async def test_each_store_applies_each_kinds_rules(kind_store: Store, kinds: KindRegistry) -> None:
+    """Per-state rules come from each row's kind: a resolution is accepted only where that kind awaits an
+    operator, a cancel flag never lands on a row its kind calls terminal, rows without a lane or an amount
+    hold neutral values (the daily sum ignores them), and every row reads back as its kind's values."""
+    settings = WorkflowSettings()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    tick_kind = kinds["tick"]
+    waiting, first = new_workflow(tick_kind, Tick(0, hold=True), now=now, settings=settings)
+    done, second = new_workflow(tick_kind, Tick(1), now=now, settings=settings)
+    for wf, event in ((waiting, first), (done, second)):
+        assert (await kind_store.create(wf, event))[1]
+    held = await _moved(kind_store, waiting, TickState.HELD, "hold", now)
+    finished = await _moved(kind_store, done, TickState.DONE, "finish", now)
+
+    assert (await kind_store.request_resolution(finished.id, "release", at=now)).resolution is None
+    released = await kind_store.request_resolution(held.id, "release", at=now)
+    assert (released.state, released.resolution) == (TickState.HELD, "release")
+    assert (await kind_store.request_cancel(finished.id, at=now)).cancel_requested_at is None
+    assert (await kind_store.request_cancel(held.id, at=now)).cancel_requested_at == now
+    again = await kind_store.get(held.id)
+    assert again.state is TickState.HELD and again.request == Tick(0, hold=True)
+    assert await kind_store.sum_submitted(account="", currency="", since=now, not_paid=()) == 0
+    assert await kind_store.count_by_state() == {"held": 1, "done": 1}
+    # Leaving the awaiting state clears the resolution (by the kind's word, not a state name in SQL).
+    ended = await _moved(kind_store, released, TickState.DONE, "finish", now, resolution="release")
+    assert (await kind_store.get(ended.id)).resolution is None
+
+
+async def _moved(store: Store, wf: Workflow, to: str, trigger: str, now: datetime, **changes: Any) -> Workflow:
+    event = Event(
+        workflow_id=wf.id, seq=wf.event_seq + 1, at=now, trigger=trigger, from_state=str(wf.state), to_state=to,
+    ).sealed(wf.last_hash)  # fmt: skip
+    moved = replace(wf, state=to, event_seq=event.seq, last_hash=event.hash, next_run_at=None, **changes)
+    return await store.commit(moved, event, owner=None)
