@@ -213,3 +213,45 @@ class TestAttention:
             triggers = [e.trigger async for e in engine.events(batch.id, follow=False)]
         assert final.state == "settled"
         assert "attention" in triggers and triggers[-1] == "settle"
+
+
+class TestCancelMidDispatch:
+    async def test_items_not_dispatched_are_never_created(self, engine_factory: Any, admin: SandboxAdmin) -> None:
+        """Cancelled after its first chunk: the children created are flagged and cancel themselves before
+        sending anything, the other items are never created (``not_created``), nothing reaches the exchange.
+
+        The batch's own steps are driven one at a time here (no runner until every child is flagged), so
+        no child can run before the cancel reaches it."""
+        from workflows.batch.kind import KIND
+        from workflows.batch.steps import CHUNK
+
+        items = [btc(f"r{i}", format(Decimal("0.001") + Decimal(i) / 10**8, "f")) for i in range(CHUNK + 200)]
+        async with engine_factory(run_runner=False) as engine:
+            owner = engine.ctx.owner or "test"
+
+            async def step_batch() -> Workflow:
+                claimed = await engine.store.claim_due(now=engine.clock.now(), limit=10_000, owner=owner,
+                                                       lease_seconds=30)  # fmt: skip
+                (mine,) = [c for c in claimed if c.id == batch.id]
+                step = KIND.step(mine.state)
+                assert step is not None
+                moved = await step(mine, engine.ctx)
+                await engine.store.release([c.id for c in claimed], owner=owner)
+                return moved
+
+            batch = await engine.submit_batch(items)
+            await step_batch()  # accepted -> dispatching
+            await step_batch()  # the first chunk of children
+            assert (await engine.get_batch(batch.id))["dispatched"] == CHUNK
+            await engine.cancel_batch(batch.id)
+            current = await step_batch()  # dispatching -> cancelling
+            assert current.state == "cancelling"
+            while current.data.get("cancel_cursor") is not None:  # flag the children, a page a time
+                current = await step_batch()
+            assert current.data["cancel_flagged"] == CHUNK
+            await engine.run_until_idle(timeout=120)
+            final = await engine.get(batch.id)
+            report = await engine.batch_report(batch.id)
+        assert final.state == "cancelled"
+        assert report["totals"]["by_state"] == {"CANCELLED": CHUNK, "not_created": 200}
+        assert await admin.posts() == 0
