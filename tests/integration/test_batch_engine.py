@@ -255,3 +255,20 @@ class TestCancelMidDispatch:
         assert final.state == "cancelled"
         assert report["totals"]["by_state"] == {"CANCELLED": CHUNK, "not_created": 200}
         assert await admin.posts() == 0
+
+
+@pytest.mark.postgres
+class TestOnPostgres:
+    async def test_batch_settles_on_postgresql(self, sandbox: Any, postgres_dsn: str, admin: SandboxAdmin) -> None:
+        """The same batch runs to its report with the PostgreSQL store (children, counts, pages)."""
+        from engine.store.postgres import PostgresStore
+        from tests.conftest import FAST, make_gateway
+
+        store = PostgresStore(postgres_dsn, pool_max=8)
+        async with Engine(store=store, gateways={"default": make_gateway(sandbox.url)}, settings=FAST) as engine:
+            batch = await engine.submit_batch([btc("a", "0.0701"), btc("b", "0.0702"), xrp("c", "13.13")])
+            final = await engine.wait(batch.id, timeout=60)
+            report = await engine.batch_report(batch.id)
+        assert final.state == "settled"
+        assert report["totals"]["by_state"] == {"DONE": 2, "REJECTED": 1}
+        assert await admin.posts() == 3
