@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import replace
 
 from engine import Engine
 from engine.models import Event, Workflow
@@ -17,6 +18,8 @@ from engine.store.sqlite import SQLiteStore
 from tests.conftest import FAST, make_gateway
 
 CREATE_DELAY = 0.5
+#: 2,000 children wait their turn at pre-flight; on a loaded machine that may take longer than FAST's 20 s.
+SETTINGS = replace(FAST, preflight_deadline=900.0)
 
 
 class PacedStore(SQLiteStore):
@@ -29,7 +32,7 @@ class PacedStore(SQLiteStore):
 
 async def main(db: str, url: str) -> None:
     gateway = make_gateway(url, timeout=30.0, rate=1000)
-    async with Engine(store=PacedStore(db), gateways={"default": gateway}, settings=FAST):
+    async with Engine(store=PacedStore(db), gateways={"default": gateway}, settings=SETTINGS):
         print("runner-started", flush=True)
         await asyncio.Event().wait()
 

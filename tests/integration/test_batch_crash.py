@@ -17,7 +17,8 @@ import pytest
 
 from engine import Engine
 from engine.store.sqlite import SQLiteStore
-from tests.conftest import FAST, SandboxAdmin, make_gateway
+from tests.conftest import SandboxAdmin, make_gateway
+from tests.integration.batch_engine_proc import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 BTC_ADDRESS = "bc1qsandbox0demo0wallet0000000000000000000"
@@ -69,7 +70,7 @@ async def test_kill_during_dispatch_resumes_without_a_second_child_or_post(
     assert _read(db_path, "SELECT state FROM workflows WHERE id = ?", batch.id)[0] == "dispatching"
 
     async with Engine(store=SQLiteStore(db_path), gateways={"default": make_gateway(sandbox.url, rate=1000,
-                      timeout=30.0)}, settings=FAST) as engine:  # fmt: skip
+                      timeout=30.0)}, settings=SETTINGS) as engine:  # fmt: skip
         final = await engine.wait(batch.id, timeout=900)
         report = await engine.batch_report(batch.id)
         triggers = [e.trigger async for e in engine.events(batch.id, follow=False)]
