@@ -122,7 +122,10 @@ class WorkflowKind:
             raise ValueError(f"a kind name must be non-empty and free of ':': {self.name!r}")
         if self.initial not in self.states:
             raise ValueError(f"{self.name}: initial state {self.initial!r} is not one of its states")
-        named = (self.terminal, self.awaiting_operator, self.urgent, self.alerting, self.steps, self.path, self.success)
+        named = (
+            self.terminal, self.awaiting_operator, self.urgent, self.alerting, self.steps, self.path, self.success,
+            self.styles,
+        )  # fmt: skip
         unknown = {state for states in named for state in states} - set(self.states)
         if unknown:
             raise ValueError(f"{self.name}: unknown state(s) {sorted(unknown)}")
@@ -131,7 +134,8 @@ class WorkflowKind:
         return f"<WorkflowKind {self.name}: {len(self.states)} states, {len(self.steps)} steps>"
 
     def is_terminal(self, state: str) -> bool:
-        """The state is final: no step runs, no event follows (but a kind's own notes on settled rows)."""
+        """The state is final: the outcome is decided and the state never changes again (a kind may still
+        step a row there for its own notes, e.g. the withdrawal's lane watch)."""
         return state in self.terminal
 
     def awaits_operator(self, state: str) -> bool:
