@@ -3,6 +3,9 @@
 The public API is what this module exports; everything else is internal and may change.
 """
 
+import importlib
+from typing import Any
+
 from engine.clock import Clock, FakeClock, SystemClock
 from engine.core import Engine
 from engine.errors import (
@@ -21,9 +24,21 @@ from engine.errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
-from engine.models import AbortReason, Event, State, TransactionType, WithdrawalRequest, Workflow
+from engine.kinds import KindRegistry, WorkflowKind
+from engine.models import Event, Workflow
 from engine.policy import CurrencyPolicy, Policy, WorkflowSettings
 from engine.query import ListFilter, Page
+
+#: The withdrawal's vocabulary (``workflows.withdrawal_model``), re-exported lazily (PEP 562): importing
+#: the engine never imports a workflow, and ``import workflows.withdrawal`` first stays cycle-free.
+_WITHDRAWAL_NAMES = frozenset({"AbortReason", "State", "TransactionType", "WithdrawalRequest"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WITHDRAWAL_NAMES:
+        return getattr(importlib.import_module("workflows.withdrawal_model"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AbortReason",
@@ -41,6 +56,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidRequest",
     "InvalidTransition",
+    "KindRegistry",
     "ListFilter",
     "OutcomeUnknown",
     "Page",
@@ -53,6 +69,7 @@ __all__ = [
     "WaitTimeout",
     "WithdrawalRequest",
     "Workflow",
+    "WorkflowKind",
     "WorkflowNotFound",
     "WorkflowSettings",
 ]

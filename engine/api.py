@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine import api_batches
 from engine.core import Engine
 from engine.errors import (
     EngineError,
@@ -47,9 +48,9 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.http_server import ServerLimits, start_site
+from engine.kinds import WorkflowKind, default_kinds
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
-from engine.models import WithdrawalRequest
 from engine.query import parse_list_query
 from engine.references import check_metadata, check_reference
 from engine.views import events_view, page_view, workflow_view
@@ -70,6 +71,8 @@ __all__ = [
 log = structlog.get_logger("engine.api")
 
 ENGINE = web.AppKey("engine", Engine)
+#: The workflow kind the /v1/withdrawals routes serve.
+WITHDRAWAL = "withdrawal"
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 OPENAPI = web.AppKey("openapi", bytes)
@@ -114,14 +117,16 @@ def error_body(name: str, message: str, fields: Mapping[str, str] | None = None)
     return {"error": error}
 
 
-def parse_withdrawal(data: object) -> WithdrawalRequest:
-    """A request from a JSON body, or an :class:`ApiError` (422) naming *every* bad field.
+def parse_withdrawal(data: object, kind: WorkflowKind | None = None) -> Any:
+    """A withdrawal request (the kind's request model) from a JSON body, or an :class:`ApiError` (422)
+    naming *every* bad field.
 
     The model validates one field at a time; a failed field is swapped for a valid stand-in and the
     model asked again, so the answer lists all problems at once while the rules stay in one place.
     """
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    parse = (kind or default_kinds()[WITHDRAWAL]).parse_request
     fields = {key: "unknown field" for key in sorted(set(data) - set(_STAND_INS))}
     candidate = {key: value for key, value in data.items() if key in _STAND_INS}
     for key in _REQUIRED:
@@ -133,7 +138,7 @@ def parse_withdrawal(data: object) -> WithdrawalRequest:
         candidate["amount"] = _STAND_INS["amount"]
     for _ in range(len(_STAND_INS) + 1):
         try:
-            request = WithdrawalRequest.from_dict(candidate)
+            request = parse(candidate)
             break
         except InvalidRequest as exc:
             if exc.field not in _STAND_INS or exc.field in fields:
@@ -146,7 +151,7 @@ def parse_withdrawal(data: object) -> WithdrawalRequest:
     return request
 
 
-def parse_submission(data: object) -> tuple[WithdrawalRequest, str | None, dict[str, Any] | None]:
+def parse_submission(data: object, kind: WorkflowKind | None = None) -> tuple[Any, str | None, dict[str, Any] | None]:
     """``(request, reference, metadata)`` from a submission body, or an :class:`ApiError` (422) naming every
     bad field, the request's and the reference's and metadata's alike."""
     if not isinstance(data, dict):
@@ -163,7 +168,7 @@ def parse_submission(data: object) -> tuple[WithdrawalRequest, str | None, dict[
     except InvalidRequest as exc:
         fields["metadata"] = exc.message.removeprefix("metadata: ")
     try:
-        request = parse_withdrawal({k: v for k, v in data.items() if k not in SUBMISSION_EXTRAS})
+        request = parse_withdrawal({k: v for k, v in data.items() if k not in SUBMISSION_EXTRAS}, kind)
     except ApiError as exc:
         fields = {**exc.fields, **fields}
     if fields:
@@ -303,7 +308,7 @@ def _workflow_id(request: web.Request) -> str:
 
 async def submit(request: web.Request) -> web.Response:
     """POST /v1/withdrawals."""
-    withdrawal, reference, metadata = parse_submission(await _body(request))
+    withdrawal, reference, metadata = parse_submission(await _body(request), request.app[ENGINE].kinds[WITHDRAWAL])
     key = _idempotency_key(request)
     engine = request.app[ENGINE]
     wf, created = await engine.intake(withdrawal, idempotency_key=key, reference=reference, metadata=metadata)
@@ -335,8 +340,11 @@ async def get_withdrawal(request: web.Request) -> web.Response:
 
 async def list_withdrawals(request: web.Request) -> web.Response:
     """GET /v1/withdrawals with filters (engine/query.py parses them; an unknown cursor is 422)."""
-    where, limit, cursor = parse_list_query(request.query.items())
-    return _json(page_view(await request.app[ENGINE].page(where, limit=limit, cursor=cursor)))
+    engine = request.app[ENGINE]
+    where, limit, cursor = parse_list_query(
+        request.query.items(), kind=WITHDRAWAL, states=[str(s) for s in engine.kinds[WITHDRAWAL].states]
+    )
+    return _json(page_view(await engine.page(where, limit=limit, cursor=cursor)))
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -349,9 +357,10 @@ async def resolve(request: web.Request) -> web.Response:
     workflow_id = _workflow_id(request)
     body = await _body(request)
     if not isinstance(body, dict) or set(body) != {"action"} or not isinstance(body["action"], str):
+        actions = [str(a) for a in request.app[ENGINE].kinds[WITHDRAWAL].resolutions]
         raise ApiError(
-            422, "invalid_request", 'the body must be {"action": "resubmit"} or {"action": "abandon"}',
-            {"action": "must be resubmit or abandon"},
+            422, "invalid_request", f"the body must be {' or '.join(json.dumps({'action': a}) for a in actions)}",
+            {"action": f"must be {' or '.join(actions)}"},
         )  # fmt: skip
     return _json(workflow_view(await request.app[ENGINE].resolve(workflow_id, body["action"])), status=202)
 
@@ -447,6 +456,7 @@ def create_app(
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
+    api_batches.register(app)
     return app
 
 

@@ -23,13 +23,13 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from engine.api import ApiError, parse_submission
-from engine.bootstrap import open_store
+from engine.bootstrap import open_store, standard_kinds
 from engine.clock import SystemClock
 from engine.config import Config
 from engine.core import Engine
 from engine.errors import ConfigError, ServiceUnreachable
 from engine.query import parse_list_query
-from engine.views import SETTLED_STATES, event_view, page_view, workflow_view
+from engine.views import event_view, page_view, workflow_view
 
 __all__ = [
     "API_TOKEN_ENV",
@@ -145,7 +145,9 @@ class StoreBackend:
 
     async def page(self, query: Query) -> dict[str, Any]:
         """One page, newest first, parsed and checked as the HTTP API does (an unknown cursor included)."""
-        where, limit, cursor = parse_list_query(query)
+        where, limit, cursor = parse_list_query(
+            query, kind="withdrawal", states=[str(s) for s in self.engine.kinds["withdrawal"].states]
+        )
         return page_view(await self.engine.page(where, limit=limit, cursor=cursor))
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
@@ -258,10 +260,11 @@ async def wait_settled(
     """Poll until the workflow is terminal or needs an operator; ``on_poll(view)`` after every read.
 
     Bound it with ``asyncio.timeout``."""
+    kind = standard_kinds()["withdrawal"]  # the views the backends speak are the withdrawal's
     while True:
         view = await backend.get(workflow_id)
         if on_poll is not None:
             on_poll(view)
-        if view["state"] in SETTLED_STATES:
+        if kind.settles_in(view["state"]):
             return view
         await asyncio.sleep(interval)

@@ -6,22 +6,34 @@ the benchmarks and the tests all build the engine the same way.
 
 from __future__ import annotations
 
+import functools
+
 from engine.clock import Clock, SystemClock
 from engine.config import AccountConfig, Config, GatewayConfig
 from engine.context import TransitionObserver
 from engine.core import Engine
 from engine.errors import ConfigError
+from engine.kinds import KindRegistry
 from engine.logging import register_secret
 from engine.store.base import Store
 from engine.upbit.auth import Algorithm
 from engine.upbit.client import CallObserver, UpbitClient
 from engine.upbit.gateway import Gateway
 from engine.upbit.ratelimit import RateLimiter
+from workflows.batch.kind import KIND as BATCH
+from workflows.withdrawal import KIND as WITHDRAWAL
 
-__all__ = ["build_engine", "build_gateway", "open_store"]
+__all__ = ["build_engine", "build_gateway", "open_store", "standard_kinds"]
 
 
-def open_store(url: str, *, exclusive: bool = False) -> Store:
+@functools.cache
+def standard_kinds() -> KindRegistry:
+    """The workflow kinds this engine runs: registered here, and nowhere else (the engine, the stores,
+    the API and the CLI know a workflow only through its kind)."""
+    return KindRegistry([WITHDRAWAL, BATCH])
+
+
+def open_store(url: str, *, exclusive: bool = False, kinds: KindRegistry | None = None) -> Store:
     """``sqlite:///path`` or ``postgresql://...`` -> an unopened store.
 
     ``exclusive``: this process will run the store's one runner (SQLite): opening takes the file's owner
@@ -30,13 +42,13 @@ def open_store(url: str, *, exclusive: bool = False) -> Store:
     if url.startswith("sqlite:///"):
         from engine.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"), exclusive=exclusive)
+        return SQLiteStore(url.removeprefix("sqlite:///"), exclusive=exclusive, kinds=kinds or standard_kinds())
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from engine.store.postgres import PostgresStore  # type: ignore[import-not-found, unused-ignore]
         except ImportError as exc:  # pragma: no cover - until the PostgreSQL store exists
             raise ConfigError("the PostgreSQL store is not available", key="engine.database") from exc
-        store: Store = PostgresStore(url)
+        store: Store = PostgresStore(url, kinds=kinds or standard_kinds())
         return store
     raise ConfigError("must start with sqlite:/// or postgresql://", key="engine.database")
 
@@ -89,12 +101,13 @@ def build_engine(
     clock = clock or SystemClock()
     is_sqlite = config.engine.database.startswith("sqlite:///")
     exclusive = is_sqlite if exclusive is None else exclusive
-    store = open_store(config.engine.database, exclusive=exclusive and run_runner)
+    kinds = standard_kinds()
+    store = open_store(config.engine.database, exclusive=exclusive and run_runner, kinds=kinds)
     gateways = {
         name: build_gateway(account, config.gateway, clock=clock, observer=call_observer, workers=config.engine.workers)
         for name, account in config.accounts.items()
     }
-    return Engine(
+    engine = Engine(
         store=store,
         gateways=gateways,
         clock=clock,
@@ -105,4 +118,8 @@ def build_engine(
         lease_seconds=config.engine.lease_seconds,
         exclusive=exclusive,
         observers=observers,
+        kinds=kinds,
     )
+    engine.batch_max_total = config.batches.max_total
+    engine.batch_max_body_bytes = config.batches.max_body_bytes
+    return engine

@@ -43,6 +43,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engine import cli_batches
 from engine.api import ApiError
 from engine.audit import (
     AUDIT_KEY_ENV,
@@ -66,7 +67,7 @@ from engine.backends import (
     sqlite_path,
     wait_settled,
 )
-from engine.bootstrap import build_gateway, open_store
+from engine.bootstrap import build_gateway, open_store, standard_kinds
 from engine.clock import SystemClock
 from engine.config import Config, load_config
 from engine.demo import run_demo
@@ -84,7 +85,6 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.logging import configure_logging, redact_secrets
-from engine.models import State
 from engine.sandbox import run_sandbox
 from engine.service import serve
 from engine.store.base import Store
@@ -92,7 +92,6 @@ from engine.upbit.client import UpbitClient
 from engine.views import (
     EVENT_COLUMNS,
     PAGE_COLUMNS,
-    SETTLED_STATES,
     event_rows,
     page_rows,
     with_cause,
@@ -114,9 +113,9 @@ EXIT = {
     "store_in_use": 7,
     "internal": 70,
 }
-_PATH = ("pending", "verifying_address", "checking_wallet", "submitting", "WAITING", "PROCESSING")
-_SETTLED = SETTLED_STATES
-_STATE_STYLE = {"DONE": "green", "aborted": "red", "FAILED": "red", "REJECTED": "red", "needs_review": "yellow"}
+#: The kind the workflow commands (submit, status, list, cancel, resolve) work with: its states, its
+#: presentation (progress path, success, colours) and its operator actions are its own.
+_KIND = standard_kinds()["withdrawal"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -199,7 +198,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _styled(state: str) -> str:
-    style = _STATE_STYLE.get(state)
+    style = _KIND.styles.get(state)
     return f"[{style}]{state}[/{style}]" if style else state
 
 
@@ -374,13 +373,13 @@ def submit(
         view, created = await backend.submit(body, idempotency_key)
         note = "submitted" if created else "already submitted under this idempotency key"
         click.echo(f"{view['id']}: {note}", err=True)
-        if wait and view["state"] not in _SETTLED:
+        if wait and not _KIND.settles_in(view["state"]):
             view = await _follow(backend, view, limit=timeout)
         return view
 
     view = _run(_with_backend(opts, go))
     _emit_json(view) if opts.json else _show_workflow(view)
-    if wait and view["state"] != State.DONE.value:
+    if wait and view["state"] not in _KIND.success:
         sys.exit(EXIT["workflow_failed"])
 
 
@@ -390,13 +389,14 @@ async def _follow(backend: Backend, view: dict[str, Any], *, limit: float) -> di
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     started = time.monotonic()
     with Progress(*columns, console=stderr, transient=False) as progress:
-        task = progress.add_task(view["id"], total=len(_PATH))
+        path = _KIND.path
+        task = progress.add_task(view["id"], total=len(path))
 
         def update(current: dict[str, Any]) -> None:
             state = current["state"]
-            done = len(_PATH) if state in _SETTLED else _PATH.index(state) if state in _PATH else 3
+            done = len(path) if _KIND.settles_in(state) else path.index(state) if state in path else 3
             hint = ""
-            if state == "pending" and time.monotonic() - started > 5:
+            if state == _KIND.initial and time.monotonic() - started > 5:
                 hint = "  (no runner yet: is `upbit-withdraw run` up?)"
             progress.update(task, completed=done, description=f"{current['id']} {_styled(state)}{hint}")
 
@@ -461,7 +461,9 @@ _TIME_HELP = "ISO 8601 time with a UTC offset, e.g. 2026-01-01T09:00:00+09:00"
 
 @cli.command(name="list")
 @_global_options
-@click.option("--state", multiple=True, help="Only these states (repeat, or comma-separate): " + ", ".join(State))
+@click.option(
+    "--state", multiple=True, help="Only these states (repeat, or comma-separate): " + ", ".join(map(str, _KIND.states))
+)
 @click.option("--currency", help="Only this currency, e.g. BTC.")
 @click.option("--net-type", help="Only this network, e.g. TRX.")
 @click.option("--account", help="Only this account.")
@@ -507,7 +509,7 @@ def cancel(workflow_id: str) -> None:
 @cli.command()
 @_global_options
 @click.argument("workflow_id")
-@click.option("--action", type=click.Choice(["resubmit", "abandon"]), required=True)
+@click.option("--action", type=click.Choice([str(a) for a in _KIND.resolutions]), required=True)
 def resolve(workflow_id: str, action: str) -> None:
     """Decide a needs_review withdrawal: resubmit (send again) or abandon (end as aborted)."""
     opts = _opts()
@@ -729,6 +731,11 @@ def audit_heads(out: str, key_file: str | None) -> None:
         _emit_json({"chains": chains, "written": written, "signed": key is not None, "out": str(path)})
     else:
         click.echo(f"{written} of {chains} chain heads appended to {path}{'' if key else ' (unsigned)'}")
+
+
+cli_batches.register(
+    cli, cli_batches.CliParts(_global_options, _opts, _with_backend, _run, _emit_json, _console, EXIT["usage"])
+)
 
 
 # -- entry point -----------------------------------------------------------------------------------------

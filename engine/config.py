@@ -54,6 +54,7 @@ from engine.upbit.client import REGIONS
 __all__ = [
     "AccountConfig",
     "ApiConfig",
+    "BatchesConfig",
     "Config",
     "ConfigFile",
     "EngineConfig",
@@ -268,6 +269,22 @@ class _CurrencyRules(BaseModel):
         )
 
 
+class BatchesConfig(BaseModel):
+    """[batches]: payout batches. ``max_total``: the most one batch may pay per currency, e.g.
+    ``{BTC = "1.5"}`` (exact decimal strings); a batch may lower it for itself, never raise it."""
+
+    model_config = _SECTION
+
+    max_total: dict[str, Amount] = Field(default_factory=dict)
+    #: The largest body ``POST /v1/batches`` reads (a 10,000-item JSON batch is about 2 MB).
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024), _NUMBER] = 8 * 1024 * 1024
+
+    @field_validator("max_total")
+    @classmethod
+    def _currency_codes(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        return {currency.upper(): amount for currency, amount in value.items()}
+
+
 class _AutoResolveRules(BaseModel):
     """[accounts.NAME.policy.auto_resolve]: resolve this account's needs_review by proven absence."""
 
@@ -373,6 +390,7 @@ class ConfigFile(BaseSettings):
     accounts: dict[str, _AccountTable] = Field(default_factory=dict)
     policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -421,6 +439,7 @@ class Config:
     policy: Policy = dataclasses.field(default_factory=Policy)
     api: ApiConfig = dataclasses.field(default_factory=ApiConfig)
     source: str = "defaults"
+    batches: BatchesConfig = dataclasses.field(default_factory=BatchesConfig)
 
 
 def read_secret_file(path: Path, *, key: str) -> dict[str, str]:
@@ -597,4 +616,5 @@ def load_config(
         policy=_policy(settings),
         api=api,
         source=source,
+        batches=settings.batches,
     )

@@ -12,22 +12,25 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from engine.clock import Clock
-from engine.machine import WorkflowMachine
-from engine.models import Event, State, Workflow
+from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition, ReferenceConflict
+from engine.kinds import ChildCounts, KindRegistry, Step, WorkflowKind, check_idempotency_key, new_workflow
+from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
+from engine.query import ListFilter
 from engine.store.base import Store
 from engine.upbit.gateway import Gateway
 
-__all__ = ["Step", "StepContext", "TransitionObserver"]
+__all__ = ["Step", "StepContext", "TransitionObserver", "create_workflow"]
 
 _FIELDS = tuple(f.name for f in fields(Workflow))
 _NAMES = frozenset(_FIELDS)
@@ -68,29 +71,108 @@ def _logger() -> Any:
     return _bound[1]
 
 
-#: A step function: given a workflow due in its state, do I/O and move it (returns the stored result).
-Step = Callable[[Workflow, "StepContext"], Awaitable[Workflow]]
+async def create_workflow(
+    store: Store,
+    kinds: KindRegistry,
+    request: Any,
+    *,
+    now: datetime,
+    settings: WorkflowSettings,
+    idempotency_key: str | None = None,
+    parent_id: str | None = None,
+    accounts: Collection[str] | None = None,
+    reference: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Workflow, bool]:
+    """Persist a new workflow of the request's kind (with its first event), or return the one already
+    stored under ``idempotency_key`` (False: a replay). A replay must be the same request (and the same
+    parent): otherwise ``IdempotencyConflict``. With ``accounts`` (the configured ones), a request that
+    pays from any other is refused first (``InvalidRequest``): it could never be stepped. The one path by
+    which workflows are created, by callers (:meth:`engine.Engine.submit`) and by steps
+    (:meth:`StepContext.create`) alike.
+
+    ``reference`` (already checked: :func:`engine.references.check_reference`) is unique per account: one
+    already used there is a ``ReferenceConflict`` naming its workflow, unless this is a replay of the same
+    request under the same key (a client's retry racing its first try)."""
+    kind = kinds.for_request(request)
+    if accounts is not None:
+        for account in kind.accounts(request):
+            if account not in accounts:
+                raise InvalidRequest(f"no account named {account!r} is configured", field="account")
+    check_idempotency_key(idempotency_key)
+    if idempotency_key is not None:
+        existing = await store.get_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            key = idempotency_key
+            return _replay(kind, existing, request, key, parent_id, reference=reference, metadata=metadata), False
+    workflow, event = new_workflow(
+        kind, request, now=now, settings=settings, idempotency_key=idempotency_key, parent_id=parent_id,
+        reference=reference, metadata=metadata,
+    )  # fmt: skip
+    try:
+        if reference is not None:
+            await _reference_free(store, reference, kind.index(request).account)
+        stored, created = await store.create(workflow, event)
+    except ReferenceConflict:
+        # A concurrent submit took the reference since the key was looked up; under the same idempotency
+        # key it is this very request (a client's retry racing its first try): answer it as a replay.
+        raced = None if idempotency_key is None else await store.get_by_idempotency_key(idempotency_key)
+        if raced is None:
+            raise
+        stored, created = raced, False
+    if not created:
+        return _replay(
+            kind, stored, request, idempotency_key or "", parent_id, reference=reference, metadata=metadata
+        ), False
+    return stored, True
+
+
+async def _reference_free(store: Store, reference: str, account: str) -> None:
+    """:class:`ReferenceConflict` naming the workflow that already carries ``reference`` on ``account``
+    (the store's unique index is the guarantee; this gives the caller the id)."""
+    taken = await store.list(ListFilter(reference=reference, account=account), limit=1)
+    if taken:
+        raise ReferenceConflict(
+            f"reference {reference!r} is already used on account {account!r} by workflow {taken[0].id}"
+        )
+
+
+def _replay(
+    kind: WorkflowKind, existing: Workflow, request: Any, key: str, parent_id: str | None,
+    *, reference: str | None, metadata: dict[str, Any] | None,
+) -> Workflow:  # fmt: skip
+    same = existing.kind == kind.name and existing.parent_id == parent_id
+    same = same and existing.reference == reference and existing.metadata == metadata
+    if not same or not kind.same_request(existing.request, request):
+        raise IdempotencyConflict(f"idempotency key {key!r} was used for a different request (workflow {existing.id})")
+    return existing
 
 
 @dataclass(slots=True, kw_only=True)
 class StepContext:
-    """Everything a step needs, injected by the runner."""
+    """Everything a step needs, injected by the runner. Steps see it as a :class:`engine.port.StepPort`
+    (no ``store``): the runner and the engine use the rest."""
 
     store: Store
-    machine: WorkflowMachine
+    kinds: KindRegistry
     gateways: Mapping[str, Gateway]
     clock: Clock
     settings: WorkflowSettings
     policy: Policy
     owner: str | None
-    steps: Mapping[State, Step] = field(default_factory=dict)
     observers: list[TransitionObserver] = field(default_factory=list)
     #: Set by the runner: a context manager a step wraps around a wait for shared work (a batched poll),
     #: during which its workflow does not count against the runner's concurrency.
     park: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext, repr=False)
-    #: (state, trigger) -> destination, for the transitions that have no guard: the machine is static,
+    #: Set by the runner: look for due work now (a step created a workflow that is due at once).
+    wake: Callable[[], None] = field(default=lambda: None, repr=False)
+    #: (kind, state, trigger) -> destination, for the transitions that have no guard: a machine is static,
     #: so once it answered, the same question has the same answer (saves ~10 us per transition).
-    _known: dict[tuple[State, str], State] = field(default_factory=dict, repr=False)
+    _known: dict[tuple[str, str, str], str] = field(default_factory=dict, repr=False)
+
+    def kind(self, workflow: Workflow) -> WorkflowKind:
+        """The workflow's kind."""
+        return self.kinds[workflow.kind]
 
     def gateway(self, workflow: Workflow) -> Gateway:
         """The gateway of the workflow's account."""
@@ -110,9 +192,10 @@ class StepContext:
     ) -> Workflow:  # fmt: skip
         """Fire ``trigger``, persist the new state and one event atomically, then log it (``unflagged``: see
         :meth:`engine.store.base.Store.commit`)."""
-        dest = self._fire(workflow, trigger, event_data)
+        kind = self.kinds[workflow.kind]
+        dest = self._fire(kind, workflow, trigger, event_data)
         now = self.clock.now()
-        if dest.is_terminal:
+        if kind.is_terminal(dest):
             changes.setdefault("next_run_at", None)
             changes.setdefault("lane_held", False)
         data = {k: v for k, v in event_data.items() if v is not None} if event_data else {}
@@ -125,14 +208,17 @@ class StepContext:
         self._announce(workflow, stored, event)
         return stored
 
-    def _fire(self, workflow: Workflow, trigger: str, event_data: Mapping[str, Any] | None) -> State:
-        """The destination by the machine; unguarded answers are remembered (see ``_known``)."""
-        key = (workflow.state, trigger)
+    def _fire(
+        self, kind: WorkflowKind, workflow: Workflow, trigger: str, event_data: Mapping[str, Any] | None
+    ) -> str:
+        """The destination by the kind's machine; unguarded answers are remembered (see ``_known``)."""
+        key = (kind.name, workflow.state, trigger)
         dest = self._known.get(key)
         if dest is not None:
             return dest
-        dest = self.machine.fire(workflow, trigger, **dict(event_data or {}))
-        if not any(s.guard is not None for s in self.machine.table if s.trigger == trigger and key[0] in s.source):
+        machine = kind.machine
+        dest = machine.fire(workflow, trigger, **dict(event_data or {}))
+        if not any(s.guard is not None for s in machine.table if s.trigger == trigger and key[1] in s.source):
             self._known[key] = dest
         return dest
 
@@ -152,8 +238,70 @@ class StepContext:
         )
         return await self.store.commit(moved, None, owner=self.owner)
 
+    async def create(
+        self, request: Any, *, idempotency_key: str, parent: Workflow | None = None
+    ) -> tuple[Workflow, bool]:
+        """Create another workflow (of the request's kind) durably, optionally as ``parent``'s child.
+
+        Idempotent by ``idempotency_key``: a repeat (after a crash mid-way) returns the workflow stored
+        the first time (False) instead of creating a second one. Derive the key from the parent's id and
+        the child's position so that a resumed step asks with the same key."""
+        stored, created = await create_workflow(
+            self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
+            idempotency_key=idempotency_key, parent_id=None if parent is None else parent.id,
+            accounts=self.gateways.keys(),
+        )  # fmt: skip
+        if created:
+            self.wake()
+        return stored, created
+
+    async def list_children(
+        self, parent: Workflow, *, after_id: str | None = None, limit: int = 1000
+    ) -> list[Workflow]:
+        """The parent's children in creation order, a page at a time."""
+        return await self.store.children(parent.id, after_id=after_id, limit=limit)
+
+    async def read(self, workflow_id: str) -> Workflow:
+        """Another workflow as stored now."""
+        return await self.store.get(workflow_id)
+
+    async def owners_of(self, exchange_uuids: Sequence[str]) -> dict[str, str]:
+        """Which workflow owns each exchange uuid (see :meth:`engine.store.base.Store.owners_of`)."""
+        return await self.store.owners_of(exchange_uuids)
+
+    async def attribute(self, workflow: Workflow, exchange_uuids: Sequence[str]) -> None:
+        """Record these exchange uuids as ``workflow``'s, now (see :meth:`engine.store.base.Store.attribute`)."""
+        await self.store.attribute(workflow.id, exchange_uuids, at=self.clock.now())
+
+    async def sum_submitted(
+        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
+    ) -> Decimal:
+        """See :meth:`engine.store.base.Store.sum_submitted`."""
+        return await self.store.sum_submitted(account=account, currency=currency, since=since, not_paid=not_paid)
+
+    async def children(self, parent: Workflow) -> ChildCounts:
+        """How many children ``parent`` has in each state, and how many are settled (by their kinds)."""
+        counts = await self.store.count_children(parent.id)
+        by_state: dict[str, int] = {}
+        settled = 0
+        for (kind_name, state, resolved), n in counts.items():
+            by_state[state] = by_state.get(state, 0) + n
+            kind = self.kinds[kind_name]
+            if kind.is_terminal(state) or (kind.awaits_operator(state) and not resolved):
+                settled += n
+        return ChildCounts(by_state=by_state, settled=settled)
+
+    async def cancel_child(self, parent: Workflow, child: Workflow) -> Workflow:
+        """Flag ``parent``'s child for cancellation (the store's cancel request, as an operator's cancel)
+        and wake the runner; refused (``InvalidTransition``) for a workflow that is not its child."""
+        if child.parent_id != parent.id:
+            raise InvalidTransition(f"{child.id} is not a child of {parent.id}")
+        flagged = await self.store.request_cancel(child.id, at=self.clock.now())
+        self.wake()
+        return flagged
+
     def _announce(self, before: Workflow, after: Workflow, event: Event) -> None:
-        level = _WARNING if after.state in (State.NEEDS_REVIEW, State.RECONCILING) else _INFO
+        level = _WARNING if after.state in self.kinds[after.kind].alerting else _INFO
         logger = _logger()
         enabled = getattr(logger, "is_enabled_for", None)
         if enabled is None or enabled(level):  # nothing to build when the level is filtered out
@@ -177,19 +325,19 @@ class StepContext:
 _canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
-def _sealed(workflow: Workflow, at: datetime, trigger: str, dest: State, data: dict[str, Any]) -> Event:
+def _sealed(workflow: Workflow, at: datetime, trigger: str, dest: str, data: dict[str, Any]) -> Event:
     """The transition's event, hash-chained to the workflow's last one: ``Event(...).sealed(last_hash)``
     built directly: the hashed body is ``Event.canonical()``'s, without an unsealed Event to make it
     (tests/unit/test_event_seal.py checks that both give the same bytes and hash)."""
     seq, prev = workflow.event_seq + 1, workflow.last_hash
     body = {
         "workflow_id": workflow.id, "seq": seq, "at": at.isoformat(), "trigger": trigger,
-        "from": workflow.state.value, "to": dest.value, "data": data, "prev": prev,
+        "from": str(workflow.state), "to": str(dest), "data": data, "prev": prev,
     }  # fmt: skip
     digest = hashlib.sha256(_canonical_json(body).encode()).hexdigest()
     return Event(
-        workflow_id=workflow.id, seq=seq, at=at, trigger=trigger, from_state=workflow.state.value,
-        to_state=dest.value, data=data, prev_hash=prev, hash=digest,
+        workflow_id=workflow.id, seq=seq, at=at, trigger=trigger, from_state=str(workflow.state),
+        to_state=str(dest), data=data, prev_hash=prev, hash=digest,
     )  # fmt: skip
 
 

@@ -11,15 +11,19 @@ import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import timedelta
-from typing import Any
+from dataclasses import replace
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, cast
 
 import structlog
 
+from engine.batch_ops import BATCH_KIND, BatchOps
 from engine.clock import Clock, SystemClock
-from engine.context import StepContext, TransitionObserver
-from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition, ReferenceConflict, WorkflowNotFound
-from engine.models import Event, State, WithdrawalRequest, Workflow, new_workflow_id
+from engine.context import StepContext, TransitionObserver, create_workflow
+from engine.errors import InvalidRequest, InvalidTransition, WorkflowNotFound
+from engine.kinds import KindRegistry, default_kinds
+from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
 from engine.query import DEFAULT_PAGE, MAX_PAGE, ListFilter, Page
 from engine.references import check_metadata, check_reference
@@ -30,16 +34,14 @@ from engine.upbit.gateway import Gateway
 __all__ = ["Engine"]
 
 log = structlog.get_logger("engine")
-RESOLUTIONS = ("resubmit", "abandon")
-
-
-def _settled(wf: Workflow) -> bool:
-    """Terminal, or waiting for an operator who has not decided yet."""
-    return wf.state.is_terminal or (wf.state is State.NEEDS_REVIEW and wf.resolution is None)
 
 
 class Engine:
-    """Submit withdrawals and follow them. Use ``async with Engine(...) as engine``."""
+    """Submit workflows (withdrawals, or any registered kind) and follow them.
+    Use ``async with Engine(...) as engine``.
+
+    ``kinds`` are the workflow kinds it runs (default: those ``engine.bootstrap`` registers); the engine
+    knows a workflow only through its kind (:class:`engine.kinds.WorkflowKind`)."""
 
     def __init__(
         self,
@@ -56,8 +58,10 @@ class Engine:
         owner: str | None = None,
         observers: list[TransitionObserver] | None = None,
         accounts: Iterable[str] | None = None,
+        kinds: KindRegistry | None = None,
     ) -> None:
         self.store = store
+        self.kinds = kinds if kinds is not None else default_kinds()
         self.gateways = dict(gateways)
         #: The accounts a submission may name: the gateways' by default. A store-only engine (the CLI's
         #: store path, ``run_runner=False``) passes the configured names and no gateways: it never calls
@@ -68,19 +72,14 @@ class Engine:
         self.policy = policy or Policy()
         self._changed = asyncio.Condition()
         self._notifications: set[asyncio.Task[None]] = set()
-        # Imported here, not at module top: workflows import engine modules, and engine/__init__ exports
-        # Engine, so a top-level import would make "import workflows.withdrawal" first a circular import.
-        from workflows.withdrawal import MACHINE, STEPS
-
         self.ctx = StepContext(
             store=store,
-            machine=MACHINE,
+            kinds=self.kinds,
             gateways=self.gateways,
             clock=self.clock,
             settings=self.settings,
             policy=self.policy,
             owner=owner,
-            steps=STEPS,
             observers=[*(observers or []), self._on_transition],
         )
         self.runner = Runner(self.ctx, concurrency=concurrency, lease_seconds=lease_seconds, exclusive=exclusive)
@@ -130,15 +129,15 @@ class Engine:
 
     async def submit(
         self,
-        request: WithdrawalRequest,
+        request: Any,
         *,
         idempotency_key: str | None = None,
         reference: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Workflow:
-        """Persist a new withdrawal workflow (or return the one already under ``idempotency_key``).
+        """Persist a new workflow of the request's kind (or return the one already under ``idempotency_key``).
 
-        ``reference`` is the caller's own id for the payout (unique per account: another withdrawal with it
+        ``reference`` is the caller's own id for the payout (unique per account: another workflow with it
         is a :class:`~engine.errors.ReferenceConflict`); ``metadata`` a small JSON object kept as given.
         Both are part of the request an idempotency key stands for."""
         workflow, _ = await self.intake(
@@ -148,86 +147,26 @@ class Engine:
 
     async def intake(
         self,
-        request: WithdrawalRequest,
+        request: Any,
         *,
         idempotency_key: str | None = None,
         reference: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> tuple[Workflow, bool]:
         """Like :meth:`submit`, and says whether the workflow was created now (False: a replay)."""
-        if request.account not in self.accounts:
-            raise InvalidRequest(f"no account named {request.account!r} is configured", field="account")
-        reference = check_reference(reference)
-        extra = check_metadata(dict(metadata) if isinstance(metadata, Mapping) else metadata)
-        if idempotency_key is not None:
-            if not 0 < len(idempotency_key) <= 200:
-                raise InvalidRequest("must be 1-200 characters", field="idempotency_key")
-            existing = await self.store.get_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return self._replay(existing, request, idempotency_key, reference, extra), False
-        workflow, event = self._new(request, idempotency_key, reference, extra)
-        try:
-            if reference is not None:
-                await self._reference_free(reference, request.account)
-            stored, created = await self.store.create(workflow, event)
-        except ReferenceConflict:
-            # A concurrent submit took the reference since the key was looked up; under the same idempotency
-            # key it is this very request (a client's retry racing its first try): answer it as a replay.
-            raced = None if idempotency_key is None else await self.store.get_by_idempotency_key(idempotency_key)
-            if raced is None:
-                raise
-            stored, created = raced, False
-        if not created:
-            return self._replay(stored, request, idempotency_key or "", reference, extra), False
-        log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)
-        self.runner.wake()
-        return stored, True
+        stored, created = await create_workflow(
+            self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
+            idempotency_key=idempotency_key, accounts=self.accounts, reference=check_reference(reference),
+            metadata=check_metadata(dict(metadata) if isinstance(metadata, Mapping) else metadata),
+        )  # fmt: skip
+        if created:
+            log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)
+            self.runner.wake()
+        return stored, created
 
-    async def _reference_free(self, reference: str, account: str) -> None:
-        """:class:`ReferenceConflict` naming the workflow that already carries ``reference`` on ``account``
-        (the store's unique index is the guarantee; this gives the caller the id)."""
-        taken = await self.store.list(ListFilter(reference=reference, account=account), limit=1)
-        if taken:
-            raise ReferenceConflict(
-                f"reference {reference!r} is already used on account {account!r} by workflow {taken[0].id}"
-            )
-
-    def _new(
-        self, request: WithdrawalRequest, key: str | None, reference: str | None, metadata: dict[str, Any] | None
-    ) -> tuple[Workflow, Event]:
-        now = self.clock.now()
-        wf_id = new_workflow_id()
-        data = {"request": request.to_dict(), "idempotency_key": key, "reference": reference, "metadata": metadata}
-        event = Event(
-            workflow_id=wf_id, seq=1, at=now, trigger="create", from_state=None, to_state=State.PENDING.value,
-            data=data,
-        ).sealed("")  # fmt: skip
-        workflow = Workflow(
-            id=wf_id,
-            state=State.PENDING,
-            request=request,
-            created_at=now,
-            updated_at=now,
-            idempotency_key=key,
-            next_run_at=now,
-            deadline_at=now + timedelta(seconds=self.settings.preflight_deadline),
-            event_seq=1,
-            last_hash=event.hash,
-            reference=reference,
-            metadata=metadata,
-        )
-        return workflow, event
-
-    @staticmethod
-    def _replay(
-        existing: Workflow, request: WithdrawalRequest, key: str, reference: str | None, metadata: dict[str, Any] | None
-    ) -> Workflow:
-        same = existing.request.same_as(request) and existing.reference == reference and existing.metadata == metadata
-        if not same:
-            raise IdempotencyConflict(
-                f"idempotency key {key!r} was used for a different request (workflow {existing.id})"
-            )
-        return existing
+    def settled(self, wf: Workflow) -> bool:
+        """Terminal, or waiting for an operator who has not decided yet (by the workflow's kind)."""
+        return self.kinds.is_settled(wf)
 
     async def get(self, workflow_id: str) -> Workflow:
         """The workflow as stored now."""
@@ -237,15 +176,19 @@ class Engine:
         self,
         where: ListFilter | None = None,
         *,
-        state: State | None = None,
+        state: str | None = None,
         limit: int = 100,
         before: str | None = None,
+        kind: str | None = None,
     ) -> builtins.list[Workflow]:
         """Newest first; pass the last id as ``before`` for the next page (:meth:`page` says whether
-        there is one, and counts)."""
+        there is one, and counts); ``kind``: only that kind's."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"must be between 1 and {MAX_PAGE}", field="limit")
-        return await self.store.list((where or ListFilter()).with_state(state), limit=limit, before_id=before)
+        where = (where or ListFilter()).with_state(state)
+        if kind is not None:
+            where = replace(where, kind=kind)
+        return await self.store.list(where, limit=limit, before_id=before)
 
     async def page(
         self, where: ListFilter | None = None, *, limit: int = DEFAULT_PAGE, cursor: str | None = None
@@ -284,7 +227,7 @@ class Engine:
         where = ListFilter(reference=reference, account=account, idempotency_key=idempotency_key)
         found = await self.store.list(where, limit=2)
         if len(found) > 1:
-            accounts = ", ".join(sorted(wf.request.account for wf in found))
+            accounts = ", ".join(sorted(self.kinds.of(wf).index(wf.request).account for wf in found))
             raise InvalidRequest(
                 f"reference {reference!r} is used on several accounts ({accounts}): name one", field="account"
             )
@@ -293,19 +236,22 @@ class Engine:
     async def cancel(self, workflow_id: str) -> Workflow:
         """Ask to cancel: locally before submit, at the exchange after. Terminal workflows refuse."""
         current = await self.store.get(workflow_id)
-        if current.state.is_terminal:
-            raise InvalidTransition(f"{workflow_id} is already {current.state.value}")
+        if self.kinds[current.kind].is_terminal(current.state):
+            raise InvalidTransition(f"{workflow_id} is already {current.state}")
         flagged = await self.store.request_cancel(workflow_id, at=self.clock.now())
         self.runner.wake()
         return flagged
 
     async def resolve(self, workflow_id: str, action: str) -> Workflow:
-        """An operator's decision for a ``needs_review`` workflow: ``resubmit`` or ``abandon``."""
-        if action not in RESOLUTIONS:
-            raise InvalidRequest(f"must be one of {', '.join(RESOLUTIONS)}", field="action")
+        """An operator's decision for a workflow that awaits one (a withdrawal in ``needs_review``:
+        ``resubmit`` or ``abandon``); the kind says which actions it accepts, its next step applies it."""
+        self.kinds.check_resolution(action)  # before the read: a bad action is refused as before
         current = await self.store.get(workflow_id)
-        if current.state is not State.NEEDS_REVIEW:
-            raise InvalidTransition(f"{workflow_id} is {current.state.value}, not needs_review")
+        kind = self.kinds[current.kind]
+        kind.check_resolution(action)
+        if not kind.awaits_operator(current.state):
+            awaiting = "/".join(sorted(kind.awaiting_operator)) or "a state awaiting an operator"
+            raise InvalidTransition(f"{workflow_id} is {current.state}, not {awaiting}")
         flagged = await self.store.request_resolution(workflow_id, action, at=self.clock.now())
         self.runner.wake()
         return flagged
@@ -315,7 +261,7 @@ class Engine:
         async with asyncio.timeout(timeout):
             while True:
                 wf = await self.store.get(workflow_id)
-                if _settled(wf):
+                if self.kinds.is_settled(wf):
                     return wf
                 await self._changed_or(0.5)
 
@@ -327,7 +273,7 @@ class Engine:
             for event in await self.store.events(workflow_id, after_seq=seen):
                 seen = event.seq
                 yield event
-            if not follow or _settled(await self.store.get(workflow_id)):
+            if not follow or self.kinds.is_settled(await self.store.get(workflow_id)):
                 for event in await self.store.events(workflow_id, after_seq=seen):
                     seen = event.seq
                     yield event
@@ -359,3 +305,96 @@ class Engine:
             }
             for name, gw in self.gateways.items()
         }
+
+    # -- payout batches (the "batch" kind, workflows/batch; reached through the registry) ----------------
+
+    #: [batches] max_total: the most one batch may pay per currency (set by ``engine.bootstrap``).
+    batch_max_total: Mapping[str, Decimal] = MappingProxyType({})
+    #: [batches] max_body_bytes: the largest batch the HTTP API reads.
+    batch_max_body_bytes: int = 8 * 1024 * 1024
+
+    def _batch_kind(self) -> BatchOps:
+        """The registered batch kind (its batch-only operations are pure; this engine does the I/O)."""
+        return cast(BatchOps, self.kinds[BATCH_KIND])
+
+    async def _batch(self, batch_id: str) -> Workflow:
+        wf = await self.store.get(batch_id)
+        if wf.kind != BATCH_KIND:
+            raise WorkflowNotFound(f"no batch has the id {batch_id}")
+        return wf
+
+    def read_batch(self, text: str | object, fmt: str) -> tuple[builtins.list[Any], dict[str, Decimal]]:
+        """A payout file's items and its own per-currency caps (``fmt``: ``csv`` or ``json``; JSON may
+        come parsed)."""
+        return self._batch_kind().read(text, fmt)
+
+    async def submit_batch(
+        self,
+        items: object,
+        *,
+        skip_invalid: bool = False,
+        max_total: Mapping[str, Decimal] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Workflow:
+        """Validate a payout batch whole and persist it as one workflow (see :meth:`intake_batch`).
+
+        ``items``: a list of item objects (withdrawal request fields plus ``reference``), or a batch request
+        the batch kind built (``workflows.batch.intake.build_batch``)."""
+        workflow, _ = await self.intake_batch(
+            items, skip_invalid=skip_invalid, max_total=max_total, idempotency_key=idempotency_key
+        )
+        return workflow
+
+    async def intake_batch(
+        self,
+        items: object,
+        *,
+        skip_invalid: bool = False,
+        max_total: Mapping[str, Decimal] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Workflow, bool]:
+        """Every item validated first (``InvalidBatch`` names each bad item and field; ``skip_invalid``
+        accepts the rest and lists them), then the per-currency caps; only then is the batch stored. Its
+        children are created by its own steps. Returns (workflow, created now)."""
+        # Off the event loop: validating 10,000 items takes about a second of CPU, and the runner's steps
+        # and the API's other requests share this loop (a thread lets them interleave meanwhile).
+        request = await asyncio.to_thread(
+            self._batch_kind().accept, items, skip_invalid=skip_invalid, max_total=max_total,
+            accounts=frozenset(self.gateways), limits=dict(self.batch_max_total),
+        )  # fmt: skip
+        return await self.intake(request, idempotency_key=idempotency_key)
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch's view and its children's counts by state."""
+        wf = await self._batch(batch_id)
+        by_state: dict[str, int] = {}
+        for (_kind, state, _resolved), n in (await self.store.count_children(wf.id)).items():
+            by_state[state] = by_state.get(state, 0) + n
+        return self._batch_kind().status(wf, by_state)
+
+    async def batch_children(self, batch_id: str) -> AsyncIterator[Workflow]:
+        """The batch's children, a page at a time from the store, in creation order."""
+        after: str | None = None
+        while True:
+            page = await self.store.children(batch_id, after_id=after, limit=1000)
+            for child in page:
+                yield child
+            if len(page) < 1000:
+                return
+            after = page[-1].id
+
+    async def batch_report(self, batch_id: str) -> dict[str, Any]:
+        """The settlement report: per item reference, outcome, exchange uuid, txid, fee, reason; totals."""
+        wf = await self._batch(batch_id)
+        children = [child async for child in self.batch_children(wf.id)]
+        return self._batch_kind().report(wf, children)
+
+    def batch_report_csv(self, report: Mapping[str, Any]) -> str:
+        """A report's items as CSV."""
+        return self._batch_kind().render_csv(report)
+
+    async def cancel_batch(self, batch_id: str) -> Workflow:
+        """Cancel a batch: no more children are created, every child not yet submitted is cancelled, and
+        the exchange is asked to cancel the cancelable ones (each through the withdrawal's cancel)."""
+        await self._batch(batch_id)
+        return await self.cancel(batch_id)

@@ -3,29 +3,24 @@
 It starts the sandbox (the built-in seed, keyed with the published demo pair, faster withdrawal
 timings), opens a SQLite store (a temporary one unless ``--db``), builds the engine exactly as the
 service does (:func:`engine.bootstrap.build_engine`), and submits ``count`` withdrawals across the
-seed's allowlisted networks. A few are built to fail, each for a documented reason:
+seed's allowlisted networks. A few are built to fail, each for a documented reason: the script and its
+expected outcomes are the withdrawal's (:mod:`workflows.withdrawal_demo`).
 
-- an address that is not in the Open API allowlist  -> ``aborted`` / ``address_not_allowed``
-- DOGE, whose wallet the seed has *paused*           -> ``aborted`` / ``wallet_unavailable`` once the
-  (demo-short) pre-flight deadline passes; nothing is sent
-- XRP 13.13, which the sandbox's outcome rule makes the exchange REJECT  -> ``REJECTED``
-- ETH 0.131313, which an outcome rule makes FAIL on chain                -> ``FAILED``
-
-Everything else ends ``DONE``. The demo shows live progress, then a table of outcomes and the exchange
-calls used per endpoint, and exits 0 only when every workflow ended as expected.
+Beside them runs a small payout batch (:mod:`workflows.batch.demo`: five items, one REJECTED by the
+exchange, one not allowlisted), which settles with its settlement report. The demo shows live progress,
+then a table of outcomes, the batch's report and the exchange calls used per endpoint, and exits 0 only
+when every workflow and every batch item ended as expected. "Settled" is each workflow's kind's word.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +28,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine.bootstrap import build_engine
+from engine.bootstrap import build_engine, standard_kinds
 from engine.config import AccountConfig, ApiConfig, Config, EngineConfig, GatewayConfig
 from engine.core import Engine
+from engine.kinds import KindRegistry
 from engine.logging import configure_logging
-from engine.models import AbortReason, Event, State, WithdrawalRequest, Workflow
+from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
-from engine.sandbox import SandboxSeed, SandboxServer
-from engine.sandbox.defaults import build_default_seed
-from engine.sandbox.model import OutcomeRule, Timings, WithdrawalState
-from engine.upbit.auth import Credentials
+from engine.sandbox import SandboxServer
+from workflows.batch.demo import demo_batch
+from workflows.withdrawal_demo import SUCCESS, Planned, demo_seed, plan
 
-__all__ = ["DEMO_SETTINGS", "Planned", "demo_seed", "plan", "run_demo"]
+__all__ = ["DEMO_SETTINGS", "Planned", "demo_seed", "plan", "run_demo"]  # the script's names: re-exported
 
 #: Demo timings: a paused wallet gives up after 4 s instead of 30 min; polls are frequent.
 DEMO_SETTINGS = WorkflowSettings(
@@ -62,104 +57,35 @@ DEMO_SETTINGS = WorkflowSettings(
     lane_retry=0.2,
 )
 DEMO_GATEWAY = GatewayConfig(allowlist_ttl=30.0, wallet_ttl=0.5, chance_ttl=1.0, poll_window=0.05)
-#: The sandbox moves a withdrawal WAITING -> PROCESSING -> end in about 1.5-3 s.
-DEMO_TIMINGS = Timings(waiting_seconds=0.5, waiting_jitter=0.5, processing_seconds=1.0, processing_jitter=1.0)
-REJECT_RULE = OutcomeRule(currency="XRP", amount=Decimal("13.13"), outcome=WithdrawalState.REJECTED)
-FAIL_RULE = OutcomeRule(currency="ETH", amount=Decimal("0.131313"), outcome=WithdrawalState.FAILED)
 #: How long the demo waits for every workflow to settle before calling the run a failure.
 SETTLE_LIMIT = 50.0
-_NOT_ALLOWED = AbortReason.ADDRESS_NOT_ALLOWED.value
-#: The paused wallet's workflow gives up at the pre-flight deadline. The runner's own deadline check
-#: (reason ``deadline_exceeded``) usually fires before the wallet step can say ``wallet_unavailable``;
-#: both mean "nothing was sent because the wallet stayed paused" (the event log shows the wallet wait).
-_PAUSED_REASONS = (AbortReason.WALLET_UNAVAILABLE.value, AbortReason.DEADLINE_EXCEEDED.value)
-_SETTLED = frozenset({*(s for s in State if s.is_terminal), State.NEEDS_REVIEW})
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    """One scripted withdrawal and how it is expected to end."""
-
-    label: str
-    request: WithdrawalRequest
-    expected_state: State
-    expected_reasons: tuple[str, ...] = ()
-
-    def matches(self, wf: Workflow) -> bool:
-        """Did the workflow end as expected?"""
-        return wf.state is self.expected_state and (not self.expected_reasons or wf.reason in self.expected_reasons)
-
-
-def demo_seed() -> SandboxSeed:
-    """The built-in seed, keyed with the published demo pair (never the environment's keys), with demo
-    timings and the two outcome rules the script relies on."""
-    seed = build_default_seed(Credentials.demo())
-    rules = tuple(seed.outcome_rules) + tuple(r for r in (REJECT_RULE, FAIL_RULE) if r not in seed.outcome_rules)
-    return dataclasses.replace(seed, timings=DEMO_TIMINGS, outcome_rules=rules)
-
-
-def _addresses(seed: SandboxSeed) -> dict[tuple[str, str], str]:
-    return {(a.currency, a.net_type): a.withdraw_address for a in seed.accounts[0].addresses}
-
-
-def _happy(i: int, addresses: dict[tuple[str, str], str]) -> Planned:
-    """The i-th ordinary withdrawal: distinct amounts, so no two share a lane."""
-    networks = [
-        ("BTC", "BTC", Decimal("0.001") + Decimal("0.0001") * i),
-        ("ETH", "ETH", Decimal("0.05") + Decimal("0.001") * i),
-        ("USDT", "TRX", Decimal("25") + i),
-        ("XRP", "XRP", Decimal("20") + i),
-        ("USDT", "ETH", Decimal("40") + i),
-    ]
-    currency, net, raw = networks[i % len(networks)]
-    amount = Decimal(format(raw.normalize(), "f"))
-    request = WithdrawalRequest(currency=currency, net_type=net, amount=amount, address=addresses[(currency, net)])
-    return Planned("ordinary", request, State.DONE)
-
-
-def _specials(addresses: dict[tuple[str, str], str]) -> list[Planned]:
-    def req(currency: str, net: str, amount: str, address: str | None = None) -> WithdrawalRequest:
-        to = address or addresses[(currency, net)]
-        return WithdrawalRequest(currency=currency, net_type=net, amount=Decimal(amount), address=to)
-
-    bogus = "bc1qnotinthe0allowlist000000000000000000000"
-    return [
-        Planned("exchange rejects it", req("XRP", "XRP", "13.13"), State.REJECTED),
-        Planned("address not allowlisted", req("BTC", "BTC", "0.002", bogus), State.ABORTED, (_NOT_ALLOWED,)),
-        Planned("wallet paused", req("DOGE", "DOGE", "100"), State.ABORTED, _PAUSED_REASONS),
-        Planned("fails on chain", req("ETH", "ETH", "0.131313"), State.FAILED),
-    ]
-
-
-def plan(count: int, seed: SandboxSeed) -> list[Planned]:
-    """``count`` withdrawals: the four failing cases at positions 1, 3, 5, 7 (as far as they fit)."""
-    addresses = _addresses(seed)
-    specials = iter(_specials(addresses))
-    planned: list[Planned] = []
-    ordinary = 0
-    for position in range(count):
-        special = next(specials, None) if position % 2 == 1 else None
-        if special is None:
-            special = _happy(ordinary, addresses)
-            ordinary += 1
-        planned.append(special)
-    return planned
+async def _run_batch(engine: Engine, batch_id: str, expected: dict[str, str]) -> dict[str, Any]:
+    """Wait for the demo batch to settle; its report, each item checked against what was expected."""
+    with contextlib.suppress(TimeoutError):  # a batch that did not settle is reported as not ok
+        await engine.wait(batch_id, timeout=SETTLE_LIMIT)
+    report = await engine.batch_report(batch_id)
+    for row in report["items"]:
+        row["expected"] = expected[row["reference"]]
+        row["as_expected"] = row["outcome"] == row["expected"]
+    report["ok"] = report["state"] == "settled" and all(row["as_expected"] for row in report["items"])
+    return report
 
 
 class _Tracker:
-    """Latest state per workflow, fed by the engine's transition hook."""
+    """Latest record per workflow, fed by the engine's transition hook (settled: by its kind)."""
 
-    def __init__(self) -> None:
-        self.states: dict[str, State] = {}
+    def __init__(self, kinds: KindRegistry) -> None:
+        self.kinds = kinds
+        self.latest: dict[str, Workflow] = {}
 
     def observe(self, before: Workflow, after: Workflow, event: Event) -> None:
-        self.states[after.id] = after.state
+        self.latest[after.id] = after
 
-    def counts(self, ids: list[str]) -> Counter[str]:
-        return Counter(self.states.get(i, State.PENDING).value for i in ids)
+    def counts(self, ids: list[str], initial: dict[str, str]) -> Counter[str]:
+        return Counter(str(self.latest[i].state) if i in self.latest else initial[i] for i in ids)
 
     def settled(self, ids: list[str]) -> int:
-        return sum(1 for i in ids if self.states.get(i, State.PENDING) in _SETTLED)
+        return sum(1 for i in ids if i in self.latest and self.kinds.is_settled(self.latest[i]))
 
 
 def _config(url: str, db_path: Path) -> Config:
@@ -174,7 +100,9 @@ def _config(url: str, db_path: Path) -> Config:
     )
 
 
-async def _follow(engine: Engine, tracker: _Tracker, ids: list[str], console: Console) -> None:
+async def _follow(
+    engine: Engine, tracker: _Tracker, ids: list[str], initial: dict[str, str], console: Console
+) -> None:
     columns = (
         SpinnerColumn(), TextColumn("[bold]withdrawals"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[counts]}"),
@@ -183,7 +111,7 @@ async def _follow(engine: Engine, tracker: _Tracker, ids: list[str], console: Co
         task = progress.add_task("demo", total=len(ids), counts="")
         async with asyncio.timeout(SETTLE_LIMIT):
             while True:
-                counts = tracker.counts(ids)
+                counts = tracker.counts(ids, initial)
                 text = "  ".join(f"{state} {n}" for state, n in sorted(counts.items()))
                 progress.update(task, completed=tracker.settled(ids), counts=text)
                 if tracker.settled(ids) == len(ids):
@@ -194,18 +122,24 @@ async def _follow(engine: Engine, tracker: _Tracker, ids: list[str], console: Co
 async def _run(count: int, db_path: Path, console: Console) -> dict[str, Any]:
     seed = demo_seed()
     planned = plan(count, seed)
-    tracker = _Tracker()
     started = time.monotonic()
     sandbox = SandboxServer(seed=seed)
+    tracker = _Tracker(standard_kinds())
     async with sandbox, build_engine(_config(sandbox.url, db_path), observers=[tracker.observe]) as engine:
-        ids = [(await engine.submit(p.request)).id for p in planned]
+        submitted = [await engine.submit(p.request) for p in planned]
+        ids = [wf.id for wf in submitted]
+        initial = {wf.id: str(wf.state) for wf in submitted}
+        items, expected = demo_batch(seed)
+        batch = await engine.submit_batch(items, idempotency_key="demo-payroll")
         try:
-            await _follow(engine, tracker, ids, console)
+            await _follow(engine, tracker, ids, initial, console)
         except TimeoutError:
             console.print(f"[red]not every withdrawal settled within {SETTLE_LIMIT:g} s[/red]")
         finals = [await engine.get(i) for i in ids]
+        batch_report = await _run_batch(engine, batch.id, expected)
         stats = engine.stats()["default"]
-    return _report(planned, finals, stats, time.monotonic() - started)
+    report = _report(planned, finals, stats, time.monotonic() - started)
+    return {**report, "ok": report["ok"] and batch_report["ok"], "batch": batch_report}
 
 
 def _report(planned: list[Planned], finals: list[Workflow], stats: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -216,9 +150,9 @@ def _report(planned: list[Planned], finals: list[Workflow], stats: dict[str, Any
             "currency": wf.request.currency,
             "net_type": wf.request.net_type,
             "amount": format(wf.request.amount, "f"),
-            "state": wf.state.value,
+            "state": str(wf.state),
             "reason": wf.reason,
-            "expected_state": p.expected_state.value,
+            "expected_state": str(p.expected_state),
             "expected_reasons": list(p.expected_reasons),
             "as_expected": p.matches(wf),
         }
@@ -240,23 +174,37 @@ def _show(report: dict[str, Any], console: Console) -> None:
     for n, row in enumerate(report["workflows"], 1):
         expected = row["expected_state"] + "".join(f"/{r}" for r in row["expected_reasons"][:1])
         mark = f"[green]yes[/green] ({row['label']})" if row["as_expected"] else f"[red]NO[/red] (wanted {expected})"
-        style = "green" if row["state"] == "DONE" else "yellow" if row["as_expected"] else "red"
+        style = "green" if row["state"] == SUCCESS else "yellow" if row["as_expected"] else "red"
         table.add_row(
             str(n), row["id"], f"{row['currency']}/{row['net_type']}", row["amount"],
             f"[{style}]{row['state']}[/{style}]", row["reason"] or "", mark,
         )  # fmt: skip
     console.print(table)
+    _show_batch(report["batch"], console)
     calls = Table("endpoint", "calls", title="Exchange API calls")
     for endpoint, n in report["calls"].items():
         calls.add_row(endpoint, str(n))
     calls.add_row("[bold]total[/bold]", f"[bold]{report['calls_total']}[/bold]")
     console.print(calls)
-    per = report["calls_total"] / max(1, len(report["workflows"]))
+    batch_items = len(report["batch"]["items"])
+    per = report["calls_total"] / max(1, len(report["workflows"]) + batch_items)
     verdict = "[green]every withdrawal ended as expected[/green]" if report["ok"] else "[red]unexpected outcomes[/red]"
     console.print(
-        f"{len(report['workflows'])} withdrawals in {report['elapsed_seconds']:.1f} s, {per:.2f} exchange calls "
-        f"each ({report['poll_batches']} batched polls): {verdict}"
+        f"{len(report['workflows'])} withdrawals and a batch of {batch_items} in {report['elapsed_seconds']:.1f} s, "
+        f"{per:.2f} exchange calls each ({report['poll_batches']} batched polls): {verdict}"
     )
+
+
+def _show_batch(batch: dict[str, Any], console: Console) -> None:
+    table = Table("reference", "amount", "outcome", "reason", "txid", "expected?",
+                  title=f"Payout batch {batch['batch_id']}: {batch['state']}")  # fmt: skip
+    for row in batch["items"]:
+        mark = "[green]as expected[/green]" if row["as_expected"] else f"[red]NO[/red] (wanted {row['expected']})"
+        table.add_row(row["reference"], f"{row['amount']} {row['currency']}", row["outcome"], row["reason"] or "",
+                      row["txid"] or "", mark)  # fmt: skip
+    console.print(table)
+    totals = ", ".join(f"{cur} {t['amount']} ({t['count']} items)" for cur, t in batch["totals"]["by_currency"].items())
+    console.print(f"batch totals: {totals}; by outcome: {batch['totals']['by_state']}")
 
 
 def run_demo(*, count: int = 20, db: str | None = None, as_json: bool = False) -> int:

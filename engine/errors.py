@@ -6,6 +6,7 @@ what is known about the outcome of the call, because that decides whether a with
     EngineError
     ├── ConfigError                      bad configuration; names the key
     ├── InvalidRequest                   a WithdrawalRequest failed validation; names the field
+    │   └── InvalidBatch                 a payout batch failed validation; names every bad item and field
     ├── IdempotencyConflict              known idempotency key, different request
     ├── ReferenceConflict                the account already has a withdrawal with this reference
     ├── WorkflowNotFound
@@ -51,6 +52,7 @@ __all__ = [
     "ExchangeTimeout",
     "GuardRejected",
     "IdempotencyConflict",
+    "InvalidBatch",
     "InvalidRequest",
     "InvalidTransition",
     "LaneBusy",
@@ -219,3 +221,11 @@ class ExchangeBadResponse(OutcomeUnknown):
 
 class GuardRejected(InvalidTransition):
     """The transition exists but its guard refused it."""
+
+
+class InvalidBatch(InvalidRequest):
+    """The payout batch is invalid; ``errors`` names every bad item and field."""
+
+    def __init__(self, message: str | None = None, *, errors: list[dict[str, object]] | None = None) -> None:
+        self.errors: list[dict[str, object]] = list(errors or [])
+        super().__init__(message or f"{len(self.errors)} item(s) of the batch are invalid", field="items")

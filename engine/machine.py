@@ -18,7 +18,7 @@ from typing import Any
 from transitions import Machine, MachineError
 
 from engine.errors import GuardRejected, InvalidTransition
-from engine.models import State, Workflow
+from engine.models import Workflow
 
 __all__ = ["Guard", "TransitionSpec", "WorkflowMachine"]
 
@@ -34,8 +34,8 @@ class TransitionSpec:
     """
 
     trigger: str
-    source: tuple[State, ...]
-    dest: State | None
+    source: tuple[str, ...]
+    dest: str | None
     guard: Guard | None = None
 
 
@@ -59,8 +59,19 @@ def _guard_callback(guard: Guard) -> Callable[[Any], bool]:
 class WorkflowMachine:
     """A compiled transition table for one workflow kind."""
 
-    def __init__(self, kind: str, states: Iterable[State], table: Sequence[TransitionSpec]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        states: Iterable[str],
+        table: Sequence[TransitionSpec],
+        *,
+        initial: str | None = None,
+        terminal: Iterable[str] = (),
+    ) -> None:
         self.kind = kind
+        self.states = tuple(states)
+        self.initial = initial if initial is not None else self.states[0]
+        self.terminal = frozenset(terminal)
         self.table = tuple(table)
         self._machine = Machine(
             model=None,
@@ -87,7 +98,7 @@ class WorkflowMachine:
         """All trigger names."""
         return frozenset(spec.trigger for spec in self.table)
 
-    def fire(self, workflow: Workflow, trigger: str, **data: Any) -> State:
+    def fire(self, workflow: Workflow, trigger: str, **data: Any) -> str:
         """The state ``trigger`` leads to from ``workflow.state``; raises if not allowed."""
         event = self._machine.events.get(trigger)
         if event is None:
@@ -97,24 +108,24 @@ class WorkflowMachine:
             moved = event.trigger(model, **data)
         except MachineError:
             raise InvalidTransition(
-                f"{trigger!r} is not allowed from {workflow.state.value!r} ({workflow.id})"
+                f"{trigger!r} is not allowed from {str(workflow.state)!r} ({workflow.id})"
             ) from None
         if not moved:
-            raise GuardRejected(f"{trigger!r} from {workflow.state.value!r} refused by its guard ({workflow.id})")
-        state: State = model.state
+            raise GuardRejected(f"{trigger!r} from {str(workflow.state)!r} refused by its guard ({workflow.id})")
+        state: str = model.state
         return state
 
-    def allowed(self, state: State) -> list[str]:
+    def allowed(self, state: str) -> list[str]:
         """Triggers that have a transition from ``state`` (guards not evaluated)."""
         return sorted({spec.trigger for spec in self.table if state in spec.source})
 
     def mermaid(self) -> str:
         """The table as a mermaid ``stateDiagram-v2`` (for the README)."""
-        lines = ["stateDiagram-v2", "    [*] --> pending"]
+        lines = ["stateDiagram-v2", f"    [*] --> {self.initial}"]
         for spec in self.table:
             if spec.dest is None:
                 continue
             for source in spec.source:
-                lines.append(f"    {source.value} --> {spec.dest.value}: {spec.trigger}")
-        lines.extend(f"    {s.value} --> [*]" for s in State if s.is_terminal)
+                lines.append(f"    {source} --> {spec.dest}: {spec.trigger}")
+        lines.extend(f"    {s} --> [*]" for s in self.states if s in self.terminal)
         return "\n".join(lines)

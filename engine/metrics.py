@@ -32,7 +32,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from engine.models import NON_TERMINAL, Event, Workflow
+from engine.kinds import KindRegistry, default_kinds
+from engine.models import Event, Workflow
 
 if TYPE_CHECKING:
     from engine.core import Engine
@@ -48,7 +49,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: up to the pre-flight deadline (30 min by default), a slow chain hours.
 TERMINAL_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_IN_FLIGHT = sorted(s.value for s in NON_TERMINAL)
 
 
 class _RateLimitCollector(Collector):
@@ -108,7 +108,10 @@ class Metrics:
         body = metrics.render()
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kinds: KindRegistry | None = None) -> None:
+        #: Which states are terminal is each workflow kind's word (default: the standard kinds).
+        self.kinds = kinds if kinds is not None else default_kinds()
+        self._in_flight = sorted({s for kind in self.kinds.values() for s in kind.states if not kind.is_terminal(s)})
         self.registry = CollectorRegistry()
         self.transitions = Counter(
             "upbit_withdraw_transitions",
@@ -173,14 +176,14 @@ class Metrics:
 
     def observer(self, before: Workflow, after: Workflow, event: Event) -> None:
         """TransitionObserver: count the state change; time it when it lands in a terminal state."""
-        if event.trigger in ("watch", "note") and event.data.get("note") == "late_withdrawal":
+        if event.data.get("note") == "late_withdrawal":
             self.late_withdrawals.inc(len(event.data.get("exchange_uuids") or ()))
         if event.from_state is None or event.from_state == event.to_state:
             return
         self.transitions.labels(from_state=event.from_state, to_state=event.to_state).inc()
-        if after.state.is_terminal:
+        if self.kinds[after.kind].is_terminal(after.state):
             seconds = (event.at - after.created_at).total_seconds()
-            self.time_to_terminal.labels(state=after.state.value).observe(max(0.0, seconds))
+            self.time_to_terminal.labels(state=str(after.state)).observe(max(0.0, seconds))
 
     def call_observer(self, endpoint: str, status: int, seconds: float) -> None:
         """CallObserver: count the exchange call and its duration."""
@@ -197,7 +200,7 @@ class Metrics:
     def set_workflow_counts(self, counts: Iterable[tuple[str, int]]) -> None:
         """Set the gauge: every non-terminal state gets a value (0 when absent)."""
         by_state = dict(counts)
-        for state in _IN_FLIGHT:
+        for state in self._in_flight:
             self.workflows.labels(state=state).set(by_state.get(state, 0))
 
     def render(self) -> bytes:

@@ -10,13 +10,14 @@ is, so it is refused rather than guessed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from engine.errors import InvalidRequest
-from engine.models import State, Workflow
+from engine.kinds import RowIndex
+from engine.models import Workflow
 from engine.references import check_reference
 
 __all__ = [
@@ -50,7 +51,10 @@ class ListFilter:
     UTC, the zone the stores write.
     """
 
-    states: AbstractSet[State] = field(default_factory=frozenset)  # kept as a frozenset
+    #: State names (of the listed kind: the caller validates them against it); several combine with OR.
+    states: AbstractSet[str] = field(default_factory=frozenset)  # kept as a frozenset
+    #: Only workflows of this kind (None: every kind).
+    kind: str | None = None
     currency: str | None = None
     net_type: str | None = None
     account: str | None = None
@@ -63,22 +67,23 @@ class ListFilter:
     updated_before: datetime | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "states", frozenset(State(s) for s in self.states))
+        object.__setattr__(self, "states", frozenset(str(s) for s in self.states))
         for name in _TIME_BOUNDS:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, _utc(value, name))
 
-    def with_state(self, state: State | None) -> ListFilter:
+    def with_state(self, state: str | None) -> ListFilter:
         """This filter with one more state allowed (None: unchanged), for ``Engine.list(state=...)``: with no
         states given it selects only that one."""
-        return self if state is None else replace(self, states=self.states | {state})
+        return self if state is None else replace(self, states=self.states | {str(state)})
 
-    def matches(self, wf: Workflow) -> bool:
-        """Whether ``wf`` is selected: the rule the stores' SQL implements (the contract suite compares)."""
-        req = wf.request
+    def matches(self, wf: Workflow, index: RowIndex) -> bool:
+        """Whether ``wf`` (whose kind indexes its request as ``index``) is selected: the rule the stores' SQL
+        implements (the contract suite compares)."""
         equal = (
-            (self.currency, req.currency), (self.net_type, req.net_type), (self.account, req.account),
+            (self.kind, wf.kind), (self.currency, index.currency), (self.net_type, index.net_type),
+            (self.account, index.account),
             (self.reason, wf.reason), (self.reference, wf.reference), (self.idempotency_key, wf.idempotency_key),
         )  # fmt: skip
         if any(wanted is not None and wanted != value for wanted, value in equal):
@@ -113,9 +118,12 @@ class Page:
     total: int
 
 
-def parse_list_query(pairs: Iterable[tuple[str, str]]) -> tuple[ListFilter, int, str | None]:
-    """``(filter, limit, cursor)`` from query parameters (repeatable ``state``, or a comma list), or
-    :class:`~engine.errors.InvalidRequest` whose ``fields`` names every bad parameter at once."""
+def parse_list_query(
+    pairs: Iterable[tuple[str, str]], *, kind: str, states: Collection[str]
+) -> tuple[ListFilter, int, str | None]:
+    """``(filter, limit, cursor)`` over workflows of ``kind`` (whose state names are ``states``) from query
+    parameters (repeatable ``state``, or a comma list), or :class:`~engine.errors.InvalidRequest` whose
+    ``fields`` names every bad parameter at once."""
     values: dict[str, list[str]] = {}
     for key, value in pairs:
         values.setdefault(key, []).append(value)
@@ -125,7 +133,7 @@ def parse_list_query(pairs: Iterable[tuple[str, str]]) -> tuple[ListFilter, int,
             problems[key] = "given more than once"
     single = {key: given[0] for key, given in values.items() if key in LIST_PARAMETERS and key != "state"}
     kwargs: dict[str, object] = {}
-    states = _parse_states(values.get("state", []), problems)
+    chosen = _parse_states(values.get("state", []), states, problems)
     for key, raw in single.items():
         if key in problems:
             continue
@@ -138,8 +146,9 @@ def parse_list_query(pairs: Iterable[tuple[str, str]]) -> tuple[ListFilter, int,
     text = {k: v for k, v in kwargs.items() if isinstance(v, str)}
     times = {k: v for k, v in kwargs.items() if isinstance(v, datetime)}
     where = ListFilter(
-        states=states, currency=text.get("currency"), net_type=text.get("net_type"), account=text.get("account"),
-        reason=text.get("reason"), reference=text.get("reference"), idempotency_key=text.get("idempotency_key"),
+        kind=kind, states=chosen, currency=text.get("currency"), net_type=text.get("net_type"),
+        account=text.get("account"), reason=text.get("reason"), reference=text.get("reference"),
+        idempotency_key=text.get("idempotency_key"),
         created_after=times.get("created_after"), created_before=times.get("created_before"),
         updated_after=times.get("updated_after"), updated_before=times.get("updated_before"),
     )  # fmt: skip
@@ -147,13 +156,13 @@ def parse_list_query(pairs: Iterable[tuple[str, str]]) -> tuple[ListFilter, int,
     return where, limit if isinstance(limit, int) else DEFAULT_PAGE, text.get("cursor")
 
 
-def _parse_states(given: list[str], problems: dict[str, str]) -> frozenset[State]:
-    states: set[State] = set()
+def _parse_states(given: list[str], known: Collection[str], problems: dict[str, str]) -> frozenset[str]:
+    states: set[str] = set()
     for part in (p for value in given for p in value.split(",")):
-        try:
-            states.add(State(part))
-        except ValueError:
-            problems["state"] = f"must be one of {', '.join(s.value for s in State)} (repeat it or comma-separate)"
+        if part in known:
+            states.add(part)
+        else:
+            problems["state"] = f"must be one of {', '.join(known)} (repeat it or comma-separate)"
     if given and not states and "state" not in problems:
         problems["state"] = "must not be empty"
     return frozenset(states)

@@ -1,15 +1,18 @@
 """The asyncio runner: claim due workflows, step them under a concurrency bound, persist, repeat.
 
 A sleeping workflow costs nothing here: it is a row with ``next_run_at``; no task, no machine object.
-The loop leases what is due (up to the free slots), drives each leased workflow through as many steps as
-are due right away, and gives the lease back. Between rounds it sleeps until the earliest due time, a
-wake-up (a new submission, a cancel) or a freed slot, whichever comes first.
+The runner runs any registered kind: a claimed workflow goes to its kind's step for its state
+(``kinds[wf.kind].step(state)``), after the kind's deadline rule had its say. The loop leases what is
+due (up to the free slots), drives each leased workflow through as many steps as are due right away,
+and gives the lease back. Between rounds it sleeps until the earliest due time, a wake-up (a new
+submission, a cancel) or a freed slot, whichever comes first.
 
 A step that fails does not fail its workflow: a read error reschedules it with tenacity backoff (and
-past the pre-flight deadline aborts it, nothing having been sent); a lost compare-and-set ends the drive
-and the workflow is picked up again from the store. Shutdown stops claiming, lets steps in flight finish
-(a POST in flight gets its answer recorded) for ``drain_timeout`` seconds, then cancels what remains;
-the store already says where each of those stands, so the next start resumes them.
+past its kind's deadline the kind ends it: a withdrawal aborts, nothing having been sent); a lost
+compare-and-set ends the drive and the workflow is picked up again from the store. Shutdown stops
+claiming, lets steps in flight finish (a POST in flight gets its answer recorded) for ``drain_timeout``
+seconds, then cancels what remains; the store already says where each of those stands, so the next
+start resumes them.
 
 Losing the store is not fatal either. A failed claim, a step whose write could not reach the store, a
 database restart or a full disk makes the runner stop claiming and retry after a capped, jittered
@@ -42,7 +45,8 @@ from engine.errors import (
     StoreUnavailable,
     WorkflowNotFound,
 )
-from engine.models import AbortReason, State, Workflow
+from engine.kinds import Step
+from engine.models import Workflow
 
 __all__ = ["Runner"]
 
@@ -95,6 +99,7 @@ class Runner:
         self.claims = 0
         self.claimed = 0
         self.ctx.park = self._park
+        self.ctx.wake = self.wake
 
     def __repr__(self) -> str:
         return f"<Runner {self.owner} inflight={len(self._inflight)}/{self.concurrency} steps={self.steps_run}>"
@@ -325,7 +330,7 @@ class Runner:
             for _ in range(self.max_chain):
                 if current is None or not self._due(current):
                     return
-                step = self.ctx.steps.get(current.state)
+                step = self.ctx.kinds[current.kind].step(current.state)
                 if step is None:
                     return
                 current = await self._step(step, current)
@@ -333,25 +338,23 @@ class Runner:
     def _due(self, wf: Workflow) -> bool:
         return wf.next_run_at is not None and wf.next_run_at <= self.ctx.now()
 
-    async def _step(self, step: object, wf: Workflow) -> Workflow | None:
+    async def _step(self, step: Step, wf: Workflow) -> Workflow | None:
         self.steps_run += 1
         try:
-            if self._past_deadline(wf):
-                return await self.ctx.transition(
-                    wf, "abort", event_data={"detail": "pre-flight did not pass before the deadline"},
-                    reason=AbortReason.DEADLINE_EXCEEDED.value,
-                )  # fmt: skip
-            stepped: Workflow | None = await step(wf, self.ctx)  # type: ignore[operator]
+            kind = self.ctx.kinds[wf.kind]
+            if kind.past_deadline(wf, self.ctx.now()):
+                return await kind.expire(wf, self.ctx)
+            stepped: Workflow | None = await step(wf, self.ctx)
         except (StaleVersion, StoreUnavailable) as exc:  # the store says where it stands: claimed again later
             self._step_dropped(wf, exc)
             return None
         except ExchangeError as exc:
             return await self._retry_later(wf, exc, exc.as_dict())
         except (InvalidTransition, WorkflowNotFound) as exc:
-            log.error("workflow.step_refused", workflow_id=wf.id, state=wf.state.value, error=str(exc))
+            log.error("workflow.step_refused", workflow_id=wf.id, state=wf.state, error=str(exc))
             return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
         except Exception as exc:
-            log.exception("workflow.step_crashed", workflow_id=wf.id, state=wf.state.value)
+            log.exception("workflow.step_crashed", workflow_id=wf.id, state=wf.state)
             return await self._retry_later(wf, exc, {"error": type(exc).__name__, "message": str(exc)})
         self._store_answered()
         return stepped
@@ -359,16 +362,9 @@ class Runner:
     def _step_dropped(self, wf: Workflow, exc: StoreError) -> None:
         if isinstance(exc, StoreUnavailable):
             self._store_failed(exc)
-            log.info("workflow.store_unavailable", workflow_id=wf.id, state=wf.state.value)
+            log.info("workflow.store_unavailable", workflow_id=wf.id, state=wf.state)
         else:
             log.info("workflow.moved_elsewhere", workflow_id=wf.id)
-
-    def _past_deadline(self, wf: Workflow) -> bool:
-        # A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with
-        # the reason that kept it (wallet_unavailable), or goes through if the wallet came back.
-        waiting_for_wallet = wf.state is State.CHECKING_WALLET and bool(wf.data.get("wallet_wait"))
-        pre = wf.state in (State.PENDING, State.VERIFYING_ADDRESS, State.CHECKING_WALLET) and not waiting_for_wallet
-        return pre and wf.deadline_at is not None and self.ctx.now() >= wf.deadline_at
 
     async def _retry_later(self, wf: Workflow, exc: Exception, error: Mapping[str, object]) -> Workflow | None:
         """Reschedule with backoff after a failed step (never an event per retry: they can be many)."""
@@ -377,7 +373,7 @@ class Runner:
             wf.attempt, initial=settings.read_retry_initial, maximum=settings.read_retry_max, jitter=0.5
         )
         log.warning(
-            "workflow.retry_later", workflow_id=wf.id, state=wf.state.value, delay=round(delay, 3), error=str(exc)
+            "workflow.retry_later", workflow_id=wf.id, state=wf.state, delay=round(delay, 3), error=str(exc)
         )
         try:
             fresh = await self.ctx.store.get(wf.id)

@@ -12,26 +12,33 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from engine.models import Event, State, Workflow
+from engine.kinds import KindRegistry, default_kinds
+from engine.models import Event, Workflow
 from engine.query import Page
 
 __all__ = [
     "EVENT_COLUMNS",
     "PAGE_COLUMNS",
-    "SETTLED_STATES",
     "describe_cause",
     "event_rows",
     "event_view",
     "events_view",
     "page_rows",
     "page_view",
+    "settled_states",
     "with_cause",
     "workflow_rows",
     "workflow_view",
 ]
 
-#: States in which a follower stops waiting: terminal, or waiting for an operator.
-SETTLED_STATES = frozenset({s.value for s in State if s.is_terminal} | {State.NEEDS_REVIEW.value})
+
+
+def settled_states(kind: str = "withdrawal", kinds: KindRegistry | None = None) -> frozenset[str]:
+    """States of ``kind`` in which a follower stops waiting: terminal, or waiting for an operator."""
+    found = (kinds or default_kinds())[kind]
+    return frozenset(str(s) for s in (*found.terminal, *found.awaiting_operator))
+
+
 PAGE_COLUMNS = ("id", "state", "withdrawal", "reference", "reason", "updated")
 EVENT_COLUMNS = ("seq", "at", "trigger", "from", "to", "data")
 Style = Callable[[str], str]
@@ -41,26 +48,9 @@ def _plain(state: str) -> str:
     return state
 
 
-def workflow_view(wf: Workflow) -> dict[str, Any]:
-    """The one JSON view of a workflow (API answers, ``--json`` CLI output)."""
-    return {
-        "id": wf.id,
-        "state": wf.state.value,
-        "request": wf.request.to_dict(),
-        "reference": wf.reference,
-        "metadata": wf.metadata,
-        "exchange_uuid": wf.exchange_uuid,
-        "txid": wf.txid,
-        "exchange_state": wf.exchange_state,
-        "reason": wf.reason,
-        "error": wf.error,
-        "submit_count": wf.submit_count,
-        "cancel_requested": wf.cancel_requested,
-        "resolution": wf.resolution,
-        "created_at": wf.created_at.isoformat(),
-        "updated_at": wf.updated_at.isoformat(),
-        "lane": wf.lane,
-    }
+def workflow_view(wf: Workflow, kinds: KindRegistry | None = None) -> dict[str, Any]:
+    """The one JSON view of a workflow (API answers, ``--json`` CLI output): its kind's ``view``."""
+    return (kinds or default_kinds())[wf.kind].view(wf)
 
 
 def page_view(page: Page) -> dict[str, Any]:

@@ -7,7 +7,7 @@ reason), ``reconciling`` (a POST whose outcome is unknown) and ``needs_review`` 
 Decisions (``match_address``, ``wallet_verdict``, ``chance_verdict``, ``policy_verdict``,
 ``choose_candidate``, ``adoption_since``, ``absence_proven``, ``trigger_for``) are pure functions of their
 inputs: they are tested as tables.
-Steps do I/O and move the workflow only through :meth:`engine.context.StepContext.transition`, in the
+Steps do I/O and move the workflow only through :meth:`engine.port.StepPort.transition`, in the
 order decide -> persist -> act. The POST is sent only by the step that has just committed ``submitting``
 in the same run; a workflow *found* in ``submitting`` (after a crash) may have sent it, so it reconciles.
 
@@ -26,22 +26,43 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, Unpack
 
 import structlog
 
 from engine.backoff import backoff_delay
-from engine.context import StepContext, evolve
+from engine.context import evolve
 from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, LaneBusy, OutcomeUnknown
+from engine.kinds import RowIndex, Step, WorkflowKind
 from engine.machine import TransitionSpec, WorkflowMachine
-from engine.models import AbortReason, State, TransactionType, WithdrawalRequest, Workflow
+from engine.models import Workflow
 from engine.policy import AutoResolve, Policy, WorkflowSettings
+from engine.port import StepPort
 from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.gateway import SubmitSlot
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
+from workflows.withdrawal_model import (
+    AbortReason,
+    ReconcileInfo,
+    ReconcileMode,
+    Resolution,
+    State,
+    TransactionType,
+    WithdrawalData,
+    WithdrawalRequest,
+    data_of,
+)
+
+#: A key of :class:`WithdrawalData`.
+WithdrawalKey = Literal[
+    "secondary_address", "network_name", "wallet_wait", "reconcile", "uncertain_posts", "watch", "absence",
+    "auto_resubmits", "cancel_noted", "cancel_sent",
+]
 
 __all__ = [
+    "KIND",
     "MACHINE",
+    "NOT_PAID",
     "STEPS",
     "TABLE",
     "AddressMatch",
@@ -67,7 +88,7 @@ _SETTLED = tuple(s for s in State if s.is_terminal)
 
 def _throttled_reconcile(wf: Workflow, _: Mapping[str, Any]) -> bool:
     """Only a throttled POST (429/418: not executed) may be resent after its reconcile found nothing."""
-    return bool(wf.data.get("reconcile", {}).get("mode") == "throttled")
+    return bool(data_of(wf.data).get("reconcile", {}).get("mode") == ReconcileMode.THROTTLED)
 
 
 def _absence_proven_guard(wf: Workflow, data: Mapping[str, Any]) -> bool:
@@ -94,10 +115,10 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("refuse", (S.SUBMITTING,), S.ABORTED),
     TransitionSpec("lose_track", (S.SUBMITTING,), S.RECONCILING),
     TransitionSpec("resubmit", (S.RECONCILING,), S.SUBMITTING, _throttled_reconcile),
-    TransitionSpec("resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _operator_said("resubmit")),
+    TransitionSpec("resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _operator_said(Resolution.RESUBMIT)),
     TransitionSpec("auto_resubmit", (S.NEEDS_REVIEW,), S.SUBMITTING, _absence_proven_guard),
     TransitionSpec("escalate", (S.RECONCILING,), S.NEEDS_REVIEW),
-    TransitionSpec("abandon", (S.NEEDS_REVIEW,), S.ABORTED, _operator_said("abandon")),
+    TransitionSpec("abandon", (S.NEEDS_REVIEW,), S.ABORTED, _operator_said(Resolution.ABANDON)),
     TransitionSpec("mark_waiting", (S.SUBMITTING, S.RECONCILING), S.WAITING),
     TransitionSpec("mark_processing", (S.SUBMITTING, S.RECONCILING, S.WAITING), S.PROCESSING),
     TransitionSpec("mark_done", _OBSERVABLE, S.DONE),
@@ -108,7 +129,10 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("watch", _SETTLED, None),
 )
 
-MACHINE = WorkflowMachine("withdrawal", State, TABLE)
+MACHINE = WorkflowMachine("withdrawal", State, TABLE, initial=S.PENDING, terminal=_SETTLED)
+#: Ended states whose withdrawal was never paid (refused, abandoned): the daily limit's sum leaves them
+#: out, unless an exchange uuid shows the withdrawal happened after all.
+NOT_PAID: tuple[str, ...] = (S.ABORTED,)
 
 _TRIGGERS = {
     ExchangeState.WAITING: "mark_waiting",
@@ -118,6 +142,19 @@ _TRIGGERS = {
     ExchangeState.CANCELLED: "mark_cancelled",
     ExchangeState.REJECTED: "mark_rejected",
 }
+
+
+def _data(wf: Workflow, **changes: Unpack[WithdrawalData]) -> WithdrawalData:
+    """The workflow's data with ``changes`` (keys checked against :class:`WithdrawalData`)."""
+    return {**data_of(wf.data), **changes}
+
+
+def _data_without(wf: Workflow, *keys: WithdrawalKey) -> WithdrawalData:
+    """The workflow's data without ``keys``."""
+    data: WithdrawalData = {**data_of(wf.data)}
+    for key in keys:
+        data.pop(key, None)
+    return data
 
 
 # -- pure decisions ------------------------------------------------------------------------------------
@@ -306,10 +343,7 @@ def trigger_for(state: ExchangeState) -> str | None:
 
 # -- steps ---------------------------------------------------------------------------------------------
 
-Step = Callable[[Workflow, StepContext], Awaitable[Workflow]]
-
-
-async def step_pending(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_pending(wf: Workflow, ctx: StepPort) -> Workflow:
     """Start, unless cancelled first, or unless the account's write budget is booked for a while: then
     wait for this workflow's turn as a row (``next_run_at``), not as a task queued at the rate limiter,
     so polls and cancels of other workflows never queue behind a backlog of new ones."""
@@ -325,7 +359,7 @@ async def step_pending(wf: Workflow, ctx: StepContext) -> Workflow:
     return await ctx.transition(wf, "start", next_run_at=ctx.now(), attempt=0)
 
 
-async def step_verifying_address(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_verifying_address(wf: Workflow, ctx: StepPort) -> Workflow:
     """Local policy (cheap, no I/O) first, then the exchange's allowlist."""
     if wf.cancel_requested:
         return await _cancel_locally(wf, ctx)
@@ -335,13 +369,13 @@ async def step_verifying_address(wf: Workflow, ctx: StepContext) -> Workflow:
     match = match_address(wf.request, await ctx.gateway(wf).allowlist())
     if not match.ok:
         return await _abort(wf, ctx, Check(Verdict.ABORT, AbortReason.ADDRESS_NOT_ALLOWED, match.detail))
-    data = {**wf.data, "secondary_address": match.secondary_address}
+    data = _data(wf, secondary_address=match.secondary_address)
     if match.registered is not None:
         data["network_name"] = match.registered.network_name
     return await ctx.transition(wf, "verify", data=data, attempt=0, next_run_at=ctx.now())
 
 
-async def step_checking_wallet(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_checking_wallet(wf: Workflow, ctx: StepPort) -> Workflow:
     """Wallet status, then chance, then the daily policy; all pass: persist the intent and POST."""
     if wf.cancel_requested:
         return await _cancel_locally(wf, ctx)
@@ -366,12 +400,12 @@ async def step_checking_wallet(wf: Workflow, ctx: StepContext) -> Workflow:
     return await _submit(wf, ctx, "submit")
 
 
-async def _wallet_check(wf: Workflow, ctx: StepContext) -> Check:
+async def _wallet_check(wf: Workflow, ctx: StepPort) -> Check:
     status = await ctx.gateway(wf).wallet_status(wf.request.currency, wf.request.net_type)
     return wallet_verdict(status, hold_on_delayed=ctx.settings.hold_on_block_delayed)
 
 
-async def _chance_check(wf: Workflow, ctx: StepContext) -> Check:
+async def _chance_check(wf: Workflow, ctx: StepPort) -> Check:
     gateway, req = ctx.gateway(wf), wf.request
     check = chance_verdict(req, await gateway.chance(req.currency, req.net_type))
     if check.reason is AbortReason.INSUFFICIENT_BALANCE:  # perhaps only our local holds: ask the exchange
@@ -379,16 +413,17 @@ async def _chance_check(wf: Workflow, ctx: StepContext) -> Check:
     return check
 
 
-async def _daily_check(wf: Workflow, ctx: StepContext) -> Check:
+async def _daily_check(wf: Workflow, ctx: StepPort) -> Check:
     if ctx.policy.for_currency(wf.request.currency, wf.request.account).max_per_day is None:
         return SEND
-    spent = await ctx.store.sum_submitted(
-        account=wf.request.account, currency=wf.request.currency, since=ctx.now() - timedelta(days=1)
+    spent = await ctx.sum_submitted(
+        account=wf.request.account, currency=wf.request.currency, since=ctx.now() - timedelta(days=1),
+        not_paid=NOT_PAID,
     )
     return policy_verdict(wf.request, ctx.policy, spent)
 
 
-async def _wait_for_wallet(wf: Workflow, ctx: StepContext, check: Check) -> Workflow:
+async def _wait_for_wallet(wf: Workflow, ctx: StepPort, check: Check) -> Workflow:
     """Look again later with backoff; past the deadline, give up (nothing was sent)."""
     if wf.deadline_at is not None and ctx.now() >= wf.deadline_at:
         return await _abort(wf, ctx, Check(Verdict.ABORT, check.reason, f"{check.detail} until the deadline"))
@@ -397,11 +432,11 @@ async def _wait_for_wallet(wf: Workflow, ctx: StepContext, check: Check) -> Work
     )
     if wf.deadline_at is not None:
         delay = min(delay, max(0.0, (wf.deadline_at - ctx.now()).total_seconds()))
-    if not wf.data.get("wallet_wait"):
+    if not data_of(wf.data).get("wallet_wait"):
         changes = {
             "next_run_at": ctx.after(delay),
             "attempt": wf.attempt + 1,
-            "data": {**wf.data, "wallet_wait": check.detail},
+            "data": _data(wf, wallet_wait=check.detail),
         }
         return await ctx.note(wf, "wallet_wait", changes=changes, detail=check.detail)
     return await ctx.reschedule(wf, delay, attempt=wf.attempt + 1)
@@ -414,12 +449,12 @@ def _body(wf: Workflow) -> WithdrawBody:
         net_type=req.net_type,
         amount=req.amount,
         address=req.address,
-        secondary_address=wf.data.get("secondary_address", req.secondary_address),
+        secondary_address=data_of(wf.data).get("secondary_address", req.secondary_address),
         transaction_type=req.transaction_type.value,
     )
 
 
-async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: Any) -> Workflow:
+async def _submit(wf: Workflow, ctx: StepPort, trigger: str, **event_data: Any) -> Workflow:
     """Take a rate-limit slot, persist the intent through it (state ``submitting``, exact body, time, lane
     held), then send it once with that slot; the gateway refuses a POST whose intent was not recorded,
     and a slot left unused (the lane was busy, an error, a cancellation) goes back as the block exits."""
@@ -443,7 +478,7 @@ async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: An
                 error=None,
                 attempt=0,
                 next_run_at=ctx.now(),
-                data={k: v for k, v in wf.data.items() if k not in ("reconcile", "wallet_wait", "absence")},
+                data=_data_without(wf, "reconcile", "wallet_wait", "absence"),
             )
 
         try:
@@ -455,39 +490,41 @@ async def _submit(wf: Workflow, ctx: StepContext, trigger: str, **event_data: An
     return await ctx.reschedule(wf, ctx.settings.lane_retry)
 
 
-async def _send(wf: Workflow, ctx: StepContext, body: WithdrawBody, slot: SubmitSlot) -> Workflow:
+async def _send(wf: Workflow, ctx: StepPort, body: WithdrawBody, slot: SubmitSlot) -> Workflow:
     """The only place a POST leaves. Its error type says what is known of the outcome."""
     try:
         withdrawal = await ctx.gateway(wf).submit(body, slot=slot)
     except ExchangeThrottled as exc:
-        return await _lose_track(wf, ctx, "throttled", exc, delay=exc.retry_after)
+        return await _lose_track(wf, ctx, ReconcileMode.THROTTLED, exc, delay=exc.retry_after)
     except ExchangeRefused as exc:
         return await ctx.transition(
             wf, "refuse", event_data={"error": exc.as_dict()}, reason=AbortReason.SUBMIT_REFUSED.value,
             error=exc.as_dict(),
         )  # fmt: skip
     except OutcomeUnknown as exc:
-        return await _lose_track(wf, ctx, "unknown", exc, delay=ctx.settings.reconcile_delay)
+        return await _lose_track(wf, ctx, ReconcileMode.UNKNOWN, exc, delay=ctx.settings.reconcile_delay)
     if wf.submitted_at is not None:  # created between our intent and now: a sample of the created_at clock
         ctx.gateway(wf).client.skew.observe_created(wf.submitted_at, ctx.now(), withdrawal.created_at)
     return await _record(wf, ctx, withdrawal, how="accepted")
 
 
-async def _lose_track(wf: Workflow, ctx: StepContext, mode: str, exc: Exception | None, *, delay: float) -> Workflow:
+async def _lose_track(
+    wf: Workflow, ctx: StepPort, mode: ReconcileMode, exc: Exception | None, *, delay: float
+) -> Workflow:
     """``reconciling``; a POST that may have executed (all but a throttle) is counted in ``uncertain_posts``:
     an abandon watches the lane until that many withdrawals are accounted for."""
     error = exc.as_dict() if isinstance(exc, ExchangeError) else None
-    reconcile = {"mode": mode, "since": ctx.now().isoformat()}
-    uncertain = int(wf.data.get("uncertain_posts", 0)) + (0 if mode == "throttled" else 1)
+    reconcile = ReconcileInfo(mode=mode, since=ctx.now().isoformat())
+    uncertain = int(data_of(wf.data).get("uncertain_posts", 0)) + (0 if mode == ReconcileMode.THROTTLED else 1)
     return await ctx.transition(
         wf, "lose_track", event_data={"mode": mode, "error": error}, error=error,
-        data={**wf.data, "reconcile": reconcile, "uncertain_posts": uncertain}, attempt=0,
+        data=_data(wf, reconcile=reconcile, uncertain_posts=uncertain), attempt=0,
         next_run_at=ctx.after(delay),
     )  # fmt: skip
 
 
 async def _record(
-    wf: Workflow, ctx: StepContext, withdrawal: Withdrawal, *, how: str, attempt: int = 0, **extra: Any
+    wf: Workflow, ctx: StepPort, withdrawal: Withdrawal, *, how: str, attempt: int = 0, **extra: Any
 ) -> Workflow:
     """Move to the exchange's state, keeping its uuid; an unknown state is kept in flight as WAITING.
 
@@ -498,12 +535,12 @@ async def _record(
         log.warning("exchange.unknown_state", workflow_id=wf.id, raw_state=withdrawal.raw_state)
         trigger = "mark_waiting" if wf.state is not S.PROCESSING else "note"
     terminal = withdrawal.state.is_terminal
-    data, watch = wf.data, _open_watch(wf)
+    data, watch = data_of(wf.data), _open_watch(wf)
     if watch is None and wf.exchange_uuid is None:  # first answer: earlier uncertain POSTs left to watch for?
-        unaccounted = int(wf.data.get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
+        unaccounted = int(data_of(wf.data).get("uncertain_posts", 0)) - (1 if how == "adopted" else 0)
         if unaccounted > 0 and ctx.settings.lane_watch > 0:
             watch = _new_watch(ctx, unaccounted)
-            data = {**wf.data, "watch": watch}
+            data = _data(wf, watch=watch)
             extra = {**extra, "watch_until": watch["until"]}
     next_run_at = None if terminal else ctx.after(_poll_delay(ctx, attempt))
     if terminal and watch is not None:
@@ -516,7 +553,7 @@ async def _record(
     )  # fmt: skip
 
 
-def _poll_delay(ctx: StepContext, attempt: int) -> float:
+def _poll_delay(ctx: StepPort, attempt: int) -> float:
     """Seconds before the next poll: ``poll_initial`` (plus jitter) while steady, then exponential backoff.
 
     Polls are batched per account and a batch leaves at most once per the slack below, so the steady
@@ -530,7 +567,7 @@ def _poll_delay(ctx: StepContext, attempt: int) -> float:
     return backoff_delay(attempt - steady + 1, initial=s.poll_initial, maximum=s.poll_max, jitter=s.poll_jitter)
 
 
-def _poll_slack(ctx: StepContext, attempt: int) -> float:
+def _poll_slack(ctx: StepPort, attempt: int) -> float:
     """How late a poll's answer may come: the sweep period while steady, then half the backoff interval."""
     s = ctx.settings
     steady = _steady_polls(s)
@@ -545,17 +582,17 @@ def _steady_polls(s: WorkflowSettings) -> int:
     return int(s.poll_steady / s.poll_initial) if s.poll_initial > 0 else 0
 
 
-async def step_submitting(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_submitting(wf: Workflow, ctx: StepPort) -> Workflow:
     """Found in ``submitting``: a previous run may have sent the POST. Never resend: reconcile."""
-    return await _lose_track(wf, ctx, "interrupted", None, delay=0.0)
+    return await _lose_track(wf, ctx, ReconcileMode.INTERRUPTED, None, delay=0.0)
 
 
-async def step_reconciling(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_reconciling(wf: Workflow, ctx: StepPort) -> Workflow:
     """Adopt the one matching withdrawal; resend only after a throttle; else wait, then escalate."""
-    mode = wf.data.get("reconcile", {}).get("mode", "unknown")
+    mode = data_of(wf.data).get("reconcile", {}).get("mode", ReconcileMode.UNKNOWN)
     assert wf.submitted_at is not None
     found, since, skew = await _list_lane(wf, ctx, wf.submitted_at)
-    owners = await ctx.store.owners_of([w.uuid for w in found])
+    owners = await ctx.owners_of([w.uuid for w in found])
     result = choose_candidate(wf, found, owners, since)
     evidence = {
         "mode": mode, "searched": result.searched, "since": since.isoformat(), "skew": skew,
@@ -565,9 +602,9 @@ async def step_reconciling(wf: Workflow, ctx: StepContext) -> Workflow:
         return await _record(wf, ctx, result.adopt, how="adopted", evidence=evidence)
     if result.matches:
         return await _escalate(wf, ctx, "several withdrawals match", evidence, absent=False)
-    if mode == "throttled":
+    if mode == ReconcileMode.THROTTLED:
         return await _submit(wf, ctx, "resubmit", evidence=evidence)
-    started = datetime.fromisoformat(wf.data["reconcile"]["since"])
+    started = datetime.fromisoformat(data_of(wf.data)["reconcile"]["since"])
     if (ctx.now() - started).total_seconds() < ctx.settings.reconcile_grace:
         delay = backoff_delay(wf.attempt, initial=ctx.settings.reconcile_delay, maximum=30.0)
         return await ctx.reschedule(wf, delay, attempt=wf.attempt + 1)
@@ -575,7 +612,7 @@ async def step_reconciling(wf: Workflow, ctx: StepContext) -> Workflow:
 
 
 async def _list_lane(
-    wf: Workflow, ctx: StepContext, after: datetime, *, wide: bool = False
+    wf: Workflow, ctx: StepPort, after: datetime, *, wide: bool = False
 ) -> tuple[list[Withdrawal], datetime, dict[str, Any]]:
     """The currency's recent withdrawals and the earliest ``created_at`` that may be ours (``after`` our
     intent, minus the measured skew; ``wide``: minus the configured ``clock_skew`` too, whichever is
@@ -593,17 +630,17 @@ async def _list_lane(
     return [w for w in found if w.created_at >= since], since, skew
 
 
-def _since(gateway: Any, after: datetime, ctx: StepContext) -> datetime:
+def _since(gateway: Any, after: datetime, ctx: StepPort) -> datetime:
     low = gateway.client.skew.lower_bound(ctx.now())
     return adoption_since(after, low, fallback_skew=ctx.settings.clock_skew, margin=ctx.settings.skew_margin)
 
 
-async def _escalate(wf: Workflow, ctx: StepContext, why: str, evidence: dict[str, Any], *, absent: bool) -> Workflow:
+async def _escalate(wf: Workflow, ctx: StepPort, why: str, evidence: dict[str, Any], *, absent: bool) -> Workflow:
     """``needs_review`` with the evidence. With the account's auto-resolution on, a POST that left no trace
     (``absent``) and was never resubmitted automatically starts listing for proof of absence."""
     rule = ctx.policy.auto_resolve_for(wf.request.account)
-    auto = rule.enabled and absent and not wf.data.get("auto_resubmits") and rule.listings >= 1
-    data = {**wf.data, "absence": {"listings": []}} if auto else wf.data
+    auto = rule.enabled and absent and not data_of(wf.data).get("auto_resubmits") and rule.listings >= 1
+    data = _data(wf, absence={"listings": []}) if auto else wf.data
     return await ctx.transition(
         wf, "escalate", event_data={"why": why, "evidence": evidence, "auto_resolve": auto}, reason=why,
         data=data, next_run_at=ctx.after(_absence_interval(rule)) if auto else None,
@@ -615,25 +652,25 @@ def _absence_interval(rule: AutoResolve) -> float:
     return rule.minutes * 60.0 / max(1, rule.listings - 1)
 
 
-async def step_needs_review(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_needs_review(wf: Workflow, ctx: StepPort) -> Workflow:
     """Carry out the operator's decision: resubmit (a fresh intent, then one POST) or abandon."""
-    if wf.resolution == "resubmit":
+    if wf.resolution == Resolution.RESUBMIT:
         return await _submit(wf, ctx, "resubmit", operator=True)
-    if wf.resolution == "abandon":
+    if wf.resolution == Resolution.ABANDON:
         return await _abandon(wf, ctx)
-    if wf.cancel_requested and not wf.data.get("cancel_noted"):
-        changes = {"next_run_at": None, "data": {**wf.data, "cancel_noted": True}}
+    if wf.cancel_requested and not data_of(wf.data).get("cancel_noted"):
+        changes = {"next_run_at": None, "data": _data(wf, cancel_noted=True)}
         return await ctx.note(wf, "cancel_requested", changes=changes, detail="an operator must resolve this first")
-    absence = wf.data.get("absence")
+    absence = data_of(wf.data).get("absence")
     rule = ctx.policy.auto_resolve_for(wf.request.account)
     if absence and not absence.get("stopped") and rule.enabled and not wf.cancel_requested:
         return await _look_for_absence(wf, ctx, rule)
     return await ctx.reschedule(wf, None)
 
 
-async def _abandon(wf: Workflow, ctx: StepContext) -> Workflow:
+async def _abandon(wf: Workflow, ctx: StepPort) -> Workflow:
     """Aborted (abandoned). If a POST of it may have executed, keep its lane reserved and watch it."""
-    uncertain = int(wf.data.get("uncertain_posts", wf.submit_count))
+    uncertain = int(data_of(wf.data).get("uncertain_posts", wf.submit_count))
     window = ctx.settings.lane_watch
     if window <= 0 or uncertain <= 0:
         return await ctx.transition(
@@ -643,11 +680,11 @@ async def _abandon(wf: Workflow, ctx: StepContext) -> Workflow:
     return await ctx.transition(
         wf, "abandon", event_data={"operator": True, "watch_until": watch["until"]},
         reason=AbortReason.ABANDONED.value, resolution=None, lane_held=True, next_run_at=ctx.now(),
-        data={k: v for k, v in {**wf.data, "watch": watch}.items() if k != "absence"},
+        data=_data_without(evolve(wf, data=_data(wf, watch=watch)), "absence"),
     )  # fmt: skip
 
 
-def _new_watch(ctx: StepContext, unaccounted: int) -> dict[str, Any]:
+def _new_watch(ctx: StepPort, unaccounted: int) -> dict[str, Any]:
     """A lane watch for ``unaccounted`` POSTs that may still execute, until ``lane_watch`` from now."""
     now = ctx.now()
     until = now + timedelta(seconds=ctx.settings.lane_watch)
@@ -656,11 +693,11 @@ def _new_watch(ctx: StepContext, unaccounted: int) -> dict[str, Any]:
 
 
 def _open_watch(wf: Workflow) -> dict[str, Any] | None:
-    watch = wf.data.get("watch")
+    watch = data_of(wf.data).get("watch")
     return watch if isinstance(watch, dict) and not watch.get("ended") else None
 
 
-async def step_watching(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_watching(wf: Workflow, ctx: StepPort) -> Workflow:
     """A settled workflow (abandoned, or resubmitted and answered) watching its lane: see
     :func:`_watch_lane`; then sleep until its next look (none once the watch has ended)."""
     if _open_watch(wf) is None:
@@ -673,7 +710,7 @@ async def step_watching(wf: Workflow, ctx: StepContext) -> Workflow:
     return await ctx.reschedule(wf, delay)
 
 
-async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
+async def _watch_lane(wf: Workflow, ctx: StepPort) -> Workflow:
     """One look at the lane: attribute any withdrawal that appeared (an alert), and release the lane when
     every uncertain POST is accounted for or the watch's time is up.
 
@@ -687,14 +724,14 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
         found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
     except ExchangeError as exc:
         log.warning("watch.listing_failed", workflow_id=wf.id, error=str(exc))
-        return evolve(wf, data={**wf.data, "watch": watch})
-    owners = await ctx.store.owners_of([w.uuid for w in found])
+        return evolve(wf, data=_data(wf, watch=watch))
+    owners = await ctx.owners_of([w.uuid for w in found])
     matches = set(choose_candidate(wf, found, owners, since).matches)
     new = [w for w in found if w.uuid in matches and w.uuid not in watch["found"] and w.uuid != wf.exchange_uuid]
     watch = {**watch, "listings": int(watch.get("listings", 0)) + 1}
     if new:
         wf = await _attribute(wf, ctx, new, watch, {"since": since.isoformat(), "skew": skew, "searched": len(found)})
-        watch = wf.data["watch"]
+        watch = data_of(wf.data)["watch"]
     # Attribution looks as wide as reconciliation may (an alert costs nothing), but only a withdrawal
     # created after this workflow existed (minus the measured skew) can be one of its own POSTs and end the
     # watch early: an older unowned one in the wide window must not release the lane for the real one.
@@ -702,9 +739,9 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
     after_creation = {w.uuid for w in found if w.created_at >= narrow}
     accounted = sum(uuid in after_creation for uuid in watch["found"]) >= int(watch["uncertain_posts"])
     if not accounted and ctx.now() < datetime.fromisoformat(watch["until"]):
-        return evolve(wf, data={**wf.data, "watch": watch})
-    changes: dict[str, Any] = {"lane_held": False, "data": {**wf.data, "watch": {**watch, "ended": True}}}
-    if wf.state.is_terminal:
+        return evolve(wf, data=_data(wf, watch=watch))
+    changes: dict[str, Any] = {"lane_held": False, "data": _data(wf, watch={**watch, "ended": True})}
+    if State(wf.state).is_terminal:
         changes["next_run_at"] = None
     return await ctx.transition(
         wf, _watch_trigger(wf),
@@ -716,10 +753,10 @@ async def _watch_lane(wf: Workflow, ctx: StepContext) -> Workflow:
 
 def _watch_trigger(wf: Workflow) -> str:
     """``watch`` notes on a settled workflow, ``note`` on one still in flight (polling its own)."""
-    return "watch" if wf.state.is_terminal else "note"
+    return "watch" if State(wf.state).is_terminal else "note"
 
 
-def _next_look(ctx: StepContext, watch: Mapping[str, Any]) -> datetime:
+def _next_look(ctx: StepPort, watch: Mapping[str, Any]) -> datetime:
     """Backoff from ``reconcile_delay`` up to 30 s between looks, the last one at the deadline."""
     delay = backoff_delay(int(watch.get("listings", 0)), initial=ctx.settings.reconcile_delay, maximum=30.0)
     until = datetime.fromisoformat(watch["until"])
@@ -728,14 +765,14 @@ def _next_look(ctx: StepContext, watch: Mapping[str, Any]) -> datetime:
 
 
 async def _attribute(
-    wf: Workflow, ctx: StepContext, new: Sequence[Withdrawal], watch: dict[str, Any], evidence: dict[str, Any]
+    wf: Workflow, ctx: StepPort, new: Sequence[Withdrawal], watch: dict[str, Any], evidence: dict[str, Any]
 ) -> Workflow:
     """A withdrawal appeared in the lane of a workflow with unaccounted POSTs: it is this workflow's, and an
     operator must know: an event, an error-level log line, the ``error`` flag. The store records the
     attribution first (idempotent: a crash before the event finds and records it again), so from then on
     no other workflow adopts it; an abandoned workflow also takes the first one as its own uuid."""
     uuids = [w.uuid for w in new]
-    await ctx.store.attribute(wf.id, uuids, at=ctx.now())
+    await ctx.attribute(wf, uuids)
     found = [*watch["found"], *uuids]
     first = new[0] if wf.exchange_uuid is None else None
     flag = {
@@ -745,7 +782,7 @@ async def _attribute(
         "exchange_uuids": found,
     }
     log.error(
-        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, state=wf.state.value, exchange_uuids=uuids,
+        "workflow.late_withdrawal", workflow_id=wf.id, lane=wf.lane, state=wf.state, exchange_uuids=uuids,
         created_at=[w.created_at.isoformat() for w in new],
     )  # fmt: skip
     changes: dict[str, Any] = {"error": flag, "lane_held": True, "next_run_at": wf.next_run_at}
@@ -761,20 +798,20 @@ async def _attribute(
             ],
             "evidence": evidence,
         },
-        data={**wf.data, "watch": {**watch, "found": found}}, **changes,
+        data=_data(wf, watch={**watch, "found": found}), **changes,
     )  # fmt: skip
 
 
-async def _look_for_absence(wf: Workflow, ctx: StepContext, rule: AutoResolve) -> Workflow:
+async def _look_for_absence(wf: Workflow, ctx: StepPort, rule: AutoResolve) -> Workflow:
     """One listing towards proof of absence. A failed or incomplete listing, or any candidate, stops the
     auto-resolution for good (an event with the listings); enough empty ones resubmit (an event too)."""
-    listings: list[dict[str, Any]] = list(wf.data["absence"]["listings"])
+    listings: list[dict[str, Any]] = list(data_of(wf.data)["absence"]["listings"])
     try:
         found, since, skew = await _list_lane(wf, ctx, wf.created_at, wide=True)
     except ExchangeError as exc:
         listings.append({"at": ctx.now().isoformat(), "complete": False, "error": exc.as_dict()})
         return await _stop_absence(wf, ctx, "a listing failed", listings, rule)
-    owners = await ctx.store.owners_of([w.uuid for w in found])
+    owners = await ctx.owners_of([w.uuid for w in found])
     candidates = list(choose_candidate(wf, found, owners, since).matches)
     listing = {
         "at": ctx.now().isoformat(), "since": since.isoformat(), "searched": len(found),
@@ -786,31 +823,31 @@ async def _look_for_absence(wf: Workflow, ctx: StepContext, rule: AutoResolve) -
         return await _stop_absence(wf, ctx, why, listings, rule)
     evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
     if absence_proven(listings, rule.listings, rule.minutes):
-        count = int(wf.data.get("auto_resubmits", 0)) + 1
-        proven = evolve(wf, data={**wf.data, "auto_resubmits": count})
+        count = int(data_of(wf.data).get("auto_resubmits", 0)) + 1
+        proven = evolve(wf, data=_data(wf, auto_resubmits=count))
         log.warning("workflow.auto_resubmit", workflow_id=wf.id, listings=len(listings))
         return await _submit(proven, ctx, "auto_resubmit", evidence=evidence, auto=True)
-    data = {**wf.data, "absence": {"listings": listings}}
+    data = _data(wf, absence={"listings": listings})
     return await ctx.reschedule(wf, _absence_interval(rule), data=data)
 
 
 async def _stop_absence(
-    wf: Workflow, ctx: StepContext, why: str, listings: list[dict[str, Any]], rule: AutoResolve
+    wf: Workflow, ctx: StepPort, why: str, listings: list[dict[str, Any]], rule: AutoResolve
 ) -> Workflow:
     evidence = {"listings": listings, "rule": {"listings": rule.listings, "minutes": rule.minutes}}
-    changes = {"next_run_at": None, "data": {**wf.data, "absence": {"listings": listings, "stopped": why}}}
+    changes = {"next_run_at": None, "data": _data(wf, absence={"listings": listings, "stopped": why})}
     return await ctx.note(wf, "auto_resolve_stopped", changes=changes, why=why, evidence=evidence)
 
 
-async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
+async def step_polling(wf: Workflow, ctx: StepPort) -> Workflow:
     """WAITING/PROCESSING: send a requested cancel once, then poll (batched) with backoff."""
     assert wf.exchange_uuid is not None
     watch = _open_watch(wf)
     if watch is not None and ctx.now() >= datetime.fromisoformat(watch["next_at"]):
         wf = await _watch_lane(wf, ctx)
-    if wf.cancel_requested and not wf.data.get("cancel_sent"):
+    if wf.cancel_requested and not data_of(wf.data).get("cancel_sent"):
         wf = await _send_cancel(wf, ctx)
-        if wf.state.is_terminal:
+        if State(wf.state).is_terminal:
             return wf
     assert wf.exchange_uuid is not None
     with ctx.park():  # waiting for a shared batch: the runner lends this slot out meanwhile
@@ -823,9 +860,9 @@ async def step_polling(wf: Workflow, ctx: StepContext) -> Workflow:
     return await _record(wf, ctx, current, how="polled", attempt=wf.attempt + 1)
 
 
-async def _send_cancel(wf: Workflow, ctx: StepContext) -> Workflow:
+async def _send_cancel(wf: Workflow, ctx: StepPort) -> Workflow:
     assert wf.exchange_uuid is not None
-    changes = {"data": {**wf.data, "cancel_sent": True}}
+    changes = {"data": _data(wf, cancel_sent=True)}
     try:
         answer = await ctx.gateway(wf).cancel(wf.exchange_uuid)
     except ExchangeRefused as exc:
@@ -840,16 +877,16 @@ async def _send_cancel(wf: Workflow, ctx: StepContext) -> Workflow:
     return wf
 
 
-async def _cancel_locally(wf: Workflow, ctx: StepContext) -> Workflow:
+async def _cancel_locally(wf: Workflow, ctx: StepPort) -> Workflow:
     return await ctx.transition(wf, "cancel", event_data={"local": True, "detail": "cancelled before submit"})
 
 
-async def _abort(wf: Workflow, ctx: StepContext, check: Check, **extra: Any) -> Workflow:
+async def _abort(wf: Workflow, ctx: StepPort, check: Check, **extra: Any) -> Workflow:
     reason = (check.reason or AbortReason.POLICY_DENIED).value
     return await ctx.transition(wf, "abort", event_data={"detail": check.detail, **extra}, reason=reason)
 
 
-STEPS: dict[State, Step] = {
+STEPS: dict[str, Step] = {
     S.PENDING: step_pending,
     S.VERIFYING_ADDRESS: step_verifying_address,
     S.CHECKING_WALLET: step_checking_wallet,
@@ -860,3 +897,91 @@ STEPS: dict[State, Step] = {
     S.WAITING: step_polling,
     S.PROCESSING: step_polling,
 }
+
+
+# -- the kind ------------------------------------------------------------------------------------------
+
+
+def past_deadline(wf: Workflow, now: datetime) -> bool:
+    """Pre-flight did not pass before the deadline (nothing was sent yet): the runner ends it first.
+
+    A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with the
+    reason that kept it (wallet_unavailable), or goes through if the wallet came back."""
+    waiting_for_wallet = wf.state is S.CHECKING_WALLET and bool(data_of(wf.data).get("wallet_wait"))
+    pre = wf.state in _PRE_SUBMIT and not waiting_for_wallet
+    return pre and wf.deadline_at is not None and now >= wf.deadline_at
+
+
+async def expire(wf: Workflow, ctx: StepPort) -> Workflow:
+    """End a workflow past its pre-flight deadline: aborted, nothing sent."""
+    return await ctx.transition(
+        wf, "abort", event_data={"detail": "pre-flight did not pass before the deadline"},
+        reason=AbortReason.DEADLINE_EXCEEDED.value,
+    )  # fmt: skip
+
+
+def _index(request: WithdrawalRequest) -> RowIndex:
+    return RowIndex(
+        account=request.account, currency=request.currency, amount=format(request.amount, "f"), lane=request.lane,
+        net_type=request.net_type,
+    )
+
+
+def _same(a: WithdrawalRequest, b: WithdrawalRequest) -> bool:
+    return a.same_as(b)
+
+
+def _dump(request: WithdrawalRequest) -> dict[str, Any]:
+    return dict(request.to_dict())
+
+
+def view(wf: Workflow) -> dict[str, Any]:
+    """The one JSON view of a withdrawal workflow (API answers, ``--json`` CLI output)."""
+    return {
+        "id": wf.id,
+        "state": str(wf.state),
+        "request": wf.request.to_dict(),
+        "reference": wf.reference,
+        "metadata": wf.metadata,
+        "exchange_uuid": wf.exchange_uuid,
+        "txid": wf.txid,
+        "exchange_state": wf.exchange_state,
+        "reason": wf.reason,
+        "error": wf.error,
+        "submit_count": wf.submit_count,
+        "cancel_requested": wf.cancel_requested,
+        "resolution": wf.resolution,
+        "created_at": wf.created_at.isoformat(),
+        "updated_at": wf.updated_at.isoformat(),
+        "lane": wf.lane,
+    }
+
+
+#: The withdrawal as a workflow kind: what the engine knows of it.
+KIND = WorkflowKind(
+    name="withdrawal",
+    request_type=WithdrawalRequest,
+    states=tuple(State),
+    initial=S.PENDING,
+    parse_state=State,
+    parse_request=lambda data: WithdrawalRequest.from_dict(dict(data)),
+    dump_request=_dump,
+    same_request=_same,
+    machine=MACHINE,
+    steps=STEPS,
+    terminal=frozenset(_SETTLED),
+    awaiting_operator=frozenset({S.NEEDS_REVIEW}),
+    resolutions=tuple(Resolution),
+    urgent=frozenset({S.SUBMITTING}),
+    alerting=frozenset({S.NEEDS_REVIEW, S.RECONCILING}),
+    past_deadline=past_deadline,
+    expire=expire,
+    deadline_after=lambda settings: settings.preflight_deadline,
+    index=_index,
+    accounts=lambda request: (request.account,),
+    id_prefix="wd",
+    view=view,
+    path=(S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET, S.SUBMITTING, S.WAITING, S.PROCESSING),
+    success=frozenset({S.DONE}),
+    styles={S.DONE: "green", S.ABORTED: "red", S.FAILED: "red", S.REJECTED: "red", S.NEEDS_REVIEW: "yellow"},
+)

@@ -5,6 +5,9 @@ checks them against each one):
 
 - ``commit`` is a compare-and-set on ``version`` (and, with an ``owner``, on the lease): the workflow row
   and its event are written in one transaction, or neither is.
+- A store holds workflows of any registered kind (``kinds``: it parses each row's request and state with
+  the row's kind). No state is named in a store: per-state rules (terminal, awaiting an operator, urgent,
+  not paid) are the kinds' answers, passed in as values or parameters.
 - At most one workflow per lane has ``lane_held`` (a unique index, not memory): ``LaneBusy``.
 - An exchange uuid belongs to at most one workflow (a unique index; an attribution, too, has one owner).
 - A ``reference`` is unique per account when given (a partial unique index): ``ReferenceConflict``.
@@ -30,6 +33,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from engine.kinds import KindRegistry
 from engine.models import Event, Workflow
 from engine.query import ListFilter
 
@@ -41,6 +45,8 @@ __all__ = ["Store"]
 
 class Store(Protocol):
     """Durable home of workflows and their events."""
+
+    kinds: KindRegistry
 
     async def open(self) -> None:
         """Connect and migrate the schema to the current version."""
@@ -114,7 +120,8 @@ class Store(Protocol):
         ...
 
     async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
-        """Record an operator's decision for a ``needs_review`` workflow and make it due now."""
+        """Record an operator's decision for a workflow whose state awaits one (by its kind's
+        ``awaiting_operator``) and make it due now; any other workflow is returned unchanged."""
         ...
 
     async def events(self, workflow_id: str, *, after_seq: int = 0) -> EventList:
@@ -132,11 +139,22 @@ class Store(Protocol):
         Idempotent; a uuid keeps its first owner."""
         ...
 
-    async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Total amount of this account's withdrawals of ``currency`` submitted since ``since`` and not
-        ended as refused or abandoned (the daily policy limit reads this)."""
+    async def sum_submitted(
+        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
+    ) -> Decimal:
+        """Total amount of this account's workflows of ``currency`` submitted since ``since``, except those
+        ended in a ``not_paid`` state without an exchange uuid (the daily policy limit reads this; the
+        withdrawal names its refused/abandoned state)."""
         ...
 
     async def count_by_state(self) -> dict[str, int]:
         """How many workflows are in each state."""
+        ...
+
+    async def count_children(self, parent_id: str) -> dict[tuple[str, str, bool], int]:
+        """``(kind, state, carries a resolution)`` -> how many workflows have ``parent_id`` as parent."""
+        ...
+
+    async def children(self, parent_id: str, *, after_id: str | None = None, limit: int = 1000) -> WorkflowList:
+        """The workflows whose parent is ``parent_id``, in id (creation) order after ``after_id``."""
         ...

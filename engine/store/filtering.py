@@ -31,10 +31,10 @@ def filter_sql(where: ListFilter, bind: SqlArgs) -> str:
     """The WHERE condition selecting what ``where`` selects (``1 = 1`` for everything)."""
     clauses: list[str] = []
     if where.states:
-        marks = ", ".join(bind(state.value) for state in sorted(where.states))
+        marks = ", ".join(bind(state) for state in sorted(where.states))
         clauses.append(f"state IN ({marks})")
     equal = (
-        ("currency", where.currency), ("net_type", where.net_type), ("account", where.account),
+        ("kind", where.kind), ("currency", where.currency), ("net_type", where.net_type), ("account", where.account),
         ("reason", where.reason), ("reference", where.reference), ("idempotency_key", where.idempotency_key),
     )  # fmt: skip
     clauses.extend(f"{column} = {bind(value)}" for column, value in equal if value is not None)

@@ -78,6 +78,13 @@ CREATE TABLE attributions (
 );
 """
 
+_V3 = """
+-- Workflows of any kind: a workflow created by another one (a batch's child withdrawal) names its parent.
+-- Existing rows keep every value (parent_id NULL), so their event chains verify as before.
+ALTER TABLE workflows ADD COLUMN parent_id TEXT REFERENCES workflows (id);
+CREATE INDEX workflows_parent ON workflows (parent_id, state) WHERE parent_id IS NOT NULL;
+"""
+
 _V4 = """
 -- References and search (issue #13): the caller's payout id and metadata, fixed at creation, and the
 -- request's network as a column so lists can filter on it. A reference is unique per account when given;
@@ -95,4 +102,4 @@ CREATE INDEX workflows_created ON workflows (created_at);
 CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
 """
 
-SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (4, _V4)]
+SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]

@@ -20,8 +20,8 @@ pass one contract suite. What differs is how concurrency is handled:
   migrate once and never see a half-built schema.
 
 Operators' flag columns (``cancel_requested_at``, ``resolution``) follow the same rules as in SQLite: a
-commit never writes a cancel flag, clears ``resolution`` once the workflow leaves ``needs_review``, and
-keeps the row due if it carries a flag the writer had not seen (so the wake-up is not lost).
+commit never writes a cancel flag, clears ``resolution`` once the workflow leaves the state awaiting an
+operator, and keeps the row due if it carries a flag the writer had not seen (so the wake-up is not lost).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from engine.errors import (
     StoreUnavailable,
     WorkflowNotFound,
 )
-from engine.models import TERMINAL, Event, State, Workflow
+from engine.kinds import KindRegistry, default_kinds
+from engine.models import Event, Workflow
 from engine.query import ListFilter
 from engine.store.boundary import postgres_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
@@ -141,6 +142,12 @@ CREATE TABLE attributions (
 );
 """
 
+_V3 = """
+-- Workflows of any kind: a workflow created by another one (a batch's child) names its parent (see SQLite).
+ALTER TABLE workflows ADD COLUMN parent_id TEXT COLLATE "C" REFERENCES workflows (id);
+CREATE INDEX workflows_parent ON workflows (parent_id, state) WHERE parent_id IS NOT NULL;
+"""
+
 #: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
 _V4 = """
 -- References and search (see the SQLite migration 4).
@@ -152,7 +159,7 @@ CREATE INDEX workflows_created ON workflows (created_at);
 CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
 """
 
-POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (4, _V4)]
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 
 #: ``pg_advisory_xact_lock`` key serialising migrations ("UPBIT_WD" in ASCII).
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
@@ -162,7 +169,6 @@ _COLS = ", ".join(WORKFLOW_COLUMNS)
 _EV_COLS = ", ".join(EVENT_COLUMNS)
 _EV_TYPES = ("text", "bigint", "text", "text", "text", "text", "text", "text", "text")
 _LANE_HELD = WORKFLOW_COLUMNS.index("lane_held")
-_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 _LANE_INDEX = "workflows_lane_unresolved"
 _REFERENCE_INDEX = "workflows_reference"
 
@@ -187,22 +193,23 @@ SELECT pg_notify(${_N + len(EVENT_COLUMNS) + 1}::text, workflow_id) FROM ev
 # Columns a commit writes as given; the flag columns and next_run_at follow the rules in _COMMIT_ROW.
 _UPDATABLE = [
     c for c in WORKFLOW_COLUMNS
-    if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at", *CREATION_COLUMNS)
+    if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at", "parent_id", *CREATION_COLUMNS)
 ]
 # $1 id, $2 version read, $3 owner, $4 writer's now (epoch), $5 cancel flag seen, $6 resolution seen,
-# $7 new next_run_at, $8 new state, $9 unflagged (refuse if the row carries any operator flag), then the
-# _UPDATABLE values (state among them), then the event.
-_FIXED = 9
+# $7 new next_run_at, $8 the new state awaits an operator, $9 unflagged (refuse if the row carries any
+# operator flag), $10 the new state is terminal (both by the workflow's kind), then the _UPDATABLE values
+# (state among them), then the event.
+_FIXED = 10
 _UNSEEN_FLAG = (
     "(cancel_requested_at IS NOT NULL AND $5::text IS NULL) "
-    "OR (resolution IS NOT NULL AND $6::text IS NULL AND $8::text = 'needs_review')"
+    "OR (resolution IS NOT NULL AND $6::text IS NULL AND $8::boolean)"
 )
 _COMMIT_ROW = f"""
 UPDATE workflows SET
     {", ".join(f"{c} = ${_FIXED + 1 + i}" for i, c in enumerate(_UPDATABLE))},
-    resolution = CASE WHEN $8::text = 'needs_review' THEN resolution END,
+    resolution = CASE WHEN $8::boolean THEN resolution END,
     next_run_at = CASE
-        WHEN ({_UNSEEN_FLAG}) AND $8::text NOT IN ({_TERMINAL_SQL}) THEN LEAST($7::float8, next_run_at)
+        WHEN ({_UNSEEN_FLAG}) AND NOT $10::boolean THEN LEAST($7::float8, next_run_at)
         ELSE $7::float8 END
 WHERE id = $1 AND version = $2
     AND ($3::text IS NULL OR (lease_owner = $3::text AND lease_expires_at >= $4::float8))
@@ -234,7 +241,7 @@ _CANCEL = f"""
 WITH upd AS (
     UPDATE workflows SET cancel_requested_at = COALESCE(cancel_requested_at, $2::text),
         next_run_at = LEAST(next_run_at, $3::float8)
-    WHERE id = $1 AND state NOT IN ({_TERMINAL_SQL})
+    WHERE id = $1 AND NOT (kind || ':' || state = ANY($5::text[]))
     RETURNING {_COLS}
 )
 SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
@@ -243,7 +250,7 @@ SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
 _RESOLVE = f"""
 WITH upd AS (
     UPDATE workflows SET resolution = $2::text, next_run_at = $3::float8
-    WHERE id = $1 AND state = '{State.NEEDS_REVIEW.value}'
+    WHERE id = $1 AND kind || ':' || state = ANY($5::text[])
     RETURNING {_COLS}
 )
 SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
@@ -256,21 +263,23 @@ def _utc_iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
-def _row_values(wf: Workflow) -> builtins.list[Any]:
-    values = list(workflow_to_row(wf))
+def _row_values(wf: Workflow, kinds: KindRegistry) -> builtins.list[Any]:
+    values = list(workflow_to_row(wf, kinds))
     values[_LANE_HELD] = bool(values[_LANE_HELD])
     return values
 
 
 def _commit_params(
-    wf: Workflow, event: Event | None, owner: str | None, *, unflagged: bool = False
+    wf: Workflow, event: Event | None, owner: str | None, kinds: KindRegistry, *, unflagged: bool = False
 ) -> builtins.list[Any]:
-    row = dict(zip(WORKFLOW_COLUMNS, _row_values(wf), strict=True))
+    kind = kinds[wf.kind]
+    row = dict(zip(WORKFLOW_COLUMNS, _row_values(wf, kinds), strict=True))
     row["version"] = wf.version + 1
     cancel_seen = None if wf.cancel_requested_at is None else _utc_iso(wf.cancel_requested_at)
     fixed = (wf.id, wf.version, owner, epoch(wf.updated_at), cancel_seen, wf.resolution, row["next_run_at"])
     tail = () if event is None else event_to_row(event)
-    return [*fixed, wf.state.value, unflagged, *(row[c] for c in _UPDATABLE), *tail]
+    flags = (kind.awaits_operator(wf.state), unflagged, kind.is_terminal(wf.state))
+    return [*fixed, *flags, *(row[c] for c in _UPDATABLE), *tail]
 
 
 def _redacted(dsn: str) -> str:
@@ -291,7 +300,7 @@ def _mapped(workflow: Workflow | None = None) -> Iterator[None]:
         constraint = getattr(exc, "constraint_name", None) or ""
         subject = workflow.id if workflow is not None else "workflow"
         if constraint == _LANE_INDEX:
-            lane = workflow.lane if workflow is not None else "?"
+            lane = (workflow.lane if workflow is not None else None) or "?"
             raise LaneBusy(f"lane {lane} has an unresolved submit") from exc
         if constraint == _REFERENCE_INDEX and workflow is not None:
             raise ReferenceConflict(
@@ -318,6 +327,8 @@ class PostgresStore:
         pool_max: most connections this process holds (claims, commits and reads share them).
         notify_channel: the ``LISTEN``/``NOTIFY`` channel that announces new or flagged workflows.
         connect_timeout: seconds to open one connection before giving up (:class:`StoreUnavailable`).
+        kinds: the workflow kinds whose rows it reads and writes (default: those ``engine.bootstrap``
+            registers).
         command_timeout: seconds one statement may take before it is abandoned (:class:`StoreUnavailable`),
             so a database that stops answering (a cut network) never hangs a runner or a request.
 
@@ -336,12 +347,14 @@ class PostgresStore:
         notify_channel: str = "upbit_withdraw_due",
         connect_timeout: float = 10.0,
         command_timeout: float = 30.0,
+        kinds: KindRegistry | None = None,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError("need 0 <= pool_min <= pool_max and pool_max >= 1")
         if not (connect_timeout > 0 and command_timeout > 0):
             raise ValueError("connect_timeout and command_timeout must be positive")
         self.dsn = dsn
+        self.kinds = kinds if kinds is not None else default_kinds()
         self.pool_min = pool_min
         self.pool_max = pool_max
         self.notify_channel = notify_channel
@@ -501,7 +514,7 @@ class PostgresStore:
 
     async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
         """Insert the workflow and its first event, or return the one stored under the idempotency key."""
-        params = [*_row_values(workflow), *event_to_row(event), self.notify_channel]
+        params = [*_row_values(workflow, self.kinds), *event_to_row(event), self.notify_channel]
         with _mapped(workflow):
             created = await self._db().fetchrow(_CREATE, *params)
         if created is not None:
@@ -518,10 +531,12 @@ class PostgresStore:
         """Compare-and-set the row on version and lease, and append the event, in one statement."""
         sql = _COMMIT if event is None else _COMMIT_WITH_EVENT
         with _mapped(workflow):
-            row = await self._db().fetchrow(sql, *_commit_params(workflow, event, owner, unflagged=unflagged))
+            row = await self._db().fetchrow(
+                sql, *_commit_params(workflow, event, owner, self.kinds, unflagged=unflagged)
+            )
         if row is None:
             raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-        return workflow_from_row(row)
+        return workflow_from_row(row, self.kinds)
 
     async def claim_due(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
@@ -530,7 +545,7 @@ class PostgresStore:
         now_s = now.timestamp()
         with _mapped():
             rows = await self._db().fetch(_CLAIM, now_s, limit, owner, now_s + lease_seconds)
-        return [workflow_from_row(row) for row in sorted(rows, key=lambda r: (r["next_run_at"], r["id"]))]
+        return [workflow_from_row(row, self.kinds) for row in sorted(rows, key=lambda r: (r["next_run_at"], r["id"]))]
 
     async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
         """Push the lease expiry of these workflows forward (those this owner still holds)."""
@@ -565,23 +580,25 @@ class PostgresStore:
 
     async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
         """Set the cancel flag (once) and make the workflow due; terminal ones are returned unchanged."""
-        return await self._flag(_CANCEL, workflow_id, _utc_iso(at), at.timestamp())
+        return await self._flag(_CANCEL, workflow_id, _utc_iso(at), at.timestamp(), self.kinds.terminal_pairs())
 
     async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
-        """Record the operator's action for a needs_review workflow and make it due (others: unchanged)."""
-        return await self._flag(_RESOLVE, workflow_id, action, at.timestamp())
+        """Record the operator's action for a workflow whose state awaits one (by its kind) and make it due
+        (others: unchanged)."""
+        return await self._flag(_RESOLVE, workflow_id, action, at.timestamp(), self.kinds.awaiting_pairs())
 
-    async def _flag(self, sql: str, workflow_id: str, value: str, due: float) -> Workflow:
+    async def _flag(self, sql: str, workflow_id: str, value: str, due: float, pairs: Sequence[str]) -> Workflow:
+        """``pairs``: the ``kind:state`` set the statement tests the row against (from the kinds)."""
         with _mapped():
-            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel)
-        return workflow_from_row(row) if row is not None else await self.get(workflow_id)
+            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel, list(pairs))
+        return workflow_from_row(row, self.kinds) if row is not None else await self.get(workflow_id)
 
     # -- reads -------------------------------------------------------------------------------------
 
     async def _fetch(self, where: str, *args: Any) -> builtins.list[Workflow]:
         with _mapped():
             rows = await self._db().fetch(f"SELECT {_COLS} FROM workflows WHERE {where}", *args)  # noqa: S608
-        return [workflow_from_row(row) for row in rows]
+        return [workflow_from_row(row, self.kinds) for row in rows]
 
     async def get(self, workflow_id: str) -> Workflow:
         """The workflow by id."""
@@ -657,9 +674,11 @@ class PostgresStore:
                 [(uuid, workflow_id, _utc_iso(at)) for uuid in exchange_uuids],
             )
 
-    async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Exact sum of amounts submitted since ``since`` that were not refused or abandoned (aborted), but
-        counting an abandoned one whose withdrawal appeared late (it has an exchange uuid: it was paid)."""
+    async def sum_submitted(
+        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
+    ) -> Decimal:
+        """Exact sum of amounts submitted since ``since`` except those ended in a ``not_paid`` state, but
+        counting such a one whose withdrawal appeared late (it has an exchange uuid: it was paid)."""
         with _mapped():
             total = await self._db().fetchval(
                 "SELECT COALESCE(SUM(amount::numeric), 0) + ("
@@ -668,11 +687,11 @@ class PostgresStore:
                 "ON w.id = a.workflow_id WHERE w.account = $1 AND w.currency = $2 AND w.submitted_at >= $3 "
                 "AND a.exchange_uuid <> COALESCE(w.exchange_uuid, '')) FROM workflows "
                 "WHERE account = $1 AND currency = $2 AND submitted_at >= $3 "
-                "AND (state <> $4 OR exchange_uuid IS NOT NULL)",
+                "AND (state <> ALL($4::text[]) OR exchange_uuid IS NOT NULL)",
                 account,
                 currency,
                 _utc_iso(since),
-                State.ABORTED.value,
+                [str(s) for s in not_paid],
             )
         return Decimal(total)
 
@@ -681,6 +700,22 @@ class PostgresStore:
         with _mapped():
             rows = await self._db().fetch("SELECT state, COUNT(*) AS n FROM workflows GROUP BY state")
         return {row["state"]: row["n"] for row in rows}
+
+    async def count_children(self, parent_id: str) -> dict[tuple[str, str, bool], int]:
+        """(kind, state, carries a resolution) -> how many of ``parent_id``'s children (indexed)."""
+        with _mapped():
+            rows = await self._db().fetch(
+                "SELECT kind, state, resolution IS NOT NULL AS resolved, COUNT(*) AS n FROM workflows "
+                "WHERE parent_id = $1 GROUP BY kind, state, resolution IS NOT NULL",
+                parent_id,
+            )
+        return {(row["kind"], row["state"], bool(row["resolved"])): row["n"] for row in rows}
+
+    async def children(
+        self, parent_id: str, *, after_id: str | None = None, limit: int = 1000
+    ) -> builtins.list[Workflow]:
+        """``parent_id``'s children in id (creation) order; ``after_id`` is the cursor."""
+        return await self._fetch("parent_id = $1 AND id > $2 ORDER BY id LIMIT $3", parent_id, after_id or "", limit)
 
 
 async def _close_connection(conn: Any, timeout: float) -> None:

@@ -3,6 +3,10 @@
 Timestamps are ISO-8601 text in UTC, except the two scheduling columns (``next_run_at`` and the lease
 expiry) which are epoch seconds so that "what is due" is a cheap indexed numeric comparison. JSON
 columns hold the request, the step data and the last error. Amounts stay exact decimal strings.
+
+A row is any kind's: the workflow's kind (from the registry a store is given) dumps and parses its
+request and its state, and fills the generic indexed columns (account, currency, amount, lane; neutral
+for a kind that has none).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.models import Event, State, WithdrawalRequest, Workflow
+from engine.kinds import KindRegistry
+from engine.models import Event, Workflow
 
 __all__ = [
     "CREATION_COLUMNS",
@@ -29,7 +34,7 @@ WORKFLOW_COLUMNS = (
     "id", "kind", "state", "request", "account", "currency", "amount", "lane", "lane_held",
     "idempotency_key", "exchange_uuid", "txid", "exchange_state", "attempt", "submit_count",
     "next_run_at", "deadline_at", "submit_body", "submitted_at", "cancel_requested_at", "resolution",
-    "reason", "error", "data", "version", "event_seq", "last_hash", "created_at", "updated_at",
+    "reason", "error", "data", "version", "event_seq", "last_hash", "created_at", "updated_at", "parent_id",
     "net_type", "reference", "metadata",
 )  # fmt: skip
 #: Columns fixed at creation (migration 4): the request's network (a filter), the caller's reference
@@ -60,22 +65,25 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def workflow_to_row(wf: Workflow) -> tuple[Any, ...]:
+def workflow_to_row(wf: Workflow, kinds: KindRegistry) -> tuple[Any, ...]:
     """Values in ``WORKFLOW_COLUMNS`` order."""
+    kind = kinds[wf.kind]
     req = wf.request
+    index = kind.index(req)
     return (
-        wf.id, wf.kind, wf.state.value, _dumps(req.to_dict()), req.account, req.currency,
-        format(req.amount, "f"), wf.lane, int(wf.lane_held), wf.idempotency_key, wf.exchange_uuid,
+        wf.id, wf.kind, str(wf.state), _dumps(kind.dump_request(req)), index.account, index.currency,
+        index.amount, index.lane, int(wf.lane_held), wf.idempotency_key, wf.exchange_uuid,
         wf.txid, wf.exchange_state, wf.attempt, wf.submit_count, epoch(wf.next_run_at),
         _iso(wf.deadline_at), wf.submit_body, _iso(wf.submitted_at), _iso(wf.cancel_requested_at),
         wf.resolution, wf.reason, None if wf.error is None else _dumps(wf.error), _dumps(wf.data),
-        wf.version, wf.event_seq, wf.last_hash, _iso(wf.created_at), _iso(wf.updated_at),
-        req.net_type, wf.reference, None if wf.metadata is None else _dumps(wf.metadata),
+        wf.version, wf.event_seq, wf.last_hash, _iso(wf.created_at), _iso(wf.updated_at), wf.parent_id,
+        index.net_type, wf.reference, None if wf.metadata is None else _dumps(wf.metadata),
     )  # fmt: skip
 
 
-def workflow_from_row(row: Any) -> Workflow:
+def workflow_from_row(row: Any, kinds: KindRegistry) -> Workflow:
     """A Workflow from a mapping-like row with ``WORKFLOW_COLUMNS`` keys."""
+    kind = kinds[row["kind"]]
     error = row["error"]
     metadata = row["metadata"]
     created = _from_iso(row["created_at"])
@@ -84,8 +92,8 @@ def workflow_from_row(row: Any) -> Workflow:
     return Workflow(
         id=row["id"],
         kind=row["kind"],
-        state=State(row["state"]),
-        request=WithdrawalRequest.from_dict(json.loads(row["request"])),
+        state=kind.parse_state(row["state"]),
+        request=kind.parse_request(json.loads(row["request"])),
         lane_held=bool(row["lane_held"]),
         idempotency_key=row["idempotency_key"],
         exchange_uuid=row["exchange_uuid"],
@@ -107,6 +115,7 @@ def workflow_from_row(row: Any) -> Workflow:
         last_hash=row["last_hash"],
         created_at=created,
         updated_at=updated,
+        parent_id=row["parent_id"],
         reference=row["reference"],
         metadata=None if metadata is None else json.loads(metadata),
     )

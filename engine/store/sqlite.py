@@ -34,7 +34,8 @@ from typing import Any
 import aiosqlite
 
 from engine.errors import EngineError, LaneBusy, ReferenceConflict, StaleVersion, StoreError, WorkflowNotFound
-from engine.models import TERMINAL, Event, State, Workflow
+from engine.kinds import KindRegistry, default_kinds
+from engine.models import Event, Workflow
 from engine.query import ListFilter
 from engine.store.boundary import sqlite_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
@@ -59,15 +60,18 @@ EventList = list[Event]
 
 _INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"  # noqa: S608
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"  # noqa: S608
-_TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 _WF_FIELDS = tuple(f.name for f in fields(Workflow))
 # A commit writes the mutable columns as given; what a workflow was created with (id, kind, the request
 # and the columns derived from it, the idempotency key, created_at) never changes, so it is not rewritten.
 # The operators' flag columns and next_run_at follow the rules in _UPDATE_WF: the owner never writes a
-# cancel flag, a resolution is cleared once the workflow leaves needs_review, and a flag the writer had not
-# seen keeps the row due (its wake-up is not lost). With an owner, the lease must be held and unexpired at
-# the writer's time (the updated_at it writes).
-_IMMUTABLE = ("id", "kind", "request", "account", "currency", "amount", "lane", "idempotency_key", "created_at")
+# cancel flag, a resolution is cleared once the workflow leaves the state that awaits an operator, and a
+# flag the writer had not seen keeps the row due (its wake-up is not lost). Which states are terminal or
+# await an operator is the workflow's kind's knowledge: the writer passes both answers for the new state
+# as parameters. With an owner, the lease must be held and unexpired at the writer's time (the updated_at
+# it writes).
+_IMMUTABLE = (
+    "id", "kind", "request", "account", "currency", "amount", "lane", "idempotency_key", "created_at", "parent_id",
+)  # fmt: skip
 _UPDATABLE = [
     c for c in WORKFLOW_COLUMNS
     if c not in (*_IMMUTABLE, *CREATION_COLUMNS, "cancel_requested_at", "resolution", "next_run_at")
@@ -76,18 +80,17 @@ _UPDATABLE = [
 # used several times in the statement is passed once.
 _PARAMS = (
     *_UPDATABLE, "id", "next_run_at", "read_version", "owner", "writer_now", "seen_cancel", "seen_resolution",
-    "unflagged",
+    "unflagged", "awaiting", "terminal",
 )
 _P = {name: f"?{i}" for i, name in enumerate(_PARAMS, start=1)}
 _UNSEEN_FLAG = (
     f"(cancel_requested_at IS NOT NULL AND {_P['seen_cancel']} IS NULL) "
-    f"OR (resolution IS NOT NULL AND {_P['seen_resolution']} IS NULL AND {_P['state']} = 'needs_review')"
+    f"OR (resolution IS NOT NULL AND {_P['seen_resolution']} IS NULL AND {_P['awaiting']})"
 )
 _UPDATE_WF = (
     f"UPDATE workflows SET {', '.join(f'{c} = {_P[c]}' for c in _UPDATABLE)}, "  # noqa: S608
-    f"resolution = CASE WHEN {_P['state']} = 'needs_review' THEN resolution END, "
-    f"next_run_at = CASE WHEN ({_UNSEEN_FLAG}) AND {_P['state']} NOT IN "
-    f"({', '.join(repr(v) for v in _TERMINAL_VALUES)}) "
+    f"resolution = CASE WHEN {_P['awaiting']} THEN resolution END, "
+    f"next_run_at = CASE WHEN ({_UNSEEN_FLAG}) AND NOT {_P['terminal']} "
     f"THEN MIN(COALESCE({_P['next_run_at']}, next_run_at), COALESCE(next_run_at, {_P['next_run_at']})) "
     f"ELSE {_P['next_run_at']} END "
     f"WHERE id = {_P['id']} AND version = {_P['read_version']} "
@@ -100,7 +103,6 @@ _CLAIM = (
     "SELECT id FROM workflows WHERE next_run_at <= ? AND (lease_owner IS NULL OR lease_expires_at < ?) "
     f"ORDER BY next_run_at LIMIT ?) RETURNING {', '.join(WORKFLOW_COLUMNS)}"
 )
-_NOT_SUBMITTED = ("aborted",)
 
 #: A write, run on the writer's own thread against its sqlite3 connection inside the batch's transaction.
 Op = Callable[[sqlite3.Connection], Any]
@@ -154,16 +156,18 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def _update_params(wf: Workflow, owner: str | None, *, unflagged: bool = False) -> tuple[Any, ...]:
+def _update_params(
+    wf: Workflow, owner: str | None, *, awaiting: bool, terminal: bool, unflagged: bool = False
+) -> tuple[Any, ...]:
     """The values of ``_PARAMS``, in order (the mutable columns as ``workflow_to_row`` writes them)."""
     next_run = wf.next_run_at
     return (
-        wf.state.value, int(wf.lane_held), wf.exchange_uuid, wf.txid, wf.exchange_state, wf.attempt,
+        str(wf.state), int(wf.lane_held), wf.exchange_uuid, wf.txid, wf.exchange_state, wf.attempt,
         wf.submit_count, _iso(wf.deadline_at), wf.submit_body, _iso(wf.submitted_at), wf.reason,
         None if wf.error is None else _json(wf.error), _json(wf.data), wf.version + 1, wf.event_seq,
         wf.last_hash, _iso(wf.updated_at),
         wf.id, None if next_run is None else next_run.timestamp(), wf.version, owner, wf.updated_at.timestamp(),
-        _iso(wf.cancel_requested_at), wf.resolution, int(unflagged),
+        _iso(wf.cancel_requested_at), wf.resolution, int(unflagged), int(awaiting), int(terminal),
     )  # fmt: skip
 
 
@@ -180,14 +184,24 @@ class SQLiteStore:
     :class:`~engine.errors.StoreInUse` if another process holds it, so a second runner never starts, clears
     the first one's leases and doubles the account's rate budget. Readers and one-shot commands open
     without it, next to the running service.
+
+    ``kinds`` are the workflow kinds whose rows it reads and writes (default: the ones ``engine.bootstrap``
+    registers).
     """
 
     def __init__(
-        self, path: str | Path, *, group_window: float = 0.002, synchronous: str = "FULL", exclusive: bool = False
+        self,
+        path: str | Path,
+        *,
+        group_window: float = 0.002,
+        synchronous: str = "FULL",
+        exclusive: bool = False,
+        kinds: KindRegistry | None = None,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, EXTRA or NORMAL")
         self.path = Path(path)
+        self.kinds = kinds if kinds is not None else default_kinds()
         self._group_window = group_window
         self._synchronous = synchronous.upper()
         self._db: sqlite3.Connection | None = None  # the writer's, used only on its thread
@@ -427,7 +441,7 @@ class SQLiteStore:
 
         def op(db: sqlite3.Connection) -> tuple[Workflow, bool]:
             if workflow.idempotency_key is not None:
-                existing = _fetch_wf_now(db, "idempotency_key = ?", (workflow.idempotency_key,))
+                existing = _fetch_wf_now(db, kinds, "idempotency_key = ?", (workflow.idempotency_key,))
                 if existing is not None:
                     return existing, False
             try:
@@ -439,7 +453,8 @@ class SQLiteStore:
             db.execute(_INSERT_EVENT, event_row)
             return workflow, True
 
-        row, event_row = workflow_to_row(workflow), event_to_row(event)
+        kinds = self.kinds
+        row, event_row = workflow_to_row(workflow, kinds), event_to_row(event)
         result: tuple[Workflow, bool] = await self._submit(op, _FastCreate(row, event_row, (workflow, True)))
         return result
 
@@ -447,7 +462,11 @@ class SQLiteStore:
         self, workflow: Workflow, event: Event | None, *, owner: str | None, unflagged: bool = False
     ) -> Workflow:
         """Compare-and-set the row on version (and lease owner and expiry); append the event in the same batch."""
-        params = _update_params(workflow, owner, unflagged=unflagged)
+        kind = self.kinds[workflow.kind]
+        params = _update_params(
+            workflow, owner, awaiting=kind.awaits_operator(workflow.state), terminal=kind.is_terminal(workflow.state),
+            unflagged=unflagged,
+        )  # fmt: skip
 
         def op(db: sqlite3.Connection) -> Workflow:
             try:
@@ -466,7 +485,7 @@ class SQLiteStore:
         object.__setattr__(stored, "version", workflow.version + 1)
         event_row = None if event is None else event_to_row(event)
         fast = _FastCommit(params, event_row, stored)
-        result: Workflow = await self._submit(op, fast, urgent=workflow.state is State.SUBMITTING)
+        result: Workflow = await self._submit(op, fast, urgent=kind.is_urgent(workflow.state))
         return result
 
     async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:
@@ -479,7 +498,7 @@ class SQLiteStore:
 
         # The rows are read into workflows here, on the event loop, after the batch committed.
         rows: list[Any] = await self._submit(op, single=True)
-        return [workflow_from_row(row) for row in sorted(rows, key=_due_key)]
+        return [workflow_from_row(row, self.kinds) for row in sorted(rows, key=_due_key)]
 
     async def renew(self, workflow_ids: Sequence[str], *, now: datetime, owner: str, lease_seconds: float) -> None:
         """Push the lease expiry of these workflows forward."""
@@ -527,29 +546,34 @@ class SQLiteStore:
             workflow_id,
             "cancel_requested_at = COALESCE(cancel_requested_at, ?), next_run_at = MIN(COALESCE(next_run_at, ?), ?)",
             (_utc_iso(at), epoch(at), epoch(at)),
-            require_state=None,
+            awaiting_only=False,
         )
 
     async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
-        """Record the operator's action for a needs_review workflow and wake it."""
+        """Record the operator's action for a workflow in a state that awaits one (by its kind) and wake it."""
         return await self._flag(
             workflow_id,
             "resolution = ?, next_run_at = ?",
             (action, epoch(at)),
-            require_state=State.NEEDS_REVIEW,
+            awaiting_only=True,
         )
 
     async def _flag(
-        self, workflow_id: str, assignments: str, params: tuple[Any, ...], *, require_state: State | None
+        self, workflow_id: str, assignments: str, params: tuple[Any, ...], *, awaiting_only: bool
     ) -> Workflow:
+        # Per-state rules come from the kinds, as ``kind:state`` parameters: no state is named here.
+        terminal = self.kinds.terminal_pairs()
+        condition = "id = ? AND kind || ':' || state NOT IN ({})".format(",".join("?" * len(terminal)))
+        args: tuple[Any, ...] = (*params, workflow_id, *terminal)
+        if awaiting_only:
+            awaiting = self.kinds.awaiting_pairs()
+            condition += " AND kind || ':' || state IN ({})".format(",".join("?" * len(awaiting)))
+            args = (*args, *awaiting)
+        kinds = self.kinds
+
         def op(db: sqlite3.Connection) -> Workflow:
-            condition = "id = ? AND state NOT IN ({})".format(",".join("?" * len(_TERMINAL_VALUES)))
-            args: tuple[Any, ...] = (*params, workflow_id, *_TERMINAL_VALUES)
-            if require_state is not None:
-                condition += " AND state = ?"
-                args = (*args, require_state.value)
             db.execute(f"UPDATE workflows SET {assignments} WHERE {condition}", args)  # noqa: S608
-            found = _fetch_wf_now(db, "id = ?", (workflow_id,))
+            found = _fetch_wf_now(db, kinds, "id = ?", (workflow_id,))
             if found is None:
                 raise WorkflowNotFound(f"no workflow {workflow_id}")
             return found
@@ -570,14 +594,14 @@ class SQLiteStore:
 
     async def get(self, workflow_id: str) -> Workflow:
         """The workflow by id."""
-        found = await _fetch_wf(self._read_conn(), "id = ?", (workflow_id,))
+        found = await _fetch_wf(self._read_conn(), self.kinds, "id = ?", (workflow_id,))
         if found is None:
             raise WorkflowNotFound(f"no workflow {workflow_id}")
         return found
 
     async def get_by_idempotency_key(self, key: str) -> Workflow | None:
         """The workflow submitted under this key."""
-        return await _fetch_wf(self._read_conn(), "idempotency_key = ?", (key,))
+        return await _fetch_wf(self._read_conn(), self.kinds, "idempotency_key = ?", (key,))
 
     async def list(
         self, where: ListFilter | None = None, *, limit: int = 100, before_id: str | None = None
@@ -588,7 +612,7 @@ class SQLiteStore:
         if before_id is not None:
             condition += f" AND id < {bind(before_id)}"
         condition += f" ORDER BY id DESC LIMIT {bind(limit)}"
-        return await _fetch_many(self._read_conn(), condition, bind.values)
+        return await _fetch_many(self._read_conn(), self.kinds, condition, bind.values)
 
     async def count(self, where: ListFilter | None = None) -> int:
         """How many workflows ``where`` selects."""
@@ -638,17 +662,20 @@ class SQLiteStore:
 
         await self._submit(op)
 
-    async def sum_submitted(self, *, account: str, currency: str, since: datetime) -> Decimal:
-        """Sum of amounts submitted since ``since`` that were not refused or abandoned (an abandoned one
-        whose withdrawal appeared late, so has an exchange uuid, was paid: it counts)."""
+    async def sum_submitted(
+        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
+    ) -> Decimal:
+        """Sum of amounts submitted since ``since`` except those ended in a ``not_paid`` state (refused,
+        abandoned), unless the withdrawal appeared late (it has an exchange uuid: it was paid, it counts)."""
+        excluded = ", ".join(f"?{i}" for i in range(4, 4 + len(not_paid)))  # SQLite takes an empty list
         rows = await self._read_conn().execute_fetchall(
-            "SELECT amount FROM workflows WHERE account = ?1 AND currency = ?2 AND submitted_at >= ?3 "
-            "AND (state NOT IN (?4) OR exchange_uuid IS NOT NULL) "
+            "SELECT amount FROM workflows WHERE account = ?1 AND currency = ?2 AND submitted_at >= ?3 "  # noqa: S608
+            f"AND (state NOT IN ({excluded}) OR exchange_uuid IS NOT NULL) "
             # A late withdrawal attributed to a workflow beside its own (paid twice) counts once more each.
             "UNION ALL SELECT w.amount FROM attributions a JOIN workflows w ON w.id = a.workflow_id "
             "WHERE w.account = ?1 AND w.currency = ?2 AND w.submitted_at >= ?3 "
             "AND a.exchange_uuid <> COALESCE(w.exchange_uuid, '')",
-            (account, currency, _utc_iso(since), *_NOT_SUBMITTED),
+            (account, currency, _utc_iso(since), *(str(s) for s in not_paid)),
         )
         return sum((Decimal(row[0]) for row in rows), Decimal(0))
 
@@ -657,21 +684,37 @@ class SQLiteStore:
         rows = await self._read_conn().execute_fetchall("SELECT state, COUNT(*) FROM workflows GROUP BY state")
         return {row[0]: row[1] for row in rows}
 
+    async def count_children(self, parent_id: str) -> dict[tuple[str, str, bool], int]:
+        """(kind, state, carries a resolution) -> how many of ``parent_id``'s children (indexed)."""
+        rows = await self._read_conn().execute_fetchall(
+            "SELECT kind, state, resolution IS NOT NULL, COUNT(*) FROM workflows WHERE parent_id = ? "
+            "GROUP BY kind, state, resolution IS NOT NULL",
+            (parent_id,),
+        )
+        return {(row[0], row[1], bool(row[2])): row[3] for row in rows}
 
-async def _fetch_wf(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> Workflow | None:
-    rows = await _fetch_many(conn, where, args)
+    async def children(self, parent_id: str, *, after_id: str | None = None, limit: int = 1000) -> WorkflowList:
+        """``parent_id``'s children in id (creation) order; ``after_id`` is the cursor."""
+        where = "parent_id = ? AND id > ? ORDER BY id LIMIT ?"
+        return await _fetch_many(self._read_conn(), self.kinds, where, [parent_id, after_id or "", limit])
+
+
+async def _fetch_wf(
+    conn: aiosqlite.Connection, kinds: KindRegistry, where: str, args: Sequence[Any]
+) -> Workflow | None:
+    rows = await _fetch_many(conn, kinds, where, args)
     return rows[0] if rows else None  # one hand-off to the reader's thread per query (execute_fetchall)
 
 
-async def _fetch_many(conn: aiosqlite.Connection, where: str, args: Sequence[Any]) -> WorkflowList:
+async def _fetch_many(conn: aiosqlite.Connection, kinds: KindRegistry, where: str, args: Sequence[Any]) -> WorkflowList:
     rows = await conn.execute_fetchall(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args)  # noqa: S608
-    return [workflow_from_row(row) for row in rows]
+    return [workflow_from_row(row, kinds) for row in rows]
 
 
-def _fetch_wf_now(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Workflow | None:
+def _fetch_wf_now(db: sqlite3.Connection, kinds: KindRegistry, where: str, args: Sequence[Any]) -> Workflow | None:
     """On the writer's thread, inside its transaction."""
     row = db.execute(f"SELECT {', '.join(WORKFLOW_COLUMNS)} FROM workflows WHERE {where}", args).fetchone()  # noqa: S608
-    return None if row is None else workflow_from_row(row)
+    return None if row is None else workflow_from_row(row, kinds)
 
 
 def _due_key(row: Any) -> tuple[float, str]:

@@ -11,11 +11,13 @@ from tests.acceptance.conftest import run_cli
 
 
 def test_demo_small_batch_prints_outcomes() -> None:
-    """Eight withdrawals: the four failing cases end as documented, the rest DONE; exit 0."""
+    """Eight withdrawals: the four failing cases end as documented, the rest DONE; the payout batch settles
+    with its report; exit 0."""
     result = run_cli(["demo", "--count", "8"], timeout=60)
     assert result.code == 0, result.out + result.err
     for text in ("Outcomes", "address_not_allowed", "REJECTED", "FAILED", "DONE", "Exchange API calls",
-                 "POST /v1/withdraws/coin", "every withdrawal ended as expected"):  # fmt: skip
+                 "POST /v1/withdraws/coin", "every withdrawal ended as expected", "Payout batch", "payroll-004",
+                 "as expected"):  # fmt: skip
         assert text in result.out, text
     assert "NO (wanted" not in result.out
 
@@ -31,10 +33,15 @@ def test_demo_json_and_kept_database(tmp_path: Path) -> None:
     assert by_label["address not allowlisted"]["reason"] == "address_not_allowed"
     assert by_label["wallet paused"]["state"] == "aborted"
     assert by_label["exchange rejects it"]["state"] == "REJECTED"
-    assert report["calls"]["POST /v1/withdraws/coin"] == 6  # the two aborted ones never sent
+    batch = report["batch"]
+    assert batch["ok"] is True and batch["state"] == "settled"
+    assert {row["reference"]: row["outcome"] for row in batch["items"]}["payroll-004"] == "REJECTED"
+    assert report["calls"]["POST /v1/withdraws/coin"] == 6 + 4  # the aborted ones (two, and one item) never sent
     assert db.exists()
     listed = run_cli(["--database", f"sqlite:///{db}", "--json", "list", "--limit", "100"])
-    assert listed.code == 0 and len(listed.json()["withdrawals"]) == 8
+    assert listed.code == 0 and len(listed.json()["withdrawals"]) == 8 + 5  # and the batch's five children
+    shown = run_cli(["--database", f"sqlite:///{db}", "--json", "batch", "report", batch["batch_id"]])
+    assert shown.code == 0 and shown.json()["totals"]["by_state"] == {"DONE": 3, "REJECTED": 1, "aborted": 1}
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.bootstrap import standard_kinds
 from engine.clock import FakeClock
 from engine.context import StepContext
 from engine.errors import ExchangeServerError
@@ -19,7 +20,7 @@ from engine.policy import AutoResolve, Policy
 from engine.store.sqlite import SQLiteStore
 from engine.upbit.skew import SkewEstimator
 from tests.conftest import FAST
-from workflows.withdrawal import MACHINE, STEPS, step_needs_review
+from workflows.withdrawal import step_needs_review
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,8 +67,8 @@ async def test_a_failed_listing_stops_auto_resolution_for_good(tmp_path: Path) -
     rule = AutoResolve(enabled=True, listings=3, minutes=0.01)
     async with SQLiteStore(tmp_path / "db.sqlite3") as store:
         ctx = StepContext(
-            store=store, machine=MACHINE, gateways={"default": gateway}, clock=clock,  # type: ignore[dict-item]
-            settings=FAST, policy=Policy(auto_resolve={"default": rule}), owner=None, steps=STEPS,
+            store=store, kinds=standard_kinds(), gateways={"default": gateway}, clock=clock,  # type: ignore[dict-item]
+            settings=FAST, policy=Policy(auto_resolve={"default": rule}), owner=None,
         )  # fmt: skip
         empty = {"complete": True, "candidates": [], "searched": 0}
         earlier = [{"at": clock.now().isoformat(), **empty}]

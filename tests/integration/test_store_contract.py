@@ -26,6 +26,13 @@ from engine.store.base import Store
 from engine.store.postgres import POSTGRES_MIGRATIONS, PostgresStore
 from engine.store.sqlite import SQLiteStore
 from tests.integration.conftest import RawSQL
+from workflows.withdrawal import NOT_PAID
+
+
+async def spent(store: Store, **query: Any) -> Decimal:
+    """``sum_submitted`` as the withdrawal asks it (its refused/abandoned state not paid)."""
+    return await store.sum_submitted(not_paid=NOT_PAID, **query)
+
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KST = timezone(timedelta(hours=9))
@@ -516,11 +523,11 @@ class TestQueries:
         await add(store, state=State.DONE, request=request_for("11"), submitted_at=at(4.9))
         await add(store, state=State.CHECKING_WALLET, request=request_for("13"))
         expected = Decimal("0.300000000000000001")
-        assert await store.sum_submitted(account="default", currency="BTC", since=at(5)) == expected
-        kst = await store.sum_submitted(account="default", currency="BTC", since=at(5).astimezone(KST))
+        assert await spent(store, account="default", currency="BTC", since=at(5)) == expected
+        kst = await spent(store, account="default", currency="BTC", since=at(5).astimezone(KST))
         assert kst == expected
-        assert await store.sum_submitted(account="default", currency="BTC", since=at(21)) == 0
-        assert await store.sum_submitted(account="nobody", currency="BTC", since=at(0)) == 0
+        assert await spent(store, account="default", currency="BTC", since=at(21)) == 0
+        assert await spent(store, account="nobody", currency="BTC", since=at(0)) == 0
 
     async def test_attribute_makes_a_withdrawal_owned(self, store: Store) -> None:
         """An attributed uuid is owned (by its first attribution); a workflow's own exchange_uuid wins."""
@@ -544,7 +551,7 @@ class TestQueries:
         """An aborted workflow with an exchange uuid (its withdrawal appeared after it was abandoned) was paid."""
         await add(store, state=State.ABORTED, request=request_for("5"), submitted_at=at(10))
         await add(store, state=State.ABORTED, request=request_for("0.5"), submitted_at=at(10), exchange_uuid="late")
-        assert await store.sum_submitted(account="default", currency="BTC", since=at(0)) == Decimal("0.5")
+        assert await spent(store, account="default", currency="BTC", since=at(0)) == Decimal("0.5")
 
     async def test_sum_submitted_counts_late_withdrawals_beside_the_own_one(self, store: Store) -> None:
         """A workflow paid by its own withdrawal and by a late one attributed to it was paid twice; an
@@ -553,7 +560,7 @@ class TestQueries:
         await store.attribute(twice.id, ["own", "late-1"], at=at(11))
         gone = await add(store, state=State.ABORTED, request=request_for("0.5"), submitted_at=at(10), exchange_uuid="u")
         await store.attribute(gone.id, ["u", "l3"], at=at(12))
-        assert await store.sum_submitted(account="default", currency="BTC", since=at(0)) == Decimal("3")
+        assert await spent(store, account="default", currency="BTC", since=at(0)) == Decimal("3")
 
     async def test_count_by_state(self, store: Store) -> None:
         """How many workflows are in each state (absent states are absent)."""
@@ -639,3 +646,25 @@ class TestPostgresOnly:
         """The DSN's password never reaches a repr (invariant 7)."""
         text = repr(PostgresStore("postgresql://app:s3cret@db.internal:5432/engine"))
         assert "s3cret" not in text and "app:***@db.internal" in text
+
+
+class TestChildren:
+    async def test_children_are_listed_in_order_and_counted_by_state(self, store: Store) -> None:
+        """A child names its parent; the parent's children read back in creation order and are counted by
+        (kind, state, carries a resolution) through the parent index."""
+        parent = await add(store)
+        kids = [await add(store, created=i + 1, parent_id=parent.id) for i in range(3)]
+        stranger = await add(store, created=5)
+        await commit(store, kids[1], to=State.DONE)
+        review = await commit(store, kids[2], to=State.NEEDS_REVIEW)
+        await store.request_resolution(review.id, "abandon", at=at(3))
+        assert await store.count_children(parent.id) == {
+            ("withdrawal", "pending", False): 1, ("withdrawal", "DONE", False): 1,
+            ("withdrawal", "needs_review", True): 1,
+        }  # fmt: skip
+        assert [w.id for w in await store.children(parent.id)] == [k.id for k in kids]
+        assert [w.id for w in await store.children(parent.id, after_id=kids[0].id, limit=1)] == [kids[1].id]
+        assert (await store.get(kids[0].id)).parent_id == parent.id
+        assert (await store.get(stranger.id)).parent_id is None
+        assert await store.count_children(stranger.id) == {}
+        assert await store.children(stranger.id) == []
