@@ -15,6 +15,8 @@ from engine.references import MAX_METADATA_BYTES, check_metadata, check_referenc
 
 KST = timezone(timedelta(hours=9))
 
+STATE_NAMES = [str(s) for s in State]
+
 
 class TestReference:
     @pytest.mark.parametrize("value", ["a", "payout-2026-01-01/42", "x" * 128, "!~"])
@@ -80,7 +82,8 @@ class TestMetadata:
 
 class TestListQuery:
     def test_defaults(self) -> None:
-        assert parse_list_query([]) == (ListFilter(), DEFAULT_PAGE, None)
+        parsed = parse_list_query([], kind="withdrawal", states=STATE_NAMES)
+        assert parsed == (ListFilter(kind="withdrawal"), DEFAULT_PAGE, None)
 
     def test_every_parameter(self) -> None:
         where, limit, cursor = parse_list_query([
@@ -89,9 +92,10 @@ class TestListQuery:
             ("created_after", "2026-01-01T09:00:00+09:00"), ("created_before", "2026-01-02T00:00:00Z"),
             ("updated_after", "2026-01-01T00:00:00.5+00:00"), ("updated_before", "2026-02-01T00:00:00-05:00"),
             ("limit", "7"), ("cursor", "wd_00ff"),
-        ])  # fmt: skip
+        ], kind="withdrawal", states=STATE_NAMES)  # fmt: skip
         assert where == ListFilter(
-            states={State.DONE, State.FAILED, State.ABORTED}, currency="BTC", net_type="TRX", account="desk-2",
+            kind="withdrawal", states={State.DONE, State.FAILED, State.ABORTED}, currency="BTC", net_type="TRX",
+            account="desk-2",
             reason="dry_run", reference="p-1", idempotency_key="k 1",
             created_after=datetime(2026, 1, 1, tzinfo=UTC), created_before=datetime(2026, 1, 2, tzinfo=UTC),
             updated_after=datetime(2026, 1, 1, 0, 0, 0, 500000, tzinfo=UTC),
@@ -105,7 +109,7 @@ class TestListQuery:
             parse_list_query([
                 ("state", "done"), ("limit", "0"), ("cursor", "x"), ("created_after", "2026-01-01T00:00:00"),
                 ("colour", "red"), ("account", "a"), ("account", "b"), ("currency", "btc"),
-            ])  # fmt: skip
+            ], kind="withdrawal", states=STATE_NAMES)  # fmt: skip
         assert set(caught.value.fields) == {
             "state",
             "limit",
