@@ -21,6 +21,7 @@ from engine.errors import IdempotencyConflict, StaleVersion
 from engine.kinds import new_workflow
 from engine.models import Event, Workflow
 from engine.policy import WorkflowSettings
+from engine.query import ListFilter
 from engine.store.base import Store
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SQLiteStore
@@ -109,16 +110,16 @@ class TestBatchRecord:
         assert checked == 1 and broken == []
 
     async def test_counted_and_listed_by_its_states(self, store: Store) -> None:
-        """count_by_state and list(state=...) know the batch's states beside the withdrawal's; list(kind=...)
+        """count_by_state and list(ListFilter(states=...)) know the batch's states beside the withdrawal's; ListFilter(kind=...)
         keeps one kind (the withdrawal list of the API and CLI shows no batch)."""
         running = await move(store, await move(store, await add_batch(store), "dispatch"), "dispatched")
         await add_batch(store)
         counts = await store.count_by_state()
         assert counts.get("accepted") == 1 and counts.get("running") == 1
-        assert [w.id for w in await store.list(state="running")] == [running.id]
+        assert [w.id for w in await store.list(ListFilter(states={"running"}))] == [running.id]
         kid, _ = await child(store, running, 0)
-        assert [w.id for w in await store.list(kind="withdrawal")] == [kid.id]
-        batches = await store.list(kind="batch")
+        assert [w.id for w in await store.list(ListFilter(kind="withdrawal"))] == [kid.id]
+        batches = await store.list(ListFilter(kind="batch"))
         assert {w.kind for w in batches} == {"batch"} and len(batches) == 2
         assert len(await store.list()) == 3
 

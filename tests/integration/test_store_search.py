@@ -174,7 +174,7 @@ _OLD_COLUMNS = [c for c in WORKFLOW_COLUMNS if c not in CREATION_COLUMNS]
 
 
 def _old_row(wf: Workflow) -> list[Any]:
-    row = dict(zip(WORKFLOW_COLUMNS, workflow_to_row(wf), strict=True))
+    row = dict(zip(WORKFLOW_COLUMNS, workflow_to_row(wf, default_kinds()), strict=True))
     return [row[c] for c in _OLD_COLUMNS]
 
 
