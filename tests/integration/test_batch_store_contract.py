@@ -110,8 +110,8 @@ class TestBatchRecord:
         assert checked == 1 and broken == []
 
     async def test_counted_and_listed_by_its_states(self, store: Store) -> None:
-        """count_by_state and list(ListFilter(states=...)) know the batch's states beside the withdrawal's; ListFilter(kind=...)
-        keeps one kind (the withdrawal list of the API and CLI shows no batch)."""
+        """count_by_state and a list by states know the batch's states beside the withdrawal's; a list by
+        kind keeps one kind (the withdrawal list of the API and CLI shows no batch)."""
         running = await move(store, await move(store, await add_batch(store), "dispatch"), "dispatched")
         await add_batch(store)
         counts = await store.count_by_state()
