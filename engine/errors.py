@@ -15,7 +15,8 @@ what is known about the outcome of the call, because that decides whether a with
     │   ├── LaneBusy                     another unresolved submit holds the lane (design §3.3)
     │   ├── StoreUnavailable             cannot reach or write the store now (connection lost, disk full):
     │   │                                nothing is wrong with the request; the same call may work later
-    │   └── StoreInUse                   another runner process owns this SQLite store
+    │   ├── StoreInUse                   another runner process owns this SQLite store
+    │   └── InvalidCursor                a feed cursor that is malformed or names no stored event
     └── ExchangeError                    anything from talking to Upbit (status, name, message, endpoint)
         ├── ExchangeRefused              a 4xx with an Upbit error object: nothing was created
         │   └── ExchangeNotFound         404 (withdraw_not_found, currency_not_found)
@@ -48,6 +49,7 @@ __all__ = [
     "ExchangeTimeout",
     "GuardRejected",
     "IdempotencyConflict",
+    "InvalidCursor",
     "InvalidRequest",
     "InvalidTransition",
     "LaneBusy",
@@ -194,3 +196,7 @@ class ExchangeBadResponse(OutcomeUnknown):
 
 class GuardRejected(InvalidTransition):
     """The transition exists but its guard refused it."""
+
+
+class InvalidCursor(StoreError):
+    """This cursor is malformed or names no position of this store (the API answers 422)."""
