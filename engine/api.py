@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.api_webhooks import register_webhook_routes
 from engine.core import Engine
 from engine.errors import (
     EngineError,
@@ -475,6 +476,7 @@ def create_app(
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
+    register_webhook_routes(app, engine.store)  # /v1/webhooks (engine/api_webhooks.py)
     return app
 
 

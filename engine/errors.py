@@ -8,6 +8,7 @@ what is known about the outcome of the call, because that decides whether a with
     ├── InvalidRequest                   a WithdrawalRequest failed validation; names the field
     ├── IdempotencyConflict              known idempotency key, different request
     ├── WorkflowNotFound
+    ├── WebhookNotFound                  no live webhook subscription has this id
     ├── InvalidTransition                trigger not allowed from the current state
     │   └── GuardRejected                the transition exists, its guard said no
     ├── StoreError                       the store failed (a driver error never leaves the store as itself)
@@ -58,6 +59,7 @@ __all__ = [
     "StoreError",
     "StoreInUse",
     "StoreUnavailable",
+    "WebhookNotFound",
     "WorkflowNotFound",
 ]
 
@@ -200,3 +202,7 @@ class GuardRejected(InvalidTransition):
 
 class InvalidCursor(StoreError):
     """This cursor is malformed or names no position of this store (the API answers 422)."""
+
+
+class WebhookNotFound(EngineError):
+    """No live webhook subscription has this id."""
