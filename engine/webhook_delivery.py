@@ -168,7 +168,7 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._wait = wait_exponential_jitter(
-            initial=self.settings.retry_initial, max=self.settings.retry_max_interval, exp_base=2,
+            multiplier=self.settings.retry_initial, max=self.settings.retry_max_interval, exp_base=2,
             jitter=self.settings.retry_initial,
         )  # fmt: skip
         self._subs: dict[str, Subscription] = {}
