@@ -220,7 +220,8 @@ class TestReceiverOutages:
                 assert all(d.last_status == 503 and d.last_error == "HTTP 503" and d.next_attempt_at is None
                            for d in failed)  # fmt: skip
                 receiver.mode = "ok"
-                count = await hooks.redeliver(sub.id, at=time.time(), event_ids=[event_id(wf_id, 1), event_id(wf_id, 4)])
+                again = [event_id(wf_id, 1), event_id(wf_id, 4)]
+                count = await hooks.redeliver(sub.id, at=time.time(), event_ids=again)
                 assert count == 2
                 await receiver.wait_for({event_id(wf_id, 1), event_id(wf_id, 4)})
                 by_time = await hooks.redeliver(sub.id, at=time.time(), since=T0.timestamp() - 1)

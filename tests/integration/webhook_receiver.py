@@ -5,6 +5,7 @@ signature with :func:`engine.webhooks.verify_signature`, and can be told to fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -93,11 +94,8 @@ class Receiver:
             async with asyncio.timeout(timeout):
                 while not event_ids <= self.delivered_ids():
                     self.changed.clear()
-                    with_timeout = asyncio.wait_for(self.changed.wait(), 0.5)
-                    try:
-                        await with_timeout
-                    except TimeoutError:
-                        pass
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), 0.5)
         except TimeoutError:
             missing = sorted(event_ids - self.delivered_ids())
             raise AssertionError(f"{len(missing)} never delivered, e.g. {missing[:5]}") from None
