@@ -3,7 +3,7 @@
     POST   /v1/webhooks                          {"url", "events"?, "secret"?}: 201, the secret shown ONCE
     GET    /v1/webhooks                          live subscriptions (API and config ones), never a secret
     GET    /v1/webhooks/{id}                     404 when unknown or deleted
-    DELETE /v1/webhooks/{id}                     204; 409 for a subscription from the config file
+    DELETE /v1/webhooks/{id}                     200 (the deleted one); 409 for a subscription from the config file
     POST   /v1/webhooks/{id}/rotate-secret       {"secret"?, "keep_previous"?: true}: the new secret, once
     GET    /v1/webhooks/{id}/deliveries          ?status=&limit=&cursor=: the delivery log, newest first
     POST   /v1/webhooks/{id}/redeliver           {"event_ids": [...]} or {"since", "until"?}: 202
@@ -188,7 +188,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
         await hooks.delete_subscription(sub_id, at=time.time())
     except WebhookNotFound:
         return _not_found(sub_id)
-    return web.Response(status=204)
+    return _json(subscription_view(sub))
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
