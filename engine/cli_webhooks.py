@@ -23,11 +23,14 @@ from engine.api_webhooks import delivery_view, subscription_view
 from engine.backends import require_store
 from engine.bootstrap import open_store
 from engine.config import load_config
+from engine.errors import WebhookNotFound
 from engine.store.webhooks import STATUSES, WebhookStore, webhook_store
 
 __all__ = ["webhooks"]
 
 T = TypeVar("T")
+#: engine.cli.EXIT["not_found"] (that module imports this one, so the number is repeated here).
+EXIT_NOT_FOUND = 3
 
 
 def _setting(name: str, value: Any) -> Any:
@@ -55,7 +58,11 @@ def _with_hooks(
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except WebhookNotFound as exc:
+        click.echo(f"upbit-withdraw: error: {exc.message}", err=True)
+        raise SystemExit(EXIT_NOT_FOUND) from None
 
 
 def _options(func: Callable[..., Any]) -> Callable[..., Any]:
