@@ -29,7 +29,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import structlog
@@ -38,6 +37,7 @@ from aiohttp.resolver import DefaultResolver
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from engine.config import WebhookDeliveryConfig
 from engine.errors import EngineError, InvalidCursor
 from engine.models import Event, Workflow
 from engine.store.base import FeedItem, Store
@@ -76,7 +76,7 @@ class DeliverySettings:
     page: int = 500
 
     @classmethod
-    def from_config(cls, config: Any) -> DeliverySettings:
+    def from_config(cls, config: WebhookDeliveryConfig) -> DeliverySettings:
         """From a :class:`~engine.config.WebhookDeliveryConfig`."""
         return cls(
             allow_private_targets=config.allow_private_targets, concurrency=config.concurrency,

@@ -125,12 +125,16 @@ async def test_the_service_delivers_a_configured_subscription(exchange: SandboxS
                     await asyncio.sleep(0.05)
             async with http.delete(f"{url}/v1/webhooks/cfg_ops") as answer:
                 assert answer.status == 409
+            async with http.get(f"{url}/metrics") as answer:
+                metrics = await answer.text()
         states = [r.payload["data"]["to_state"] for r in receiver.delivered()]
         assert states[0] == "pending" and states[-1] == "DONE"
         assert {r.payload["data"]["workflow_id"] for r in receiver.delivered()} == {wf["id"]}
         assert all(verify_signature(r.body, r.signature, [secret]) for r in receiver.delivered())
         assert len(log["items"]) == len(states) and {d["status"] for d in log["items"]} == {"delivered"}
         assert secret not in str(log) and sign(b"x", [secret], timestamp=1) not in str(log)
+        assert f'upbit_withdraw_webhook_deliveries_total{{outcome="delivered"}} {float(len(states))}' in metrics
+        assert "upbit_withdraw_webhook_delivery_lag_seconds_count" in metrics
     finally:
         os.environ.pop("TEST_HOOK_SECRET", None)
         await receiver.stop()
