@@ -126,11 +126,11 @@ async def _serve_on(
                 )
                 sites.push_async_callback(metrics_site.cleanup)
             _export_audit_heads(engine, stop, sites)
-            await _start_webhooks(dispatcher, config, hook_secrets or {}, sites)
             log.info(
                 "service.started", url=url, metrics_url=metrics_url, database=redact_url(config.engine.database),
                 accounts=sorted(config.accounts), dry_run=config.policy.dry_run, config=config.source,
             )  # fmt: skip
+            await _start_webhooks(dispatcher, config, hook_secrets or {}, sites)
             if ready is not None:
                 ready(url)
             try:
@@ -197,15 +197,21 @@ async def _start_webhooks(
     await webhook_store(dispatcher.store).sync_config_subscriptions(subs, at=now)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop), name="webhook-delivery")
+    task.add_done_callback(_webhooks_ended)
 
     async def finish() -> None:
         stop.set()
-        try:
+        with contextlib.suppress(Exception):  # already logged by _webhooks_ended
             await task
-        except Exception:
-            log.exception("service.webhooks_failed")
 
     sites.push_async_callback(finish)
+
+
+def _webhooks_ended(task: asyncio.Task[None]) -> None:
+    """Say at once if the delivery worker died (it never holds up withdrawals, so the service goes on;
+    deliveries wait in the store for the next start)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("service.webhooks_died", error=repr(task.exception()))
 
 
 class _StoppedWaiting(Exception):
