@@ -3,7 +3,9 @@
 Start order: check the configuration (the API token, every account's keys); bind the API's port (and
 the optional metrics port), so that a taken port fails before a single workflow is stepped; open the
 engine (the store; the runner resumes every stored workflow from where it stands); then serve HTTP on
-the sockets bound first (connections that arrive meanwhile wait in the backlog).
+the sockets bound first (connections that arrive meanwhile wait in the backlog); then store the
+``[[webhooks]]`` subscriptions and start the webhook delivery worker (:mod:`engine.webhook_delivery`),
+its own task beside the runner, stopped before the store closes.
 
 Stop order on SIGTERM/SIGINT: stop accepting HTTP, let the runner drain (steps in flight finish, a POST
 in flight gets its answer recorded), close the store, exit 0. A second start on the same store resumes;
