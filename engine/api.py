@@ -38,6 +38,7 @@ import structlog
 from aiohttp import web
 
 from engine import api_batches
+from engine.api_webhooks import register_webhook_routes
 from engine.core import Engine
 from engine.errors import (
     EngineError,
@@ -457,6 +458,7 @@ def create_app(
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     api_batches.register(app)
+    register_webhook_routes(app, engine.store)  # /v1/webhooks (engine/api_webhooks.py)
     return app
 
 

@@ -68,6 +68,7 @@ from engine.backends import (
     wait_settled,
 )
 from engine.bootstrap import build_gateway, open_store, standard_kinds
+from engine.cli_webhooks import webhooks
 from engine.clock import SystemClock
 from engine.config import Config, load_config
 from engine.demo import run_demo
@@ -736,6 +737,7 @@ def audit_heads(out: str, key_file: str | None) -> None:
 cli_batches.register(
     cli, cli_batches.CliParts(_global_options, _opts, _with_backend, _run, _emit_json, _console, EXIT["usage"])
 )
+cli.add_command(webhooks)  # upbit-withdraw webhooks list|deliveries|redeliver (engine/cli_webhooks.py)
 
 
 # -- entry point -----------------------------------------------------------------------------------------

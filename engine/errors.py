@@ -10,6 +10,7 @@ what is known about the outcome of the call, because that decides whether a with
     ├── IdempotencyConflict              known idempotency key, different request
     ├── ReferenceConflict                the account already has a withdrawal with this reference
     ├── WorkflowNotFound
+    ├── WebhookNotFound                  no live webhook subscription has this id
     ├── InvalidTransition                trigger not allowed from the current state
     │   └── GuardRejected                the transition exists, its guard said no
     ├── WaitTimeout                      stopped waiting for a workflow to settle; it goes on
@@ -19,7 +20,8 @@ what is known about the outcome of the call, because that decides whether a with
     │   ├── LaneBusy                     another unresolved submit holds the lane (design §3.3)
     │   ├── StoreUnavailable             cannot reach or write the store now (connection lost, disk full):
     │   │                                nothing is wrong with the request; the same call may work later
-    │   └── StoreInUse                   another runner process owns this SQLite store
+    │   ├── StoreInUse                   another runner process owns this SQLite store
+    │   └── InvalidCursor                a feed cursor that is malformed or names no stored event
     └── ExchangeError                    anything from talking to Upbit (status, name, message, endpoint)
         ├── ExchangeRefused              a 4xx with an Upbit error object: nothing was created
         │   └── ExchangeNotFound         404 (withdraw_not_found, currency_not_found)
@@ -53,6 +55,7 @@ __all__ = [
     "GuardRejected",
     "IdempotencyConflict",
     "InvalidBatch",
+    "InvalidCursor",
     "InvalidRequest",
     "InvalidTransition",
     "LaneBusy",
@@ -64,6 +67,7 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "WaitTimeout",
+    "WebhookNotFound",
     "WorkflowNotFound",
 ]
 
@@ -229,3 +233,9 @@ class InvalidBatch(InvalidRequest):
     def __init__(self, message: str | None = None, *, errors: list[dict[str, object]] | None = None) -> None:
         self.errors: list[dict[str, object]] = list(errors or [])
         super().__init__(message or f"{len(self.errors)} item(s) of the batch are invalid", field="items")
+class InvalidCursor(StoreError):
+    """This cursor is malformed or names no position of this store (the API answers 422)."""
+
+
+class WebhookNotFound(EngineError):
+    """No live webhook subscription has this id."""

@@ -3,7 +3,9 @@
 Start order: check the configuration (the API token, every account's keys); bind the API's port (and
 the optional metrics port), so that a taken port fails before a single workflow is stepped; open the
 engine (the store; the runner resumes every stored workflow from where it stands); then serve HTTP on
-the sockets bound first (connections that arrive meanwhile wait in the backlog).
+the sockets bound first (connections that arrive meanwhile wait in the backlog); then store the
+``[[webhooks]]`` subscriptions and start the webhook delivery worker (:mod:`engine.webhook_delivery`),
+its own task beside the runner, stopped before the store closes.
 
 Stop order on SIGTERM/SIGINT: stop accepting HTTP, let the runner drain (steps in flight finish, a POST
 in flight gets its answer recorded), close the store, exit 0. A second start on the same store resumes;
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,6 +31,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from engine.api import create_app, create_metrics_app
+from engine.api_webhooks import WEBHOOK_SETTINGS, WEBHOOK_WAKE
 from engine.audit import HeadsExporter
 from engine.bootstrap import build_engine
 from engine.config import ApiConfig, Config
@@ -36,6 +40,9 @@ from engine.errors import ConfigError, StoreUnavailable
 from engine.http_server import ServerLimits, bind_listeners, start_site
 from engine.logging import register_secret
 from engine.metrics import Metrics
+from engine.models import Event, Workflow
+from engine.store.webhooks import Subscription, webhook_store
+from engine.webhook_delivery import DeliverySettings, WebhookDispatcher, WebhookMetrics
 
 __all__ = ["redact_url", "serve", "server_limits"]
 
@@ -57,6 +64,10 @@ async def serve(
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; then drain and return."""
     token = config.api.token()
     register_secret(token)
+    hook_secrets = {hook.name: hook.secrets() for hook in config.webhooks}  # fail before binding anything
+    for secrets in hook_secrets.values():
+        for secret in secrets:
+            register_secret(secret)
     stop = stop or asyncio.Event()
     with contextlib.ExitStack() as sockets:
         listeners = _bind(config.api.host, config.api.port, "api.host", "api.port")
@@ -68,8 +79,9 @@ async def serve(
             )
             sockets.callback(_close, metrics_listeners)
         await _serve_on(
-            config, token=token, listeners=listeners, metrics_sockets=metrics_listeners, stop=stop, ready=ready
-        )
+            config, token=token, listeners=listeners, metrics_sockets=metrics_listeners, stop=stop, ready=ready,
+            hook_secrets=hook_secrets,
+        )  # fmt: skip
     log.info("service.stopped")
 
 
@@ -81,11 +93,25 @@ async def _serve_on(
     metrics_sockets: list[socket.socket],
     stop: asyncio.Event,
     ready: Callable[[str], None] | None,
+    hook_secrets: dict[str, tuple[str, ...]] | None = None,
 ) -> None:
     metrics = Metrics()
-    engine = build_engine(config, observers=[metrics.observer], call_observer=metrics.call_observer)
+    wake_hooks: list[Callable[[], None]] = []
+
+    def on_transition(before: Workflow, after: Workflow, event: Event) -> None:
+        for wake in wake_hooks:
+            wake()
+
+    engine = build_engine(config, observers=[metrics.observer, on_transition], call_observer=metrics.call_observer)
     metrics.bind(engine)
     app = create_app(engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes)
+    dispatcher = WebhookDispatcher(
+        engine.store, settings=DeliverySettings.from_config(config.webhook_delivery),
+        metrics=WebhookMetrics(metrics.registry),
+    )  # fmt: skip
+    wake_hooks.append(dispatcher.wake)
+    app[WEBHOOK_SETTINGS] = dispatcher.settings
+    app[WEBHOOK_WAKE] = dispatcher.wake
     limits = server_limits(config.api)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +132,7 @@ async def _serve_on(
                 "service.started", url=url, metrics_url=metrics_url, database=redact_url(config.engine.database),
                 accounts=sorted(config.accounts), dry_run=config.policy.dry_run, config=config.source,
             )  # fmt: skip
+            await _start_webhooks(dispatcher, config, hook_secrets or {}, sites)
             if ready is not None:
                 ready(url)
             try:
@@ -156,6 +183,37 @@ def _export_audit_heads(engine: Engine, stop: asyncio.Event, sites: contextlib.A
         await task
 
     sites.push_async_callback(finish)
+
+
+async def _start_webhooks(
+    dispatcher: WebhookDispatcher, config: Config, secrets: dict[str, tuple[str, ...]], sites: contextlib.AsyncExitStack
+) -> None:
+    """Store the configured subscriptions, then run the delivery worker as its own task until the service
+    stops (it is stopped before the store closes; unfinished attempts are retried by whoever runs next)."""
+    now = time.time()
+    subs = [
+        Subscription(id=f"cfg_{hook.name}", url=hook.url, events=tuple(hook.events), secrets=secrets[hook.name],
+                     source="config", created_at=now)
+        for hook in config.webhooks
+    ]  # fmt: skip
+    await webhook_store(dispatcher.store).sync_config_subscriptions(subs, at=now)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop), name="webhook-delivery")
+    task.add_done_callback(_webhooks_ended)
+
+    async def finish() -> None:
+        stop.set()
+        with contextlib.suppress(Exception):  # already logged by _webhooks_ended
+            await task
+
+    sites.push_async_callback(finish)
+
+
+def _webhooks_ended(task: asyncio.Task[None]) -> None:
+    """Say at once if the delivery worker died (it never holds up withdrawals, so the service goes on;
+    deliveries wait in the store for the next start)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("service.webhooks_died", error=repr(task.exception()))
 
 
 class _StoppedWaiting(Exception):

@@ -29,6 +29,7 @@ implements it with ``LISTEN``/``NOTIFY``; ``SQLiteStore`` has no other processes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
@@ -40,7 +41,24 @@ from engine.query import ListFilter
 WorkflowList = list[Workflow]
 EventList = list[Event]
 
-__all__ = ["Store"]
+__all__ = ["FeedItem", "FeedList", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    """One committed event in the store-wide feed, with where it stands and whose it is.
+
+    ``cursor`` is opaque to callers: pass it back as ``after`` to resume right behind this event (no gap,
+    no repeat). ``kind`` and ``account`` come from the event's workflow, so a consumer can filter without
+    a second read."""
+
+    cursor: str
+    event: Event
+    kind: str
+    account: str
+
+
+FeedList = list[FeedItem]
 
 
 class Store(Protocol):
@@ -157,4 +175,21 @@ class Store(Protocol):
 
     async def children(self, parent_id: str, *, after_id: str | None = None, limit: int = 1000) -> WorkflowList:
         """The workflows whose parent is ``parent_id``, in id (creation) order after ``after_id``."""
+    async def feed(self, *, after: str | None, limit: int = 500) -> FeedList:
+        """Up to ``limit`` committed events of every workflow after the cursor ``after`` (``None``: from the
+        first), in one total order that never changes: reading on from the last item's cursor never skips
+        an event that commits later and never repeats one. ``InvalidCursor`` for a malformed cursor or one
+        that names no event of this store.
+
+        SQLite: the order is the events' rowid (one writer, append-only: rowid order is commit order).
+        PostgreSQL: the order is (inserting transaction id, sequence); only events of transactions older
+        than every one still running are served (the snapshot's ``xmin`` horizon), so an event whose
+        transaction started earlier but commits later can never land behind a cursor already handed out.
+        The horizon is the server's: while any transaction that wrote is still open (in any database of
+        the cluster), newer events wait for it (delayed, never lost), so keep transactions short."""
+        ...
+
+    async def feed_head(self) -> str | None:
+        """The cursor of the newest event the feed serves now (``None``: no event yet); ``feed(after=head)``
+        then yields only what commits from now on."""
         ...

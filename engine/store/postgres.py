@@ -41,6 +41,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ex
 
 from engine.errors import (
     EngineError,
+    InvalidCursor,
     LaneBusy,
     ReferenceConflict,
     StaleVersion,
@@ -51,6 +52,7 @@ from engine.errors import (
 from engine.kinds import KindRegistry, default_kinds
 from engine.models import Event, Workflow
 from engine.query import ListFilter
+from engine.store.base import FeedItem, FeedList
 from engine.store.boundary import postgres_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.rows import (
@@ -148,7 +150,6 @@ ALTER TABLE workflows ADD COLUMN parent_id TEXT COLLATE "C" REFERENCES workflows
 CREATE INDEX workflows_parent ON workflows (parent_id, state) WHERE parent_id IS NOT NULL;
 """
 
-#: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
 _V4 = """
 -- References and search (see the SQLite migration 4).
 ALTER TABLE workflows ADD COLUMN net_type TEXT, ADD COLUMN reference TEXT, ADD COLUMN metadata TEXT;
@@ -159,7 +160,55 @@ CREATE INDEX workflows_created ON workflows (created_at);
 CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
 """
 
-POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
+_V5 = """
+-- The global event feed (Store.feed). A sequence number alone is not commit order here: several writers
+-- draw numbers, and a lower one can commit later. Each event also records the id of the transaction that
+-- inserted it; the feed serves only events of transactions older than every one still running (the
+-- snapshot's xmin), ordered by (xid, pos), so nothing can ever commit behind a cursor already handed out.
+ALTER TABLE events ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+ALTER TABLE events ADD COLUMN pos BIGINT GENERATED ALWAYS AS IDENTITY;
+CREATE INDEX events_feed ON events (xid, pos);
+-- Webhooks (engine/store/webhooks.py).
+CREATE TABLE webhook_subscriptions (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    feed_cursor TEXT,
+    deleted_at DOUBLE PRECISION
+);
+-- The delivery outbox's rows (see engine/store/webhooks.py); times are epoch seconds.
+CREATE TABLE webhook_deliveries (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription_id TEXT COLLATE "C" NOT NULL REFERENCES webhook_subscriptions (id),
+    event_id TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    event_at DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_from DOUBLE PRECISION NOT NULL,
+    next_attempt_at DOUBLE PRECISION,
+    lease_owner TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    last_attempt_at DOUBLE PRECISION,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at DOUBLE PRECISION,
+    CONSTRAINT webhook_deliveries_event UNIQUE (subscription_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_order ON webhook_deliveries (subscription_id, workflow_id, seq)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_log ON webhook_deliveries (subscription_id, id);
+"""
+
+#: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
 
 #: ``pg_advisory_xact_lock`` key serialising migrations ("UPBIT_WD" in ASCII).
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
@@ -255,6 +304,19 @@ WITH upd AS (
 )
 SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
 """  # noqa: S608
+
+# The feed's safe horizon: an event is served only once every transaction that could still commit one
+# ordered before it has ended, i.e. its xid is below the xmin of the statement's own snapshot.
+_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
+_FEED = f"""
+SELECT e.xid::text AS xid, e.pos, {", ".join(f"e.{c}" for c in EVENT_COLUMNS)}, w.kind, w.account
+FROM events e JOIN workflows w ON w.id = e.workflow_id
+WHERE (e.xid, e.pos) > ($1::text::xid8, $2::bigint) AND e.xid < {_HORIZON}
+ORDER BY e.xid, e.pos
+LIMIT $3
+"""  # noqa: S608
+_FEED_KNOWN = "SELECT 1 FROM events WHERE xid = $1::text::xid8 AND pos = $2::bigint"
+_FEED_HEAD = f"SELECT xid::text AS xid, pos FROM events WHERE xid < {_HORIZON} ORDER BY xid DESC, pos DESC LIMIT 1"  # noqa: S608
 
 Listener = Callable[[Any, int, str, str], None]
 
@@ -716,6 +778,29 @@ class PostgresStore:
     ) -> builtins.list[Workflow]:
         """``parent_id``'s children in id (creation) order; ``after_id`` is the cursor."""
         return await self._fetch("parent_id = $1 AND id > $2 ORDER BY id LIMIT $3", parent_id, after_id or "", limit)
+    # -- the global event feed -------------------------------------------------------------------------
+
+    async def feed(self, *, after: str | None, limit: int = 500) -> FeedList:
+        """Committed events of every workflow after the cursor, in (xid, pos) order, up to the safe
+        horizon (see :meth:`Store.feed`)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        xid, pos = ("0", 0) if after is None else _parse_feed_cursor(after)
+        with _mapped():
+            if after is not None:
+                known = await self._db().fetchval(_FEED_KNOWN, xid, pos)
+                if known is None:
+                    raise InvalidCursor(f"unknown feed cursor {after!r}")
+            rows = await self._db().fetch(_FEED, xid, pos, limit)
+        return [
+            FeedItem(f"{row['xid']}.{row['pos']}", event_from_row(row), row["kind"], row["account"]) for row in rows
+        ]
+
+    async def feed_head(self) -> str | None:
+        """The cursor of the newest event below the safe horizon (None: no event yet)."""
+        with _mapped():
+            row = await self._db().fetchrow(_FEED_HEAD)
+        return None if row is None else f"{row['xid']}.{row['pos']}"
 
 
 async def _close_connection(conn: Any, timeout: float) -> None:
@@ -737,3 +822,17 @@ async def _migrate(conn: Any) -> None:
                 await conn.execute(script)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
                 log.info("store.migrated", version=version)
+
+
+def _parse_feed_cursor(cursor: str) -> tuple[str, int]:
+    """``"<xid>.<pos>"`` as (xid text, pos); ``InvalidCursor`` if it is not two decimal numbers."""
+    xid, dot, pos = cursor.partition(".")
+    if not (dot and _decimal(xid, 20) and _decimal(pos, 19)):
+        raise InvalidCursor(f"malformed feed cursor {cursor[:40]!r}")
+    if int(xid) >= 2**64 or int(pos) >= 2**63:
+        raise InvalidCursor(f"malformed feed cursor {cursor[:40]!r}")
+    return xid, int(pos)
+
+
+def _decimal(text: str, digits: int) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= digits

@@ -33,10 +33,19 @@ from typing import Any
 
 import aiosqlite
 
-from engine.errors import EngineError, LaneBusy, ReferenceConflict, StaleVersion, StoreError, WorkflowNotFound
+from engine.errors import (
+    EngineError,
+    InvalidCursor,
+    LaneBusy,
+    ReferenceConflict,
+    StaleVersion,
+    StoreError,
+    WorkflowNotFound,
+)
 from engine.kinds import KindRegistry, default_kinds
 from engine.models import Event, Workflow
 from engine.query import ListFilter
+from engine.store.base import FeedItem, FeedList
 from engine.store.boundary import sqlite_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.migrations import SQLITE_MIGRATIONS
@@ -102,6 +111,10 @@ _CLAIM = (
     "UPDATE workflows SET lease_owner = ?, lease_expires_at = ? WHERE id IN ("  # noqa: S608
     "SELECT id FROM workflows WHERE next_run_at <= ? AND (lease_owner IS NULL OR lease_expires_at < ?) "
     f"ORDER BY next_run_at LIMIT ?) RETURNING {', '.join(WORKFLOW_COLUMNS)}"
+)
+_FEED = (
+    f"SELECT e.rowid AS pos, {', '.join('e.' + c for c in EVENT_COLUMNS)}, w.kind, w.account "  # noqa: S608
+    "FROM events e JOIN workflows w ON w.id = e.workflow_id WHERE e.rowid > ? ORDER BY e.rowid LIMIT ?"
 )
 
 #: A write, run on the writer's own thread against its sqlite3 connection inside the batch's transaction.
@@ -692,6 +705,36 @@ class SQLiteStore:
             (parent_id,),
         )
         return {(row[0], row[1], bool(row[2])): row[3] for row in rows}
+    # -- the global event feed -------------------------------------------------------------------------
+    # The order is the events table's rowid. One writer appends every event, each batch in one transaction,
+    # and nothing is ever deleted (the append-only triggers), so rowids are assigned in commit order, a
+    # reader's snapshot holds exactly the rows up to some rowid, and they stay dense and stable (a VACUUM,
+    # which may renumber rowids, keeps 1..n as it is when none are missing).
+
+    async def feed(self, *, after: str | None, limit: int = 500) -> FeedList:
+        """Committed events of every workflow after the cursor, in commit order (see :meth:`Store.feed`)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = 0 if after is None else await self._feed_position(after)
+        rows = await self._read_conn().execute_fetchall(_FEED, (start, limit))
+        return [FeedItem(str(row["pos"]), event_from_row(row), row["kind"], row["account"]) for row in rows]
+
+    async def feed_head(self) -> str | None:
+        """The cursor of the newest committed event (None: no event yet)."""
+        rows = await self._read_conn().execute_fetchall("SELECT MAX(rowid) FROM events")
+        first = next(iter(rows), None)
+        return None if first is None or first[0] is None else str(first[0])
+
+    async def _feed_position(self, cursor: str) -> int:
+        """The rowid a cursor names; ``InvalidCursor`` unless it is one of this file's events."""
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
+            raise InvalidCursor(f"malformed feed cursor {cursor[:40]!r}")
+        position = int(cursor)
+        rows = await self._read_conn().execute_fetchall("SELECT 1 FROM events WHERE rowid = ?", (position,))
+        if not rows:
+            raise InvalidCursor(f"unknown feed cursor {cursor!r}")
+        return position
+
 
     async def children(self, parent_id: str, *, after_id: str | None = None, limit: int = 1000) -> WorkflowList:
         """``parent_id``'s children in id (creation) order; ``after_id`` is the cursor."""

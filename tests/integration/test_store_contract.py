@@ -627,7 +627,7 @@ class TestPostgresOnly:
         assert heard == []
 
     async def test_processes_starting_together_migrate_once(self, postgres_dsn: str) -> None:
-        """Concurrent opens on an empty database serialise on the advisory lock: one schema, version 1."""
+        """Concurrent opens on an empty database serialise on the advisory lock: each migration applied once."""
         stores = [PostgresStore(postgres_dsn) for _ in range(4)]
         await asyncio.gather(*(s.open() for s in stores))
         try:
