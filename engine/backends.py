@@ -12,21 +12,20 @@ no exchange keys: a CLI that only reads and writes the store has no business hol
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from engine.api import ApiError, parse_withdrawal, workflow_view
 from engine.bootstrap import open_store
+from engine.client import WithdrawClient
 from engine.clock import SystemClock
 from engine.config import AccountConfig, Config
 from engine.core import Engine
-from engine.errors import ConfigError, EngineError, WorkflowNotFound
+from engine.errors import ConfigError, ServiceError, ServiceUnreachable, WorkflowNotFound
 from engine.models import State
 from engine.upbit.auth import Credentials
 from engine.upbit.client import UpbitClient
@@ -52,10 +51,6 @@ _OFFLINE = Credentials("offline-cli-no-exchange-access", "offline-cli-no-exchang
 
 #: The shape of a workflow id (as the HTTP API checks it), so a cursor that cannot be one is refused early.
 _ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
-
-
-class ServiceUnreachable(EngineError):
-    """The service (or the exchange) could not be reached."""
 
 
 class StoreMissing(ConfigError):
@@ -194,7 +189,8 @@ class StoreBackend:
 
 
 class HttpBackend:
-    """Talks to a running ``upbit-withdraw run`` service."""
+    """Talks to a running ``upbit-withdraw run`` service: a thin adapter over :class:`engine.client.WithdrawClient`
+    that gives the CLI the API's JSON views as they came (``raw``) and its errors as :class:`ApiError`."""
 
     def __init__(self, url: str, token: str | None, *, timeout: float = 15.0) -> None:
         parts = urlsplit(url)
@@ -203,82 +199,58 @@ class HttpBackend:
         if not token:
             raise ConfigError(f"set {API_TOKEN_ENV} to the service's API token", key=API_TOKEN_ENV)
         self.url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.client = WithdrawClient(self.url, token, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<HttpBackend {self.url}>"
 
     async def __aenter__(self) -> HttpBackend:
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        await self.client.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def _call(
-        self, method: str, path: str, *, body: Any = None, headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> tuple[int, Any]:  # fmt: skip
-        if self._session is None:
-            raise RuntimeError("use 'async with HttpBackend(...)'")
-        data = None if body is None else json.dumps(body).encode()
-        sent = {**(headers or {}), **({"Content-Type": "application/json"} if data is not None else {})}
-        try:
-            async with self._session.request(
-                method, f"{self.url}{path}", data=data, headers=sent, params=params
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ServiceUnreachable(f"cannot reach the service at {self.url}: {type(exc).__name__}") from None
-        return status, self._decode(status, raw)
-
-    @staticmethod
-    def _decode(status: int, raw: bytes) -> Any:
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = None
-        if status < 400:
-            if payload is None:
-                raise ServiceUnreachable(f"the service answered {status} without a JSON body")
-            return payload
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if isinstance(error, dict):
-            raise ApiError(status, str(error.get("name")), str(error.get("message")), error.get("fields"))
-        raise ApiError(status, "http_error", f"the service answered {status}")
+        await self.client.__aexit__(*exc)
 
     async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
-        """POST /v1/withdrawals."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        status, payload = await self._call("POST", "/v1/withdrawals", body=dict(body), headers=headers)
-        return payload, status == 201
+        """POST /v1/withdrawals (retried under one Idempotency-Key)."""
+        with _as_api_error():
+            done = await self.client.submit(body, idempotency_key=idempotency_key)
+        return done.withdrawal.raw, done.created
 
     async def get(self, workflow_id: str) -> dict[str, Any]:
         """GET /v1/withdrawals/{id}."""
-        return dict((await self._call("GET", f"/v1/withdrawals/{workflow_id}"))[1])
+        with _as_api_error():
+            return (await self.client.get(workflow_id)).raw
 
     async def page(self, *, state: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
         """GET /v1/withdrawals."""
-        params = {k: v for k, v in (("state", state), ("limit", str(limit)), ("cursor", cursor)) if v}
-        return dict((await self._call("GET", "/v1/withdrawals", params=params))[1])
+        with _as_api_error():
+            return (await self.client.list(state=state, limit=limit, cursor=cursor)).raw
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         """POST /v1/withdrawals/{id}/cancel."""
-        return dict((await self._call("POST", f"/v1/withdrawals/{workflow_id}/cancel"))[1])
+        with _as_api_error():
+            return (await self.client.cancel(workflow_id)).raw
 
     async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
         """POST /v1/withdrawals/{id}/resolve."""
-        path = f"/v1/withdrawals/{workflow_id}/resolve"
-        return dict((await self._call("POST", path, body={"action": action}))[1])
+        with _as_api_error():
+            return (await self.client.resolve(workflow_id, action)).raw
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
-        """GET /v1/withdrawals/{id}/events."""
-        return list((await self._call("GET", f"/v1/withdrawals/{workflow_id}/events"))[1]["events"])
+        """GET /v1/withdrawals/{id}/events, as the service sent them."""
+        with _as_api_error():
+            _, payload = await self.client.request("GET", f"/v1/withdrawals/{workflow_id}/events", retry=True)
+        return list(payload["events"])
+
+
+@contextlib.contextmanager
+def _as_api_error() -> Iterator[None]:
+    """The client's :class:`ServiceError` as the :class:`ApiError` the CLI renders for both backends."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise ApiError(exc.status, exc.name, exc.detail, exc.fields) from None
 
 
 async def wait_settled(

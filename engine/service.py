@@ -85,7 +85,10 @@ async def _serve_on(
     metrics = Metrics()
     engine = build_engine(config, observers=[metrics.observer], call_observer=metrics.call_observer)
     metrics.bind(engine)
-    app = create_app(engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes)
+    app = create_app(
+        engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes,
+        events_keepalive=config.api.events_keepalive,
+    )  # fmt: skip
     limits = server_limits(config.api)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
