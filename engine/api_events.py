@@ -30,6 +30,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -40,7 +41,15 @@ from engine.core import Engine
 from engine.errors import EngineError, InvalidCursor
 from engine.store.base import FeedItem
 
-__all__ = ["DEFAULT_KEEPALIVE", "FROM_START", "add_event_routes", "event_payload", "format_event"]
+__all__ = [
+    "DEFAULT_KEEPALIVE",
+    "FROM_START",
+    "STREAMS",
+    "StreamStats",
+    "add_event_routes",
+    "event_payload",
+    "format_event",
+]
 
 log = structlog.get_logger("engine.api")
 
@@ -53,7 +62,18 @@ TICK = 0.25
 #: Items read ahead of a slow client (the reader then waits: the store is not read faster than it sends).
 BUFFER = 256
 
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """How many streams this app serves now, and has served (``app[STREAMS]``)."""
+
+    open: int = 0
+    served: int = 0
+
+
 KEEPALIVE = web.AppKey("events_keepalive", float)
+STREAMS = web.AppKey("events_streams", StreamStats)
 CLOSING = web.AppKey("events_closing", asyncio.Event)
 _ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
 _ACCOUNT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -68,6 +88,7 @@ def add_event_routes(app: web.Application, *, keepalive: float = DEFAULT_KEEPALI
         raise ValueError("keepalive must be positive")
     app[KEEPALIVE] = keepalive
     app[CLOSING] = asyncio.Event()
+    app[STREAMS] = StreamStats()
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/v1/events", stream_events, allow_head=False)
 
@@ -142,9 +163,17 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
-    await response.prepare(request)
-    await response.write(b": stream open\n\n")
-    await _pump(request, response, items)
+    stats = request.app[STREAMS]
+    stats.open += 1
+    stats.served += 1
+    try:
+        await response.prepare(request)
+        await response.write(b": stream open\n\n")
+        await _pump(request, response, items)
+    except ConnectionError:
+        pass  # the client went away before the first event
+    finally:
+        stats.open -= 1
     return response
 
 
