@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from engine.config import AccountConfig, Config
 from engine.core import Engine
 from engine.errors import ConfigError, ServiceError, ServiceUnreachable, WorkflowNotFound
 from engine.models import State
+from engine.store.base import FeedItem
 from engine.upbit.auth import Credentials
 from engine.upbit.client import UpbitClient
 from engine.upbit.gateway import Gateway
@@ -242,6 +243,16 @@ class HttpBackend:
         with _as_api_error():
             _, payload = await self.client.request("GET", f"/v1/withdrawals/{workflow_id}/events", retry=True)
         return list(payload["events"])
+
+    async def stream(
+        self, *, after: str | None, workflow_id: str | None, account: str | None, event_types: Sequence[str]
+    ) -> AsyncIterator[FeedItem]:
+        """GET /v1/events, followed (and resumed after a drop) by the client."""
+        with _as_api_error():
+            async for item in self.client.stream(
+                after=after, workflow_id=workflow_id, account=account, event_types=event_types
+            ):
+                yield item
 
 
 @contextlib.contextmanager
