@@ -177,6 +177,7 @@ class SSEParser:
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._after_cr = False
         self._event = ""
         self._data: list[str] = []
         self._id: str | None = None
@@ -185,14 +186,18 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> builtins.list[SSEMessage]:
         """The messages completed by ``chunk``."""
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across two chunks
         self._buffer += chunk
+        self._after_cr = False
         messages: builtins.list[SSEMessage] = []
         while True:
             cut = min((i for i in (self._buffer.find(b"\n"), self._buffer.find(b"\r")) if i >= 0), default=-1)
-            if cut < 0 or (self._buffer[cut : cut + 1] == b"\r" and cut + 1 == len(self._buffer)):
-                return messages  # no full line yet (a lone CR at the end may be half of a CRLF)
-            line, skip = self._buffer[:cut], 2 if self._buffer[cut : cut + 2] == b"\r\n" else 1
-            self._buffer = self._buffer[cut + skip :]
+            if cut < 0:
+                return messages
+            line, end = self._buffer[:cut], self._buffer[cut : cut + 2]
+            self._buffer = self._buffer[cut + (2 if end == b"\r\n" else 1) :]
+            self._after_cr = end == b"\r" and not self._buffer  # a CR that ends the chunk: its LF may come next
             message = self._line(line.decode("utf-8", errors="replace"))
             if message is not None:
                 messages.append(message)
@@ -280,6 +285,15 @@ class WithdrawClient:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
+    def _retrying(self) -> AsyncRetrying:
+        """Up to ``retries`` tries while the service is unreachable or answers 5xx, backing off with jitter."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type((ServiceUnreachable, ServiceUnavailable)),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.2),
+            stop=stop_after_attempt(self.retries),
+            reraise=True,
+        )
+
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("use 'async with WithdrawClient(...)'")
@@ -293,12 +307,7 @@ class WithdrawClient:
         up to ``retries`` times on ``ServiceUnreachable`` / ``ServiceUnavailable`` (same headers each time)."""
         if not retry:
             return await self._once(method, path, body=body, headers=headers, params=params)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((ServiceUnreachable, ServiceUnavailable)),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.2),
-            stop=stop_after_attempt(self.retries),
-            reraise=True,
-        )
+        retrying = self._retrying()
         async for attempt in retrying:
             with attempt:
                 return await self._once(method, path, body=body, headers=headers, params=params)
@@ -345,12 +354,7 @@ class WithdrawClient:
             attempts += 1
             return await self._once("POST", "/v1/withdrawals", body=body, headers={"Idempotency-Key": key}, params=None)
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((ServiceUnreachable, ServiceUnavailable)),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.2),
-            stop=stop_after_attempt(self.retries),
-            reraise=True,
-        )
+        retrying = self._retrying()
         answer: tuple[int, Any] = await retrying(once)
         status, payload = answer
         created = status == 201 or (idempotency_key is None and attempts > 1)
