@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from engine.bootstrap import build_engine
-from engine.client import Health, Page, SSEParser, Submitted, WithdrawClient, WithdrawalView
+from engine.client import Health, Page, SSEParser, Submitted, WithdrawalView, WithdrawClient
 from engine.core import Engine
 from engine.errors import (
     EngineError,
@@ -99,7 +99,7 @@ class DropFirstAnswer:
                 await writer.drain()
 
         with contextlib.suppress(OSError):
-            done, pending = await asyncio.wait(
+            _, pending = await asyncio.wait(
                 [asyncio.create_task(upstream()), asyncio.create_task(downstream())],
                 return_when=asyncio.FIRST_COMPLETED,
             )

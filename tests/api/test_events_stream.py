@@ -83,7 +83,8 @@ class TestOrder:
             "event",
         }  # fmt: skip
         assert first["event"] == first["trigger"] == "create"
-        assert (first["kind"], first["account"], first["from"], first["to"]) == ("withdrawal", "default", None, "pending")
+        described = (first["kind"], first["account"], first["from"], first["to"])
+        assert described == ("withdrawal", "default", None, "pending")
         assert first["data"]["request"]["amount"] in {"0.01", "0.02", "0.03"}
 
     async def test_without_cursor_the_stream_starts_now(self, live: Live, session: Any) -> None:
