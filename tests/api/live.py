@@ -18,6 +18,7 @@ from engine.client import SSEMessage, SSEParser
 from engine.core import Engine
 from engine.http_server import ServerLimits, start_site
 from tests.api.conftest import TOKEN
+from tests.api.openapi_schema import check_response
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Generous bound for anything a test waits on (a loaded 2-core machine).
@@ -86,7 +87,7 @@ async def open_sse(
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=PATIENCE)
     async with session.get(f"{url}/v1/events", params=params, headers=headers, timeout=timeout) as response:
         assert response.status == 200, await response.text()
-        assert response.content_type == "text/event-stream"
+        check_response("GET", "/v1/events", response.status, response.content_type, b"")
         yield SSE(response)
 
 

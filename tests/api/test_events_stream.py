@@ -21,7 +21,9 @@ from engine.models import WithdrawalRequest
 from engine.sandbox import SandboxServer
 from tests.api.conftest import BTC_ADDRESS, TOKEN, service_config
 from tests.api.live import AUTH, PATIENCE, Live, open_sse, serve, settled_count
+from tests.api.openapi_schema import check_response, validate
 
+STREAMED_EVENT = {"$ref": "#/components/schemas/StreamedEvent"}
 SETTLED = frozenset({"DONE", "FAILED", "CANCELLED", "REJECTED", "aborted", "needs_review"})
 
 
@@ -74,6 +76,8 @@ class TestOrder:
             ids = {(await live.engine.submit(btc(f"0.0{n}"))).id for n in range(1, 4)}
             got = await sse.until(settled_count(ids, SETTLED))
         assert brief(got) == (await stored(live.engine, ids))[: len(got)]
+        for event in got:  # the documented shape of a message's data
+            validate({k: v for k, v in event.items() if k not in {"id", "event"}}, STREAMED_EVENT)
         for wf in ids:
             seqs = [e["seq"] for e in got if e["workflow_id"] == wf]
             assert seqs == list(range(1, len(seqs) + 1))
@@ -173,6 +177,7 @@ class TestErrors:
         async with session.get(f"{live.url}/v1/events", params=params, headers={**AUTH, **headers}) as response:
             body = await response.json()
             assert response.status == 422
+            check_response("GET", "/v1/events", 422, response.content_type, json.dumps(body).encode())
         assert body["error"]["name"] == "invalid_request" and field in body["error"]["fields"]
         assert live.app[STREAMS].served == 0
 
