@@ -3,8 +3,9 @@
 On the store path it reads :meth:`engine.core.Engine.stream` (an engine without a runner: it only reads);
 with ``--api URL`` it follows the service's Server-Sent Events through :class:`engine.client.WithdrawClient`,
 which resumes by ``Last-Event-ID`` by itself when the connection drops. People get a live table (one row
-per withdrawal, its latest event); ``--json`` prints one line per event, the same JSON as the stream's
-``data`` plus its ``id`` (the cursor to resume from with ``--after``). Ctrl-C ends it with exit 0.
+per withdrawal, its latest event; one plain line per event when stdout is not a terminal); ``--json``
+prints one line per event, the same JSON as the stream's ``data`` plus its ``id`` (the cursor to resume
+from with ``--after``). Ctrl-C ends it with exit 0.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from engine.api_events import FROM_START, event_payload
 from engine.backends import API_TOKEN_ENV, HttpBackend, require_store
 from engine.bootstrap import open_store
 from engine.core import Engine
+from engine.errors import InvalidCursor
 from engine.store.base import FeedItem
 
 __all__ = ["register", "watch_rows"]
@@ -47,11 +49,15 @@ def register(group: click.Group, global_options: Callable[[Any], Any], opts: Cal
         options = opts()
         filters: dict[str, Any] = {"workflow_id": workflow_id, "account": account, "event_types": event_types}
         source = _over_api(options.api, after, filters) if options.api else _on_store(load(options), after, filters)
-        table = None if options.json else _LiveTable()
+        console = Console()
+        table = _LiveTable(console) if not options.json and console.is_terminal else None
+        show = _print_json if options.json else _print_line if table is None else table.show
         try:
-            asyncio.run(_follow(source, _print_json if table is None else table.show))
+            asyncio.run(_follow(source, show))
         except KeyboardInterrupt:
             pass  # Ctrl-C is how a watch ends: exit 0
+        except InvalidCursor as exc:
+            raise click.BadParameter(exc.message, param_hint="--after") from None
         finally:
             if table is not None:
                 table.close()
@@ -91,6 +97,13 @@ def _print_json(item: FeedItem) -> None:
     click.echo(json.dumps({"id": item.cursor, **event_payload(item)}, ensure_ascii=False, default=str), nl=True)
 
 
+def _print_line(item: FeedItem) -> None:
+    """Not a terminal (a pipe, a log file): one plain line per event instead of a table redrawn in place."""
+    event = item.event
+    moved = f"{event.from_state or '-'} -> {event.to_state}"
+    click.echo(f"{event.at.isoformat()}  {event.workflow_id}  {item.account}  #{event.seq} {event.trigger}  {moved}")
+
+
 def watch_rows(latest: dict[str, FeedItem]) -> Table:
     """The live table: one row per withdrawal, newest activity first."""
     table = Table("withdrawal", "account", "state", "last event", "seq", "at", title="upbit-withdraw watch")
@@ -104,9 +117,9 @@ def watch_rows(latest: dict[str, FeedItem]) -> Table:
 class _LiveTable:
     """A rich Live table updated on every event; keeps the :data:`TABLE_ROWS` most recently moved."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console) -> None:
         self._latest: dict[str, FeedItem] = {}
-        self._live = Live(watch_rows({}), console=Console(), auto_refresh=False, transient=False)
+        self._live = Live(watch_rows({}), console=console, auto_refresh=False, transient=False)
         self._started = False
 
     def show(self, item: FeedItem) -> None:
