@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.api_webhooks import register_webhook_routes
 from engine.core import Engine
 from engine.errors import (
     EngineError,
@@ -480,6 +481,7 @@ def create_app(
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     add_event_routes(app, keepalive=events_keepalive)
+    register_webhook_routes(app, engine.store)  # /v1/webhooks (engine/api_webhooks.py)
     return app
 
 

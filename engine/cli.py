@@ -67,6 +67,7 @@ from engine.backends import (
 )
 from engine.bootstrap import build_gateway, open_store
 from engine.cli_watch import register as register_watch
+from engine.cli_webhooks import webhooks
 from engine.clock import SystemClock
 from engine.config import Config, load_config
 from engine.demo import run_demo
@@ -696,6 +697,9 @@ def audit_heads(out: str, key_file: str | None) -> None:
         _emit_json({"chains": chains, "written": written, "signed": key is not None, "out": str(path)})
     else:
         click.echo(f"{written} of {chains} chain heads appended to {path}{'' if key else ' (unsigned)'}")
+
+
+cli.add_command(webhooks)  # upbit-withdraw webhooks list|deliveries|redeliver (engine/cli_webhooks.py)
 
 
 # -- entry point -----------------------------------------------------------------------------------------

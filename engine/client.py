@@ -3,7 +3,8 @@
 It returns the engine's own records where they fit (:class:`~engine.models.WithdrawalRequest`,
 :class:`~engine.models.State`, :class:`~engine.models.Event`, :class:`~engine.store.base.FeedItem`) and
 small frozen views where the API shows less than the record (:class:`WithdrawalView`, :class:`Page`).
-Errors are the engine's tree (:mod:`engine.errors`): a 404 is a ``WorkflowNotFound`` here as in the
+``verify_signature`` (from :mod:`engine.webhooks`) checks a webhook delivery's signature on the receiving
+side. Errors are the engine's tree (:mod:`engine.errors`): a 404 is a ``WorkflowNotFound`` here as in the
 Python API (precisely a ``RemoteNotFound``, which is also a ``ServiceError`` carrying the HTTP status,
 the API's error name and per-field messages); no answer at all is ``ServiceUnreachable``.
 
@@ -47,6 +48,7 @@ from engine.errors import (
 )
 from engine.models import Event, State, WithdrawalRequest
 from engine.store.base import FeedItem
+from engine.webhooks import verify_signature
 
 __all__ = [
     "Health",
@@ -57,6 +59,7 @@ __all__ = [
     "WithdrawClient",
     "WithdrawalView",
     "feed_item",
+    "verify_signature",
 ]
 
 log = structlog.get_logger("engine.client")

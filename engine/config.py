@@ -50,6 +50,7 @@ from engine.errors import ConfigError
 from engine.policy import AutoResolve, CurrencyPolicy, Policy, WorkflowSettings
 from engine.upbit.auth import Credentials
 from engine.upbit.client import REGIONS
+from engine.webhooks import EVENT_TYPES, target_problem
 
 __all__ = [
     "AccountConfig",
@@ -58,6 +59,8 @@ __all__ = [
     "ConfigFile",
     "EngineConfig",
     "GatewayConfig",
+    "WebhookConfig",
+    "WebhookDeliveryConfig",
     "load_config",
     "read_secret_file",
 ]
@@ -237,6 +240,73 @@ class ApiConfig(BaseModel):
         return value
 
 
+class WebhookDeliveryConfig(BaseModel):
+    """[webhook_delivery]: how the webhook worker sends (it never uses an exchange budget or a runner slot)."""
+
+    model_config = _SECTION
+
+    allow_private_targets: bool = False
+    """true: webhook URLs may target loopback and private addresses (tests, a receiver on the same host)."""
+    concurrency: Annotated[int, Field(ge=1, le=1000), _NUMBER] = 16
+    """Requests in flight at once (the worker's own connection pool)."""
+    timeout: Annotated[float, Field(gt=0, le=300), _NUMBER] = 10.0
+    """Seconds one delivery request may take, connect to last byte."""
+    retry_period: Annotated[float, Field(gt=0), _NUMBER] = 86400.0
+    """Seconds a delivery is retried before it is marked failed (visible in the delivery log)."""
+    retry_initial: Annotated[float, Field(gt=0), _NUMBER] = 1.0
+    """First retry delay in seconds; doubles per attempt, with up to as much random jitter again."""
+    retry_max_interval: Annotated[float, Field(gt=0), _NUMBER] = 600.0
+    """Longest delay between two attempts, in seconds."""
+    poll_interval: Annotated[float, Field(gt=0, le=60), _NUMBER] = 0.5
+    """Seconds between looks for new events and due retries when nothing wakes the worker earlier."""
+    lease_seconds: Annotated[float, Field(ge=1), _NUMBER] = 60.0
+    """A claimed delivery's lease; another worker may retry it once it lapses (keep it above timeout)."""
+
+
+class WebhookConfig(BaseModel):
+    """[[webhooks]]: one subscription from the file (the API manages its own ones beside these)."""
+
+    model_config = _SECTION
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    """Its id is ``cfg_<name>``."""
+    url: str
+    events: list[str] = Field(default_factory=lambda: ["workflow.transition"])
+    secret_env: str | None = None
+    """Environment variable holding the signing secret (a second, ``previous_secret_env``, during rotation)..."""
+    previous_secret_env: str | None = None
+    secret_file: str | None = None
+    """...or a chmod-600 file with the line ``secret=...`` (and ``previous_secret=...`` while rotating)."""
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(EVENT_TYPES))
+        if not value or unknown:
+            raise ValueError(f"must be a non-empty list of {list(EVENT_TYPES)} (unknown: {unknown})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> WebhookConfig:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise _Rule("secret_env", "set exactly one of secret_env and secret_file")
+        return self
+
+    def secrets(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The signing secrets, current first (read at start, like the accounts' keys)."""
+        env = os.environ if environ is None else environ
+        key = f"webhooks.{self.name}"
+        if self.secret_file:
+            pairs = read_secret_file(Path(self.secret_file), key=f"{key}.secret_file")
+            found = [pairs.get("secret", ""), pairs.get("previous_secret", "")]
+        else:
+            assert self.secret_env is not None
+            found = [env.get(self.secret_env, ""), env.get(self.previous_secret_env or "", "")]
+        if len(found[0]) < 16:
+            raise ConfigError("the signing secret must be set and at least 16 characters", key=key)
+        return tuple(secret for secret in found if secret)
+
+
 def _amount(value: object) -> Decimal:
     """A policy amount: a positive, finite decimal written as a string (a TOML float would be rounded)."""
     if isinstance(value, float | bool):
@@ -375,6 +445,20 @@ class ConfigFile(BaseSettings):
     accounts: dict[str, _AccountTable] = Field(default_factory=dict)
     policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    webhook_delivery: WebhookDeliveryConfig = Field(default_factory=WebhookDeliveryConfig)
+
+    @model_validator(mode="after")
+    def _webhook_targets(self) -> ConfigFile:
+        names: set[str] = set()
+        for index, hook in enumerate(self.webhooks):
+            if hook.name in names:
+                raise _Rule(f"webhooks.{index}.name", f"{hook.name!r} is used twice")
+            names.add(hook.name)
+            problem = target_problem(hook.url, allow_private=self.webhook_delivery.allow_private_targets)
+            if problem is not None:
+                raise _Rule(f"webhooks.{index}.url", problem)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -423,6 +507,8 @@ class Config:
     policy: Policy = dataclasses.field(default_factory=Policy)
     api: ApiConfig = dataclasses.field(default_factory=ApiConfig)
     source: str = "defaults"
+    webhooks: tuple[WebhookConfig, ...] = ()
+    webhook_delivery: WebhookDeliveryConfig = dataclasses.field(default_factory=WebhookDeliveryConfig)
 
 
 def read_secret_file(path: Path, *, key: str) -> dict[str, str]:
@@ -494,6 +580,10 @@ def _file_paths_absolute(data: dict[str, Any], base: Path) -> None:
     api = data.get("api")
     if isinstance(api, dict) and isinstance(api.get("token_file"), str):
         api["token_file"] = _absolute(api["token_file"], base)
+    hooks = data.get("webhooks")
+    for table in hooks if isinstance(hooks, list) else ():
+        if isinstance(table, dict) and isinstance(table.get("secret_file"), str):
+            table["secret_file"] = _absolute(table["secret_file"], base)
     accounts = data.get("accounts")
     for table in accounts.values() if isinstance(accounts, dict) else ():
         if isinstance(table, dict) and isinstance(table.get("secret_file"), str):
@@ -599,4 +689,6 @@ def load_config(
         policy=_policy(settings),
         api=api,
         source=source,
+        webhooks=tuple(settings.webhooks),
+        webhook_delivery=settings.webhook_delivery,
     )

@@ -8,6 +8,7 @@ what is known about the outcome of the call, because that decides whether a with
     ├── InvalidRequest                   a WithdrawalRequest failed validation; names the field
     ├── IdempotencyConflict              known idempotency key, different request
     ├── WorkflowNotFound
+    ├── WebhookNotFound                  no live webhook subscription has this id
     ├── InvalidTransition                trigger not allowed from the current state
     │   └── GuardRejected                the transition exists, its guard said no
     ├── StoreError                       the store failed (a driver error never leaves the store as itself)
@@ -78,6 +79,7 @@ __all__ = [
     "StoreError",
     "StoreInUse",
     "StoreUnavailable",
+    "WebhookNotFound",
     "WorkflowNotFound",
 ]
 
@@ -265,3 +267,7 @@ class RemoteIdempotencyConflict(ServiceError, IdempotencyConflict):
 
 class RemoteInvalidTransition(ServiceError, InvalidTransition):
     """The service refused the action in the workflow's current state (409)."""
+
+
+class WebhookNotFound(EngineError):
+    """No live webhook subscription has this id."""

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,6 +29,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from engine.api import create_app, create_metrics_app
+from engine.api_webhooks import WEBHOOK_SETTINGS, WEBHOOK_WAKE
 from engine.audit import HeadsExporter
 from engine.bootstrap import build_engine
 from engine.config import ApiConfig, Config
@@ -36,6 +38,9 @@ from engine.errors import ConfigError, StoreUnavailable
 from engine.http_server import ServerLimits, bind_listeners, start_site
 from engine.logging import register_secret
 from engine.metrics import Metrics
+from engine.models import Event, Workflow
+from engine.store.webhooks import Subscription, webhook_store
+from engine.webhook_delivery import DeliverySettings, WebhookDispatcher, WebhookMetrics
 
 __all__ = ["redact_url", "serve", "server_limits"]
 
@@ -57,6 +62,10 @@ async def serve(
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; then drain and return."""
     token = config.api.token()
     register_secret(token)
+    hook_secrets = {hook.name: hook.secrets() for hook in config.webhooks}  # fail before binding anything
+    for secrets in hook_secrets.values():
+        for secret in secrets:
+            register_secret(secret)
     stop = stop or asyncio.Event()
     with contextlib.ExitStack() as sockets:
         listeners = _bind(config.api.host, config.api.port, "api.host", "api.port")
@@ -68,8 +77,9 @@ async def serve(
             )
             sockets.callback(_close, metrics_listeners)
         await _serve_on(
-            config, token=token, listeners=listeners, metrics_sockets=metrics_listeners, stop=stop, ready=ready
-        )
+            config, token=token, listeners=listeners, metrics_sockets=metrics_listeners, stop=stop, ready=ready,
+            hook_secrets=hook_secrets,
+        )  # fmt: skip
     log.info("service.stopped")
 
 
@@ -81,14 +91,28 @@ async def _serve_on(
     metrics_sockets: list[socket.socket],
     stop: asyncio.Event,
     ready: Callable[[str], None] | None,
+    hook_secrets: dict[str, tuple[str, ...]] | None = None,
 ) -> None:
     metrics = Metrics()
-    engine = build_engine(config, observers=[metrics.observer], call_observer=metrics.call_observer)
+    wake_hooks: list[Callable[[], None]] = []
+
+    def on_transition(before: Workflow, after: Workflow, event: Event) -> None:
+        for wake in wake_hooks:
+            wake()
+
+    engine = build_engine(config, observers=[metrics.observer, on_transition], call_observer=metrics.call_observer)
     metrics.bind(engine)
     app = create_app(
         engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes,
         events_keepalive=config.api.events_keepalive,
     )  # fmt: skip
+    dispatcher = WebhookDispatcher(
+        engine.store, settings=DeliverySettings.from_config(config.webhook_delivery),
+        metrics=WebhookMetrics(metrics.registry),
+    )  # fmt: skip
+    wake_hooks.append(dispatcher.wake)
+    app[WEBHOOK_SETTINGS] = dispatcher.settings
+    app[WEBHOOK_WAKE] = dispatcher.wake
     limits = server_limits(config.api)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,6 +129,7 @@ async def _serve_on(
                 )
                 sites.push_async_callback(metrics_site.cleanup)
             _export_audit_heads(engine, stop, sites)
+            await _start_webhooks(dispatcher, config, hook_secrets or {}, sites)
             log.info(
                 "service.started", url=url, metrics_url=metrics_url, database=redact_url(config.engine.database),
                 accounts=sorted(config.accounts), dry_run=config.policy.dry_run, config=config.source,
@@ -157,6 +182,31 @@ def _export_audit_heads(engine: Engine, stop: asyncio.Event, sites: contextlib.A
     async def finish() -> None:
         stop.set()
         await task
+
+    sites.push_async_callback(finish)
+
+
+async def _start_webhooks(
+    dispatcher: WebhookDispatcher, config: Config, secrets: dict[str, tuple[str, ...]], sites: contextlib.AsyncExitStack
+) -> None:
+    """Store the configured subscriptions, then run the delivery worker as its own task until the service
+    stops (it is stopped before the store closes; unfinished attempts are retried by whoever runs next)."""
+    now = time.time()
+    subs = [
+        Subscription(id=f"cfg_{hook.name}", url=hook.url, events=tuple(hook.events), secrets=secrets[hook.name],
+                     source="config", created_at=now)
+        for hook in config.webhooks
+    ]  # fmt: skip
+    await webhook_store(dispatcher.store).sync_config_subscriptions(subs, at=now)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop), name="webhook-delivery")
+
+    async def finish() -> None:
+        stop.set()
+        try:
+            await task
+        except Exception:
+            log.exception("service.webhooks_failed")
 
     sites.push_async_callback(finish)
 

@@ -78,4 +78,45 @@ CREATE TABLE attributions (
 );
 """
 
-SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+_V5 = """
+-- Webhooks (engine/store/webhooks.py). The global feed needs no column here: it reads the events'
+-- rowid, which one writer assigns in commit order.
+CREATE TABLE webhook_subscriptions (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    feed_cursor TEXT,
+    deleted_at REAL
+);
+-- The delivery outbox's rows (see engine/store/webhooks.py); times are epoch seconds.
+CREATE TABLE webhook_deliveries (
+    id INTEGER PRIMARY KEY,
+    subscription_id TEXT NOT NULL REFERENCES webhook_subscriptions (id),
+    event_id TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    event_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_from REAL NOT NULL,
+    next_attempt_at REAL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    last_attempt_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at REAL,
+    CONSTRAINT webhook_deliveries_event UNIQUE (subscription_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_order ON webhook_deliveries (subscription_id, workflow_id, seq)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_log ON webhook_deliveries (subscription_id, id);
+"""
+
+SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (5, _V5)]

@@ -147,6 +147,43 @@ _V5 = """
 ALTER TABLE events ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 ALTER TABLE events ADD COLUMN pos BIGINT GENERATED ALWAYS AS IDENTITY;
 CREATE INDEX events_feed ON events (xid, pos);
+-- Webhooks (engine/store/webhooks.py).
+CREATE TABLE webhook_subscriptions (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    feed_cursor TEXT,
+    deleted_at DOUBLE PRECISION
+);
+-- The delivery outbox's rows (see engine/store/webhooks.py); times are epoch seconds.
+CREATE TABLE webhook_deliveries (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription_id TEXT COLLATE "C" NOT NULL REFERENCES webhook_subscriptions (id),
+    event_id TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    event_at DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_from DOUBLE PRECISION NOT NULL,
+    next_attempt_at DOUBLE PRECISION,
+    lease_owner TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    last_attempt_at DOUBLE PRECISION,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at DOUBLE PRECISION,
+    CONSTRAINT webhook_deliveries_event UNIQUE (subscription_id, event_id)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_order ON webhook_deliveries (subscription_id, workflow_id, seq)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_log ON webhook_deliveries (subscription_id, id);
 """
 
 #: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.

@@ -24,6 +24,8 @@ SECTIONS = {
     "policy.USDT": SCHEMA["properties"]["policy"]["additionalProperties"],
     "accounts.default.policy.auto_resolve": {"$ref": "#/$defs/_AutoResolveRules"},
     "api": SCHEMA["properties"]["api"],
+    "webhook_delivery": SCHEMA["properties"]["webhook_delivery"],
+    "webhooks": SCHEMA["properties"]["webhooks"]["items"],  # [[webhooks]], an array of tables
 }
 #: Keys that are sub-tables, documented by their own [section] headers.
 TABLES = {"accounts.default": {"policy"}}
@@ -40,7 +42,7 @@ def _keys_by_section() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     section = ""
     for line in EXAMPLE.read_text().splitlines():
-        header = re.fullmatch(r"#?\s*\[([\w.]+)\]", line.strip())
+        header = re.fullmatch(r"#?\s*\[\[?([\w.]+)\]\]?", line.strip())
         if header:  # commented-out headers too: their keys are theirs, not the section above's
             section = header.group(1)
             continue
@@ -90,7 +92,7 @@ def test_every_key_is_documented_in_its_section(section: str) -> None:
     assert not found - keys, f"[{section}] documents unknown keys {sorted(found - keys)}"
 
 
-@pytest.mark.parametrize("section", sorted(set(SECTIONS) - {"policy.USDT"}))
+@pytest.mark.parametrize("section", sorted(set(SECTIONS) - {"policy.USDT", "webhooks"}))
 def test_documented_values_are_the_defaults(section: str) -> None:
     """Live values equal the model's defaults; a key is commented out only when its default is unset."""
     data = tomllib.loads(EXAMPLE.read_text())

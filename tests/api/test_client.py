@@ -259,3 +259,11 @@ def test_views_parse_timezone_aware_times() -> None:
     assert view.raw["reference"] == "a newer field"
     with pytest.raises(ServiceUnreachable):
         WithdrawalView.from_json({**data, "state": "bogus"})
+
+
+def test_verify_signature_is_the_webhooks_one() -> None:
+    """Receivers get the signature check from the client module too (the very same function)."""
+    import engine.webhooks
+    from engine.client import verify_signature
+
+    assert verify_signature is engine.webhooks.verify_signature
