@@ -117,8 +117,8 @@ def event_payload(item: FeedItem) -> dict[str, Any]:
 
 
 def format_event(item: FeedItem) -> bytes:
-    """One SSE message. JSON holds no raw newline, so ``data`` is one line; ids and triggers are checked
-    printable text (a newline there would forge a field)."""
+    """One SSE message. JSON escapes every newline, so ``data`` is one line; the id and the event name
+    have any line break replaced (one there would start a forged field)."""
     data = json.dumps(event_payload(item), separators=(",", ":"), default=str)
     lines = (f"id: {_one_line(item.cursor)}", f"event: {_one_line(item.event.trigger)}", f"data: {data}")
     return ("\n".join(lines) + "\n\n").encode()
@@ -137,10 +137,10 @@ class _Params:
         self.account = self._one(query, "account", _ACCOUNT_RE, "must be an account name")
         self.types = [value for key, value in getall if key == "type"]
         if any(not _TYPE_RE.fullmatch(t) for t in self.types):
-            self.fields["type"] = "each must be an event type (a trigger such as create, submitted, settle)"
+            self.fields["type"] = "each must be an event type (a trigger such as create, mark_done, abort)"
         self.after = last_event_id if last_event_id is not None else query.get("after")
         if self.after is not None and not _CURSOR_RE.fullmatch(self.after):
-            self.fields["after"] = "must be an event id from this stream (or 'start')"
+            self.fields["after"] = "must be an event id from this stream (or 'start'), here or in Last-Event-ID"
 
     def _one(self, query: Mapping[str, str], key: str, pattern: re.Pattern[str], problem: str) -> str | None:
         value = query.get(key)

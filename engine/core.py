@@ -272,7 +272,8 @@ class Engine:
         here on). Filters: one workflow, one account, a set of triggers (``event_types``). It wakes at once
         on this engine's own transitions and reads the store every ``poll_interval`` seconds otherwise,
         which is how it hears other processes (a PostgreSQL store's other workers, a CLI's submits).
-        Endless: stop by leaving the loop (or cancelling). ``InvalidCursor`` for an unknown ``after``.
+        Endless: stop by leaving the loop (or cancelling). ``InvalidCursor`` for an unknown ``after``; a
+        store failure ends it with the store's error (resume from the last item's cursor).
         """
         cursor = after if after is not None or from_start else await self.store.feed_head()
         if cursor is not None:
