@@ -3,7 +3,9 @@
 Start order: check the configuration (the API token, every account's keys); bind the API's port (and
 the optional metrics port), so that a taken port fails before a single workflow is stepped; open the
 engine (the store; the runner resumes every stored workflow from where it stands); then serve HTTP on
-the sockets bound first (connections that arrive meanwhile wait in the backlog).
+the sockets bound first (connections that arrive meanwhile wait in the backlog); then store the
+``[[webhooks]]`` subscriptions and start the webhook delivery worker (:mod:`engine.webhook_delivery`),
+its own task beside the runner, stopped before the store closes.
 
 Stop order on SIGTERM/SIGINT: stop accepting HTTP, let the runner drain (steps in flight finish, a POST
 in flight gets its answer recorded), close the store, exit 0. A second start on the same store resumes;
@@ -129,11 +131,11 @@ async def _serve_on(
                 )
                 sites.push_async_callback(metrics_site.cleanup)
             _export_audit_heads(engine, stop, sites)
-            await _start_webhooks(dispatcher, config, hook_secrets or {}, sites)
             log.info(
                 "service.started", url=url, metrics_url=metrics_url, database=redact_url(config.engine.database),
                 accounts=sorted(config.accounts), dry_run=config.policy.dry_run, config=config.source,
             )  # fmt: skip
+            await _start_webhooks(dispatcher, config, hook_secrets or {}, sites)
             if ready is not None:
                 ready(url)
             try:
@@ -200,15 +202,21 @@ async def _start_webhooks(
     await webhook_store(dispatcher.store).sync_config_subscriptions(subs, at=now)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop), name="webhook-delivery")
+    task.add_done_callback(_webhooks_ended)
 
     async def finish() -> None:
         stop.set()
-        try:
+        with contextlib.suppress(Exception):  # already logged by _webhooks_ended
             await task
-        except Exception:
-            log.exception("service.webhooks_failed")
 
     sites.push_async_callback(finish)
+
+
+def _webhooks_ended(task: asyncio.Task[None]) -> None:
+    """Say at once if the delivery worker died (it never holds up withdrawals, so the service goes on;
+    deliveries wait in the store for the next start)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("service.webhooks_died", error=repr(task.exception()))
 
 
 class _StoppedWaiting(Exception):
