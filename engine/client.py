@@ -92,7 +92,10 @@ class WithdrawalView:
     created_at: datetime
     updated_at: datetime
     lane: str
-    raw: dict[str, Any] = field(repr=False, compare=False)
+    reference: str | None = None
+    """The caller's payout id, when the service has references (None otherwise)."""
+    metadata: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: Any) -> WithdrawalView:
@@ -104,7 +107,8 @@ class WithdrawalView:
                 reason=data["reason"], error=data["error"], submit_count=int(data["submit_count"]),
                 cancel_requested=bool(data["cancel_requested"]), resolution=data["resolution"],
                 created_at=datetime.fromisoformat(data["created_at"]),
-                updated_at=datetime.fromisoformat(data["updated_at"]), lane=str(data["lane"]), raw=dict(data),
+                updated_at=datetime.fromisoformat(data["updated_at"]), lane=str(data["lane"]),
+                reference=data.get("reference"), metadata=data.get("metadata"), raw=dict(data),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ServiceUnreachable(f"the service answered an unreadable withdrawal ({type(exc).__name__})") from None
@@ -116,7 +120,9 @@ class Page:
 
     withdrawals: tuple[WithdrawalView, ...]
     next_cursor: str | None
-    raw: dict[str, Any] = field(repr=False, compare=False)
+    total: int | None = None
+    """How many withdrawals match the filters, when the service counts them (None otherwise)."""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: Any) -> Page:
@@ -124,7 +130,11 @@ class Page:
         if not isinstance(data, dict) or not isinstance(data.get("withdrawals"), list):
             raise ServiceUnreachable("the service answered an unreadable page")
         items = tuple(WithdrawalView.from_json(item) for item in data["withdrawals"])
-        return cls(withdrawals=items, next_cursor=data.get("next_cursor"), raw=data)
+        total = data.get("total")
+        return cls(
+            withdrawals=items, next_cursor=data.get("next_cursor"), total=total if isinstance(total, int) else None,
+            raw=data,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,6 +242,16 @@ class SSEParser:
 # -- the client ----------------------------------------------------------------------------------------
 
 
+#: (status, the API's error name) -> the class raised; anything else is a plain ServiceError (a 5xx:
+#: ServiceUnavailable).
+_BY_NAME: dict[tuple[int, str], type[ServiceError]] = {
+    (404, "not_found"): RemoteNotFound,
+    (409, "idempotency_conflict"): RemoteIdempotencyConflict,
+    (409, "invalid_transition"): RemoteInvalidTransition,
+    (422, "invalid_request"): RemoteInvalidRequest,
+}
+
+
 def _raise_for(status: int, payload: Any) -> None:
     """Map an error answer to the engine's tree (2xx/3xx: nothing)."""
     if status < 400:
@@ -241,15 +261,9 @@ def _raise_for(status: int, payload: Any) -> None:
         error = {"name": "http_error", "message": f"the service answered {status}"}
     name, message = str(error.get("name")), str(error.get("message"))
     fields = {str(k): str(v) for k, v in (error.get("fields") or {}).items()}
-    kind: type[ServiceError] = ServiceError
+    kind: type[ServiceError] = _BY_NAME.get((status, name), ServiceError)
     if status >= 500:
         kind = ServiceUnavailable
-    elif status == 404 and name == "not_found":
-        kind = RemoteNotFound
-    elif status == 409:
-        kind = RemoteIdempotencyConflict if name == "idempotency_conflict" else RemoteInvalidTransition
-    elif status == 422:
-        kind = RemoteInvalidRequest
     raise kind(message, status=status, name=name, fields=fields)
 
 

@@ -238,11 +238,12 @@ class ServiceError(EngineError):
         self, message: str | None = None, *, status: int = 0, name: str = "http_error",
         fields: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
+        detail = message or (self.__doc__ or "").strip().splitlines()[0]
+        super().__init__(detail)  # first: a semantic base class (InvalidRequest) sets attributes of its own
         self.status = status
         self.name = name
         self.fields = dict(fields or {})
-        self.detail = message or (self.__doc__ or "").strip().splitlines()[0]
-        super().__init__(self.detail)
+        self.detail = detail
 
 
 class ServiceUnavailable(ServiceError):

@@ -252,11 +252,14 @@ def test_views_parse_timezone_aware_times() -> None:
         "id": "wd_1", "state": "DONE", "request": btc("1").to_dict(), "exchange_uuid": "u", "txid": "t",
         "exchange_state": "DONE", "reason": None, "error": None, "submit_count": 1, "cancel_requested": False,
         "resolution": None, "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:00:01+00:00",
-        "lane": "x", "reference": "a newer field",
+        "lane": "x", "reference": "payout-1", "metadata": {"batch": 7}, "a_newer_field": True,
     }  # fmt: skip
     view = WithdrawalView.from_json(data)
     assert view.request == btc("1") and isinstance(view.updated_at, datetime) and view.updated_at.tzinfo
-    assert view.raw["reference"] == "a newer field"
+    assert (view.reference, view.metadata) == ("payout-1", {"batch": 7})
+    assert view.raw["a_newer_field"] is True
+    page = Page.from_json({"withdrawals": [data], "next_cursor": None, "total": 1})
+    assert page.total == 1 and page.withdrawals == (view,)
     with pytest.raises(ServiceUnreachable):
         WithdrawalView.from_json({**data, "state": "bogus"})
 
