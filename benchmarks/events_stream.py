@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -32,6 +33,7 @@ from engine.client import WithdrawClient
 from engine.config import AccountConfig, Config, EngineConfig, GatewayConfig
 from engine.demo import demo_seed
 from engine.http_server import start_site
+from engine.logging import configure_logging
 from engine.models import WithdrawalRequest
 from engine.sandbox import SandboxServer
 from engine.sandbox.model import Timings
@@ -86,7 +88,7 @@ async def measure(engine: Any, url: str, n: int, clients: int) -> dict[str, Any]
         asyncio.create_task(follow_live(url, feed[-1], live_lags[c], live_cursors[c], n)) for c in range(clients)
     ]
     await asyncio.sleep(0.5)
-    more = [(await engine.submit(dataclasses.replace(r, amount=r.amount + Decimal(1)))).id for r in requests]
+    more = [(await engine.submit(dataclasses.replace(r, amount=r.amount + Decimal("0.0005")))).id for r in requests]
     for wf_id in more:
         await engine.wait(wf_id, timeout=600)
     await asyncio.wait_for(asyncio.gather(*tasks), 600)
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200, help="withdrawals per round")
     parser.add_argument("--clients", type=int, default=2, help="stream clients at once")
     args = parser.parse_args()
+    configure_logging(level="WARNING", stream=sys.stderr)  # stdout carries the JSON only
     print(json.dumps(asyncio.run(run(args.n, args.clients)), indent=2))
 
 
