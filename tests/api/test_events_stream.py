@@ -16,6 +16,7 @@ import pytest
 from engine.api_events import STREAMS
 from engine.bootstrap import build_engine
 from engine.core import Engine
+from engine.errors import StoreUnavailable
 from engine.http_server import ServerLimits
 from engine.models import WithdrawalRequest
 from engine.sandbox import SandboxServer
@@ -128,6 +129,45 @@ class TestResume:
         async with open_sse(session, live.url, params={"after": everything[0]["id"]}) as sse:
             got = await sse.until(lambda c: len(c) >= len(everything) - 1)
         assert brief(got) == everything[1:]
+
+
+    async def test_last_event_id_wins_over_after(self, live: Live, session: Any) -> None:
+        """A reconnecting EventSource keeps its original URL (maybe with ``?after=``) and adds the header:
+        the header is the newer position."""
+        wf = await live.engine.submit(btc("0.01"))
+        await live.engine.wait(wf.id, timeout=PATIENCE)
+        everything = await stored(live.engine, {wf.id})
+        params = {"after": everything[0]["id"]}
+        async with open_sse(session, live.url, params=params, last_event_id=everything[2]["id"]) as sse:
+            got = await sse.until(lambda c: len(c) >= len(everything) - 3)
+        assert brief(got) == everything[3:]
+
+    async def test_a_store_failure_mid_stream_ends_it_with_an_error_event(
+        self, live: Live, session: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The store fails while the stream waits: an ``error`` event, the end; resuming afterwards from
+        the last id loses nothing."""
+        wf = await live.engine.submit(btc("0.01"))
+        await live.engine.wait(wf.id, timeout=PATIENCE)
+        everything = await stored(live.engine, {wf.id})
+        real_feed = live.engine.store.feed
+
+        async def failing(**_: Any) -> Any:
+            raise StoreUnavailable("the disk is full")
+
+        async with open_sse(session, live.url, params={"after": everything[0]["id"]}) as sse:
+            first = await sse.next()
+            monkeypatch.setattr(live.engine.store, "feed", failing)
+            while (message := await sse.next()).event != "error":
+                pass  # items already read ahead before the failure
+            assert json.loads(message.data)["error"]["name"] == "unavailable"
+            with pytest.raises(EOFError):
+                await sse.next()
+        monkeypatch.setattr(live.engine.store, "feed", real_feed)
+        async with open_sse(session, live.url, last_event_id=first.id) as sse:
+            rest = await sse.until(lambda c: len(c) >= len(everything) - 2)
+        assert brief(rest) == everything[2:]
+        assert "disk is full" not in message.data  # the store's words stay in the service log
 
 
 class TestFilters:
