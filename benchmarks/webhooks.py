@@ -107,7 +107,8 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                     Subscription(id="wh_bench", url=args.hook_url, events=(TRANSITION,), secrets=(SECRET,),
                                  source="api", created_at=time.time())
                 )  # fmt: skip
-                dispatcher = WebhookDispatcher(engine.store, settings=DeliverySettings(allow_private_targets=True))
+                settings = DeliverySettings(allow_private_targets=True, concurrency=args.hook_concurrency)
+                dispatcher = WebhookDispatcher(engine.store, settings=settings)
                 engine.ctx.observers.append(dispatcher.observer)  # as the service wires it: woken on commit
                 task = asyncio.create_task(dispatcher.run(stop))
             tracker.reset(args.n)
@@ -165,7 +166,7 @@ async def parent(args: argparse.Namespace) -> dict[str, Any]:
                        "-n", str(args.n), "--rate", str(args.rate), "--concurrency", str(args.concurrency),
                        "--timeout", str(args.timeout)]  # fmt: skip
                 if side == "with":
-                    cmd += ["--hook-url", receiver.url]
+                    cmd += ["--hook-url", receiver.url, "--hook-concurrency", str(args.hook_concurrency)]
                 proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
                 out, _ = await proc.communicate()
                 if proc.returncode != 0:
@@ -183,6 +184,7 @@ async def parent(args: argparse.Namespace) -> dict[str, Any]:
     with_, without = sides["with"], sides["without"]
     return {
         "benchmark": "webhooks", "mode": "realistic", "n": args.n, "rate": args.rate,
+        "webhook_concurrency": args.hook_concurrency,
         "latency_ms": args.latency_ms, "waiting": args.waiting, "processing": args.processing,
         "without": without, "with": with_,
         "extra_exchange_calls_by_the_delivery_worker": with_["calls_not_from_the_engine"],
@@ -212,6 +214,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processing", type=float, default=5.0, help="seconds in PROCESSING")
     p.add_argument("--jitter", type=float, default=0.5, help="uniform extra seconds on each step")
     p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--hook-concurrency", type=int, default=16, help="webhook_delivery.concurrency (default 16)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)

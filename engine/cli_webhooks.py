@@ -1,8 +1,9 @@
 """``upbit-withdraw webhooks list|deliveries|redeliver``: webhook subscriptions and their delivery log,
-read from (and redeliveries written to) the store directly, next to a running service.
+read from (and redeliveries written to) the store directly, next to a running service; or, with
+``--api URL`` (token from ``UPBIT_WITHDRAW_API_TOKEN``), through the service's ``/v1/webhooks`` routes.
 
-The global ``--config``/``--database``/``--json`` options work before the command name (as for every
-command) or after it. A redelivery makes the deliveries pending again; the running service's worker
+The global ``--config``/``--database``/``--json``/``--api`` options work before the command name (as for
+every command) or after it. A redelivery makes the deliveries pending again; the running service's worker
 sends them within its ``poll_interval``.
 """
 
@@ -10,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import click
 from rich.console import Console
 from rich.table import Table
 
+from engine.api import ApiError
 from engine.api_webhooks import delivery_view, subscription_view
-from engine.backends import require_store
+from engine.backends import API_TOKEN_ENV, ServiceUnreachable, require_store
 from engine.bootstrap import open_store
 from engine.config import load_config
-from engine.errors import WebhookNotFound
+from engine.errors import ConfigError, WebhookNotFound
 from engine.store.webhooks import STATUSES, WebhookStore, webhook_store
 
 __all__ = ["webhooks"]
@@ -46,8 +50,6 @@ def _with_hooks(
 ) -> T:
     overrides = {"engine.database": _setting("database", database)}
     url = load_config(_setting("config", config), overrides=overrides).engine.database
-    if _setting("api", None):
-        raise click.UsageError("webhooks commands read the store; use the HTTP API's /v1/webhooks with --api")
 
     async def run() -> T:
         require_store(url)
@@ -65,7 +67,41 @@ def _with_hooks(
         raise SystemExit(EXIT_NOT_FOUND) from None
 
 
+async def _api_call(
+    base: str, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None
+) -> Any:
+    """One call to the service's API; its error answers become :class:`ApiError` (exit codes as elsewhere)."""
+    token = os.environ.get(API_TOKEN_ENV)
+    if not token:
+        raise ConfigError(f"set {API_TOKEN_ENV} to the service's API token", key=API_TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=15)) as session:
+        try:
+            async with session.request(method, f"{base.rstrip('/')}{path}", json=body, params=params) as answer:
+                status, raw = answer.status, await answer.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ServiceUnreachable(f"cannot reach the service at {base}: {type(exc).__name__}") from None
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = None
+    if status < 400:
+        return payload
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        raise ApiError(status, str(error.get("name")), str(error.get("message")), error.get("fields"))
+    raise ApiError(status, "http_error", f"the service answered {status}")
+
+
+def _via_api(api: str | None, method: str, path: str, **kw: Any) -> Any:
+    """The answer of the API at ``api`` (``--api``, here or before the command name)."""
+    base = _setting("api", api)
+    assert base
+    return asyncio.run(_api_call(base, method, path, **kw))
+
+
 def _options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--api", metavar="URL", help="Ask a running service instead of the store.")(func)
     func = click.option("--json", "as_json", is_flag=True, help="Machine output.")(func)
     func = click.option("--database", help="Store URL override (sqlite:///path or postgresql://...).")(func)
     return click.option(
@@ -93,10 +129,12 @@ def webhooks() -> None:
 
 @webhooks.command(name="list")
 @_options
-def list_(*, config: str | None, database: str | None, as_json: bool) -> None:
+def list_(*, config: str | None, database: str | None, as_json: bool, api: str | None) -> None:
     """Live subscriptions (never their secrets)."""
-    subs = _with_hooks(config, database, lambda hooks: hooks.list_subscriptions())
-    views = [subscription_view(sub) for sub in subs]
+    if _setting("api", api):
+        views = list(_via_api(api, "GET", "/v1/webhooks")["items"])
+    else:
+        views = [subscription_view(sub) for sub in _with_hooks(config, database, lambda h: h.list_subscriptions())]
     if _setting("json", as_json):
         _emit({"items": views})
         return
@@ -111,15 +149,20 @@ def list_(*, config: str | None, database: str | None, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 def deliveries(
     *,
-    config: str | None, database: str | None, as_json: bool, subscription_id: str, status: str | None, limit: int
-) -> None:
+    config: str | None, database: str | None, as_json: bool, subscription_id: str, status: str | None, limit: int,
+    api: str | None,
+) -> None:  # fmt: skip
     """A subscription's delivery log, newest first."""
 
     async def read(hooks: WebhookStore) -> list[dict[str, Any]]:
         await hooks.get_subscription(subscription_id)
         return [delivery_view(d) for d in await hooks.deliveries(subscription_id, status=status, limit=limit)]
 
-    views = _with_hooks(config, database, read)
+    if _setting("api", api):
+        params = {"limit": str(limit), **({"status": status} if status else {})}
+        views = list(_via_api(api, "GET", f"/v1/webhooks/{subscription_id}/deliveries", params=params)["items"])
+    else:
+        views = _with_hooks(config, database, read)
     if _setting("json", as_json):
         _emit({"items": views})
         return
@@ -147,18 +190,28 @@ def _aware(value: datetime | None, name: str) -> float | None:
 def redeliver(
     *,
     config: str | None, database: str | None, as_json: bool, subscription_id: str, event_ids: tuple[str, ...],
-    since: datetime | None, until: datetime | None,
+    since: datetime | None, until: datetime | None, api: str | None,
 ) -> None:  # fmt: skip
     """Send deliveries again (by event id, or by the events' time range)."""
     if not event_ids and since is None:
         raise click.UsageError("give --event-id (repeatable) or --since (and optionally --until)")
     start, end = _aware(since, "--since"), _aware(until, "--until")
+    if _setting("api", api):
+        body: dict[str, Any] = {"event_ids": list(event_ids)} if event_ids else {}
+        body |= {key: value.isoformat() for key, value in (("since", since), ("until", until)) if value}
+        answer = _via_api(api, "POST", f"/v1/webhooks/{subscription_id}/redeliver", body=body)
+        _report_redelivered(subscription_id, int(answer["redelivered"]), as_json)
+        return
     count = _with_hooks(
         config, database,
         lambda hooks: hooks.redeliver(
             subscription_id, at=time.time(), event_ids=list(event_ids) or None, since=start, until=end
         ),
     )  # fmt: skip
+    _report_redelivered(subscription_id, count, as_json)
+
+
+def _report_redelivered(subscription_id: str, count: int, as_json: bool) -> None:
     if _setting("json", as_json):
         _emit({"redelivered": count})
     else:

@@ -172,6 +172,10 @@ class WebhookDispatcher:
             jitter=self.settings.retry_initial,
         )  # fmt: skip
         self._subs: dict[str, Subscription] = {}
+        #: Read the feed in the next round (set by a commit here, a redelivery, a full page, the poll
+        #: timer); a round woken only by a finished delivery just claims, sparing the feed reads.
+        self._new_events = True
+        self._fanned_at = float("-inf")
         self.sent = 0
 
     def __repr__(self) -> str:
@@ -179,10 +183,11 @@ class WebhookDispatcher:
 
     def observer(self, before: Workflow, after: Workflow, event: Event) -> None:
         """TransitionObserver: an event committed; look for work now."""
-        self._wake.set()
+        self.wake()
 
     def wake(self) -> None:
-        """Look for work now (e.g. after a redelivery request)."""
+        """Look for new events and due deliveries now (e.g. after a commit or a redelivery request)."""
+        self._new_events = True
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -221,10 +226,16 @@ class WebhookDispatcher:
     async def _round(self, session: aiohttp.ClientSession) -> bool:
         """One fan-out pass and one claim; True when there may be more to do at once."""
         try:
-            fanned = await self.fan_out_once()
+            fanned = 0
+            now = time.monotonic()
+            if self._new_events or now - self._fanned_at >= self.settings.poll_interval:
+                self._new_events, self._fanned_at = False, now
+                fanned = await self.fan_out_once()
+                self._new_events = fanned >= self.settings.page  # a full page: read on at once
             started = self._start_deliveries(session, await self._claim())
         except EngineError as exc:  # the store is down or refused: back off, never die
             log.warning("webhooks.store_error", error=type(exc).__name__, message=exc.message)
+            self._new_events = True
             await asyncio.sleep(min(5.0, self.settings.poll_interval * 4))
             return False
         return fanned > 0 or started > 0

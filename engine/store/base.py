@@ -159,7 +159,9 @@ class Store(Protocol):
         SQLite: the order is the events' rowid (one writer, append-only: rowid order is commit order).
         PostgreSQL: the order is (inserting transaction id, sequence); only events of transactions older
         than every one still running are served (the snapshot's ``xmin`` horizon), so an event whose
-        transaction started earlier but commits later can never land behind a cursor already handed out."""
+        transaction started earlier but commits later can never land behind a cursor already handed out.
+        The horizon is the server's: while any transaction that wrote is still open (in any database of
+        the cluster), newer events wait for it (delayed, never lost), so keep transactions short."""
         ...
 
     async def feed_head(self) -> str | None:

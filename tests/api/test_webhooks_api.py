@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from engine.backends import API_TOKEN_ENV
+from engine.cli import run_cli
 from engine.config import ApiConfig, WebhookConfig, WebhookDeliveryConfig
 from engine.sandbox import SandboxServer
 from engine.webhooks import TERMINAL, TRANSITION, sign, verify_signature
@@ -94,7 +98,9 @@ class TestSubscriptions:
         assert ok.status == 202 and ok.body == {"redelivered": 0}
 
 
-async def test_the_service_delivers_a_configured_subscription(exchange: SandboxServer, tmp_path: Path) -> None:
+async def test_the_service_delivers_a_configured_subscription(
+    exchange: SandboxServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``serve`` stores the [[webhooks]] subscription and runs the worker: a withdrawal submitted over the
     API reaches the receiver signed, from the first transition to DONE; the delivery log shows them."""
     secret = "config-secret-0123456789abcdef"
@@ -127,7 +133,20 @@ async def test_the_service_delivers_a_configured_subscription(exchange: SandboxS
                 assert answer.status == 409
             async with http.get(f"{url}/metrics") as answer:
                 metrics = await answer.text()
-        states = [r.payload["data"]["to_state"] for r in receiver.delivered()]
+            os.environ[API_TOKEN_ENV] = TOKEN  # the CLI's --api mode reads the same routes
+            capsys.readouterr()
+            assert await asyncio.to_thread(run_cli, ["webhooks", "list", "--api", url, "--json"]) == 0
+            listed = json.loads(capsys.readouterr().out)
+            argv = ["webhooks", "deliveries", "cfg_ops", "--api", url, "--json", "--status", "delivered"]
+            assert await asyncio.to_thread(run_cli, argv) == 0
+            cli_log = json.loads(capsys.readouterr().out)
+            argv = ["webhooks", "redeliver", "cfg_ops", "--api", url, "--json", "--event-id", f"{wf['id']}:1"]
+            assert await asyncio.to_thread(run_cli, argv) == 0
+            redelivered = json.loads(capsys.readouterr().out)
+            argv = ["webhooks", "deliveries", "wh_nope", "--api", url]
+            assert await asyncio.to_thread(run_cli, argv) == 3
+        first = {r.event_id: r for r in reversed(receiver.delivered())}  # the redelivered one came again
+        states = [r.payload["data"]["to_state"] for r in sorted(first.values(), key=lambda r: r.payload["data"]["seq"])]
         assert states[0] == "pending" and states[-1] == "DONE"
         assert {r.payload["data"]["workflow_id"] for r in receiver.delivered()} == {wf["id"]}
         assert all(verify_signature(r.body, r.signature, [secret]) for r in receiver.delivered())
@@ -135,6 +154,9 @@ async def test_the_service_delivers_a_configured_subscription(exchange: SandboxS
         assert secret not in str(log) and sign(b"x", [secret], timestamp=1) not in str(log)
         assert f'upbit_withdraw_webhook_deliveries_total{{outcome="delivered"}} {float(len(states))}' in metrics
         assert "upbit_withdraw_webhook_delivery_lag_seconds_count" in metrics
+        assert [item["id"] for item in listed["items"]] == ["cfg_ops"]
+        assert len(cli_log["items"]) == len(states) and redelivered == {"redelivered": 1}
     finally:
         os.environ.pop("TEST_HOOK_SECRET", None)
+        os.environ.pop(API_TOKEN_ENV, None)
         await receiver.stop()

@@ -85,6 +85,13 @@ async def transitions_of(store: Store, workflow_ids: list[str]) -> dict[str, lis
     }
 
 
+async def settled(store: Store) -> None:
+    """Until no delivery is pending (bounded): the workers recorded every answer."""
+    async with asyncio.timeout(60):
+        while await webhook_store(store).pending_count():
+            await asyncio.sleep(0.05)
+
+
 def ids_of(expected: dict[str, list[int]]) -> set[str]:
     return {event_id(wf_id, seq) for wf_id, seqs in expected.items() for seq in seqs}
 
@@ -153,6 +160,7 @@ class TestDeliveryWithTheEngine:
                     assert (await engine.wait(wf.id, timeout=30)).state is State.DONE
                 expected = await transitions_of(engine.store, [wf.id for wf in wfs])
                 await receiver.wait_for(ids_of(expected))
+                await settled(engine.store)
             log = await webhook_store(engine.store).deliveries(sub.id, limit=1000)
         assert all(r.status != 401 for r in receiver.requests)  # every signature verified
         assert_in_order(receiver, expected)
@@ -189,13 +197,17 @@ class TestReceiverOutages:
                     while len(receiver.requests) < 5:
                         await asyncio.sleep(0.02)
                 await receiver.stop()  # now connections are refused
-                await asyncio.sleep(0.3)
-                pending = await webhook_store(store).deliveries(sub.id, status="pending", limit=1000)
-                assert len(pending) == 20 and any(d.last_error for d in pending)
+                async with asyncio.timeout(60):  # every event fanned out, some attempts recorded as failed
+                    while True:
+                        pending = await webhook_store(store).deliveries(sub.id, status="pending", limit=1000)
+                        if len(pending) == 20 and any(d.last_error for d in pending):
+                            break
+                        await asyncio.sleep(0.05)
                 receiver.mode = "ok"
                 await receiver.start()
                 expected = await transitions_of(store, wf_ids)
                 await receiver.wait_for(ids_of(expected))
+                await settled(store)
             log = await webhook_store(store).deliveries(sub.id, limit=1000)
         assert_in_order(receiver, expected)
         assert {d.status for d in log} == {"delivered"}
@@ -296,6 +308,7 @@ class TestPostgresWorkers:
                 wf_ids = await walk(first, 12)
                 expected = await transitions_of(first, wf_ids)
                 await receiver.wait_for(ids_of(expected))
+                await settled(first)  # every answer recorded before the workers stop
                 await asyncio.sleep(0.3)  # anything sent twice would have arrived by now
             log = await webhook_store(first).deliveries(sub.id, limit=1000)
         sent = [r.event_id for r in receiver.requests]
