@@ -22,5 +22,5 @@ def test_default_and_file_value(tmp_path: Path) -> None:
 def test_refused_values_name_the_key(tmp_path: Path, value: str) -> None:
     path = tmp_path / "config.toml"
     path.write_text(f"[api]\nevents_keepalive = {value}\n")
-    with pytest.raises(ConfigError, match="api.events_keepalive"):
+    with pytest.raises(ConfigError, match=r"api\.events_keepalive"):
         load_config(path, environ={})
