@@ -10,6 +10,7 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
     POST /v1/withdrawals/{id}/cancel     202; 409 when already terminal
     POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon"}: 202; 409 unless needs_review
     GET  /v1/withdrawals/{id}/events     the audit log, in order
+    GET  /v1/events                      every committed event, live, as Server-Sent Events (engine.api_events)
     GET  /healthz                        liveness: the process and its runner are alive (no authentication)
     GET  /readyz                         readiness: the store answers and the runner can use it (no authentication)
     GET  /metrics                        Prometheus text format
@@ -434,9 +435,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(
-    engine: Engine, *, token: str, metrics_registry: Metrics | None = None, max_body_bytes: int = 65536
+    engine: Engine, *, token: str, metrics_registry: Metrics | None = None, max_body_bytes: int = 65536,
+    events_keepalive: float = 15.0,
 ) -> web.Application:
-    """The API over ``engine`` (entered by the caller). ``token`` must be at least 16 characters."""
+    """The API over ``engine`` (entered by the caller). ``token`` must be at least 16 characters.
+    ``events_keepalive``: seconds between keep-alive comments of ``GET /v1/events``."""
+    from engine.api_events import add_event_routes  # it imports this module
     if len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
     app = web.Application(middlewares=[_error_middleware(), _auth_middleware(token)], client_max_size=max_body_bytes)
@@ -458,6 +462,7 @@ def create_app(
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     api_batches.register(app)
+    add_event_routes(app, keepalive=events_keepalive)
     register_webhook_routes(app, engine.store)  # /v1/webhooks (engine/api_webhooks.py)
     return app
 

@@ -14,21 +14,21 @@ exchange client and loads no keys: a CLI that only reads and writes the store ha
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from engine.api import ApiError, parse_submission
 from engine.bootstrap import open_store, standard_kinds
+from engine.client import WithdrawClient
 from engine.clock import SystemClock
 from engine.config import Config
 from engine.core import Engine
-from engine.errors import ConfigError, ServiceUnreachable
+from engine.errors import ConfigError, ServiceError, ServiceUnreachable
 from engine.query import parse_list_query
+from engine.store.base import FeedItem
 from engine.views import event_view, page_view, workflow_view
 
 __all__ = [
@@ -164,7 +164,8 @@ class StoreBackend:
 
 
 class HttpBackend:
-    """Talks to a running ``upbit-withdraw run`` service."""
+    """Talks to a running ``upbit-withdraw run`` service: a thin adapter over :class:`engine.client.WithdrawClient`
+    that gives the CLI the API's JSON views as they came (``raw``) and its errors as :class:`ApiError`."""
 
     def __init__(self, url: str, token: str | None, *, timeout: float = 15.0) -> None:
         parts = urlsplit(url)
@@ -173,81 +174,79 @@ class HttpBackend:
         if not token:
             raise ConfigError(f"set {API_TOKEN_ENV} to the service's API token", key=API_TOKEN_ENV)
         self.url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.client = WithdrawClient(self.url, token, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<HttpBackend {self.url}>"
 
     async def __aenter__(self) -> HttpBackend:
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        await self.client.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.__aexit__(*exc)
+
+    async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """POST /v1/withdrawals (retried under one Idempotency-Key)."""
+        with _as_api_error():
+            done = await self.client.submit(body, idempotency_key=idempotency_key)
+        return done.withdrawal.raw, done.created
+
+    async def get(self, workflow_id: str) -> dict[str, Any]:
+        """GET /v1/withdrawals/{id}."""
+        with _as_api_error():
+            return (await self.client.get(workflow_id)).raw
+
+    async def page(self, query: Query) -> dict[str, Any]:
+        """GET /v1/withdrawals with the query's parameters."""
+        with _as_api_error():
+            _, payload = await self.client.request("GET", "/v1/withdrawals", params=list(query), retry=True)
+        return dict(payload)
 
     async def _call(
         self, method: str, path: str, *, body: Any = None, headers: Mapping[str, str] | None = None,
         params: Query | None = None,
     ) -> tuple[int, Any]:  # fmt: skip
-        if self._session is None:
-            raise RuntimeError("use 'async with HttpBackend(...)'")
-        data = None if body is None else json.dumps(body).encode()
-        sent = {**(headers or {}), **({"Content-Type": "application/json"} if data is not None else {})}
-        try:
-            async with self._session.request(
-                method, f"{self.url}{path}", data=data, headers=sent, params=params
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ServiceUnreachable(f"cannot reach the service at {self.url}: {type(exc).__name__}") from None
-        return status, self._decode(status, raw)
-
-    @staticmethod
-    def _decode(status: int, raw: bytes) -> Any:
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = None
-        if status < 400:
-            if payload is None:
-                raise ServiceUnreachable(f"the service answered {status} without a JSON body")
-            return payload
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if isinstance(error, dict):
-            raise ApiError(status, str(error.get("name")), str(error.get("message")), error.get("fields"))
-        raise ApiError(status, "http_error", f"the service answered {status}")
-
-    async def submit(self, body: Mapping[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
-        """POST /v1/withdrawals."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        status, payload = await self._call("POST", "/v1/withdrawals", body=dict(body), headers=headers)
-        return payload, status == 201
-
-    async def get(self, workflow_id: str) -> dict[str, Any]:
-        """GET /v1/withdrawals/{id}."""
-        return dict((await self._call("GET", f"/v1/withdrawals/{workflow_id}"))[1])
-
-    async def page(self, query: Query) -> dict[str, Any]:
-        """GET /v1/withdrawals with the query's parameters."""
-        return dict((await self._call("GET", "/v1/withdrawals", params=list(query)))[1])
+        """One call through the client (the batch commands' routes), its errors as :class:`ApiError`."""
+        with _as_api_error():
+            return await self.client.request(
+                method, path, body=body, headers=headers, params=None if params is None else list(params)
+            )
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         """POST /v1/withdrawals/{id}/cancel."""
-        return dict((await self._call("POST", f"/v1/withdrawals/{workflow_id}/cancel"))[1])
+        with _as_api_error():
+            return (await self.client.cancel(workflow_id)).raw
 
     async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
         """POST /v1/withdrawals/{id}/resolve."""
-        path = f"/v1/withdrawals/{workflow_id}/resolve"
-        return dict((await self._call("POST", path, body={"action": action}))[1])
+        with _as_api_error():
+            return (await self.client.resolve(workflow_id, action)).raw
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
-        """GET /v1/withdrawals/{id}/events."""
-        return list((await self._call("GET", f"/v1/withdrawals/{workflow_id}/events"))[1]["events"])
+        """GET /v1/withdrawals/{id}/events, as the service sent them."""
+        with _as_api_error():
+            _, payload = await self.client.request("GET", f"/v1/withdrawals/{workflow_id}/events", retry=True)
+        return list(payload["events"])
+
+    async def stream(
+        self, *, after: str | None, workflow_id: str | None, account: str | None, event_types: Sequence[str]
+    ) -> AsyncIterator[FeedItem]:
+        """GET /v1/events, followed (and resumed after a drop) by the client."""
+        with _as_api_error():
+            async for item in self.client.stream(
+                after=after, workflow_id=workflow_id, account=account, event_types=event_types
+            ):
+                yield item
+
+
+@contextlib.contextmanager
+def _as_api_error() -> Iterator[None]:
+    """The client's :class:`ServiceError` as the :class:`ApiError` the CLI renders for both backends."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise ApiError(exc.status, exc.name, exc.detail, exc.fields) from None
 
 
 async def wait_settled(

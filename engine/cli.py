@@ -68,6 +68,7 @@ from engine.backends import (
     wait_settled,
 )
 from engine.bootstrap import build_gateway, open_store, standard_kinds
+from engine.cli_watch import register as register_watch
 from engine.cli_webhooks import webhooks
 from engine.clock import SystemClock
 from engine.config import Config, load_config
@@ -516,6 +517,9 @@ def resolve(workflow_id: str, action: str) -> None:
     opts = _opts()
     view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action)))
     _emit_json(view) if opts.json else _show_workflow(view, title=f"resolution recorded: {action}")
+
+
+register_watch(cli, _global_options, _opts, _load)
 
 
 # -- exchange commands -----------------------------------------------------------------------------------

@@ -220,6 +220,8 @@ class ApiConfig(BaseModel):
     keepalive_timeout: Annotated[float, Field(gt=0), _NUMBER] = 30.0
     """Seconds an idle connection stays open after an answer."""
     max_connections_per_client: Annotated[int, Field(ge=1), _NUMBER] = 256
+    events_keepalive: Annotated[float, Field(gt=0, le=3600), _NUMBER] = 15.0
+    """Seconds between keep-alive comments on a quiet ``GET /v1/events`` stream."""
     metrics_host: str = "127.0.0.1"
     metrics_port: Port | None = None
     """A second listener serving only ``GET /metrics`` without a token; off when not set."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import replace
 from decimal import Decimal
 from types import MappingProxyType
@@ -28,7 +28,7 @@ from engine.policy import Policy, WorkflowSettings
 from engine.query import DEFAULT_PAGE, MAX_PAGE, ListFilter, Page
 from engine.references import check_metadata, check_reference
 from engine.runner import Runner
-from engine.store.base import Store
+from engine.store.base import FeedItem, Store
 from engine.upbit.gateway import Gateway
 
 __all__ = ["Engine"]
@@ -360,7 +360,7 @@ class Engine:
         # and the API's other requests share this loop (a thread lets them interleave meanwhile).
         request = await asyncio.to_thread(
             self._batch_kind().accept, items, skip_invalid=skip_invalid, max_total=max_total,
-            accounts=frozenset(self.gateways), limits=dict(self.batch_max_total),
+            accounts=self.accounts, limits=dict(self.batch_max_total),
         )  # fmt: skip
         return await self.intake(request, idempotency_key=idempotency_key)
 
@@ -398,3 +398,48 @@ class Engine:
         the exchange is asked to cancel the cancelable ones (each through the withdrawal's cancel)."""
         await self._batch(batch_id)
         return await self.cancel(batch_id)
+    async def stream(
+        self,
+        *,
+        after: str | None = None,
+        from_start: bool = False,
+        workflow_id: str | None = None,
+        account: str | None = None,
+        event_types: Collection[str] | None = None,
+        poll_interval: float = 1.0,
+    ) -> AsyncIterator[FeedItem]:
+        """Every committed event across workflows, live, in the store's one total order (:meth:`Store.feed`).
+
+        Starts behind the cursor ``after`` (an item's ``cursor``: resuming there loses and repeats
+        nothing), else at the first stored event with ``from_start``, else now (only what commits from
+        here on). Filters: one workflow, one account, a set of triggers (``event_types``). It wakes at once
+        on this engine's own transitions and reads the store every ``poll_interval`` seconds otherwise,
+        which is how it hears other processes (a PostgreSQL store's other workers, a CLI's submits).
+        Endless: stop by leaving the loop (or cancelling). ``InvalidCursor`` for an unknown ``after``; a
+        store failure ends it with the store's error (resume from the last item's cursor).
+        """
+        cursor = after if after is not None or from_start else await self.store.feed_head()
+        if cursor is not None:
+            await self.store.feed(after=cursor, limit=1)  # an unknown cursor fails now, not at the first event
+        wanted = frozenset(event_types or ())
+        while True:
+            page = await self.store.feed(after=cursor, limit=FEED_PAGE)
+            for item in page:
+                cursor = item.cursor
+                if _matches(item, workflow_id, account, wanted):
+                    yield item
+            if len(page) < FEED_PAGE:
+                await self._changed_or(poll_interval)
+
+
+#: Events read from the store per feed query by :meth:`Engine.stream`.
+FEED_PAGE = 500
+
+
+def _matches(item: FeedItem, workflow_id: str | None, account: str | None, triggers: frozenset[str]) -> bool:
+    """Whether a feed item passes :meth:`Engine.stream`'s filters (each one unset passes everything)."""
+    return (
+        (workflow_id is None or item.event.workflow_id == workflow_id)
+        and (account is None or item.account == account)
+        and (not triggers or item.event.trigger in triggers)
+    )

@@ -33,6 +33,20 @@ what is known about the outcome of the call, because that decides whether a with
             ├── ExchangeServerError      5xx
             └── ExchangeBadResponse      2xx/4xx body we could not read
 
+The typed HTTP client (:mod:`engine.client`) raises the same semantic classes as the local engine, so a
+caller catches ``WorkflowNotFound`` whether it runs the engine or talks to the service::
+
+    EngineError
+    ├── ServiceUnreachable               the HTTP service could not be reached, or answered nonsense
+    └── ServiceError                     the HTTP service answered an error (status, name, message, fields)
+        ├── ServiceUnavailable           5xx: a submission may or may not have been stored (retry only
+        │                                with the same Idempotency-Key)
+        ├── RemoteInvalidRequest         422; also an InvalidRequest
+        ├── RemoteNotFound               404; also a WorkflowNotFound
+        ├── RemoteIdempotencyConflict    409 idempotency_conflict; also an IdempotencyConflict
+        ├── RemoteReferenceConflict      409 reference_conflict; also a ReferenceConflict
+        └── RemoteInvalidTransition      409 invalid_transition; also an InvalidTransition
+
 A class docstring is its default message (as in procrastinate), so every error reads well without one.
 No error ever carries a key, a secret or a token: the client builds them from status, Upbit's error name
 and message, and the endpoint path only.
@@ -61,6 +75,13 @@ __all__ = [
     "LaneBusy",
     "OutcomeUnknown",
     "ReferenceConflict",
+    "RemoteIdempotencyConflict",
+    "RemoteInvalidRequest",
+    "RemoteInvalidTransition",
+    "RemoteNotFound",
+    "RemoteReferenceConflict",
+    "ServiceError",
+    "ServiceUnavailable",
     "ServiceUnreachable",
     "StaleVersion",
     "StoreError",
@@ -235,6 +256,52 @@ class InvalidBatch(InvalidRequest):
         super().__init__(message or f"{len(self.errors)} item(s) of the batch are invalid", field="items")
 class InvalidCursor(StoreError):
     """This cursor is malformed or names no position of this store (the API answers 422)."""
+
+
+class ServiceError(EngineError):
+    """The service answered with an error.
+
+    ``status`` is the HTTP status, ``name`` the API's stable error name (``not_found``, ...), ``fields`` the
+    per-field messages of a 422; ``detail`` is the service's sentence as it sent it."""
+
+    def __init__(
+        self, message: str | None = None, *, status: int = 0, name: str = "http_error",
+        fields: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        detail = message or (self.__doc__ or "").strip().splitlines()[0]
+        super().__init__(detail)  # first: a semantic base class (InvalidRequest) sets attributes of its own
+        self.status = status
+        self.name = name
+        self.fields = dict(fields or {})
+        self.detail = detail
+
+
+class ServiceUnavailable(ServiceError):
+    """The service could not complete the call (5xx); a submission may or may not have been stored."""
+
+
+class RemoteInvalidRequest(ServiceError, InvalidRequest):
+    """The service refused the request as invalid (422)."""
+
+    def __init__(self, message: str | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.field = next(iter(self.fields), None)
+
+
+class RemoteNotFound(ServiceError, WorkflowNotFound):
+    """The service knows no such workflow (404)."""
+
+
+class RemoteIdempotencyConflict(ServiceError, IdempotencyConflict):
+    """The service has this idempotency key for a different request (409)."""
+
+
+class RemoteReferenceConflict(ServiceError, ReferenceConflict):
+    """The service says this reference is already used on the account (409 reference_conflict)."""
+
+
+class RemoteInvalidTransition(ServiceError, InvalidTransition):
+    """The service refused the action in the workflow's current state (409)."""
 
 
 class WebhookNotFound(EngineError):

@@ -104,7 +104,10 @@ async def _serve_on(
 
     engine = build_engine(config, observers=[metrics.observer, on_transition], call_observer=metrics.call_observer)
     metrics.bind(engine)
-    app = create_app(engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes)
+    app = create_app(
+        engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes,
+        events_keepalive=config.api.events_keepalive,
+    )  # fmt: skip
     dispatcher = WebhookDispatcher(
         engine.store, settings=DeliverySettings.from_config(config.webhook_delivery),
         metrics=WebhookMetrics(metrics.registry),

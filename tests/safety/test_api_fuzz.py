@@ -41,7 +41,9 @@ from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 OPENAPI = Path(__file__).resolve().parents[2] / "engine" / "openapi.json"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-schema = schemathesis.openapi.from_path(OPENAPI)
+#: GET /v1/events is an endless Server-Sent Events stream: schemathesis reads a whole body, so it would hang
+#: there. Its 422s, 401 and stream format are tested in tests/api/test_events_stream.py instead.
+schema = schemathesis.openapi.from_path(OPENAPI).exclude(path="/v1/events")
 
 
 @pytest.fixture(scope="module")
