@@ -260,14 +260,34 @@ class RateLimiter:
 
     @property
     def load(self) -> float:
-        """Share of the budget in use now (slots counted / rate); above 1 only with foreign calls booked."""
+        """Share of the budget in use now (slots counted / rate); above 1 only with foreign calls booked
+        (or while a lowered rate drains: see :meth:`set_rate`)."""
         self._expire(self._clock.monotonic())
-        return self._count() / self.rate
+        return self._count() / max(self.rate, 1)
 
     @property
     def in_flight(self) -> int:
         """Slots granted whose call has not completed yet."""
         return self._busy
+
+    @property
+    def counted(self) -> int:
+        """Slots counted against the rate now: in flight, completed less than a window ago, and phantoms."""
+        self._expire(self._clock.monotonic())
+        return self._count()
+
+    def set_rate(self, rate: int) -> None:
+        """Change the calls allowed per window (a worker's share of a shared budget, :mod:`engine.upbit.budget`).
+
+        Lowering takes effect for new grants at once; slots already granted keep counting their window as
+        always (so until :attr:`counted` falls to the new rate, none is granted). Raising wakes the queue.
+        ``0`` grants nothing until raised again (a worker that may have lost its share of the budget)."""
+        if rate < 0:
+            raise ValueError("rate must not be negative")
+        raised = rate > self.rate
+        self.rate = rate
+        if raised:
+            self._released.set()
 
     def _count(self) -> int:
         return self._busy + len(self._expiries)
