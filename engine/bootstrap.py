@@ -6,6 +6,9 @@ the benchmarks and the tests all build the engine the same way.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+
 from engine.clock import Clock, SystemClock
 from engine.config import AccountConfig, Config, GatewayConfig
 from engine.context import TransitionObserver
@@ -14,11 +17,12 @@ from engine.errors import ConfigError
 from engine.logging import register_secret
 from engine.store.base import Store
 from engine.upbit.auth import Algorithm
+from engine.upbit.budget import BudgetShare, BudgetStore, shared_budgets
 from engine.upbit.client import CallObserver, UpbitClient
 from engine.upbit.gateway import Gateway
 from engine.upbit.ratelimit import RateLimiter
 
-__all__ = ["build_engine", "build_gateway", "open_store"]
+__all__ = ["build_engine", "build_gateway", "open_store", "shared_budget"]
 
 
 def open_store(url: str, *, exclusive: bool = False) -> Store:
@@ -106,3 +110,24 @@ def build_engine(
         exclusive=exclusive,
         observers=observers,
     )
+
+
+def shared_budget(
+    engine: Engine, config: Config, *, clock: Clock | None = None
+) -> contextlib.AbstractAsyncContextManager[Mapping[str, BudgetShare]]:
+    """Each account's budget shared by the live workers (``engine.workers > 1`` on PostgreSQL), replacing
+    the static split of :func:`build_gateway`; a no-op otherwise. Call it before entering the engine: the
+    limiters grant nothing from here until their first heartbeat booked a share. Enter it after the
+    engine (its exit stops the runner, then gives the shares back, while the store is still open)."""
+    store = engine.store
+    if config.engine.workers <= 1 or not isinstance(store, BudgetStore):
+        return contextlib.nullcontext({})
+    def share(name: str, account: AccountConfig) -> BudgetShare:
+        limiter = engine.gateways[name].client.limiter
+        return BudgetShare(
+            store, name, engine.runner.owner, limiter, budget=account.rate_limit,
+            lease=config.engine.lease_seconds, timeout=account.timeout, clock=clock or engine.clock,
+        )  # fmt: skip
+
+    shares = {name: share(name, account) for name, account in config.accounts.items()}
+    return shared_budgets(shares, before_leaving=engine.stop)

@@ -59,10 +59,10 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -224,6 +224,7 @@ def decide(
     return Decision(row=row, rate=rate)
 
 
+@runtime_checkable
 class BudgetStore(Protocol):
     """The store side (PostgreSQL): one locked transaction per heartbeat."""
 
@@ -351,27 +352,22 @@ class BudgetShare:
 
 @contextlib.asynccontextmanager
 async def shared_budgets(
-    store: BudgetStore,
-    limiters: Mapping[str, tuple[RateLimiter, int, float]],
-    *,
-    owner: str,
-    lease: float,
-    clock: Clock | None = None,
-) -> AsyncIterator[dict[str, BudgetShare]]:
-    """Run a :class:`BudgetShare` per account (name -> (limiter, budget, call timeout)) for the block;
-    leave every share on the way out."""
-    shares = {
-        name: BudgetShare(store, name, owner, limiter, budget=budget, lease=lease, timeout=timeout, clock=clock)
-        for name, (limiter, budget, timeout) in limiters.items()
-    }
+    shares: Mapping[str, BudgetShare], *, before_leaving: Callable[[], Awaitable[None]] | None = None
+) -> AsyncIterator[Mapping[str, BudgetShare]]:
+    """Heartbeat every share for the block. On the way out: ``before_leaving`` (stop the runner, so that
+    no step in flight is left waiting on a rate of 0), then stop the heartbeats and give every share back."""
     tasks = [asyncio.create_task(share.run(), name=f"budget-{name}") for name, share in shares.items()]
     try:
         yield shares
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for share in shares.values():
-            await share.leave()
+        try:
+            if before_leaving is not None:
+                await before_leaving()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for share in shares.values():
+                await share.leave()
