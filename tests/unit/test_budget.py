@@ -103,6 +103,10 @@ class Table:
         return sum(booked(r, now) for r in self.rows.values())
 
 
+def _chooser(budget: int, report: Report) -> Callable[[Sequence[ShareRow], datetime], Decision]:
+    return lambda rows, now: decide(budget, report, rows, now, lease=LEASE, drain=DRAIN)
+
+
 ops_st = st.lists(
     st.tuples(
         st.integers(0, 3),  # worker
@@ -145,9 +149,7 @@ class TestDecide:
             if mine is None or mine.expires_at <= t:
                 rate = rates[owner] = 0  # rule 4: a worker whose row may have expired has stopped granting
             report = Report(owner, beats[owner], demand, rate, settled, leaving)
-            decision = table.beat(
-                owner, beats[owner], t, lambda rows, now, r=report: decide(budget, r, rows, now, lease=LEASE, drain=DRAIN)
-            )
+            decision = table.beat(owner, beats[owner], t, _chooser(budget, report))
             assert decision is not None
             assert table.total(t) <= budget
             assert decision.rate <= decision.row.share
@@ -209,14 +211,16 @@ class TestBudgetShare:
     def test_lease_must_outlast_window_timeout_and_two_heartbeats(self) -> None:
         clock = FakeClock()
         with pytest.raises(ConfigError) as caught:
-            BudgetShare(MemoryStore(clock), "default", "w", RateLimiter(30, clock=clock), budget=30, lease=3.0, timeout=5.0)
+            limiter = RateLimiter(30, clock=clock)
+            BudgetShare(MemoryStore(clock), "default", "w", limiter, budget=30, lease=3.0, timeout=5.0)
         assert caught.value.key == "engine.lease_seconds"
         assert min_lease(5.0) == pytest.approx(9.0)
 
     async def test_grants_nothing_before_the_first_beat_then_its_share(self) -> None:
         clock = FakeClock()
         limiter = RateLimiter(10, account_rate=30, clock=clock)
-        share = BudgetShare(MemoryStore(clock), "default", "w", limiter, budget=30, lease=LEASE, timeout=5.0, clock=clock)
+        store = MemoryStore(clock)
+        share = BudgetShare(store, "default", "w", limiter, budget=30, lease=LEASE, timeout=5.0, clock=clock)
         assert limiter.rate == 0
         waiter = asyncio.create_task(limiter.acquire(Priority.WRITE))
         await asyncio.sleep(0)

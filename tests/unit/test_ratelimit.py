@@ -329,7 +329,7 @@ class TestSetRate:
             await asyncio.sleep(0)
         assert not any(w.done() for w in waiters)
         limiter.set_rate(2)
-        done, pending = await asyncio.wait(waiters, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         for _ in range(5):
             await asyncio.sleep(0)
         assert sum(w.done() for w in waiters) == 2

@@ -1,0 +1,159 @@
+"""One account's budget shared through PostgreSQL by the workers that are alive (engine.upbit.budget).
+
+Workers here are BudgetShare + RateLimiter pairs in this process, each with a store (a connection pool)
+of its own, as separate processes would have; their calls are simulated (a call arrives between its
+grant and its completion), so every arrival across all workers is known. A checker reads the table all
+along and asserts its invariant at every step: the live rows book at most the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from engine.store.postgres import PostgresStore
+from engine.upbit.budget import BudgetShare, booked
+from engine.upbit.ratelimit import Priority, RateLimiter
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+BUDGET = 30
+ACCOUNT = "default"
+INTERVAL = 0.2  # heartbeats
+TIMEOUT = 1.0  # the simulated calls' timeout
+LEASE = 4.0  # > window + timeout + margin + two heartbeats (3.4 s)
+PATIENCE = 60.0  # bound on waiting for any condition (a loaded 2-core machine can be slow)
+
+
+@dataclass
+class Worker:
+    """A worker: its store, limiter and heartbeat, and load tasks when it has load."""
+
+    name: str
+    store: PostgresStore
+    limiter: RateLimiter
+    share: BudgetShare
+    heartbeat: asyncio.Task[None] | None = None
+    load: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """Die abruptly: no goodbye, the row stays until its lease expires."""
+        for task in [self.heartbeat, *self.load]:
+            if task is not None:
+                task.cancel()
+
+
+async def _call(limiter: RateLimiter, arrivals: list[float]) -> None:
+    """Forever: take a slot, arrive at the 'exchange' a little later, complete, release."""
+    while True:
+        await limiter.acquire(Priority.WRITE)
+        try:
+            await asyncio.sleep(0.003)
+            arrivals.append(time.monotonic())
+            await asyncio.sleep(0.003)
+        finally:
+            limiter.release()
+
+
+async def _until(condition: Callable[[], bool], what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < PATIENCE, f"not within {PATIENCE} s: {what}"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _max_in_any_second(times: list[float]) -> int:
+    """Most arrivals in any half-open one-second interval (every start, not only aligned ones)."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+class TestSharedBudget:
+    async def test_load_at_one_kill_one_add_one(self, postgres_dsn: str) -> None:
+        workers: dict[str, Worker] = {}
+        arrivals: list[float] = []
+        totals: list[int] = []
+        broken: list[str] = []
+        checker_store = PostgresStore(postgres_dsn, pool_max=1)
+        await checker_store.open()
+
+        async def check() -> None:
+            while True:
+                before = {name: w.limiter.rate for name, w in workers.items()}
+                now, rows = await checker_store.budget_shares(ACCOUNT)
+                total = sum(booked(r, now) for r in rows)
+                totals.append(total)
+                if total > BUDGET:
+                    broken.append(f"{total} booked at {now}: {rows}")
+                for worker in workers.values():  # a live worker never grants beyond what its row books
+                    mine = [r for r in rows if r.owner == worker.name]
+                    if worker.heartbeat is not None and not worker.heartbeat.done() and mine:
+                        rate = min(before.get(worker.name, 0), worker.limiter.rate)  # around the read
+                        if rate > booked(mine[0], now):
+                            broken.append(f"{worker.name} grants {rate} > booked {mine[0]}")
+                await asyncio.sleep(0.05)
+
+        async def start(name: str) -> Worker:
+            store = PostgresStore(postgres_dsn, pool_max=2)
+            await store.open()
+            limiter = RateLimiter(BUDGET, account_rate=BUDGET)
+            share = BudgetShare(
+                store, ACCOUNT, name, limiter, budget=BUDGET, lease=LEASE, timeout=TIMEOUT, interval=INTERVAL
+            )
+            worker = workers[name] = Worker(name, store, limiter, share)
+            worker.heartbeat = asyncio.create_task(share.run())
+            return worker
+
+        def load(worker: Worker, callers: int = 40) -> None:
+            worker.load = [asyncio.create_task(_call(worker.limiter, arrivals)) for _ in range(callers)]
+
+        checker = asyncio.create_task(check())
+        try:
+            a, b, c = [await start(n) for n in ("a", "b", "c")]
+            await _until(lambda: len(totals) > 3 and all(w.share.beats > 0 for w in (a, b, c)), "first beats")
+            # 1. All the load at a: its share reaches >= 0.9 of the budget (29: one call stays spare for b, c).
+            load(a)
+            await _until(lambda: a.limiter.rate >= 0.9 * BUDGET, "a's share reaches 0.9 x budget")
+            assert (b.limiter.rate, c.limiter.rate) == (0, 0)
+            await asyncio.sleep(2.0)  # a while at that share, for the arrivals check
+            # 2. a dies holding it, and b gets the load: b waits for a's row to expire, then takes it over.
+            a.kill()
+            killed = time.monotonic()
+            load(b)
+            await _until(lambda: b.limiter.rate >= 1, "b starts on the spare call")
+            await _until(lambda: b.limiter.rate >= 0.9 * BUDGET, "b takes over a's share")
+            took_over = time.monotonic() - killed
+            assert took_over >= LEASE - 1.0, "a's share was handed out while its row still lived"
+            # 3. d joins, loaded, mid-run: it gets a share, b gives up half, and nothing ever overbooks.
+            d = await start("d")
+            load(d)
+            await _until(lambda: d.limiter.rate >= 1, "d gets a share")
+            await _until(lambda: min(b.limiter.rate, d.limiter.rate) >= 10, "b and d share the budget")
+            await asyncio.sleep(2.0)
+        finally:
+            checker.cancel()
+            for worker in workers.values():
+                worker.kill()
+            for task in [checker, *(t for w in workers.values() for t in [w.heartbeat, *w.load] if t)]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for worker in workers.values():
+                await worker.store.close()
+            await checker_store.close()
+        assert not broken, broken[:3]
+        assert max(totals) <= BUDGET
+        assert _max_in_any_second(arrivals) <= BUDGET, "an exchange second saw more than the budget"
+        figures = {"takeover_seconds": round(took_over, 2), "arrivals": len(arrivals), "checks": len(totals)}
+        print("SHARED-BUDGET", figures)
+
