@@ -122,6 +122,7 @@ def shared_budget(
     store = engine.store
     if config.engine.workers <= 1 or not isinstance(store, BudgetStore):
         return contextlib.nullcontext({})
+
     def share(name: str, account: AccountConfig) -> BudgetShare:
         limiter = engine.gateways[name].client.limiter
         return BudgetShare(

@@ -156,4 +156,3 @@ class TestSharedBudget:
         assert _max_in_any_second(arrivals) <= BUDGET, "an exchange second saw more than the budget"
         figures = {"takeover_seconds": round(took_over, 2), "arrivals": len(arrivals), "checks": len(totals)}
         print("SHARED-BUDGET", figures)
-
