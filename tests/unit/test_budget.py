@@ -285,3 +285,16 @@ class TestBudgetShare:
         row = store.table.rows["w"]
         assert row.share == 0 and row.draining == held and booked(row, clock.now()) == held
         assert row.expires_at == row.drain_until
+
+
+class TestConfig:
+    def test_a_lease_shorter_than_a_call_is_refused_with_several_workers(self) -> None:
+        from engine.config import load_config
+
+        database = "postgresql://postgres@127.0.0.1:5432/postgres"
+        flags = {"engine.database": database, "engine.workers": 3, "engine.lease_seconds": 14.0}
+        with pytest.raises(ConfigError) as caught:
+            load_config(overrides=flags, environ={})
+        assert caught.value.key == "engine.lease_seconds"
+        assert load_config(overrides={**flags, "engine.lease_seconds": 14.5}, environ={}).engine.lease_seconds == 14.5
+        assert load_config(overrides={**flags, "engine.workers": 1, "engine.lease_seconds": 2.0}, environ={})
