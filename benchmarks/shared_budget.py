@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import signal
@@ -192,12 +193,13 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         await conn.close()
     arrivals = [_epoch(r["received_at"]) for r in records if r["status"] not in (429, 418, "dropped")]
     posts = [_epoch(r["received_at"]) for r in records if f"{r['method']} {r['path']}" == POST]
-    steady_from = start + args.warmup
-    steady = [t for t in posts if steady_from <= t < kill_at]
+    # Rates over whole exchange seconds only: an interval of 8.6 s can hold 9 windows' worth of calls.
+    steady_from, steady_to = math.ceil(start + args.warmup), math.floor(kill_at)
+    steady = [t for t in posts if steady_from <= t < steady_to]
     w1 = results["w1"]["timeline"]
     back = next((t for t, rate in w1 if t >= killed and rate >= 0.9 * BUDGET), None)
-    after_from = (back or end) + 1.0
-    after = [t for t in posts if after_from <= t < end - 1.0]
+    after_from, after_to = math.ceil((back or end) + 1.0), math.floor(end - 1.0)
+    after = [t for t in posts if after_from <= t < after_to]
     return {
         "benchmark": "shared_budget",
         "workers": 3,
@@ -206,10 +208,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "call_timeout_seconds": args.timeout,
         "callers_at_the_loaded_worker": args.callers,
         "phase_seconds": args.phase,
-        "sustained_post_rate_per_s": round(len(steady) / (kill_at - steady_from), 2),
-        "sustained_fraction_of_budget": round(len(steady) / (kill_at - steady_from) / BUDGET, 3),
+        "sustained_seconds": steady_to - steady_from,
+        "sustained_post_rate_per_s": round(len(steady) / (steady_to - steady_from), 2),
+        "sustained_fraction_of_budget": round(len(steady) / (steady_to - steady_from) / BUDGET, 3),
         "share_back_after_kill_seconds": None if back is None else round(back - killed, 2),
-        "post_rate_after_takeover_per_s": round(len(after) / max(1e-9, end - 1.0 - after_from), 2) if after else None,
+        "post_rate_after_takeover_per_s": round(len(after) / max(1, after_to - after_from), 2),
         "max_requests_in_any_1s_interval": max_in_any_second(arrivals),
         "max_requests_in_any_whole_second": max_in_whole_second(arrivals),
         "requests_total": stats["requests_total"],
@@ -223,7 +226,9 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--database", default=os.environ.get("UPBIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument(
+        "--database", default=os.environ.get("UPBIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
     p.add_argument("--phase", type=float, default=25.0, help="seconds of load at w0 before it is killed")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of the phase not counted (the ramp)")
     p.add_argument("--settle", type=float, default=10.0, help="seconds after the kill's lease ends")

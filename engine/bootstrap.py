@@ -55,7 +55,8 @@ def build_gateway(
     workers: int = 1,
 ) -> Gateway:
     """One account's client behind a gateway. With ``workers`` processes sharing the account, this one
-    takes an equal static share of the budget (never more than the account's rate in total)."""
+    takes an equal static share of the budget (never more than the account's rate in total), until
+    :func:`shared_budget` replaces it with a share that follows demand."""
     credentials = account.credentials()
     register_secret(credentials.secret_key)
     register_secret(credentials.access_key)

@@ -13,8 +13,9 @@ delayed in transit (a cold TLS connection) lands in the same exchange second as 
 Corrections from the exchange: ``Remaining-Req: ... sec=N`` that shows fewer calls left than our own
 count explains means someone else (another process, another tool) spends this account's budget; we book
 the difference as phantom calls for one window. When several runner processes share one account, each
-gets a static share (``rate``) of the account's budget (``account_rate``): simple and correct, since
-the shares never add up to more than the budget; only use beyond the other shares counts as foreign.
+grants at its share (``rate``) of the account's budget (``account_rate``), kept by
+:mod:`engine.upbit.budget` through :meth:`set_rate` (the shares never add up to more than the budget;
+the proof across workers is there); only use beyond the other shares counts as foreign.
 A 429 blocks the account to the next second; a 418 blocks it for the time the exchange names (blocks
 hold even when limiting is disabled). A 418 that names no time (no ``Retry-After``, no number in its
 message) gets a growing one, since Upbit lengthens the block on every repeat offence: 60 s, 120 s, 240 s ...
