@@ -307,10 +307,14 @@ class BudgetShare:
         try:
             async with asyncio.timeout(limit):
                 decision = await self.store.budget_beat(self.account, self.owner, report.beat, choose)
-        except (StoreError, TimeoutError) as exc:
+        except Exception as exc:  # any failure is a missed heartbeat: the fallback keeps it safe
             self.failures += 1
             self._fall_back()
-            log.warning("budget.beat_failed", account=self.account, error=str(exc) or type(exc).__name__)
+            expected = isinstance(exc, StoreError | TimeoutError)
+            log.warning(
+                "budget.beat_failed", account=self.account, error=str(exc) or type(exc).__name__,
+                exc_info=None if expected else exc,
+            )  # fmt: skip
             return False
         if decision is None:  # fenced: only a beat older than one that landed can be
             return False

@@ -197,6 +197,7 @@ class MemoryStore:
         self.table = Table()
         self.clock = clock
         self.down = False
+        self.broken: Exception | None = None
 
     async def budget_beat(
         self, account: str, owner: str, beat: int, decide: Callable[[Sequence[ShareRow], datetime], Decision]
@@ -204,6 +205,8 @@ class MemoryStore:
         await asyncio.sleep(0)
         if self.down:
             raise StoreUnavailable("database unreachable")
+        if self.broken is not None:
+            raise self.broken
         return self.table.beat(owner, beat, self.clock.now(), decide)
 
 
@@ -285,6 +288,19 @@ class TestBudgetShare:
         row = store.table.rows["w"]
         assert row.share == 0 and row.draining == held and booked(row, clock.now()) == held
         assert row.expires_at == row.drain_until
+
+    async def test_an_unexpected_store_error_is_a_missed_beat_not_a_dead_heartbeat(self) -> None:
+        clock = FakeClock()
+        store = MemoryStore(clock)
+        limiter = RateLimiter(30, clock=clock)
+        share = BudgetShare(store, "default", "w", limiter, budget=30, lease=LEASE, timeout=5.0, clock=clock)
+        store.broken = RuntimeError("driver bug")
+        assert not await share.beat()
+        assert share.failures == 1 and limiter.rate == 0
+        store.broken = None
+        limiter.stats.granted += 5
+        clock.advance(1.0)
+        assert await share.beat()
 
 
 class TestConfig:
