@@ -58,8 +58,9 @@ class TestAllocate:
             lowest = min(shares[n] for n in unsatisfied)
             assert all(shares[n] <= lowest + 1 for n in wanting)
 
-    def test_all_load_at_one_of_three_leaves_one_call_spare(self) -> None:
-        assert allocate(30, {"a": 100.0, "b": 0.0, "c": 0.0}) == {"a": 29, "b": 0, "c": 0}
+    def test_all_load_at_one_of_three(self) -> None:
+        assert allocate(30, {"a": 100.0, "b": 0.0, "c": 0.0}) == {"a": 30, "b": 0, "c": 0}
+        assert allocate(30, {"a": 100.0, "b": 0.0, "c": 0.0}, reserve=1) == {"a": 29, "b": 0, "c": 0}
         assert allocate(30, {"a": 100.0, "b": 100.0, "c": 100.0}) == {"a": 10, "b": 10, "c": 10}
         assert allocate(30, {"a": 5.0, "b": 100.0, "c": 0.5}) == {"a": 5, "b": 24, "c": 1}  # nobody idle: no reserve
 
@@ -164,7 +165,7 @@ class TestDecide:
         table = Table()
         first = Report("a", 1, 100.0, 0, True)
         d1 = table.beat("a", 1, NOW, lambda rows, now: decide(30, first, rows, now, lease=LEASE, drain=DRAIN))
-        assert d1 is not None and d1.rate == 30  # alone in the table: nobody idle, no reserve
+        assert d1 is not None and d1.rate == 30
         # b wants everything too: a is told to halve; it still books 29 until it reports the lower rate
         b = Report("b", 1, 100.0, 0, True)
         d2 = table.beat("b", 1, NOW, lambda rows, now: decide(30, b, rows, now, lease=LEASE, drain=DRAIN))
