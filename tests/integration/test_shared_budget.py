@@ -13,9 +13,12 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from engine.bootstrap import build_engine, shared_budget
+from engine.config import Config, load_config
 from engine.store.postgres import PostgresStore
 from engine.upbit.budget import BudgetShare, booked
 from engine.upbit.ratelimit import Priority, RateLimiter
@@ -155,3 +158,39 @@ class TestSharedBudget:
         assert _max_in_any_second(arrivals) <= BUDGET, "an exchange second saw more than the budget"
         figures = {"takeover_seconds": round(took_over, 2), "arrivals": len(arrivals), "checks": len(totals)}
         print("SHARED-BUDGET", figures)
+
+
+def _config(tmp_path: Path, database: str, *, workers: int) -> Config:
+    config_file = tmp_path / "engine.toml"
+    config_file.write_text(
+        f'[engine]\ndatabase = "{database}"\nworkers = {workers}\nlease_seconds = 30\n\n'
+        '[accounts.default]\nbase_url = "http://127.0.0.1:9"\ndemo = true\n'
+    )
+    return load_config(config_file, environ={})
+
+
+class TestWiring:
+    async def test_the_service_wiring_books_and_gives_back_a_share(self, postgres_dsn: str, tmp_path: Path) -> None:
+        """bootstrap.shared_budget: with workers > 1 on PostgreSQL the limiter grants nothing until the first
+        heartbeat, a row appears for the runner's owner, and leaving (after the runner stopped) deletes it."""
+        config = _config(tmp_path, postgres_dsn, workers=2)
+        engine = build_engine(config, run_runner=False)
+        limiter = engine.gateways["default"].client.limiter
+        budget = shared_budget(engine, config)
+        assert limiter.rate == 0
+        async with engine, budget as shares:
+            assert set(shares) == {"default"}
+            await _until(lambda: shares["default"].beats > 0, "the first heartbeat")
+            assert isinstance(engine.store, PostgresStore)
+            _, rows = await engine.store.budget_shares("default")
+            assert [row.owner for row in rows] == [engine.runner.owner]
+        async with PostgresStore(postgres_dsn) as store:
+            _, rows = await store.budget_shares("default")
+        assert rows == []
+
+    async def test_sqlite_keeps_the_plain_limiter(self, tmp_path: Path) -> None:
+        config = _config(tmp_path, f"sqlite:///{tmp_path / 'x.sqlite3'}", workers=1)
+        engine = build_engine(config, run_runner=False)
+        async with shared_budget(engine, config) as shares:
+            assert shares == {}
+        assert engine.gateways["default"].client.limiter.rate == 30
