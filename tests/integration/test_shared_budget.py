@@ -14,13 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.bootstrap import build_engine, shared_budget
 from engine.config import Config, load_config
+from engine.errors import ExchangeError
 from engine.store.postgres import PostgresStore
+from engine.upbit.auth import Credentials
 from engine.upbit.budget import BudgetShare, booked
+from engine.upbit.client import UpbitClient
 from engine.upbit.ratelimit import Priority, RateLimiter
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -63,6 +67,13 @@ async def _call(limiter: RateLimiter, arrivals: list[float]) -> None:
             limiter.release()
 
 
+async def _http_call(client: UpbitClient) -> None:
+    """Forever: a real call to the sandbox through the worker's client (and so its limiter)."""
+    while True:
+        with contextlib.suppress(ExchangeError):  # a timeout on a loaded machine: the slot still counted
+            await client.accounts()
+
+
 async def _until(condition: Callable[[], bool], what: str) -> float:
     started = time.monotonic()
     while not condition():
@@ -82,82 +93,120 @@ def _max_in_any_second(times: list[float]) -> int:
     return best
 
 
-class TestSharedBudget:
-    async def test_load_at_one_kill_one_add_one(self, postgres_dsn: str) -> None:
-        workers: dict[str, Worker] = {}
-        arrivals: list[float] = []
-        totals: list[int] = []
-        broken: list[str] = []
-        checker_store = PostgresStore(postgres_dsn, pool_max=1)
-        await checker_store.open()
+class Scenario:
+    """Workers on one database, a checker reading the table all along, and their load (simulated calls,
+    or real ones to the sandbox at ``url``)."""
 
-        async def check() -> None:
-            while True:
-                before = {name: w.limiter.rate for name, w in workers.items()}
-                now, rows = await checker_store.budget_shares(ACCOUNT)
-                total = sum(booked(r, now) for r in rows)
-                totals.append(total)
-                if total > BUDGET:
-                    broken.append(f"{total} booked at {now}: {rows}")
-                for worker in workers.values():  # a live worker never grants beyond what its row books
-                    mine = [r for r in rows if r.owner == worker.name]
-                    if worker.heartbeat is not None and not worker.heartbeat.done() and mine:
-                        rate = min(before.get(worker.name, 0), worker.limiter.rate)  # around the read
-                        if rate > booked(mine[0], now):
-                            broken.append(f"{worker.name} grants {rate} > booked {mine[0]}")
-                await asyncio.sleep(0.05)
+    def __init__(self, dsn: str, url: str | None) -> None:
+        self.dsn, self.url = dsn, url
+        self.workers: dict[str, Worker] = {}
+        self.clients: list[UpbitClient] = []
+        self.arrivals: list[float] = []
+        self.totals: list[int] = []
+        self.broken: list[str] = []
+        self.checker_store = PostgresStore(dsn, pool_max=1)
+        self.checker: asyncio.Task[None] | None = None
 
-        async def start(name: str) -> Worker:
-            store = PostgresStore(postgres_dsn, pool_max=2)
-            await store.open()
-            limiter = RateLimiter(BUDGET, account_rate=BUDGET)
-            share = BudgetShare(
-                store, ACCOUNT, name, limiter, budget=BUDGET, lease=LEASE, timeout=TIMEOUT, interval=INTERVAL
-            )
-            worker = workers[name] = Worker(name, store, limiter, share)
-            worker.heartbeat = asyncio.create_task(share.run())
-            return worker
+    async def __aenter__(self) -> Scenario:
+        await self.checker_store.open()
+        self.checker = asyncio.create_task(self._check())
+        return self
 
-        def load(worker: Worker, callers: int = 40) -> None:
-            worker.load = [asyncio.create_task(_call(worker.limiter, arrivals)) for _ in range(callers)]
+    async def _check(self) -> None:
+        while True:
+            before = {name: w.limiter.rate for name, w in self.workers.items()}
+            now, rows = await self.checker_store.budget_shares(ACCOUNT)
+            total = sum(booked(r, now) for r in rows)
+            self.totals.append(total)
+            if total > BUDGET:
+                self.broken.append(f"{total} booked at {now}: {rows}")
+            for worker in self.workers.values():  # a live worker never grants beyond what its row books
+                mine = [r for r in rows if r.owner == worker.name]
+                if worker.heartbeat is not None and not worker.heartbeat.done() and mine:
+                    rate = min(before.get(worker.name, 0), worker.limiter.rate)  # around the read
+                    if rate > booked(mine[0], now):
+                        self.broken.append(f"{worker.name} grants {rate} > booked {mine[0]}")
+            await asyncio.sleep(0.05)
 
-        checker = asyncio.create_task(check())
-        try:
-            a, b, c = [await start(n) for n in ("a", "b", "c")]
-            await _until(lambda: len(totals) > 3 and all(w.share.beats > 0 for w in (a, b, c)), "first beats")
-            # 1. All the load at a: its share reaches >= 0.9 of the budget (all of it: b and c are idle).
-            load(a)
-            await _until(lambda: a.limiter.rate >= 0.9 * BUDGET, "a's share reaches 0.9 x budget")
-            assert (b.limiter.rate, c.limiter.rate) == (0, 0)
-            await asyncio.sleep(2.0)  # a while at that share, for the arrivals check
-            # 2. a dies holding it, and b gets the load: b waits for a's row to expire, then takes it over.
-            a.kill()
-            killed = time.monotonic()
-            load(b)
-            await _until(lambda: b.limiter.rate >= 0.9 * BUDGET, "b takes over a's share")
-            took_over = time.monotonic() - killed
-            assert took_over >= LEASE - 1.0, "a's share was handed out while its row still lived"
-            # 3. d joins, loaded, mid-run: it gets a share, b gives up half, and nothing ever overbooks.
-            d = await start("d")
-            load(d)
-            await _until(lambda: d.limiter.rate >= 1, "d gets a share")
-            await _until(lambda: min(b.limiter.rate, d.limiter.rate) >= 10, "b and d share the budget")
-            await asyncio.sleep(2.0)
-        finally:
-            checker.cancel()
-            for worker in workers.values():
-                worker.kill()
-            for task in [checker, *(t for w in workers.values() for t in [w.heartbeat, *w.load] if t)]:
+    async def start(self, name: str) -> Worker:
+        store = PostgresStore(self.dsn, pool_max=2)
+        await store.open()
+        limiter = RateLimiter(BUDGET, account_rate=BUDGET)
+        share = BudgetShare(
+            store, ACCOUNT, name, limiter, budget=BUDGET, lease=LEASE, timeout=TIMEOUT, interval=INTERVAL
+        )
+        worker = self.workers[name] = Worker(name, store, limiter, share)
+        worker.heartbeat = asyncio.create_task(share.run())
+        return worker
+
+    def load(self, worker: Worker, callers: int = 40) -> None:
+        if self.url is None:
+            worker.load = [asyncio.create_task(_call(worker.limiter, self.arrivals)) for _ in range(callers)]
+            return
+        client = UpbitClient(Credentials.demo(), base_url=self.url, limiter=worker.limiter, timeout=TIMEOUT)
+        self.clients.append(client)
+        worker.load = [asyncio.create_task(_http_call(client)) for _ in range(callers)]
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks = [t for w in self.workers.values() for t in [w.heartbeat, *w.load] if t is not None]
+        for task in [self.checker, *tasks]:
+            if task is not None:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for worker in workers.values():
-                await worker.store.close()
-            await checker_store.close()
-        assert not broken, broken[:3]
-        assert max(totals) <= BUDGET
-        assert _max_in_any_second(arrivals) <= BUDGET, "an exchange second saw more than the budget"
-        figures = {"takeover_seconds": round(took_over, 2), "arrivals": len(arrivals), "checks": len(totals)}
-        print("SHARED-BUDGET", figures)
+        for worker in self.workers.values():
+            await worker.store.close()
+        await self.checker_store.close()
+        for client in self.clients:
+            await client.aclose()
+
+    async def run(self) -> float:
+        """Load at one, kill it, add one; returns seconds from the kill until its share was taken over."""
+        a, b, c = [await self.start(n) for n in ("a", "b", "c")]
+        await _until(lambda: len(self.totals) > 3 and all(w.share.beats > 0 for w in (a, b, c)), "first beats")
+        # 1. All the load at a: its share reaches >= 0.9 of the budget (all of it: b and c are idle).
+        self.load(a)
+        await _until(lambda: a.limiter.rate >= 0.9 * BUDGET, "a's share reaches 0.9 x budget")
+        assert (b.limiter.rate, c.limiter.rate) == (0, 0)
+        await asyncio.sleep(2.0)  # a while at that share, for the arrivals check
+        # 2. a dies holding it, and b gets the load: b waits for a's row to expire, then takes it over.
+        a.kill()
+        killed = time.monotonic()
+        self.load(b)
+        await _until(lambda: b.limiter.rate >= 0.9 * BUDGET, "b takes over a's share")
+        took_over = time.monotonic() - killed
+        assert took_over >= LEASE - 1.0, "a's share was handed out while its row still lived"
+        # 3. d joins, loaded, mid-run: it gets a share, b gives up half, and nothing ever overbooks.
+        d = await self.start("d")
+        self.load(d)
+        await _until(lambda: d.limiter.rate >= 1, "d gets a share")
+        await _until(lambda: min(b.limiter.rate, d.limiter.rate) >= 10, "b and d share the budget")
+        await asyncio.sleep(2.0)
+        return took_over
+
+    def assert_never_overbooked(self) -> None:
+        assert not self.broken, self.broken[:3]
+        assert max(self.totals) <= BUDGET
+
+
+class TestSharedBudget:
+    async def test_load_at_one_kill_one_add_one(self, postgres_dsn: str) -> None:
+        """Simulated calls: the test knows every arrival and checks every one-second interval."""
+        async with Scenario(postgres_dsn, None) as scenario:
+            took_over = await scenario.run()
+        scenario.assert_never_overbooked()
+        assert _max_in_any_second(scenario.arrivals) <= BUDGET, "an exchange second saw more than the budget"
+        figures = {"takeover_seconds": round(took_over, 2), "arrivals": len(scenario.arrivals)}
+        print("SHARED-BUDGET", {**figures, "checks": len(scenario.totals)})
+
+    async def test_over_http_the_exchange_never_throttles(self, postgres_dsn: str, sandbox: Any) -> None:
+        """Real calls to the sandbox, which enforces 30/s itself: it never answers 429 or 418."""
+        async with Scenario(postgres_dsn, sandbox.url) as scenario:
+            await scenario.run()
+        scenario.assert_never_overbooked()
+        stats = await sandbox.admin.stats()
+        assert (stats["status_429"], stats["status_418"]) == (0, 0), stats
+        assert stats["requests_total"] >= 2 * BUDGET, stats
 
 
 def _config(tmp_path: Path, database: str, *, workers: int) -> Config:
