@@ -6,7 +6,9 @@ the benchmarks and the tests all build the engine the same way.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Mapping
 
 from engine.clock import Clock, SystemClock
 from engine.config import AccountConfig, Config, GatewayConfig
@@ -17,13 +19,14 @@ from engine.kinds import KindRegistry
 from engine.logging import register_secret
 from engine.store.base import Store
 from engine.upbit.auth import Algorithm
+from engine.upbit.budget import BudgetShare, BudgetStore, shared_budgets
 from engine.upbit.client import CallObserver, UpbitClient
 from engine.upbit.gateway import Gateway
 from engine.upbit.ratelimit import RateLimiter
 from workflows.batch.kind import KIND as BATCH
 from workflows.withdrawal import KIND as WITHDRAWAL
 
-__all__ = ["build_engine", "build_gateway", "open_store", "standard_kinds"]
+__all__ = ["build_engine", "build_gateway", "open_store", "shared_budget", "standard_kinds"]
 
 
 @functools.cache
@@ -63,7 +66,8 @@ def build_gateway(
     workers: int = 1,
 ) -> Gateway:
     """One account's client behind a gateway. With ``workers`` processes sharing the account, this one
-    takes an equal static share of the budget (never more than the account's rate in total)."""
+    takes an equal static share of the budget (never more than the account's rate in total), until
+    :func:`shared_budget` replaces it with a share that follows demand."""
     credentials = account.credentials()
     register_secret(credentials.secret_key)
     register_secret(credentials.access_key)
@@ -123,3 +127,25 @@ def build_engine(
     engine.batch_max_total = config.batches.max_total
     engine.batch_max_body_bytes = config.batches.max_body_bytes
     return engine
+
+
+def shared_budget(
+    engine: Engine, config: Config, *, clock: Clock | None = None
+) -> contextlib.AbstractAsyncContextManager[Mapping[str, BudgetShare]]:
+    """Each account's budget shared by the live workers (``engine.workers > 1`` on PostgreSQL), replacing
+    the static split of :func:`build_gateway`; a no-op otherwise. Call it before entering the engine: the
+    limiters grant nothing from here until their first heartbeat booked a share. Enter it after the
+    engine (its exit stops the runner, then gives the shares back, while the store is still open)."""
+    store = engine.store
+    if config.engine.workers <= 1 or not isinstance(store, BudgetStore):
+        return contextlib.nullcontext({})
+
+    def share(name: str, account: AccountConfig) -> BudgetShare:
+        limiter = engine.gateways[name].client.limiter
+        return BudgetShare(
+            store, name, engine.runner.owner, limiter, budget=account.rate_limit,
+            lease=config.engine.lease_seconds, timeout=account.timeout, clock=clock or engine.clock,
+        )  # fmt: skip
+
+    shares = {name: share(name, account) for name, account in config.accounts.items()}
+    return shared_budgets(shares, before_leaving=engine.stop)

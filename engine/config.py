@@ -49,6 +49,7 @@ from pydantic_settings import (
 from engine.errors import ConfigError
 from engine.policy import AutoResolve, CurrencyPolicy, Policy, WorkflowSettings
 from engine.upbit.auth import Credentials
+from engine.upbit.budget import min_lease
 from engine.upbit.client import REGIONS
 from engine.webhooks import EVENT_TYPES, target_problem
 
@@ -112,7 +113,7 @@ class EngineConfig(BaseModel):
     lease_seconds: Annotated[float, Field(ge=1), _NUMBER] = 30.0
     """Below a second the runner spends its time renewing leases (it renews every third of one)."""
     workers: Annotated[int, Field(ge=1, le=64), _NUMBER] = 1
-    """Runner processes sharing each account (PostgreSQL): each takes rate_limit / workers."""
+    """Runner processes sharing each account (PostgreSQL): the live ones share its rate_limit by demand."""
     store_wait: Annotated[float, Field(ge=0), _NUMBER] = 300.0
     """Seconds ``run`` keeps retrying to reach the store at start (database down) before exiting."""
     log_level: str = "INFO"
@@ -476,6 +477,17 @@ class ConfigFile(BaseSettings):
             problem = target_problem(hook.url, allow_private=self.webhook_delivery.allow_private_targets)
             if problem is not None:
                 raise _Rule(f"webhooks.{index}.url", problem)
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> ConfigFile:
+        """With workers > 1 a worker's share of a budget is booked for one lease after its last heartbeat,
+        so the lease must outlast a call (engine.upbit.budget.min_lease)."""
+        if self.engine.workers > 1:
+            timeouts = [table.timeout for table in self.accounts.values()] or [_AccountSettings().timeout]
+            need = min_lease(max(timeouts))
+            if self.engine.lease_seconds <= need:
+                raise _Rule("engine.lease_seconds", f"must exceed {need:g} with workers > 1 (timeout + 4)")
         return self
 
     @classmethod

@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from engine.api import create_app, create_metrics_app
 from engine.api_webhooks import WEBHOOK_SETTINGS, WEBHOOK_WAKE
 from engine.audit import HeadsExporter
-from engine.bootstrap import build_engine
+from engine.bootstrap import build_engine, shared_budget
 from engine.config import ApiConfig, Config
 from engine.core import Engine
 from engine.errors import ConfigError, StoreUnavailable
@@ -103,6 +103,7 @@ async def _serve_on(
             wake()
 
     engine = build_engine(config, observers=[metrics.observer, on_transition], call_observer=metrics.call_observer)
+    budget = shared_budget(engine, config)
     metrics.bind(engine)
     app = create_app(
         engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes,
@@ -121,7 +122,7 @@ async def _serve_on(
         loop.add_signal_handler(sig, _on_signal, sig, stop)
     try:
         entered = _entered(engine, wait=config.engine.store_wait, stop=stop)
-        async with entered, contextlib.AsyncExitStack() as sites:
+        async with entered, budget, contextlib.AsyncExitStack() as sites:
             site, url = await start_site(app, limits=limits, sockets=listeners)
             sites.push_async_callback(site.cleanup)
             metrics_url = None

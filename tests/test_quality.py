@@ -1,5 +1,5 @@
-"""The code standards are checked like behaviour: ruff clean on the whole tree, mypy strict on the
-packages (engine/ and workflows/, as configured in pyproject.toml)."""
+"""The code standards are checked like behaviour: ruff clean and ruff-formatted on the whole tree, mypy
+strict on the packages (engine/ and workflows/, as configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_is_clean() -> None:
     """`ruff check .` finds nothing."""
     result = _run("ruff", "check", ".", "--output-format", "concise")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    """`ruff format --check .` would change nothing (the style is pinned in [tool.ruff.format])."""
+    result = _run("ruff", "format", "--check", ".", "--output-format", "concise")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -66,6 +66,7 @@ from engine.store.rows import (
     workflow_from_row,
     workflow_to_row,
 )
+from engine.upbit.budget import Decision, ShareRow
 
 __all__ = ["POSTGRES_MIGRATIONS", "PostgresStore"]
 
@@ -207,8 +208,24 @@ CREATE INDEX webhook_deliveries_order ON webhook_deliveries (subscription_id, wo
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (subscription_id, id);
 """
 
+_V6 = """
+-- Each worker's share of an account's request budget (engine.upbit.budget): the rows that have not
+-- expired book at most the account's budget in total.
+CREATE TABLE budget_shares (
+    account TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    share INTEGER NOT NULL CHECK (share >= 0),
+    demand REAL NOT NULL DEFAULT 0,
+    draining INTEGER NOT NULL DEFAULT 0 CHECK (draining >= 0),
+    drain_until TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ NOT NULL,
+    beat BIGINT NOT NULL DEFAULT 0,
+    CONSTRAINT budget_shares_pkey PRIMARY KEY (account, owner)
+);
+"""
+
 #: Numbered migrations; :meth:`PostgresStore.open` applies those above the recorded version, in order.
-POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
 
 #: ``pg_advisory_xact_lock`` key serialising migrations ("UPBIT_WD" in ASCII).
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
@@ -801,6 +818,67 @@ class PostgresStore:
         with _mapped():
             row = await self._db().fetchrow(_FEED_HEAD)
         return None if row is None else f"{row['xid']}.{row['pos']}"
+    # -- shared rate budget (engine.upbit.budget) ----------------------------------------------------
+
+    async def budget_beat(
+        self, account: str, owner: str, beat: int, decide: Callable[[Sequence[ShareRow], datetime], Decision]
+    ) -> Decision | None:
+        """One heartbeat of ``owner`` for ``account``'s budget, in one transaction under the account's
+        advisory lock, on the database's clock: drop expired rows, let ``decide`` choose the owner's row
+        from the live ones and ``now()``, write it (or delete it when it expires at once). None, writing
+        nothing, when a heartbeat numbered ``beat`` or higher of this owner already landed (fencing)."""
+        with _mapped():
+            async with self._db().acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                now = await conn.fetchval(_BUDGET_LOCK_SQL, _BUDGET_LOCK, account)
+                rows = [_share_row(r) for r in await conn.fetch(_BUDGET_LIVE_SQL, account)]
+                if any(r.owner == owner and r.beat >= beat for r in rows):
+                    return None
+                decision = decide(rows, now)
+                row = decision.row
+                if row.expires_at <= now:
+                    await conn.execute("DELETE FROM budget_shares WHERE account = $1 AND owner = $2", account, owner)
+                else:
+                    await conn.execute(
+                        _BUDGET_UPSERT_SQL, account, owner, row.share, row.demand, row.draining,
+                        row.drain_until, row.expires_at, row.beat,
+                    )  # fmt: skip
+        return decision
+
+    async def budget_shares(self, account: str) -> tuple[datetime, builtins.list[ShareRow]]:
+        """The database's ``now()`` and ``account``'s rows that have not expired (for checks and metrics)."""
+        with _mapped():
+            async with self._db().acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                now = await conn.fetchval("SELECT now()")
+                rows = [_share_row(r) for r in await conn.fetch(_BUDGET_READ_SQL, account)]
+        return now, rows
+
+
+#: Two-key advisory locks live apart from the one-key migration lock; the class is "BU" in ASCII.
+_BUDGET_LOCK = 0x4255
+_BUDGET_LOCK_SQL = "SELECT now() FROM (SELECT pg_advisory_xact_lock($1::int, hashtext($2::text))) AS locked"
+_BUDGET_LIVE_SQL = """
+WITH gone AS (DELETE FROM budget_shares WHERE account = $1 AND expires_at <= now())
+SELECT owner, share, demand, draining, drain_until, expires_at, beat FROM budget_shares
+WHERE account = $1 AND expires_at > now()
+"""
+_BUDGET_READ_SQL = """
+SELECT owner, share, demand, draining, drain_until, expires_at, beat FROM budget_shares
+WHERE account = $1 AND expires_at > now() ORDER BY owner
+"""
+_BUDGET_UPSERT_SQL = """
+INSERT INTO budget_shares (account, owner, share, demand, draining, drain_until, expires_at, beat)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (account, owner) DO UPDATE SET share = EXCLUDED.share, demand = EXCLUDED.demand,
+    draining = EXCLUDED.draining, drain_until = EXCLUDED.drain_until, expires_at = EXCLUDED.expires_at,
+    beat = EXCLUDED.beat
+"""
+
+
+def _share_row(row: Any) -> ShareRow:
+    return ShareRow(
+        owner=row["owner"], share=row["share"], demand=float(row["demand"]), expires_at=row["expires_at"],
+        draining=row["draining"], drain_until=row["drain_until"], beat=row["beat"],
+    )  # fmt: skip
 
 
 async def _close_connection(conn: Any, timeout: float) -> None:

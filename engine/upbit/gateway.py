@@ -322,7 +322,7 @@ class Gateway:
         if not limiter.enabled:
             return 0.0
         now = self._clock.monotonic()
-        rate = limiter.rate / limiter.window
+        rate = limiter.account_rate / limiter.window  # a worker's share may grow to it (engine.upbit.budget)
         queued = limiter.waiting(Priority.WRITE) + self._recently_admitted(now)
         if queued < rate * self._submit_queue and self._next_turn <= now:
             self.admit()

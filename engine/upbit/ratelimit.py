@@ -13,8 +13,9 @@ delayed in transit (a cold TLS connection) lands in the same exchange second as 
 Corrections from the exchange: ``Remaining-Req: ... sec=N`` that shows fewer calls left than our own
 count explains means someone else (another process, another tool) spends this account's budget; we book
 the difference as phantom calls for one window. When several runner processes share one account, each
-gets a static share (``rate``) of the account's budget (``account_rate``): simple and correct, since
-the shares never add up to more than the budget; only use beyond the other shares counts as foreign.
+grants at its share (``rate``) of the account's budget (``account_rate``), kept by
+:mod:`engine.upbit.budget` through :meth:`set_rate` (the shares never add up to more than the budget;
+the proof across workers is there); only use beyond the other shares counts as foreign.
 A 429 blocks the account to the next second; a 418 blocks it for the time the exchange names (blocks
 hold even when limiting is disabled). A 418 that names no time (no ``Retry-After``, no number in its
 message) gets a growing one, since Upbit lengthens the block on every repeat offence: 60 s, 120 s, 240 s ...
@@ -260,14 +261,34 @@ class RateLimiter:
 
     @property
     def load(self) -> float:
-        """Share of the budget in use now (slots counted / rate); above 1 only with foreign calls booked."""
+        """Share of the budget in use now (slots counted / rate); above 1 only with foreign calls booked
+        (or while a lowered rate drains: see :meth:`set_rate`)."""
         self._expire(self._clock.monotonic())
-        return self._count() / self.rate
+        return self._count() / max(self.rate, 1)
 
     @property
     def in_flight(self) -> int:
         """Slots granted whose call has not completed yet."""
         return self._busy
+
+    @property
+    def counted(self) -> int:
+        """Slots counted against the rate now: in flight, completed less than a window ago, and phantoms."""
+        self._expire(self._clock.monotonic())
+        return self._count()
+
+    def set_rate(self, rate: int) -> None:
+        """Change the calls allowed per window (a worker's share of a shared budget, :mod:`engine.upbit.budget`).
+
+        Lowering takes effect for new grants at once; slots already granted keep counting their window as
+        always (so until :attr:`counted` falls to the new rate, none is granted). Raising wakes the queue.
+        ``0`` grants nothing until raised again (a worker that may have lost its share of the budget)."""
+        if rate < 0:
+            raise ValueError("rate must not be negative")
+        raised = rate > self.rate
+        self.rate = rate
+        if raised:
+            self._released.set()
 
     def _count(self) -> int:
         return self._busy + len(self._expiries)

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("upbit-withdraw"))
 TOKEN = "scale-out-test-token-0123456789"
-LEASE = 3.0
+LEASE = 10.0  # above min_lease(timeout 5 s): the shared budget needs it (engine.upbit.budget)
 LANES = [
     ("BTC", "BTC", Decimal("0.001"), Decimal("0.00000001")),
     ("ETH", "ETH", Decimal("0.01"), Decimal("0.00000001")),

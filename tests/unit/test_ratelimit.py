@@ -301,3 +301,42 @@ class TestInFlight:
         for t in arrivals:
             buckets[int(t // 1.0)] = buckets.get(int(t // 1.0), 0) + 1
         assert max(buckets.values()) <= 30
+
+
+class TestSetRate:
+    """set_rate: a lower rate applies to new grants at once, granted slots keep counting; raising wakes."""
+
+    async def test_lowering_waits_for_the_counted_slots(self, make_limiter: MakeLimiter, clock: FakeClock) -> None:
+        limiter = make_limiter(10)
+        for _ in range(10):
+            await limiter.acquire()
+        limiter.set_rate(4)
+        for _ in range(10):
+            limiter.release()  # completed now: each counts one more window
+        assert limiter.counted == 10
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done() and limiter.counted == 10
+        await asyncio.wait_for(waiter, 5)  # the fake clock jumps to the window's end
+        assert clock.monotonic() >= 1.0 and limiter.counted == 1
+
+    async def test_zero_grants_nothing_until_raised(self, make_limiter: MakeLimiter) -> None:
+        limiter = make_limiter(5)
+        limiter.set_rate(0)
+        assert limiter.load == 0.0
+        waiters = [asyncio.create_task(limiter.acquire(Priority.WRITE)) for _ in range(3)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        limiter.set_rate(2)
+        await asyncio.wait(waiters, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sum(w.done() for w in waiters) == 2
+        limiter.set_rate(3)
+        await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert limiter.in_flight == 3
+
+    def test_negative_is_refused(self, make_limiter: MakeLimiter) -> None:
+        with pytest.raises(ValueError, match="negative"):
+            make_limiter(5).set_rate(-1)
