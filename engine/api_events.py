@@ -76,10 +76,11 @@ KEEPALIVE = web.AppKey("events_keepalive", float)
 STREAMS = web.AppKey("events_streams", StreamStats)
 CLOSING = web.AppKey("events_closing", asyncio.Event)
 _ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
+_BATCH_RE = re.compile(r"bt_[0-9a-f]{1,64}")
 _ACCOUNT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _CURSOR_RE = re.compile(r"[!-~]{1,64}")
-_PARAMS = frozenset({"workflow", "account", "type", "after"})
+_PARAMS = frozenset({"workflow", "batch", "account", "type", "after"})
 
 
 def add_event_routes(app: web.Application, *, keepalive: float = DEFAULT_KEEPALIVE) -> None:
@@ -105,6 +106,8 @@ def event_payload(item: FeedItem) -> dict[str, Any]:
         "workflow_id": event.workflow_id,
         "kind": item.kind,
         "account": item.account,
+        "reference": item.reference,
+        "batch_id": item.parent_id,
         "seq": event.seq,
         "at": event.at.isoformat(),
         "trigger": event.trigger,
@@ -134,6 +137,7 @@ class _Params:
     def __init__(self, query: Mapping[str, str], getall: list[tuple[str, str]], last_event_id: str | None) -> None:
         self.fields: dict[str, str] = {key: "unknown parameter" for key in sorted(set(query) - _PARAMS)}
         self.workflow = self._one(query, "workflow", _ID_RE, "must be a workflow id (wd_...)")
+        self.batch = self._one(query, "batch", _BATCH_RE, "must be a batch id")
         self.account = self._one(query, "account", _ACCOUNT_RE, "must be an account name")
         self.types = [value for key, value in getall if key == "type"]
         if any(not _TYPE_RE.fullmatch(t) for t in self.types):
@@ -157,7 +161,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     after = await _start_cursor(engine, params.after)
     items = engine.stream(
-        after=after, from_start=after is None, workflow_id=params.workflow, account=params.account,
+        after=after, from_start=after is None, workflow_id=params.workflow, batch_id=params.batch,
+        account=params.account,
         event_types=params.types or None,
     )  # fmt: skip
     response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -167,7 +167,11 @@ def _event(data: Mapping[str, Any], prev_hash: str) -> Event:
 def feed_item(cursor: str, payload: Mapping[str, Any]) -> FeedItem:
     """A streamed event (``id`` and parsed ``data`` of ``GET /v1/events``) as the engine's feed record."""
     try:
-        return FeedItem(cursor, _event(payload, str(payload["prev"])), str(payload["kind"]), str(payload["account"]))
+        reference, batch = payload.get("reference"), payload.get("batch_id")
+        return FeedItem(
+            cursor, _event(payload, str(payload["prev"])), str(payload["kind"]), str(payload["account"]),
+            None if reference is None else str(reference), None if batch is None else str(batch),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ServiceUnreachable(f"the service streamed an unreadable event ({type(exc).__name__})") from None
 
@@ -431,7 +435,7 @@ class WithdrawClient:
 
     async def stream(
         self, *, after: str | None = None, workflow_id: str | None = None, account: str | None = None,
-        event_types: Collection[str] | None = None, idle_timeout: float = STREAM_IDLE,
+        event_types: Collection[str] | None = None, idle_timeout: float = STREAM_IDLE, batch_id: str | None = None,
         give_up_after: float | None = None,
     ) -> AsyncIterator[FeedItem]:  # fmt: skip
         """Follow GET /v1/events (endless; leave the loop to stop). ``after``: an item's cursor, or
@@ -444,6 +448,8 @@ class WithdrawClient:
             params.append(("workflow", workflow_id))
         if account is not None:
             params.append(("account", account))
+        if batch_id is not None:
+            params.append(("batch", batch_id))
         params.extend(("type", t) for t in (event_types or ()))
         cursor, failures, failing_since = after, 0, None
         loop = asyncio.get_running_loop()

@@ -404,6 +404,7 @@ class Engine:
         after: str | None = None,
         from_start: bool = False,
         workflow_id: str | None = None,
+        batch_id: str | None = None,
         account: str | None = None,
         event_types: Collection[str] | None = None,
         poll_interval: float = 1.0,
@@ -412,7 +413,8 @@ class Engine:
 
         Starts behind the cursor ``after`` (an item's ``cursor``: resuming there loses and repeats
         nothing), else at the first stored event with ``from_start``, else now (only what commits from
-        here on). Filters: one workflow, one account, a set of triggers (``event_types``). It wakes at once
+        here on). Filters: one workflow, one batch (its own events and its children's), one account, a set
+        of triggers (``event_types``). It wakes at once
         on this engine's own transitions and reads the store every ``poll_interval`` seconds otherwise,
         which is how it hears other processes (a PostgreSQL store's other workers, a CLI's submits).
         Endless: stop by leaving the loop (or cancelling). ``InvalidCursor`` for an unknown ``after``; a
@@ -426,7 +428,9 @@ class Engine:
             page = await self.store.feed(after=cursor, limit=FEED_PAGE)
             for item in page:
                 cursor = item.cursor
-                if _matches(item, workflow_id, account, wanted):
+                if _matches(item, workflow_id, account, wanted) and (
+                    batch_id is None or batch_id in (item.event.workflow_id, item.parent_id)
+                ):
                     yield item
             if len(page) < FEED_PAGE:
                 await self._changed_or(poll_interval)

@@ -117,7 +117,7 @@ def deliveries_for(sub: Subscription, items: Sequence[FeedItem]) -> list[NewDeli
         body = payload(
             type_=chosen, types=types, workflow_id=ev.workflow_id, seq=ev.seq, kind=item.kind, account=item.account,
             at=ev.at, trigger=ev.trigger, from_state=ev.from_state, to_state=ev.to_state, data=ev.data,
-            hash_=ev.hash,
+            hash_=ev.hash, reference=item.reference, batch_id=item.parent_id,
         )  # fmt: skip
         the_id = event_id(ev.workflow_id, ev.seq)
         rows.append(NewDelivery(the_id, ev.workflow_id, ev.seq, chosen, body, ev.at.timestamp()))

@@ -99,6 +99,7 @@ def primary_type(types: Iterable[str], wanted: Iterable[str]) -> str | None:
 def payload(
     *, type_: str, types: Iterable[str], workflow_id: str, seq: int, kind: str, account: str, at: datetime,
     trigger: str, from_state: str | None, to_state: str, data: dict[str, Any], hash_: str,
+    reference: str | None = None, batch_id: str | None = None,
 ) -> str:  # fmt: skip
     """The JSON body of a delivery (compact, keys sorted): what is signed and sent, byte for byte."""
     body = {
@@ -109,6 +110,7 @@ def payload(
         "data": {
             "workflow_id": workflow_id, "kind": kind, "account": account, "seq": seq, "trigger": trigger,
             "from_state": from_state, "to_state": to_state, "event_data": data, "event_hash": hash_,
+            "reference": reference, "batch_id": batch_id,
         },
     }  # fmt: skip
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)

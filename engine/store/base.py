@@ -49,13 +49,16 @@ class FeedItem:
     """One committed event in the store-wide feed, with where it stands and whose it is.
 
     ``cursor`` is opaque to callers: pass it back as ``after`` to resume right behind this event (no gap,
-    no repeat). ``kind`` and ``account`` come from the event's workflow, so a consumer can filter without
-    a second read."""
+    no repeat). ``kind``, ``account``, ``reference`` and ``parent_id`` come from the event's workflow, so a
+    consumer can filter without a second read."""
 
     cursor: str
     event: Event
     kind: str
     account: str
+    #: The workflow's caller reference and its parent (a batch child's batch), when it has them.
+    reference: str | None = None
+    parent_id: str | None = None
 
 
 FeedList = list[FeedItem]

@@ -326,7 +326,8 @@ SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
 # ordered before it has ended, i.e. its xid is below the xmin of the statement's own snapshot.
 _HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
 _FEED = f"""
-SELECT e.xid::text AS xid, e.pos, {", ".join(f"e.{c}" for c in EVENT_COLUMNS)}, w.kind, w.account
+SELECT e.xid::text AS xid, e.pos, {", ".join(f"e.{c}" for c in EVENT_COLUMNS)}, w.kind, w.account,
+    w.reference, w.parent_id
 FROM events e JOIN workflows w ON w.id = e.workflow_id
 WHERE (e.xid, e.pos) > ($1::text::xid8, $2::bigint) AND e.xid < {_HORIZON}
 ORDER BY e.xid, e.pos
@@ -810,7 +811,11 @@ class PostgresStore:
                     raise InvalidCursor(f"unknown feed cursor {after!r}")
             rows = await self._db().fetch(_FEED, xid, pos, limit)
         return [
-            FeedItem(f"{row['xid']}.{row['pos']}", event_from_row(row), row["kind"], row["account"]) for row in rows
+            FeedItem(
+                f"{row['xid']}.{row['pos']}", event_from_row(row), row["kind"], row["account"], row["reference"],
+                row["parent_id"],
+            )
+            for row in rows
         ]
 
     async def feed_head(self) -> str | None:

@@ -113,8 +113,9 @@ _CLAIM = (
     f"ORDER BY next_run_at LIMIT ?) RETURNING {', '.join(WORKFLOW_COLUMNS)}"
 )
 _FEED = (
-    f"SELECT e.rowid AS pos, {', '.join('e.' + c for c in EVENT_COLUMNS)}, w.kind, w.account "  # noqa: S608
-    "FROM events e JOIN workflows w ON w.id = e.workflow_id WHERE e.rowid > ? ORDER BY e.rowid LIMIT ?"
+    f"SELECT e.rowid AS pos, {', '.join('e.' + c for c in EVENT_COLUMNS)}, w.kind, w.account, "  # noqa: S608
+    "w.reference, w.parent_id FROM events e JOIN workflows w ON w.id = e.workflow_id "
+    "WHERE e.rowid > ? ORDER BY e.rowid LIMIT ?"
 )
 
 #: A write, run on the writer's own thread against its sqlite3 connection inside the batch's transaction.
@@ -717,7 +718,12 @@ class SQLiteStore:
             raise ValueError("limit must be at least 1")
         start = 0 if after is None else await self._feed_position(after)
         rows = await self._read_conn().execute_fetchall(_FEED, (start, limit))
-        return [FeedItem(str(row["pos"]), event_from_row(row), row["kind"], row["account"]) for row in rows]
+        return [
+            FeedItem(
+                str(row["pos"]), event_from_row(row), row["kind"], row["account"], row["reference"], row["parent_id"]
+            )
+            for row in rows
+        ]
 
     async def feed_head(self) -> str | None:
         """The cursor of the newest committed event (None: no event yet)."""
