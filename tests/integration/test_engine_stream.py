@@ -89,3 +89,26 @@ async def test_unknown_cursor_is_refused_at_once(engine: Engine) -> None:
     await engine.submit(btc("0.01"))
     with pytest.raises(InvalidCursor):
         await anext(engine.stream(after="987654321"))
+
+
+async def test_items_carry_the_reference_and_a_batch_is_followed_with_its_children(engine: Engine) -> None:
+    """Every event of a workflow carries its caller reference (not only the first one), and the batch
+    filter yields the batch's own events and its children's, each child's marked with the batch id."""
+    single = await engine.submit(btc("0.03"), reference="payout-7")
+    await engine.wait(single.id, timeout=PATIENCE)
+    mine = await take(engine.stream(from_start=True, workflow_id=single.id), finished(single.id))
+    assert len(mine) > 2 and {i.reference for i in mine} == {"payout-7"}
+    items = [
+        {"reference": f"b-{n}", "currency": "BTC", "net_type": "BTC", "amount": f"0.0{n}", "address": BTC_ADDRESS}
+        for n in (4, 5)
+    ]
+    batch = await engine.submit_batch(items)
+    await engine.wait(batch.id, timeout=PATIENCE)
+    followed = await take(
+        engine.stream(from_start=True, batch_id=batch.id),
+        lambda got: any(i.event.workflow_id == batch.id and i.event.to_state == "settled" for i in got),
+    )
+    children = {i.event.workflow_id for i in followed} - {batch.id}
+    assert len(children) == 2
+    assert all(i.parent_id == batch.id for i in followed if i.event.workflow_id in children)
+    assert single.id not in {i.event.workflow_id for i in followed}

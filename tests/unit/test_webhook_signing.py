@@ -218,3 +218,14 @@ secret_file = "hook.secret"
         with pytest.raises(ConfigError) as caught:
             load_config(path, environ={})
         assert caught.value.message.startswith(key), caught.value.message
+
+
+def test_payload_names_the_reference_and_the_batch() -> None:
+    """A receiver can match every delivery to its own payout id, and a batch child to its batch."""
+    raw = payload(
+        type_="workflow.transition", types=["workflow.transition"], workflow_id="wd_01", seq=3, kind="withdrawal",
+        account="default", at=datetime(2026, 1, 1, tzinfo=UTC), trigger="mark_done", from_state="PROCESSING",
+        to_state="DONE", data={}, hash_="ab", reference="payout-7", batch_id="bt_02",
+    )  # fmt: skip
+    body = json.loads(raw)
+    assert (body["data"]["reference"], body["data"]["batch_id"]) == ("payout-7", "bt_02")
