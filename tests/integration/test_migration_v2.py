@@ -12,6 +12,7 @@ import json
 import shutil
 import sqlite3
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from engine import Engine
 from engine.audit import verify_store
+from engine.clock import FakeClock
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.postgres import POSTGRES_MIGRATIONS, PostgresStore
 from engine.store.sqlite import SQLiteStore
@@ -69,10 +71,15 @@ async def test_a_v2_database_migrates_with_every_row_and_chain_intact(tmp_path: 
 
 async def test_the_migrated_live_row_runs_on_and_its_chain_still_verifies(tmp_path: Path) -> None:
     """The pending withdrawal the old release flagged for cancellation is picked up by the new runner,
-    cancelled locally (nothing was sent), and its chain (old events + new) verifies."""
+    cancelled locally (nothing was sent), and its chain (old events + new) verifies. The engine's clock
+    stands a second after the operator's flag (well before the row's pre-flight deadline), as if the new
+    release had been started right then, whenever this test runs."""
     path = tmp_path / "workflows.sqlite3"
     shutil.copyfile(FIXTURE, path)
-    async with Engine(store=SQLiteStore(path, exclusive=True), gateways={}, run_runner=False) as engine:
+    ((flagged_at,),) = _rows(path, "SELECT cancel_requested_at FROM workflows WHERE cancel_requested_at IS NOT NULL")
+    clock = FakeClock(datetime.fromisoformat(flagged_at) + timedelta(seconds=1))
+    store = SQLiteStore(path, exclusive=True)
+    async with Engine(store=store, gateways={}, run_runner=False, clock=clock) as engine:
         (flagged,) = await engine.list(state=State.PENDING)
         assert flagged.cancel_requested and flagged.idempotency_key == "fixture-key-1"
         await engine.run_until_idle(timeout=60)
