@@ -247,13 +247,15 @@ def new_workflow(
 ) -> tuple[Workflow, Event]:
     """A new workflow of ``kind`` in its initial state, due now, with its sealed first event.
 
-    The first event records the request and the idempotency key (and the parent, when there is one, so
-    a withdrawal created by hand hashes exactly as it always did)."""
+    The first event records the request and the idempotency key (and the caller's reference, metadata
+    and the parent, each only when there is one, so a withdrawal created without them hashes exactly as it
+    always did)."""
     wf_id = new_workflow_id(kind.id_prefix)
-    data: dict[str, Any] = {
-        "request": kind.dump_request(request), "idempotency_key": idempotency_key, "reference": reference,
-        "metadata": metadata,
-    }  # fmt: skip
+    data: dict[str, Any] = {"request": kind.dump_request(request), "idempotency_key": idempotency_key}
+    if reference is not None:
+        data["reference"] = reference
+    if metadata is not None:
+        data["metadata"] = metadata
     if parent_id is not None:
         data["parent_id"] = parent_id
     event = Event(

@@ -1,7 +1,8 @@
 """Webhooks, the parts a receiver and the API share: the signature scheme, event types, payloads, targets.
 
-This module needs nothing but the standard library, so a receiver can import :func:`verify_signature`
-without running (or configuring) the engine. The delivery worker is :mod:`engine.webhook_delivery`.
+A receiver can import :func:`verify_signature` without running (or configuring) the engine: it uses the
+standard library only (the event-type rules ask the workflow kinds, loaded on first use). The delivery
+worker is :mod:`engine.webhook_delivery`.
 
 Signature scheme (header ``Upbit-Withdraw-Signature``)::
 
@@ -27,6 +28,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.kinds import KindRegistry, default_kinds
+
 __all__ = [
     "ALL_EVENTS",
     "BATCH_SETTLED",
@@ -51,9 +54,9 @@ EVENT_ID_HEADER = "Upbit-Withdraw-Event-Id"
 
 #: Every state change of a workflow (its creation included; notes that keep the state are not).
 TRANSITION = "workflow.transition"
-#: A workflow reached a terminal state (DONE, FAILED, CANCELLED, REJECTED, aborted).
+#: A workflow reached a terminal state (by its kind: for a withdrawal DONE, FAILED, CANCELLED, REJECTED, aborted).
 TERMINAL = "workflow.terminal"
-#: A workflow entered ``needs_review`` (an operator must decide).
+#: A workflow entered a state that waits for an operator's decision (by its kind: a withdrawal's needs_review).
 NEEDS_REVIEW = "workflow.needs_review"
 #: A batch settled: an event of a workflow of kind ``batch`` entering the state ``settled``.
 BATCH_SETTLED = "batch.settled"
@@ -62,7 +65,6 @@ ALL_EVENTS = "*"
 EVENT_TYPES = (TRANSITION, TERMINAL, NEEDS_REVIEW, BATCH_SETTLED, ALL_EVENTS)
 #: The ``type`` a payload carries: the most specific one the subscription asked for.
 _SPECIFICITY = (BATCH_SETTLED, NEEDS_REVIEW, TERMINAL, TRANSITION)
-_TERMINAL_STATES = frozenset({"DONE", "FAILED", "CANCELLED", "REJECTED", "aborted"})
 _NOTE = "workflow.event"
 
 
@@ -71,14 +73,18 @@ def event_id(workflow_id: str, seq: int) -> str:
     return f"{workflow_id}:{seq}"
 
 
-def event_types(*, kind: str, from_state: str | None, to_state: str) -> frozenset[str]:
-    """The subscribable types an event has (``*`` always)."""
+def event_types(
+    *, kind: str, from_state: str | None, to_state: str, kinds: KindRegistry | None = None
+) -> frozenset[str]:
+    """The subscribable types an event has (``*`` always). Which states are terminal or wait for an
+    operator is the workflow's kind's answer (``kinds``: the registered ones by default)."""
     types = {ALL_EVENTS}
     if from_state != to_state:
         types.add(TRANSITION)
-        if to_state in _TERMINAL_STATES:
+        found = (kinds if kinds is not None else default_kinds()).get(kind)
+        if found is not None and found.is_terminal(to_state):
             types.add(TERMINAL)
-        if to_state == "needs_review":
+        if found is not None and found.awaits_operator(to_state):
             types.add(NEEDS_REVIEW)
         if kind == "batch" and to_state == "settled":
             types.add(BATCH_SETTLED)

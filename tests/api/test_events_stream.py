@@ -84,8 +84,8 @@ class TestOrder:
             assert seqs == list(range(1, len(seqs) + 1))
         first = got[0]
         assert set(first) == {
-            "workflow_id", "kind", "account", "seq", "at", "trigger", "from", "to", "data", "prev", "hash", "id",
-            "event",
+            "workflow_id", "kind", "account", "reference", "batch_id", "seq", "at", "trigger", "from", "to", "data",
+            "prev", "hash", "id", "event",
         }  # fmt: skip
         assert first["event"] == first["trigger"] == "create"
         described = (first["kind"], first["account"], first["from"], first["to"])

@@ -171,6 +171,16 @@ class TestSearch:
         assert {"limit", "state", "created_after"} <= set(answer.body["error"]["fields"])
 
 
+def _cli_json(out: str) -> Any:
+    """The CLI's JSON document in captured stdout. The service under test runs in this process and logs
+    to the same stdout (its runner's first line can land while the CLI runs, on a loaded machine), so the
+    document is taken from its first opening line to its last closing one."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line in ("{", "["))
+    end = max(i for i, line in enumerate(lines) if line in ("}", "]"))
+    return json.loads("\n".join(lines[start : end + 1]))
+
+
 async def test_cli_api_mode_submits_finds_and_filters(
     api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,7 +192,7 @@ async def test_cli_api_mode_submits_finds_and_filters(
         capsys.readouterr()
         code = await asyncio.to_thread(run_cli, ["--api", url, "--json", *args])
         out = capsys.readouterr().out
-        return code, json.loads(out) if code == 0 else None
+        return code, _cli_json(out) if code == 0 else None
 
     code, view = await cli(
         "submit", "--currency", "BTC", "--net-type", "BTC", "--amount", "0.01", "--address", BTC_ADDRESS,
