@@ -84,9 +84,7 @@ async def measure(engine: Any, url: str, n: int, clients: int) -> dict[str, Any]
     replay_ok = all(c == feed for c in cursors)
     live_lags: list[list[float]] = [[] for _ in range(clients)]
     live_cursors: list[list[str]] = [[] for _ in range(clients)]
-    tasks = [
-        asyncio.create_task(follow_live(url, feed[-1], live_lags[c], live_cursors[c], n)) for c in range(clients)
-    ]
+    tasks = [asyncio.create_task(follow_live(url, feed[-1], live_lags[c], live_cursors[c], n)) for c in range(clients)]
     await asyncio.sleep(0.5)
     more = [(await engine.submit(dataclasses.replace(r, amount=r.amount + Decimal("0.0005")))).id for r in requests]
     for wf_id in more:

@@ -435,12 +435,17 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(
-    engine: Engine, *, token: str, metrics_registry: Metrics | None = None, max_body_bytes: int = 65536,
+    engine: Engine,
+    *,
+    token: str,
+    metrics_registry: Metrics | None = None,
+    max_body_bytes: int = 65536,
     events_keepalive: float = 15.0,
 ) -> web.Application:
     """The API over ``engine`` (entered by the caller). ``token`` must be at least 16 characters.
     ``events_keepalive``: seconds between keep-alive comments of ``GET /v1/events``."""
     from engine.api_events import add_event_routes  # it imports this module
+
     if len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
     app = web.Application(middlewares=[_error_middleware(), _auth_middleware(token)], client_max_size=max_body_bytes)

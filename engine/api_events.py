@@ -63,7 +63,6 @@ TICK = 0.25
 BUFFER = 256
 
 
-
 @dataclass(slots=True)
 class StreamStats:
     """How many streams this app serves now, and has served (``app[STREAMS]``)."""

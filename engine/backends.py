@@ -67,8 +67,7 @@ def require_store(url: str) -> None:
     path = sqlite_path(url)
     if path is not None and (not path.is_file() or path.stat().st_size == 0):
         raise StoreMissing(
-            f"no store at {path} (only `upbit-withdraw run` and `upbit-withdraw migrate` create one; "
-            "check the path)",
+            f"no store at {path} (only `upbit-withdraw run` and `upbit-withdraw migrate` create one; check the path)",
             key="engine.database",
         )
 

@@ -169,8 +169,12 @@ def feed_item(cursor: str, payload: Mapping[str, Any]) -> FeedItem:
     try:
         reference, batch = payload.get("reference"), payload.get("batch_id")
         return FeedItem(
-            cursor, _event(payload, str(payload["prev"])), str(payload["kind"]), str(payload["account"]),
-            None if reference is None else str(reference), None if batch is None else str(batch),
+            cursor,
+            _event(payload, str(payload["prev"])),
+            str(payload["kind"]),
+            str(payload["account"]),
+            None if reference is None else str(reference),
+            None if batch is None else str(batch),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ServiceUnreachable(f"the service streamed an unreadable event ({type(exc).__name__})") from None

@@ -208,9 +208,7 @@ class StepContext:
         self._announce(workflow, stored, event)
         return stored
 
-    def _fire(
-        self, kind: WorkflowKind, workflow: Workflow, trigger: str, event_data: Mapping[str, Any] | None
-    ) -> str:
+    def _fire(self, kind: WorkflowKind, workflow: Workflow, trigger: str, event_data: Mapping[str, Any] | None) -> str:
         """The destination by the kind's machine; unguarded answers are remembered (see ``_known``)."""
         key = (kind.name, workflow.state, trigger)
         dest = self._known.get(key)
@@ -273,9 +271,7 @@ class StepContext:
         """Record these exchange uuids as ``workflow``'s, now (see :meth:`engine.store.base.Store.attribute`)."""
         await self.store.attribute(workflow.id, exchange_uuids, at=self.clock.now())
 
-    async def sum_submitted(
-        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
-    ) -> Decimal:
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]) -> Decimal:
         """See :meth:`engine.store.base.Store.sum_submitted`."""
         return await self.store.sum_submitted(account=account, currency=currency, since=since, not_paid=not_paid)
 

@@ -398,6 +398,7 @@ class Engine:
         the exchange is asked to cancel the cancelable ones (each through the withdrawal's cancel)."""
         await self._batch(batch_id)
         return await self.cancel(batch_id)
+
     async def stream(
         self,
         *,

@@ -59,6 +59,8 @@ DEMO_SETTINGS = WorkflowSettings(
 DEMO_GATEWAY = GatewayConfig(allowlist_ttl=30.0, wallet_ttl=0.5, chance_ttl=1.0, poll_window=0.05)
 #: How long the demo waits for every workflow to settle before calling the run a failure.
 SETTLE_LIMIT = 50.0
+
+
 async def _run_batch(engine: Engine, batch_id: str, expected: dict[str, str]) -> dict[str, Any]:
     """Wait for the demo batch to settle; its report, each item checked against what was expected."""
     with contextlib.suppress(TimeoutError):  # a batch that did not settle is reported as not ok
@@ -100,9 +102,7 @@ def _config(url: str, db_path: Path) -> Config:
     )
 
 
-async def _follow(
-    engine: Engine, tracker: _Tracker, ids: list[str], initial: dict[str, str], console: Console
-) -> None:
+async def _follow(engine: Engine, tracker: _Tracker, ids: list[str], initial: dict[str, str], console: Console) -> None:
     columns = (
         SpinnerColumn(), TextColumn("[bold]withdrawals"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[counts]}"),

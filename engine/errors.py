@@ -254,6 +254,8 @@ class InvalidBatch(InvalidRequest):
     def __init__(self, message: str | None = None, *, errors: list[dict[str, object]] | None = None) -> None:
         self.errors: list[dict[str, object]] = list(errors or [])
         super().__init__(message or f"{len(self.errors)} item(s) of the batch are invalid", field="items")
+
+
 class InvalidCursor(StoreError):
     """This cursor is malformed or names no position of this store (the API answers 422)."""
 

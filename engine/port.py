@@ -104,9 +104,7 @@ class StepPort(Protocol):
         """Record withdrawals that appeared for ``workflow`` beside its own (idempotent)."""
         ...
 
-    async def sum_submitted(
-        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
-    ) -> Decimal:
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]) -> Decimal:
         """The amount of ``currency`` submitted from ``account`` since ``since`` (see the store's rule)."""
         ...
 

@@ -372,9 +372,7 @@ class Runner:
         delay = backoff_delay(
             wf.attempt, initial=settings.read_retry_initial, maximum=settings.read_retry_max, jitter=0.5
         )
-        log.warning(
-            "workflow.retry_later", workflow_id=wf.id, state=wf.state, delay=round(delay, 3), error=str(exc)
-        )
+        log.warning("workflow.retry_later", workflow_id=wf.id, state=wf.state, delay=round(delay, 3), error=str(exc))
         try:
             fresh = await self.ctx.store.get(wf.id)
             if fresh.version != wf.version:

@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 def settled_states(kind: str = "withdrawal", kinds: KindRegistry | None = None) -> frozenset[str]:
     """States of ``kind`` in which a follower stops waiting: terminal, or waiting for an operator."""
     found = (kinds or default_kinds())[kind]

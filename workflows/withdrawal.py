@@ -55,8 +55,16 @@ from workflows.withdrawal_model import (
 
 #: A key of :class:`WithdrawalData`.
 WithdrawalKey = Literal[
-    "secondary_address", "network_name", "wallet_wait", "reconcile", "uncertain_posts", "watch", "absence",
-    "auto_resubmits", "cancel_noted", "cancel_sent",
+    "secondary_address",
+    "network_name",
+    "wallet_wait",
+    "reconcile",
+    "uncertain_posts",
+    "watch",
+    "absence",
+    "auto_resubmits",
+    "cancel_noted",
+    "cancel_sent",
 ]
 
 __all__ = [
@@ -343,6 +351,7 @@ def trigger_for(state: ExchangeState) -> str | None:
 
 # -- steps ---------------------------------------------------------------------------------------------
 
+
 async def step_pending(wf: Workflow, ctx: StepPort) -> Workflow:
     """Start, unless cancelled first, or unless the account's write budget is booked for a while: then
     wait for this workflow's turn as a row (``next_run_at``), not as a task queued at the rate limiter,
@@ -417,7 +426,9 @@ async def _daily_check(wf: Workflow, ctx: StepPort) -> Check:
     if ctx.policy.for_currency(wf.request.currency, wf.request.account).max_per_day is None:
         return SEND
     spent = await ctx.sum_submitted(
-        account=wf.request.account, currency=wf.request.currency, since=ctx.now() - timedelta(days=1),
+        account=wf.request.account,
+        currency=wf.request.currency,
+        since=ctx.now() - timedelta(days=1),
         not_paid=NOT_PAID,
     )
     return policy_verdict(wf.request, ctx.policy, spent)
@@ -922,7 +933,10 @@ async def expire(wf: Workflow, ctx: StepPort) -> Workflow:
 
 def _index(request: WithdrawalRequest) -> RowIndex:
     return RowIndex(
-        account=request.account, currency=request.currency, amount=format(request.amount, "f"), lane=request.lane,
+        account=request.account,
+        currency=request.currency,
+        amount=format(request.amount, "f"),
+        lane=request.lane,
         net_type=request.net_type,
     )
 

@@ -160,9 +160,7 @@ class Store(Protocol):
         Idempotent; a uuid keeps its first owner."""
         ...
 
-    async def sum_submitted(
-        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
-    ) -> Decimal:
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]) -> Decimal:
         """Total amount of this account's workflows of ``currency`` submitted since ``since``, except those
         ended in a ``not_paid`` state without an exchange uuid (the daily policy limit reads this; the
         withdrawal names its refused/abandoned state)."""
@@ -178,6 +176,7 @@ class Store(Protocol):
 
     async def children(self, parent_id: str, *, after_id: str | None = None, limit: int = 1000) -> WorkflowList:
         """The workflows whose parent is ``parent_id``, in id (creation) order after ``after_id``."""
+
     async def feed(self, *, after: str | None, limit: int = 500) -> FeedList:
         """Up to ``limit`` committed events of every workflow after the cursor ``after`` (``None``: from the
         first), in one total order that never changes: reading on from the last item's cursor never skips

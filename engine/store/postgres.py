@@ -258,7 +258,8 @@ SELECT pg_notify(${_N + len(EVENT_COLUMNS) + 1}::text, workflow_id) FROM ev
 
 # Columns a commit writes as given; the flag columns and next_run_at follow the rules in _COMMIT_ROW.
 _UPDATABLE = [
-    c for c in WORKFLOW_COLUMNS
+    c
+    for c in WORKFLOW_COLUMNS
     if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at", "parent_id", *CREATION_COLUMNS)
 ]
 # $1 id, $2 version read, $3 owner, $4 writer's now (epoch), $5 cancel flag seen, $6 resolution seen,
@@ -754,9 +755,7 @@ class PostgresStore:
                 [(uuid, workflow_id, _utc_iso(at)) for uuid in exchange_uuids],
             )
 
-    async def sum_submitted(
-        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
-    ) -> Decimal:
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]) -> Decimal:
         """Exact sum of amounts submitted since ``since`` except those ended in a ``not_paid`` state, but
         counting such a one whose withdrawal appeared late (it has an exchange uuid: it was paid)."""
         with _mapped():
@@ -796,6 +795,7 @@ class PostgresStore:
     ) -> builtins.list[Workflow]:
         """``parent_id``'s children in id (creation) order; ``after_id`` is the cursor."""
         return await self._fetch("parent_id = $1 AND id > $2 ORDER BY id LIMIT $3", parent_id, after_id or "", limit)
+
     # -- the global event feed -------------------------------------------------------------------------
 
     async def feed(self, *, after: str | None, limit: int = 500) -> FeedList:
@@ -812,7 +812,11 @@ class PostgresStore:
             rows = await self._db().fetch(_FEED, xid, pos, limit)
         return [
             FeedItem(
-                f"{row['xid']}.{row['pos']}", event_from_row(row), row["kind"], row["account"], row["reference"],
+                f"{row['xid']}.{row['pos']}",
+                event_from_row(row),
+                row["kind"],
+                row["account"],
+                row["reference"],
                 row["parent_id"],
             )
             for row in rows
@@ -823,6 +827,7 @@ class PostgresStore:
         with _mapped():
             row = await self._db().fetchrow(_FEED_HEAD)
         return None if row is None else f"{row['xid']}.{row['pos']}"
+
     # -- shared rate budget (engine.upbit.budget) ----------------------------------------------------
 
     async def budget_beat(

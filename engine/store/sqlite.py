@@ -88,8 +88,17 @@ _UPDATABLE = [
 # Parameters are numbered (?1, ?2, ...) and bound from a tuple: cheaper than named binding, and a value
 # used several times in the statement is passed once.
 _PARAMS = (
-    *_UPDATABLE, "id", "next_run_at", "read_version", "owner", "writer_now", "seen_cancel", "seen_resolution",
-    "unflagged", "awaiting", "terminal",
+    *_UPDATABLE,
+    "id",
+    "next_run_at",
+    "read_version",
+    "owner",
+    "writer_now",
+    "seen_cancel",
+    "seen_resolution",
+    "unflagged",
+    "awaiting",
+    "terminal",
 )
 _P = {name: f"?{i}" for i, name in enumerate(_PARAMS, start=1)}
 _UNSEEN_FLAG = (
@@ -676,9 +685,7 @@ class SQLiteStore:
 
         await self._submit(op)
 
-    async def sum_submitted(
-        self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]
-    ) -> Decimal:
+    async def sum_submitted(self, *, account: str, currency: str, since: datetime, not_paid: Sequence[str]) -> Decimal:
         """Sum of amounts submitted since ``since`` except those ended in a ``not_paid`` state (refused,
         abandoned), unless the withdrawal appeared late (it has an exchange uuid: it was paid, it counts)."""
         excluded = ", ".join(f"?{i}" for i in range(4, 4 + len(not_paid)))  # SQLite takes an empty list
@@ -706,6 +713,7 @@ class SQLiteStore:
             (parent_id,),
         )
         return {(row[0], row[1], bool(row[2])): row[3] for row in rows}
+
     # -- the global event feed -------------------------------------------------------------------------
     # The order is the events table's rowid. One writer appends every event, each batch in one transaction,
     # and nothing is ever deleted (the append-only triggers), so rowids are assigned in commit order, a
@@ -740,7 +748,6 @@ class SQLiteStore:
         if not rows:
             raise InvalidCursor(f"unknown feed cursor {cursor!r}")
         return position
-
 
     async def children(self, parent_id: str, *, after_id: str | None = None, limit: int = 1000) -> WorkflowList:
         """``parent_id``'s children in id (creation) order; ``after_id`` is the cursor."""

@@ -552,9 +552,7 @@ class PostgresWebhooks:
     ) -> bool:  # fmt: skip
         """Record the attempt (fenced by the lease)."""
         sql = _FINISH.format(p="$").replace("$1 =", "$1::text =")
-        result = await self._pool().execute(
-            sql, status, at, http_status, error, next_attempt_at, delivery_id, owner
-        )
+        result = await self._pool().execute(sql, status, at, http_status, error, next_attempt_at, delivery_id, owner)
         return bool(result == "UPDATE 1")
 
     async def deliveries(

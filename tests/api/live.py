@@ -36,9 +36,7 @@ class Live:
 
 
 @asynccontextmanager
-async def serve(
-    engine: Engine, *, keepalive: float = 15.0, limits: ServerLimits | None = None
-) -> AsyncIterator[Live]:
+async def serve(engine: Engine, *, keepalive: float = 15.0, limits: ServerLimits | None = None) -> AsyncIterator[Live]:
     """Serve ``engine`` (already entered) over HTTP on 127.0.0.1 until the block ends."""
     app = create_app(engine, token=TOKEN, events_keepalive=keepalive)
     runner, url = await start_site(app, limits=limits)

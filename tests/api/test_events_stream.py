@@ -130,7 +130,6 @@ class TestResume:
             got = await sse.until(lambda c: len(c) >= len(everything) - 1)
         assert brief(got) == everything[1:]
 
-
     async def test_last_event_id_wins_over_after(self, live: Live, session: Any) -> None:
         """A reconnecting EventSource keeps its original URL (maybe with ``?after=``) and adds the header:
         the header is the newer position."""

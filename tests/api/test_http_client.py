@@ -232,7 +232,7 @@ class TestSSEParser:
     @pytest.mark.parametrize("split", [1, 2, 3, 7, 1000])
     def test_messages_across_arbitrary_chunks_and_line_ends(self, split: int) -> None:
         """CR, LF, CRLF line ends, comments, multi-line data, an id that persists: as the standard says."""
-        raw = b": hello\r\nid: 1\r\nevent: create\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n: ka\n\ndata: x\rid: 2\r\r"
+        raw = b': hello\r\nid: 1\r\nevent: create\r\ndata: {"a":\r\ndata: 1}\r\n\r\n: ka\n\ndata: x\rid: 2\r\r'
         parser = SSEParser()
         messages: list[Any] = []
         for i in range(0, len(raw), split):

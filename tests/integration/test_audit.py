@@ -200,8 +200,14 @@ class TestExportedHeads:
 
         code, _, err = _cli(*database, "verify-audit", "--heads", str(heads))
         assert code == 2 and "the heads file is signed" in err
-        code, out, _ = _cli(*database, "--json", "verify-audit", "--heads", str(heads), env={
-            "UPBIT_WITHDRAW_AUDIT_KEY": "another-key-of-at-least-16-bytes"})
+        code, out, _ = _cli(
+            *database,
+            "--json",
+            "verify-audit",
+            "--heads",
+            str(heads),
+            env={"UPBIT_WITHDRAW_AUDIT_KEY": "another-key-of-at-least-16-bytes"},
+        )
         assert code == 1 and all("signature does not match" in b["problem"] for b in json.loads(out)["broken"])
 
         # An attacker who rewrote a chain edits its exported line to match (without the key).
@@ -209,9 +215,7 @@ class TestExportedHeads:
         async with SQLiteStore(db_path) as store:
             new_head = (await store.get(ids[0])).last_hash
         text = heads.read_text().splitlines()
-        forged = [
-            json.dumps({**json.loads(line), "hash": new_head}) if ids[0] in line else line for line in text
-        ]
+        forged = [json.dumps({**json.loads(line), "hash": new_head}) if ids[0] in line else line for line in text]
         heads.write_text("\n".join(forged) + "\n")
         code, out, _ = _cli(*database, "--json", "verify-audit", "--heads", str(heads), env=env)
         broken = json.loads(out)["broken"]

@@ -181,7 +181,6 @@ class TestCancel:
         assert final.state == "cancelled"
         assert report["totals"]["by_state"] == {"not_created": 2}
 
-
     async def test_a_batch_cancels_only_its_own_children(self, engine_factory: Any) -> None:
         """The step port's cancel_child flags a child of the batch, and refuses any other workflow."""
         async with engine_factory(run_runner=False) as engine:

@@ -147,7 +147,8 @@ class TestChildren:
         racers = await asyncio.gather(*(child(store, batch, 1) for _ in range(8)))
         assert len({wf.id for wf, _ in racers}) == 1 and sum(made for _, made in racers) == 1
         assert [c.idempotency_key for c in await store.children(batch.id)] == [
-            child_key(batch.id, 0), child_key(batch.id, 1)
+            child_key(batch.id, 0),
+            child_key(batch.id, 1),
         ]
         assert (await store.get(first.id)).parent_id == batch.id
 

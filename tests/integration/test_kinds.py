@@ -211,9 +211,7 @@ def _fields(kind: WorkflowKind) -> Mapping[str, Any]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def kind_store(
-    request: pytest.FixtureRequest, tmp_path: Path, kinds: KindRegistry
-) -> AsyncIterator[Store]:
+async def kind_store(request: pytest.FixtureRequest, tmp_path: Path, kinds: KindRegistry) -> AsyncIterator[Store]:
     """Each store, over fresh storage, holding the toy kinds beside the withdrawal."""
     if request.param == "sqlite":
         async with SQLiteStore(tmp_path / "kinds.sqlite3", kinds=kinds) as sqlite_store:

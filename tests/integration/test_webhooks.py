@@ -80,9 +80,7 @@ async def delivering(store: Store, settings: DeliverySettings = FAST_DELIVERY) -
 
 async def transitions_of(store: Store, workflow_ids: list[str]) -> dict[str, list[int]]:
     """Each workflow's state-changing events' seqs, in order."""
-    return {
-        wf_id: [e.seq for e in await store.events(wf_id) if e.from_state != e.to_state] for wf_id in workflow_ids
-    }
+    return {wf_id: [e.seq for e in await store.events(wf_id) if e.from_state != e.to_state] for wf_id in workflow_ids}
 
 
 async def settled(store: Store) -> None:
@@ -153,9 +151,7 @@ class TestDeliveryWithTheEngine:
         async with engine_factory() as engine:
             sub = await subscribe(engine.store, receiver.url)
             async with delivering(engine.store):
-                wfs = [
-                    await engine.submit(await request_for(sandbox.url, amount=f"0.0{n + 1}")) for n in range(4)
-                ]
+                wfs = [await engine.submit(await request_for(sandbox.url, amount=f"0.0{n + 1}")) for n in range(4)]
                 for wf in wfs:
                     assert (await engine.wait(wf.id, timeout=30)).state is State.DONE
                 expected = await transitions_of(engine.store, [wf.id for wf in wfs])

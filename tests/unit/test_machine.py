@@ -69,9 +69,7 @@ EXPECTED: dict[tuple[State, str], State | str] = {
 PROVEN: dict[str, Any] = {
     "evidence": {
         "rule": {"listings": 3, "minutes": 10.0},
-        "listings": [
-            {"at": f"2026-05-01T03:{m:02d}:00+00:00", "complete": True, "candidates": []} for m in (0, 5, 10)
-        ],
+        "listings": [{"at": f"2026-05-01T03:{m:02d}:00+00:00", "complete": True, "candidates": []} for m in (0, 5, 10)],
     }
 }
 

@@ -36,9 +36,7 @@ DATA_KEYS = frozenset(WithdrawalData.__annotations__) - frozenset(WithdrawalRequ
 
 def engine_files() -> list[Path]:
     return sorted(
-        path
-        for path in ENGINE.rglob("*.py")
-        if not any(path == exempt or exempt in path.parents for exempt in EXEMPT)
+        path for path in ENGINE.rglob("*.py") if not any(path == exempt or exempt in path.parents for exempt in EXEMPT)
     )
 
 

@@ -166,7 +166,9 @@ class TestConfig:
 
     def test_webhooks_and_delivery_settings_load(self, tmp_path: Path) -> None:
         """[[webhooks]] entries and [webhook_delivery] reach the Config; secrets come from the environment."""
-        path = self._write(tmp_path, """
+        path = self._write(
+            tmp_path,
+            """
 [webhook_delivery]
 allow_private_targets = true
 retry_period = 3600.0
@@ -176,7 +178,8 @@ url = "http://127.0.0.1:9999/hook"
 events = ["workflow.terminal", "workflow.needs_review"]
 secret_env = "HOOK_SECRET"
 previous_secret_env = "HOOK_SECRET_OLD"
-""")
+""",
+        )
         config = load_config(path, environ={})
         assert config.webhook_delivery.retry_period == 3600.0
         (hook,) = config.webhooks
@@ -192,14 +195,17 @@ previous_secret_env = "HOOK_SECRET_OLD"
         secret = tmp_path / "hook.secret"
         secret.write_text(f"secret={NEW}\n")
         secret.chmod(0o600)
-        path = self._write(tmp_path, """
+        path = self._write(
+            tmp_path,
+            """
 [webhook_delivery]
 allow_private_targets = true
 [[webhooks]]
 name = "ops"
 url = "http://127.0.0.1:9999/hook"
 secret_file = "hook.secret"
-""")
+""",
+        )
         (hook,) = load_config(path, environ={}).webhooks
         assert hook.secrets({}) == (NEW,)
 

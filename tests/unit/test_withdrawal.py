@@ -34,7 +34,6 @@ MakeAddress = Callable[..., AllowedAddress]
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 class TestImport:
     """The workflow module can be imported on its own."""
 

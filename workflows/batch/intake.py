@@ -122,8 +122,10 @@ class BatchItem:
     @property
     def amount(self) -> Decimal:
         """The request's exact amount (without validating a stored item)."""
-        return Decimal(str(self._raw["amount"])) if self._request is None and self._raw is not None else (
-            self.request.amount
+        return (
+            Decimal(str(self._raw["amount"]))
+            if self._request is None and self._raw is not None
+            else (self.request.amount)
         )
 
     def __repr__(self) -> str:
