@@ -1,146 +1,35 @@
-"""Schema migrations, numbered; a store applies every one above its recorded version, in order.
+"""Schema migrations, numbered, one schema file per SQL dialect: ``engine/store/sql/sqlite.sql`` and
+``engine/store/sql/postgres.sql``. A store applies every migration above its recorded version, in order.
 
-PostgreSQL keeps the same tables, columns and constraints in its own dialect (``POSTGRES_MIGRATIONS`` in
-``engine/store/postgres.py``), so both stores pass one contract suite.
+Each file is a series of ``-- migration N`` sections (N ascending); the text of a section is run as one
+script. Keeping the SQL in ``.sql`` files (not in Python strings) lets a reviewer read each dialect's whole
+schema in one place and an editor highlight it; both dialects keep the same tables, columns and
+constraints, so both stores pass one contract suite.
 """
 
 from __future__ import annotations
 
-__all__ = ["SQLITE_MIGRATIONS"]
+import re
+from importlib import resources
 
-_V1 = """
-CREATE TABLE workflows (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    request TEXT NOT NULL,
-    account TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    lane TEXT NOT NULL,
-    lane_held INTEGER NOT NULL DEFAULT 0,
-    idempotency_key TEXT UNIQUE,
-    exchange_uuid TEXT UNIQUE,
-    txid TEXT,
-    exchange_state TEXT,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    submit_count INTEGER NOT NULL DEFAULT 0,
-    next_run_at REAL,
-    deadline_at TEXT,
-    submit_body TEXT,
-    submitted_at TEXT,
-    cancel_requested_at TEXT,
-    resolution TEXT,
-    reason TEXT,
-    error TEXT,
-    data TEXT NOT NULL DEFAULT '{}',
-    version INTEGER NOT NULL,
-    event_seq INTEGER NOT NULL,
-    last_hash TEXT NOT NULL,
-    lease_owner TEXT,
-    lease_expires_at REAL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
--- Design §3.3: at most one unresolved submit per lane, enforced here and not in memory.
-CREATE UNIQUE INDEX workflows_lane_unresolved ON workflows (lane) WHERE lane_held = 1;
-CREATE INDEX workflows_due ON workflows (next_run_at) WHERE next_run_at IS NOT NULL;
-CREATE INDEX workflows_state ON workflows (state, id);
-CREATE INDEX workflows_spent ON workflows (account, currency, submitted_at);
+__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "load_migrations"]
 
-CREATE TABLE events (
-    workflow_id TEXT NOT NULL REFERENCES workflows (id),
-    seq INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    from_state TEXT,
-    to_state TEXT NOT NULL,
-    data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (workflow_id, seq)
-);
--- The audit trail is append-only: the database itself refuses edits and deletions.
-CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-"""
+_HEADER = re.compile(r"^-- migration (\d+)\s*$", re.MULTILINE)
 
-_V2 = """
--- Withdrawals attributed to a workflow other than by its own exchange_uuid: one that appeared late for a
--- POST the workflow had given up (abandoned, or resubmitted and answered). owners_of reads both, so no
--- other workflow ever adopts it.
-CREATE TABLE attributions (
-    exchange_uuid TEXT PRIMARY KEY,
-    workflow_id TEXT NOT NULL REFERENCES workflows (id),
-    at TEXT NOT NULL
-);
-"""
 
-_V3 = """
--- Workflows of any kind: a workflow created by another one (a batch's child withdrawal) names its parent.
--- Existing rows keep every value (parent_id NULL), so their event chains verify as before.
-ALTER TABLE workflows ADD COLUMN parent_id TEXT REFERENCES workflows (id);
-CREATE INDEX workflows_parent ON workflows (parent_id, state) WHERE parent_id IS NOT NULL;
-"""
+def load_migrations(dialect: str) -> list[tuple[int, str]]:
+    """``[(version, script), ...]`` from ``sql/<dialect>.sql``, checked to ascend strictly."""
+    text = resources.files("engine.store").joinpath("sql", f"{dialect}.sql").read_text(encoding="utf-8")
+    marks = list(_HEADER.finditer(text))
+    found: list[tuple[int, str]] = []
+    for mark, after in zip(marks, [*marks[1:], None], strict=True):
+        script = text[mark.end() : None if after is None else after.start()].strip()
+        found.append((int(mark.group(1)), script))
+    versions = [version for version, _ in found]
+    if not versions or versions != sorted(set(versions)):
+        raise RuntimeError(f"{dialect}.sql: migrations must be numbered in ascending order, got {versions}")
+    return found
 
-_V4 = """
--- References and search (issue #13): the caller's payout id and metadata, fixed at creation, and the
--- request's network as a column so lists can filter on it. A reference is unique per account when given;
--- the index leads with the reference so a look-up by reference alone (any account) uses it too.
-ALTER TABLE workflows ADD COLUMN net_type TEXT;
-ALTER TABLE workflows ADD COLUMN reference TEXT;
-ALTER TABLE workflows ADD COLUMN metadata TEXT;
-UPDATE workflows SET net_type = json_extract(request, '$.net_type');
-CREATE UNIQUE INDEX workflows_reference ON workflows (reference, account) WHERE reference IS NOT NULL;
--- List filters: by account (newest first) and by creation time. updated_at is left unindexed on purpose:
--- it moves on every transition, and an index there would cost every commit a write. A reason is set only
--- when a workflow stops (aborted, needs_review), so its partial index costs little.
-CREATE INDEX workflows_account ON workflows (account, id);
-CREATE INDEX workflows_created ON workflows (created_at);
-CREATE INDEX workflows_reason ON workflows (reason, id) WHERE reason IS NOT NULL;
-"""
 
-_V5 = """
--- Webhooks (engine/store/webhooks.py). The global feed needs no column here: it reads the events'
--- rowid, which one writer assigns in commit order.
-CREATE TABLE webhook_subscriptions (
-    id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    events TEXT NOT NULL,
-    secrets TEXT NOT NULL,
-    source TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    feed_cursor TEXT,
-    deleted_at REAL
-);
--- The delivery outbox's rows (see engine/store/webhooks.py); times are epoch seconds.
-CREATE TABLE webhook_deliveries (
-    id INTEGER PRIMARY KEY,
-    subscription_id TEXT NOT NULL REFERENCES webhook_subscriptions (id),
-    event_id TEXT NOT NULL,
-    workflow_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    event_type TEXT NOT NULL,
-    body TEXT NOT NULL,
-    event_at REAL NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    retry_from REAL NOT NULL,
-    next_attempt_at REAL,
-    lease_owner TEXT,
-    lease_expires_at REAL,
-    last_attempt_at REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    delivered_at REAL,
-    CONSTRAINT webhook_deliveries_event UNIQUE (subscription_id, event_id)
-);
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_order ON webhook_deliveries (subscription_id, workflow_id, seq)
-    WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_log ON webhook_deliveries (subscription_id, id);
-"""
-
-SQLITE_MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
+SQLITE_MIGRATIONS = load_migrations("sqlite")
+POSTGRES_MIGRATIONS = load_migrations("postgres")
