@@ -219,6 +219,8 @@ class Gateway:
         self._last_batch = float("-inf")
         self._acquiring = 0
         self._flush_task: asyncio.Task[None] | None = None
+        #: When the sweep's current sleep ends (monotonic); -inf while it is not asleep.
+        self._flush_wakes = float("-inf")
         self._batches: set[asyncio.Task[None]] = set()
         self._submit_queue = submit_queue
         self._next_turn = float("-inf")
@@ -411,9 +413,18 @@ class Gateway:
         self._due = min(self._due, deadline)
         self._spacing = min(self._spacing, slack)
         self.polls += 1
-        if self._flush_task is None or self._flush_task.done():
+        if self._flush_task is None or self._flush_task.done() or self._sweep_sleeps_too_long():
+            if self._flush_task is not None:
+                self._flush_task.cancel()  # asleep at its only await: nothing is lost, the new one decides
+            self._flush_wakes = float("-inf")
             self._flush_task = asyncio.create_task(self._flush())
         return await future
+
+    def _sweep_sleeps_too_long(self) -> bool:
+        """The sweep sleeps past the moment a poll that just came in may go (a poll due sooner than those it
+        was sleeping for): it must be woken, or that poll would wait as long as the slowest one. A poll_window
+        of tolerance keeps the ordinary case (a poll due when the sweep wakes anyway) from restarting it."""
+        return max(self._due, self._last_batch + self._spacing) < self._flush_wakes - self._poll_window
 
     async def _flush(self) -> None:
         """Start a batch when polls fall due, the sweep's spacing has passed and no batch is waiting."""
@@ -432,7 +443,10 @@ class Gateway:
                 continue
             if self._acquiring:  # the batch takes its uuids once it has a slot: look again soon
                 wait = self._poll_window
-            await self._clock.sleep(max(self._poll_window, min(wait, self._spacing)))
+            pause = max(self._poll_window, min(wait, self._spacing))
+            self._flush_wakes = now + pause
+            await self._clock.sleep(pause)
+            self._flush_wakes = float("-inf")
 
     async def _batch(self) -> None:
         """Get a read slot, then take up to 100 pending uuids (the most urgent first) and list them."""

@@ -171,6 +171,44 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+class SteppedClock(FakeClock):
+    """A fake clock whose sleep really waits until the test moves time past its end (``advance``), so a
+    sleeping task stays asleep while the test acts; ``run_until`` moves time in small steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock passes now + ``seconds``."""
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.monotonic() + max(0.0, seconds), wake))
+        await wake
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake the sleepers whose time has come."""
+        super().advance(seconds)
+        due = [(at, wake) for at, wake in self._sleepers if at <= self.monotonic()]
+        self._sleepers = [(at, wake) for at, wake in self._sleepers if at > self.monotonic()]
+        for _, wake in due:
+            if not wake.done():
+                wake.set_result(None)
+
+    async def run_until(self, done: Callable[[], bool], *, step: float = 0.01, limit: float = 120.0) -> None:
+        """Advance in ``step`` increments (letting tasks run between) until ``done()`` or ``limit`` seconds."""
+        start = self.monotonic()
+        while not done():
+            assert self.monotonic() - start < limit, "not done within the fake time limit"
+            self.advance(step)
+            await settle()
+
+
+def _stepped_gateway(clock: SteppedClock, make_address: Callable[..., AllowedAddress]) -> tuple[Gateway, FakeClient]:
+    client = FakeClient(clock)
+    client.addresses = [make_address()]
+    return Gateway(client, clock=clock), client
+
+
 class TestCaching:
     """Account-wide lists and chance are cached for their TTL; writes, polls and listings never are."""
 
@@ -440,6 +478,28 @@ class TestBatchedPolls:
         gateway, client = make_gateway()
         await asyncio.wait_for(asyncio.gather(*(gateway.poll(f"u{i}") for i in range(60))), BOUND)
         assert client.limiter.stats.granted == 1 and client.limiter.in_flight == 0
+
+    async def test_an_urgent_poll_wakes_a_sweep_asleep_for_slower_ones(
+        self, make_gateway: MakeGateway, make_address: Callable[..., AllowedAddress]
+    ) -> None:
+        """The sweep sleeps as long as its waiting polls allow (60 s here); a poll that may wait only 0.5 s
+        comes in meanwhile: it is listed within the poll window, not when the sweep would have woken."""
+        clock = SteppedClock()
+        gateway, client = _stepped_gateway(clock, make_address)
+        client.withdrawals["slow"] = _withdrawal("slow")
+        client.withdrawals["fast"] = _withdrawal("fast")
+        first = asyncio.ensure_future(gateway.poll("slow", within=60.0))
+        await clock.run_until(first.done)
+        second = asyncio.ensure_future(gateway.poll("slow", within=60.0))  # the sweep now sleeps ~60 s
+        await settle()
+        clock.advance(1.0)
+        await settle()
+        fast = asyncio.ensure_future(gateway.poll("fast", within=0.5))
+        await clock.run_until(fast.done, limit=5.0)
+        assert fast.result() == client.withdrawals["fast"]
+        assert client.times("list")[-1] <= 1.0 + 0.5 + 0.1  # listed at once, long before the 60 s
+        second.cancel()
+        await asyncio.wait_for(gateway.aclose(), BOUND)
 
 
 class TestHolds:
