@@ -13,6 +13,10 @@ What is measured, and where it comes from:
   calls that had to wait, seconds waited, 429s, 418 blocks), read from ``limiter.stats`` at scrape time.
 - ``upbit_withdraw_workflows{state}``: how many workflows are in each non-terminal state, refreshed from
   ``store.count_by_state()`` by :meth:`Metrics.refresh` (the HTTP ``/metrics`` route calls it per scrape).
+- ``upbit_withdraw_webhook_deliveries_pending``: webhook deliveries not yet delivered nor given up (all
+  subscriptions), refreshed the same way when :meth:`Metrics.bind_webhooks` was called: a backlog that
+  only grows means a receiver is down (alert on it, beside the attempts counter of
+  :mod:`engine.webhook_delivery`).
 
 Counters and histograms are rendered without their ``*_created`` series (the time each label set was
 first seen): they double the series count and nothing here reads them. The filter is per registry
@@ -38,6 +42,7 @@ from engine.models import Event, Workflow
 if TYPE_CHECKING:
     from engine.core import Engine
     from engine.store.base import Store
+    from engine.store.webhooks import WebhookStore
     from engine.upbit.gateway import Gateway
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -150,7 +155,13 @@ class Metrics:
             ["state"],
             registry=self.registry,
         )
+        self.webhooks_pending = Gauge(
+            "upbit_withdraw_webhook_deliveries_pending",
+            "Webhook deliveries still pending (read from the store; a growing backlog: a receiver is down).",
+            registry=self.registry,
+        )
         self._store: Store | None = None
+        self._webhooks: WebhookStore | None = None
         self._rate_limits: _RateLimitCollector | None = None
 
     def __repr__(self) -> str:
@@ -165,6 +176,10 @@ class Metrics:
     def bind_store(self, store: Store) -> None:
         """The store :meth:`refresh` reads the workflow counts from."""
         self._store = store
+
+    def bind_webhooks(self, webhooks: WebhookStore) -> None:
+        """The webhook storage :meth:`refresh` reads the pending deliveries from."""
+        self._webhooks = webhooks
 
     def bind_gateways(self, gateways: Mapping[str, Gateway]) -> None:
         """Report these gateways' rate-limiter counters (once; later calls are ignored)."""
@@ -193,9 +208,12 @@ class Metrics:
     # -- scraping ------------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Re-read the per-state workflow counts from the store (no-op when no store is bound)."""
+        """Re-read the per-state workflow counts and the pending webhook deliveries from the store (each
+        a no-op when its store is not bound)."""
         if self._store is not None:
             self.set_workflow_counts((await self._store.count_by_state()).items())
+        if self._webhooks is not None:
+            self.webhooks_pending.set(await self._webhooks.pending_count())
 
     def set_workflow_counts(self, counts: Iterable[tuple[str, int]]) -> None:
         """Set the gauge: every non-terminal state gets a value (0 when absent)."""

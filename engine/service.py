@@ -105,6 +105,7 @@ async def _serve_on(
     engine = build_engine(config, observers=[metrics.observer, on_transition], call_observer=metrics.call_observer)
     budget = shared_budget(engine, config)
     metrics.bind(engine)
+    metrics.bind_webhooks(webhook_store(engine.store))
     app = create_app(
         engine, token=token, metrics_registry=metrics, max_body_bytes=config.api.max_body_bytes,
         events_keepalive=config.api.events_keepalive,

@@ -90,6 +90,20 @@ class TestScrape:
         assert _value(metrics, "upbit_withdraw_workflows", state="pending") == 0.0
         assert _value(metrics, "upbit_withdraw_workflows", state="DONE") is None
 
+    async def test_pending_webhook_deliveries_gauge(self) -> None:
+        """refresh() reads the pending deliveries from the bound webhook storage; unbound, the gauge stays 0."""
+        metrics = Metrics()
+        await metrics.refresh()
+        assert _value(metrics, "upbit_withdraw_webhook_deliveries_pending") == 0.0
+
+        class Backlog:
+            async def pending_count(self) -> int:
+                return 42
+
+        metrics.bind_webhooks(Backlog())  # type: ignore[arg-type]
+        await metrics.refresh()
+        assert _value(metrics, "upbit_withdraw_webhook_deliveries_pending") == 42.0
+
     async def test_rate_limit_counters_read_at_scrape_time(self) -> None:
         """The limiter's stats are read when scraped, per account."""
         gateway = Gateway(UpbitClient(Credentials("k", "s"), base_url="http://127.0.0.1:9"))

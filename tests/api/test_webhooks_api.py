@@ -154,6 +154,7 @@ async def test_the_service_delivers_a_configured_subscription(
         assert secret not in str(log) and sign(b"x", [secret], timestamp=1) not in str(log)
         assert f'upbit_withdraw_webhook_deliveries_total{{outcome="delivered"}} {float(len(states))}' in metrics
         assert "upbit_withdraw_webhook_delivery_lag_seconds_count" in metrics
+        assert "\nupbit_withdraw_webhook_deliveries_pending 0.0\n" in metrics  # all delivered when scraped
         assert [item["id"] for item in listed["items"]] == ["cfg_ops"]
         assert len(cli_log["items"]) == len(states) and redelivered == {"redelivered": 1}
     finally:
