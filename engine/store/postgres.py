@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -77,6 +78,7 @@ log = structlog.get_logger("engine.store")
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
 
 _N = len(WORKFLOW_COLUMNS)
+_WF_FIELDS = tuple(f.name for f in dataclasses.fields(Workflow))
 _COLS = ", ".join(WORKFLOW_COLUMNS)
 _EV_COLS = ", ".join(EVENT_COLUMNS)
 _EV_TYPES = ("text", "bigint", "text", "text", "text", "text", "text", "text", "text")
@@ -117,6 +119,9 @@ _UNSEEN_FLAG = (
     "(cancel_requested_at IS NOT NULL AND $5::text IS NULL) "
     "OR (resolution IS NOT NULL AND $6::text IS NULL AND $8::boolean)"
 )
+#: What a commit may store differently from the workflow it was given (operators' flags and the due time
+#: they keep): all it returns, so the writer's workflow is not parsed back from a whole row.
+_STORE_SET = ("next_run_at", "cancel_requested_at", "resolution")
 _COMMIT_ROW = f"""
 UPDATE workflows SET
     {", ".join(f"{c} = ${_FIXED + 1 + i}" for i, c in enumerate(_UPDATABLE))},
@@ -127,14 +132,14 @@ UPDATE workflows SET
 WHERE id = $1 AND version = $2
     AND ($3::text IS NULL OR (lease_owner = $3::text AND lease_expires_at >= $4::float8))
     AND NOT ($9::boolean AND (cancel_requested_at IS NOT NULL OR resolution IS NOT NULL))
-RETURNING {_COLS}
+RETURNING {", ".join(_STORE_SET)}
 """  # noqa: S608
 _COMMIT = _COMMIT_ROW
 _COMMIT_WITH_EVENT = f"""
 WITH upd AS ({_COMMIT_ROW}), ev AS (
     INSERT INTO events ({_EV_COLS}) SELECT {_event_select(_FIXED + len(_UPDATABLE) + 1)} FROM upd
 )
-SELECT {_COLS} FROM upd
+SELECT {", ".join(_STORE_SET)} FROM upd
 """  # noqa: S608
 
 _CLAIM = f"""
@@ -207,6 +212,23 @@ def _commit_params(
     tail = () if event is None else event_to_row(event)
     flags = (kind.awaits_operator(wf.state), unflagged, kind.is_terminal(wf.state))
     return [*fixed, *flags, *(row[c] for c in _UPDATABLE), *tail]
+
+
+def _committed(wf: Workflow, row: Any) -> Workflow:
+    """The stored workflow after a commit: the writer's, one version on, with the columns the store sets
+    itself (:data:`_STORE_SET`) as stored; the rest is exactly what the writer wrote."""
+    stored: Workflow = object.__new__(Workflow)
+    for name in _WF_FIELDS:
+        object.__setattr__(stored, name, getattr(wf, name))
+    object.__setattr__(stored, "version", wf.version + 1)
+    due = row["next_run_at"]
+    if due != epoch(wf.next_run_at):
+        object.__setattr__(stored, "next_run_at", from_epoch(due))
+    flagged = row["cancel_requested_at"]
+    if flagged != (None if wf.cancel_requested_at is None else _utc_iso(wf.cancel_requested_at)):
+        object.__setattr__(stored, "cancel_requested_at", datetime.fromisoformat(flagged) if flagged else None)
+    object.__setattr__(stored, "resolution", row["resolution"])
+    return stored
 
 
 def _redacted(dsn: str) -> str:
@@ -310,6 +332,7 @@ class PostgresStore:
                 max_size=self.pool_max,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
+                reset=_keep_session,
             )
         try:
             with _mapped():
@@ -463,7 +486,7 @@ class PostgresStore:
             )
         if row is None:
             raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-        return workflow_from_row(row, self.kinds)
+        return _committed(workflow, row)
 
     async def claim_due(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
@@ -735,6 +758,14 @@ def _share_row(row: Any) -> ShareRow:
         owner=row["owner"], share=row["share"], demand=float(row["demand"]), expires_at=row["expires_at"],
         draining=row["draining"], drain_until=row["drain_until"], beat=row["beat"],
     )  # fmt: skip
+
+
+async def _keep_session(_conn: Any) -> None:
+    """The pool's reset on release, which asyncpg does by default with a round trip of its own per use
+    (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``): as many round trips as the store's
+    own statements. Nothing here leaves session state behind (advisory locks are transaction-level,
+    no cursors, ``LISTEN`` lives on a connection outside the pool, no ``SET``), and asyncpg still rolls
+    back a transaction left open and drops listeners before calling this; so it does nothing."""
 
 
 async def _close_connection(conn: Any, timeout: float) -> None:
