@@ -57,6 +57,7 @@ from engine.store.base import FeedItem, FeedList
 from engine.store.boundary import postgres_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.pg_commits import CommitQueue, Pending, batch_commit_sql, batch_create_sql
 from engine.store.rows import (
     CREATION_COLUMNS,
     EVENT_COLUMNS,
@@ -142,6 +143,45 @@ WITH upd AS ({_COMMIT_ROW}), ev AS (
 SELECT {", ".join(_STORE_SET)} FROM upd
 """  # noqa: S608
 
+#: The workflows table's columns and their SQL types (the group commit casts its arrays to them).
+_COLUMN_TYPES = """
+SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+WHERE attrelid = 'workflows'::regclass AND attnum > 0 AND NOT attisdropped
+"""
+_FIXED_TYPES = (
+    ("id", "text"), ("version", "bigint"), ("owner", "text"), ("now", "float8"), ("cancel_seen", "text"),
+    ("resolution_seen", "text"), ("next_run_at", "float8"), ("awaits", "boolean"), ("unflagged", "boolean"),
+    ("terminal", "boolean"),
+)  # fmt: skip
+# The single commit's rules (_COMMIT_ROW) over the row ``w`` and the input ``i``.
+_BATCH_SET = """resolution = CASE WHEN i.k_awaits THEN w.resolution END,
+    next_run_at = CASE
+        WHEN ((w.cancel_requested_at IS NOT NULL AND i.k_cancel_seen IS NULL)
+            OR (w.resolution IS NOT NULL AND i.k_resolution_seen IS NULL AND i.k_awaits)) AND NOT i.k_terminal
+        THEN LEAST(i.k_next_run_at, w.next_run_at)
+        ELSE i.k_next_run_at END"""
+_BATCH_WHERE = """w.id = i.k_id AND w.version = i.k_version
+    AND (i.k_owner IS NULL OR (w.lease_owner = i.k_owner AND w.lease_expires_at >= i.k_now))
+    AND NOT (i.k_unflagged AND (w.cancel_requested_at IS NOT NULL OR w.resolution IS NOT NULL))"""
+
+
+def _create_sql(types: dict[str, str]) -> str | None:
+    """The group creation statement for the table as migrated (None: a column it writes is missing)."""
+    if not all(c in types for c in WORKFLOW_COLUMNS):
+        return None
+    return batch_create_sql([(c, types[c]) for c in WORKFLOW_COLUMNS], list(zip(EVENT_COLUMNS, _EV_TYPES, strict=True)))
+
+
+def _batch_sql(types: dict[str, str]) -> str | None:
+    """The group commit statement for the table as migrated (None: a column it writes is missing)."""
+    if not all(c in types for c in _UPDATABLE):
+        return None
+    return batch_commit_sql(
+        _FIXED_TYPES, [(c, types[c]) for c in _UPDATABLE], list(zip(EVENT_COLUMNS, _EV_TYPES, strict=True)),
+        set_rules=_BATCH_SET, where_rules=_BATCH_WHERE, returning=_STORE_SET,
+    )  # fmt: skip
+
+
 _CLAIM = f"""
 WITH due AS (
     SELECT id FROM workflows
@@ -214,6 +254,35 @@ def _commit_params(
     return [*fixed, *flags, *(row[c] for c in _UPDATABLE), *tail]
 
 
+def _answer(pending: Pending, *, value: Any = None, error: BaseException | None = None) -> None:
+    """Settle a queued write's future (unless its caller stopped waiting)."""
+    if pending.future.done():
+        return
+    if error is not None:
+        pending.future.set_exception(error)
+    else:
+        pending.future.set_result(value)
+
+
+def _settle(pending: Pending, *, row: Any = None, error: BaseException | None = None) -> None:
+    """Give a queued commit its answer: the error, StaleVersion when the statement wrote no row for it,
+    else the stored workflow."""
+    wf = pending.workflow
+    if error is None and row is None:
+        error = StaleVersion(f"{wf.id} moved past version {wf.version} (or lease lost)")
+    _answer(pending, error=error, value=None if row is None else _committed(wf, row))
+
+
+def _batch_arrays(batch: Sequence[Pending]) -> builtins.list[builtins.list[Any]]:
+    """The group commit's parameters: one array per fixed and updatable column, then one per event
+    column over the commits that carry an event."""
+    width = _FIXED + len(_UPDATABLE)
+    columns = [[p.params[j] for p in batch] for j in range(width)]
+    with_event = [p.params for p in batch if p.has_event]
+    events = [[params[width + k] for params in with_event] for k in range(len(EVENT_COLUMNS))]
+    return [*columns, *events]
+
+
 def _committed(wf: Workflow, row: Any) -> Workflow:
     """The stored workflow after a commit: the writer's, one version on, with the columns the store sets
     itself (:data:`_STORE_SET`) as stored; the rest is exactly what the writer wrote."""
@@ -280,6 +349,8 @@ class PostgresStore:
             registers).
         command_timeout: seconds one statement may take before it is abandoned (:class:`StoreUnavailable`),
             so a database that stops answering (a cut network) never hangs a runner or a request.
+        commit_batch: most commits sent together in one statement (1: every commit alone); at most half
+            the pool's connections carry such batches at once, the rest serve claims and reads.
 
     Losing the database is not fatal: the pool replaces broken connections on the next acquire, every
     failure in between is a :class:`~engine.errors.StoreUnavailable`, and the ``LISTEN`` connection
@@ -297,6 +368,7 @@ class PostgresStore:
         connect_timeout: float = 10.0,
         command_timeout: float = 30.0,
         kinds: KindRegistry | None = None,
+        commit_batch: int = 200,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError("need 0 <= pool_min <= pool_max and pool_max >= 1")
@@ -314,6 +386,10 @@ class PostgresStore:
         self._listeners: builtins.list[tuple[Listener, Callable[[], None]]] = []
         self._reconnecting: asyncio.Task[None] | None = None
         self.listen_reconnects = 0
+        self._commits = CommitQueue(self._write_commits, max_batch=commit_batch, flights=max(1, pool_max // 2))
+        self._batch_sql: str | None = None
+        self._creates = CommitQueue(self._write_creates, max_batch=commit_batch, flights=max(1, pool_max // 2))
+        self._create_sql: str | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -338,6 +414,8 @@ class PostgresStore:
             with _mapped():
                 async with pool.acquire(timeout=self.connect_timeout) as conn:
                     await _migrate(conn)
+                    types = {row["name"]: row["type"] for row in await conn.fetch(_COLUMN_TYPES)}
+                    self._batch_sql, self._create_sql = _batch_sql(types), _create_sql(types)
         except BaseException:
             pool.terminate()
             raise
@@ -463,11 +541,12 @@ class PostgresStore:
     # -- writes ------------------------------------------------------------------------------------
 
     async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
-        """Insert the workflow and its first event, or return the one stored under the idempotency key."""
-        params = [*_row_values(workflow, self.kinds), *event_to_row(event), self.notify_channel]
-        with _mapped(workflow):
-            created = await self._db().fetchrow(_CREATE, *params)
-        if created is not None:
+        """Insert the workflow and its first event, or return the one stored under the idempotency key
+        (creations that arrive together share one statement, as commits do)."""
+        self._db()
+        params = [*_row_values(workflow, self.kinds), *event_to_row(event)]
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if await self._creates.commit(Pending(workflow, params, True, future)):
             return workflow, True
         key = workflow.idempotency_key
         existing = None if key is None else await self.get_by_idempotency_key(key)
@@ -478,15 +557,93 @@ class PostgresStore:
     async def commit(
         self, workflow: Workflow, event: Event | None, *, owner: str | None, unflagged: bool = False
     ) -> Workflow:
-        """Compare-and-set the row on version and lease, and append the event, in one statement."""
-        sql = _COMMIT if event is None else _COMMIT_WITH_EVENT
-        with _mapped(workflow):
-            row = await self._db().fetchrow(
-                sql, *_commit_params(workflow, event, owner, self.kinds, unflagged=unflagged)
-            )
-        if row is None:
-            raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-        return _committed(workflow, row)
+        """Compare-and-set the row on version and lease, and append the event, in one statement: the
+        commits that arrive together share it (:mod:`engine.store.pg_commits`), each with its own answer."""
+        self._db()
+        params = _commit_params(workflow, event, owner, self.kinds, unflagged=unflagged)
+        future: asyncio.Future[Workflow] = asyncio.get_running_loop().create_future()
+        stored: Workflow = await self._commits.commit(Pending(workflow, params, event is not None, future))
+        return stored
+
+    async def _write_commits(self, batch: builtins.list[Pending]) -> None:
+        """Send one batch of commits (the :class:`CommitQueue`'s writer); settles every future of it."""
+        try:
+            if len(batch) == 1 or self._batch_sql is None:
+                for pending in batch:
+                    await self._write_commit(pending)
+                return
+            rows = await self._db().fetch(self._batch_sql, *_batch_arrays(batch))
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+            for pending in batch:  # nothing of the batch was written: each commit on its own, its own answer
+                await self._write_commit(pending)
+            return
+        except Exception as exc:  # the driver's, mapped once; anything else is passed on as it is
+            error = exc if isinstance(exc, EngineError) else (postgres_error(exc) or exc)
+            for pending in batch:
+                _settle(pending, error=error)
+            return
+        except BaseException:  # cancelled with the loop: whoever still waits learns the outcome is unknown
+            for pending in batch:
+                _settle(pending, error=StoreUnavailable("commit interrupted"))
+            raise
+        written = {row["id"]: row for row in rows}
+        for pending in batch:
+            row = written.get(pending.workflow.id)
+            _settle(pending, row=row)
+
+    async def _write_creates(self, batch: builtins.list[Pending]) -> None:
+        """Send one batch of creations (the creation queue's writer): each future gets whether its row
+        was inserted (False: its idempotency key was taken)."""
+        try:
+            if len(batch) == 1 or self._create_sql is None:
+                for pending in batch:
+                    await self._write_create(pending)
+                return
+            arrays = [[p.params[j] for p in batch] for j in range(_N + len(EVENT_COLUMNS))]
+            rows = await self._db().fetch(self._create_sql, *arrays, self.notify_channel)
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+            for pending in batch:  # nothing was written: each on its own (a reference taken: its own error)
+                await self._write_create(pending)
+            return
+        except Exception as exc:
+            error = exc if isinstance(exc, EngineError) else (postgres_error(exc) or exc)
+            for pending in batch:
+                _answer(pending, error=error)
+            return
+        except BaseException:
+            for pending in batch:
+                _answer(pending, error=StoreUnavailable("create interrupted"))
+            raise
+        inserted = {row["id"] for row in rows}
+        for pending in batch:
+            _answer(pending, value=pending.workflow.id in inserted)
+
+    async def _write_create(self, pending: Pending) -> None:
+        """One creation alone, in the single-row statement."""
+        try:
+            with _mapped(pending.workflow):
+                created = await self._db().fetchrow(_CREATE, *pending.params, self.notify_channel)
+        except Exception as exc:
+            _answer(pending, error=exc)
+        except BaseException:
+            _answer(pending, error=StoreUnavailable("create interrupted"))
+            raise
+        else:
+            _answer(pending, value=created is not None)
+
+    async def _write_commit(self, pending: Pending) -> None:
+        """One commit alone, in the single-row statement."""
+        sql = _COMMIT_WITH_EVENT if pending.has_event else _COMMIT
+        try:
+            with _mapped(pending.workflow):
+                row = await self._db().fetchrow(sql, *pending.params)
+        except Exception as exc:
+            _settle(pending, error=exc)
+        except BaseException:
+            _settle(pending, error=StoreUnavailable("commit interrupted"))
+            raise
+        else:
+            _settle(pending, row=row)
 
     async def claim_due(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
