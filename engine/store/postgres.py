@@ -123,10 +123,17 @@ _UNSEEN_FLAG = (
 #: What a commit may store differently from the workflow it was given (operators' flags and the due time
 #: they keep): all it returns, so the writer's workflow is not parsed back from a whole row.
 _STORE_SET = ("next_run_at", "cancel_requested_at", "resolution")
+# A workflow committed terminal and unscheduled is never stepped again: its lease goes with the commit,
+# so the runner's release of it afterwards finds nothing to write.
+_SETTLED_LEASE = (
+    "lease_owner = CASE WHEN {settled} THEN NULL ELSE {row}lease_owner END, "
+    "lease_expires_at = CASE WHEN {settled} THEN NULL ELSE {row}lease_expires_at END"
+)
 _COMMIT_ROW = f"""
 UPDATE workflows SET
     {", ".join(f"{c} = ${_FIXED + 1 + i}" for i, c in enumerate(_UPDATABLE))},
     resolution = CASE WHEN $8::boolean THEN resolution END,
+    {_SETTLED_LEASE.format(settled="$10::boolean AND $7::float8 IS NULL", row="")},
     next_run_at = CASE
         WHEN ({_UNSEEN_FLAG}) AND NOT $10::boolean THEN LEAST($7::float8, next_run_at)
         ELSE $7::float8 END
@@ -154,13 +161,16 @@ _FIXED_TYPES = (
     ("terminal", "boolean"),
 )  # fmt: skip
 # The single commit's rules (_COMMIT_ROW) over the row ``w`` and the input ``i``.
-_BATCH_SET = """resolution = CASE WHEN i.k_awaits THEN w.resolution END,
+_BATCH_SET = f"""resolution = CASE WHEN i.k_awaits THEN w.resolution END,
+    {_SETTLED_LEASE.format(settled="i.k_terminal AND i.k_next_run_at IS NULL", row="w.")},
     next_run_at = CASE
         WHEN ((w.cancel_requested_at IS NOT NULL AND i.k_cancel_seen IS NULL)
             OR (w.resolution IS NOT NULL AND i.k_resolution_seen IS NULL AND i.k_awaits)) AND NOT i.k_terminal
         THEN LEAST(i.k_next_run_at, w.next_run_at)
         ELSE i.k_next_run_at END"""
-_BATCH_WHERE = """w.id = i.k_id AND w.version = i.k_version
+# ``w.id = ANY($1)`` (the ids' array): the rows are found through the primary key whatever the planner
+# thinks of the join (else it hashes the batch and scans the whole table for it).
+_BATCH_WHERE = """w.id = ANY($1::text[]) AND w.id = i.k_id AND w.version = i.k_version
     AND (i.k_owner IS NULL OR (w.lease_owner = i.k_owner AND w.lease_expires_at >= i.k_now))
     AND NOT (i.k_unflagged AND (w.cancel_requested_at IS NOT NULL OR w.resolution IS NOT NULL))"""
 
@@ -191,7 +201,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE workflows AS w SET lease_owner = $3, lease_expires_at = $4
-FROM due WHERE w.id = due.id
+WHERE w.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING {", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS)}
 """  # noqa: S608
 

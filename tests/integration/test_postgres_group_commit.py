@@ -127,3 +127,18 @@ async def test_concurrent_creations_share_statements_and_keep_idempotency(pg: Po
     (first, made_first), (second, made_second) = results[20], results[21]
     assert sorted([made_first, made_second]) == [False, True] and first.id == second.id
     assert isinstance(results[22], ReferenceConflict)
+
+
+async def test_a_settled_commit_gives_its_lease_back(pg: PostgresStore) -> None:
+    """Terminal and unscheduled: never stepped again, so the commit drops the lease itself (the runner's
+    release afterwards has nothing to write); a commit that keeps the workflow scheduled keeps it."""
+    done, going = await add(pg), await add(pg, request=request_for(amount="0.5"))
+    await claim(pg, "a", now=0)
+    await asyncio.gather(
+        pg.commit(*advanced(done, to=State.DONE, next_run_at=None), owner="a"),
+        pg.commit(*advanced(going, to=State.WAITING, next_run_at=at(5)), owner="a"),
+    )
+    async with pg._db().acquire() as conn:
+        owners = dict(await conn.fetch("SELECT id, lease_owner FROM workflows WHERE id = ANY($1::text[])",
+                                       [done.id, going.id]))  # fmt: skip
+    assert owners == {done.id: None, going.id: "a"}

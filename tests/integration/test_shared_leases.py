@@ -36,9 +36,7 @@ def worker(dsn: str, sandbox_url: str, channel: str, **kw: Any) -> Engine:
     """One of several non-exclusive engines on the same database, as ``run`` builds them on PostgreSQL."""
     store = PostgresStore(dsn, pool_max=4, notify_channel=channel)
     gateway = make_gateway(sandbox_url, timeout=POST_LATENCY_MS / 1000 + 8)
-    return Engine(
-        store=store, gateways={"default": gateway}, settings=FAST, exclusive=False, lease_seconds=LEASE, **kw
-    )
+    return Engine(store=store, gateways={"default": gateway}, settings=FAST, exclusive=False, lease_seconds=LEASE, **kw)
 
 
 @pytest.fixture
