@@ -4,18 +4,26 @@ Same tables, columns and rules as the SQLite store (the mapping in :mod:`engine.
 as is: ISO text timestamps, epoch-second ``DOUBLE PRECISION`` scheduling columns, JSON as text), so both
 pass one contract suite. What differs is how concurrency is handled:
 
-- **Claims** lease due rows with ``SELECT ... FOR UPDATE SKIP LOCKED``: concurrent claimers never get the
-  same workflow and never wait on each other. A dead worker's rows are claimable once its lease expired.
+- **Claims** lease due rows with ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED``, oldest due first along
+  the ``(next_run_at, id)`` index, up to the runner's free slots in one statement: concurrent claimers
+  never get the same workflow and never wait on each other. A dead worker's rows are claimable once its
+  lease expired.
 - **Fencing.** ``commit`` is a compare-and-set on ``version`` and, with an owner, on the lease: the row
   must still be leased to that owner and the lease unexpired at the writer's time (the ``updated_at`` it
   writes, read from the same clock that chose the claim's ``now``). A worker that lost its lease gets
-  :class:`~engine.errors.StaleVersion` and writes nothing.
-- **One round trip per write.** Each write is a single statement (data-modifying CTEs), hence its own
+  :class:`~engine.errors.StaleVersion` and writes nothing. A commit that leaves its workflow terminal
+  and unscheduled gives the lease back itself.
+- **Few round trips.** Each write is a single statement (data-modifying CTEs), hence its own
   transaction: a commit's row update and event insert land together or not at all, and ``create``
-  settles the idempotency-key race with ``ON CONFLICT DO NOTHING``. No write grouping is needed here.
-- **Wake-ups.** ``create``, ``request_cancel`` and ``request_resolution`` ``NOTIFY`` a channel in the
-  same transaction; :meth:`PostgresStore.listen` lets a runner in any process wake on it. Notifications
-  only cut latency: runners poll anyway, so a lost one costs at most an idle poll.
+  settles the idempotency-key race with ``ON CONFLICT DO NOTHING``. The commits (and creations) that
+  arrive together share one statement, each with its own compare-and-set and its own answer
+  (:mod:`engine.store.pg_commits`). Statements are prepared once per connection (asyncpg's statement
+  cache), and the pool does not send its reset query after every use (nothing here leaves session
+  state behind).
+- **Wake-ups.** ``create`` (once per batch of creations), ``request_cancel`` and ``request_resolution``
+  ``NOTIFY`` a channel in the same transaction; :meth:`PostgresStore.listen` lets a runner in any process
+  wake on it. Commits never notify. Notifications only cut latency: runners poll anyway, so a lost one
+  costs at most an idle poll.
 - **Migrations** run in one transaction under ``pg_advisory_xact_lock``, so processes starting together
   migrate once and never see a half-built schema.
 
@@ -198,7 +206,7 @@ WITH due AS (
     WHERE next_run_at <= $1 AND (lease_owner IS NULL OR lease_expires_at < $1)
     ORDER BY next_run_at, id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE workflows AS w SET lease_owner = $3, lease_expires_at = $4
 WHERE w.id = ANY(ARRAY(SELECT id FROM due))
