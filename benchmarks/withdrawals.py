@@ -362,22 +362,29 @@ def build_engine(
     )
 
 
-def shared_budget(engine: Any, args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[Any]:
-    """``--workers K`` on PostgreSQL, realistic mode: each account's budget shared by the live workers
-    (a :class:`~engine.upbit.budget.BudgetShare` per account heartbeating into the store, as
-    ``engine.bootstrap.shared_budget`` wires it for ``run``), never a static split. Nothing otherwise."""
-    from engine.upbit.budget import BudgetShare, BudgetStore, shared_budgets
+def budget_shares(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``--workers K`` on PostgreSQL, realistic mode: a :class:`~engine.upbit.budget.BudgetShare` per account,
+    heartbeating into the store, as ``engine.bootstrap.shared_budget`` wires them for ``run`` (each
+    account's budget shared by the live workers by demand, never a static split). None otherwise."""
+    from engine.upbit.budget import BudgetShare, BudgetStore
 
     if args.workers <= 1 or args.mode != "realistic" or not isinstance(engine.store, BudgetStore):
-        return contextlib.nullcontext({})
+        return {}
     timeout = AccountConfig(name="default").timeout  # the accounts' call timeout (the default, as built)
     runner = engine.runner
-    shares = {
+    return {
         name: BudgetShare(engine.store, name, runner.owner, gateway.client.limiter, budget=args.rate,
                           lease=runner.lease_seconds, timeout=timeout, clock=engine.clock)
         for name, gateway in engine.gateways.items()
     }  # fmt: skip
-    return shared_budgets(shares)
+
+
+def shared_budget(engine: Any, args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Heartbeat :func:`budget_shares` for the block (nothing to do without them)."""
+    from engine.upbit.budget import shared_budgets
+
+    shares = budget_shares(engine, args)
+    return shared_budgets(shares) if shares else contextlib.nullcontext({})
 
 
 async def submit_all(engine: Any, requests: Sequence[WithdrawalRequest], chunk: int = 1000) -> list[str]:
