@@ -324,7 +324,8 @@ def build_engine(
     """An engine wired as ``engine.bootstrap`` wires it, with the product defaults (runner not started).
 
     ``database``: a ``postgresql://`` URL instead of the SQLite file ``db``; ``workers``: how many runner
-    processes share the store and each account's budget (each takes an equal static share)."""
+    processes share the store and each account's budget (realistic mode: the budget is shared by demand
+    through the store, :func:`shared_budget`, as ``run`` wires it)."""
     from engine.bootstrap import build_gateway, open_store
     from engine.clock import SystemClock
     from engine.core import Engine
@@ -344,7 +345,7 @@ def build_engine(
                 name=name, base_url=url, rate_limit=rate, access_key_env=f"{env}_ACCESS", secret_key_env=f"{env}_SECRET"
             )
         limiter = (
-            RateLimiter(max(1, rate // workers), account_rate=rate, clock=clock)
+            RateLimiter(rate, account_rate=rate, clock=clock)
             if mode == "realistic"
             else RateLimiter(rate, enabled=False, clock=clock)
         )
@@ -359,6 +360,31 @@ def build_engine(
         exclusive=workers <= 1,
         observers=[tracker],
     )
+
+
+def budget_shares(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``--workers K`` on PostgreSQL, realistic mode: a :class:`~engine.upbit.budget.BudgetShare` per account,
+    heartbeating into the store, as ``engine.bootstrap.shared_budget`` wires them for ``run`` (each
+    account's budget shared by the live workers by demand, never a static split). None otherwise."""
+    from engine.upbit.budget import BudgetShare, BudgetStore
+
+    if args.workers <= 1 or args.mode != "realistic" or not isinstance(engine.store, BudgetStore):
+        return {}
+    timeout = AccountConfig(name="default").timeout  # the accounts' call timeout (the default, as built)
+    runner = engine.runner
+    return {
+        name: BudgetShare(engine.store, name, runner.owner, gateway.client.limiter, budget=args.rate,
+                          lease=runner.lease_seconds, timeout=timeout, clock=engine.clock)
+        for name, gateway in engine.gateways.items()
+    }  # fmt: skip
+
+
+def shared_budget(engine: Any, args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Heartbeat :func:`budget_shares` for the block (nothing to do without them)."""
+    from engine.upbit.budget import shared_budgets
+
+    shares = budget_shares(engine, args)
+    return shared_budgets(shares) if shares else contextlib.nullcontext({})
 
 
 async def submit_all(engine: Any, requests: Sequence[WithdrawalRequest], chunk: int = 1000) -> list[str]:
@@ -377,7 +403,9 @@ async def run_runner_until(engine: Any, tracker: Tracker, timeout: float, *, sha
     from engine.runner import Runner
 
     old = engine.runner
-    engine.runner = Runner(engine.ctx, concurrency=old.concurrency, lease_seconds=old.lease_seconds)
+    engine.runner = Runner(
+        engine.ctx, concurrency=old.concurrency, lease_seconds=old.lease_seconds, exclusive=old.exclusive
+    )  # an exclusive runner clears every lease on start: with several workers, those of the others
     task = asyncio.create_task(engine.runner.run())
     try:
         await asyncio.wait_for(all_settled(engine.store) if shared else tracker.done.wait(), timeout)
@@ -391,13 +419,12 @@ async def run_runner_until(engine: Any, tracker: Tracker, timeout: float, *, sha
 
 async def all_settled(store: Any, interval: float = 0.1) -> None:
     """Return once no workflow in the store can still move by itself (terminal, or waiting for an
-    operator in needs_review: the report's ``store_states`` shows how many)."""
-    from engine.models import State
+    operator in needs_review: the report's ``store_states`` shows how many): none is scheduled any more.
 
+    One indexed ``MIN(next_run_at)`` per look, so that K workers watching the store for the whole run do
+    not add K table scans every interval to the server's CPU per withdrawal."""
     while True:
-        states = await store.count_by_state()
-        moving = (State(state) for state, count in states.items() if count)
-        if all(state.is_terminal or state is State.NEEDS_REVIEW for state in moving):
+        if await store.next_due_at(any_lease=True) is None:
             return
         await asyncio.sleep(interval)
 
@@ -413,7 +440,7 @@ async def worker_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
             url, workdir / "unused.sqlite3", mode=args.mode, rate=args.rate, concurrency=args.concurrency,
             tracker=tracker, accounts=args.accounts, database=args.database, workers=args.workers,
         )  # fmt: skip
-        async with engine:
+        async with engine, shared_budget(engine, args):
             cpu0 = cpu_seconds()
             finished = await run_runner_until(engine, tracker, args.timeout, shared=True)
             cpu1 = cpu_seconds()
@@ -448,7 +475,7 @@ async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
         result: dict[str, Any] = {"side": "engine", "n": args.n, "concurrency": args.concurrency,
                                   "accounts": args.accounts, "workers": args.workers,
                                   "database": "postgresql" if args.database else "sqlite"}  # fmt: skip
-        async with engine:
+        async with engine, shared_budget(engine, args):
             if args.warmup:
                 tracker.reset(args.warmup)
                 await submit_all(engine, make_requests(args.warmup, offset=10 * args.n, accounts=args.accounts))
@@ -821,9 +848,10 @@ class SandboxProcess:
 class PostgresCpu:
     """A fresh schema for one run, and the CPU its PostgreSQL server processes spent.
 
-    Every connection of the run carries ``application_name`` = the schema's name; a sampler reads the
-    CPU of those backends from /proc (psutil) every 0.2 s while they live, so the figure covers the
-    whole child run (schema setup, warm-up and submits included) but misses at most the last 0.2 s."""
+    The schema is migrated first, by a connection of its own (setup, not per-withdrawal work). Every
+    connection of the run carries ``application_name`` = the schema's name; a sampler reads the CPU of
+    those backends from /proc (psutil) every 0.2 s while they live, so the figure covers the whole child
+    run (warm-up and submits included) but misses at most the last 0.2 s."""
 
     def __init__(self, url: str) -> None:
         import secrets
@@ -835,6 +863,8 @@ class PostgresCpu:
         query = "&".join(q for q in (parts.query, urlencode({"search_path": self.schema,
                                                               "application_name": self.schema})) if q)  # fmt: skip
         self.dsn = urlunsplit(parts._replace(query=query))
+        setup = urlencode({"search_path": self.schema, "application_name": f"{self.schema}-setup"})
+        self._setup_dsn = urlunsplit(parts._replace(query="&".join(q for q in (parts.query, setup) if q)))
         self.cpu: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -843,6 +873,10 @@ class PostgresCpu:
 
         self._conn = await asyncpg.connect(self.url, timeout=10)
         await self._conn.execute(f'CREATE SCHEMA "{self.schema}"')
+        from engine.store.postgres import PostgresStore
+
+        async with PostgresStore(self._setup_dsn, pool_min=1, pool_max=1):
+            pass  # migrated
         self._task = asyncio.create_task(self._sample())
         return self
 

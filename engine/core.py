@@ -122,7 +122,10 @@ class Engine:
         """Run the runner until nothing is scheduled (for tests and batch jobs; needs run_runner=False)."""
         if self._runner_task is not None:
             raise RuntimeError("the runner already runs in the background; use wait() instead")
-        self.runner = Runner(self.ctx, concurrency=self.runner.concurrency, lease_seconds=self.runner.lease_seconds)
+        old = self.runner  # keep its exclusive flag: an exclusive runner clears every other worker's leases
+        self.runner = Runner(
+            self.ctx, concurrency=old.concurrency, lease_seconds=old.lease_seconds, exclusive=old.exclusive
+        )
         await self.runner.run_until_idle(timeout=timeout)
 
     # -- the API -----------------------------------------------------------------------------------

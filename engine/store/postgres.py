@@ -4,18 +4,26 @@ Same tables, columns and rules as the SQLite store (the mapping in :mod:`engine.
 as is: ISO text timestamps, epoch-second ``DOUBLE PRECISION`` scheduling columns, JSON as text), so both
 pass one contract suite. What differs is how concurrency is handled:
 
-- **Claims** lease due rows with ``SELECT ... FOR UPDATE SKIP LOCKED``: concurrent claimers never get the
-  same workflow and never wait on each other. A dead worker's rows are claimable once its lease expired.
+- **Claims** lease due rows with ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED``, oldest due first along
+  the ``(next_run_at, id)`` index, up to the runner's free slots in one statement: concurrent claimers
+  never get the same workflow and never wait on each other. A dead worker's rows are claimable once its
+  lease expired.
 - **Fencing.** ``commit`` is a compare-and-set on ``version`` and, with an owner, on the lease: the row
   must still be leased to that owner and the lease unexpired at the writer's time (the ``updated_at`` it
   writes, read from the same clock that chose the claim's ``now``). A worker that lost its lease gets
-  :class:`~engine.errors.StaleVersion` and writes nothing.
-- **One round trip per write.** Each write is a single statement (data-modifying CTEs), hence its own
+  :class:`~engine.errors.StaleVersion` and writes nothing. A commit that leaves its workflow terminal
+  and unscheduled gives the lease back itself.
+- **Few round trips.** Each write is a single statement (data-modifying CTEs), hence its own
   transaction: a commit's row update and event insert land together or not at all, and ``create``
-  settles the idempotency-key race with ``ON CONFLICT DO NOTHING``. No write grouping is needed here.
-- **Wake-ups.** ``create``, ``request_cancel`` and ``request_resolution`` ``NOTIFY`` a channel in the
-  same transaction; :meth:`PostgresStore.listen` lets a runner in any process wake on it. Notifications
-  only cut latency: runners poll anyway, so a lost one costs at most an idle poll.
+  settles the idempotency-key race with ``ON CONFLICT DO NOTHING``. The commits (and creations) that
+  arrive together share one statement, each with its own compare-and-set and its own answer
+  (:mod:`engine.store.pg_commits`). Statements are prepared once per connection (asyncpg's statement
+  cache), and the pool does not send its reset query after every use (nothing here leaves session
+  state behind).
+- **Wake-ups.** ``create`` (once per batch of creations), ``request_cancel`` and ``request_resolution``
+  ``NOTIFY`` a channel in the same transaction; :meth:`PostgresStore.listen` lets a runner in any process
+  wake on it. Commits never notify. Notifications only cut latency: runners poll anyway, so a lost one
+  costs at most an idle poll.
 - **Migrations** run in one transaction under ``pg_advisory_xact_lock``, so processes starting together
   migrate once and never see a half-built schema.
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -56,6 +65,7 @@ from engine.store.base import FeedItem, FeedList
 from engine.store.boundary import postgres_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.pg_commits import CommitQueue, Pending, batch_commit_sql, batch_create_sql
 from engine.store.rows import (
     CREATION_COLUMNS,
     EVENT_COLUMNS,
@@ -77,6 +87,7 @@ log = structlog.get_logger("engine.store")
 _MIGRATION_LOCK = 0x5550_4249_545F_5744
 
 _N = len(WORKFLOW_COLUMNS)
+_WF_FIELDS = tuple(f.name for f in dataclasses.fields(Workflow))
 _COLS = ", ".join(WORKFLOW_COLUMNS)
 _EV_COLS = ", ".join(EVENT_COLUMNS)
 _EV_TYPES = ("text", "bigint", "text", "text", "text", "text", "text", "text", "text")
@@ -117,25 +128,77 @@ _UNSEEN_FLAG = (
     "(cancel_requested_at IS NOT NULL AND $5::text IS NULL) "
     "OR (resolution IS NOT NULL AND $6::text IS NULL AND $8::boolean)"
 )
+#: What a commit may store differently from the workflow it was given (operators' flags and the due time
+#: they keep): all it returns, so the writer's workflow is not parsed back from a whole row.
+_STORE_SET = ("next_run_at", "cancel_requested_at", "resolution")
+# A workflow committed terminal and unscheduled is never stepped again: its lease goes with the commit,
+# so the runner's release of it afterwards finds nothing to write.
+_SETTLED_LEASE = (
+    "lease_owner = CASE WHEN {settled} THEN NULL ELSE {row}lease_owner END, "
+    "lease_expires_at = CASE WHEN {settled} THEN NULL ELSE {row}lease_expires_at END"
+)
 _COMMIT_ROW = f"""
 UPDATE workflows SET
     {", ".join(f"{c} = ${_FIXED + 1 + i}" for i, c in enumerate(_UPDATABLE))},
     resolution = CASE WHEN $8::boolean THEN resolution END,
+    {_SETTLED_LEASE.format(settled="$10::boolean AND $7::float8 IS NULL", row="")},
     next_run_at = CASE
         WHEN ({_UNSEEN_FLAG}) AND NOT $10::boolean THEN LEAST($7::float8, next_run_at)
         ELSE $7::float8 END
 WHERE id = $1 AND version = $2
     AND ($3::text IS NULL OR (lease_owner = $3::text AND lease_expires_at >= $4::float8))
     AND NOT ($9::boolean AND (cancel_requested_at IS NOT NULL OR resolution IS NOT NULL))
-RETURNING {_COLS}
+RETURNING {", ".join(_STORE_SET)}
 """  # noqa: S608
 _COMMIT = _COMMIT_ROW
 _COMMIT_WITH_EVENT = f"""
 WITH upd AS ({_COMMIT_ROW}), ev AS (
     INSERT INTO events ({_EV_COLS}) SELECT {_event_select(_FIXED + len(_UPDATABLE) + 1)} FROM upd
 )
-SELECT {_COLS} FROM upd
+SELECT {", ".join(_STORE_SET)} FROM upd
 """  # noqa: S608
+
+#: The workflows table's columns and their SQL types (the group commit casts its arrays to them).
+_COLUMN_TYPES = """
+SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+WHERE attrelid = 'workflows'::regclass AND attnum > 0 AND NOT attisdropped
+"""
+_FIXED_TYPES = (
+    ("id", "text"), ("version", "bigint"), ("owner", "text"), ("now", "float8"), ("cancel_seen", "text"),
+    ("resolution_seen", "text"), ("next_run_at", "float8"), ("awaits", "boolean"), ("unflagged", "boolean"),
+    ("terminal", "boolean"),
+)  # fmt: skip
+# The single commit's rules (_COMMIT_ROW) over the row ``w`` and the input ``i``.
+_BATCH_SET = f"""resolution = CASE WHEN i.k_awaits THEN w.resolution END,
+    {_SETTLED_LEASE.format(settled="i.k_terminal AND i.k_next_run_at IS NULL", row="w.")},
+    next_run_at = CASE
+        WHEN ((w.cancel_requested_at IS NOT NULL AND i.k_cancel_seen IS NULL)
+            OR (w.resolution IS NOT NULL AND i.k_resolution_seen IS NULL AND i.k_awaits)) AND NOT i.k_terminal
+        THEN LEAST(i.k_next_run_at, w.next_run_at)
+        ELSE i.k_next_run_at END"""
+# ``w.id = ANY($1)`` (the ids' array): the rows are found through the primary key whatever the planner
+# thinks of the join (else it hashes the batch and scans the whole table for it).
+_BATCH_WHERE = """w.id = ANY($1::text[]) AND w.id = i.k_id AND w.version = i.k_version
+    AND (i.k_owner IS NULL OR (w.lease_owner = i.k_owner AND w.lease_expires_at >= i.k_now))
+    AND NOT (i.k_unflagged AND (w.cancel_requested_at IS NOT NULL OR w.resolution IS NOT NULL))"""
+
+
+def _create_sql(types: dict[str, str]) -> str | None:
+    """The group creation statement for the table as migrated (None: a column it writes is missing)."""
+    if not all(c in types for c in WORKFLOW_COLUMNS):
+        return None
+    return batch_create_sql([(c, types[c]) for c in WORKFLOW_COLUMNS], list(zip(EVENT_COLUMNS, _EV_TYPES, strict=True)))
+
+
+def _batch_sql(types: dict[str, str]) -> str | None:
+    """The group commit statement for the table as migrated (None: a column it writes is missing)."""
+    if not all(c in types for c in _UPDATABLE):
+        return None
+    return batch_commit_sql(
+        _FIXED_TYPES, [(c, types[c]) for c in _UPDATABLE], list(zip(EVENT_COLUMNS, _EV_TYPES, strict=True)),
+        set_rules=_BATCH_SET, where_rules=_BATCH_WHERE, returning=_STORE_SET,
+    )  # fmt: skip
+
 
 _CLAIM = f"""
 WITH due AS (
@@ -143,10 +206,10 @@ WITH due AS (
     WHERE next_run_at <= $1 AND (lease_owner IS NULL OR lease_expires_at < $1)
     ORDER BY next_run_at, id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE workflows AS w SET lease_owner = $3, lease_expires_at = $4
-FROM due WHERE w.id = due.id
+WHERE w.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING {", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS)}
 """  # noqa: S608
 
@@ -209,6 +272,52 @@ def _commit_params(
     return [*fixed, *flags, *(row[c] for c in _UPDATABLE), *tail]
 
 
+def _answer(pending: Pending, *, value: Any = None, error: BaseException | None = None) -> None:
+    """Settle a queued write's future (unless its caller stopped waiting)."""
+    if pending.future.done():
+        return
+    if error is not None:
+        pending.future.set_exception(error)
+    else:
+        pending.future.set_result(value)
+
+
+def _settle(pending: Pending, *, row: Any = None, error: BaseException | None = None) -> None:
+    """Give a queued commit its answer: the error, StaleVersion when the statement wrote no row for it,
+    else the stored workflow."""
+    wf = pending.workflow
+    if error is None and row is None:
+        error = StaleVersion(f"{wf.id} moved past version {wf.version} (or lease lost)")
+    _answer(pending, error=error, value=None if row is None else _committed(wf, row))
+
+
+def _batch_arrays(batch: Sequence[Pending]) -> builtins.list[builtins.list[Any]]:
+    """The group commit's parameters: one array per fixed and updatable column, then one per event
+    column over the commits that carry an event."""
+    width = _FIXED + len(_UPDATABLE)
+    columns = [[p.params[j] for p in batch] for j in range(width)]
+    with_event = [p.params for p in batch if p.has_event]
+    events = [[params[width + k] for params in with_event] for k in range(len(EVENT_COLUMNS))]
+    return [*columns, *events]
+
+
+def _committed(wf: Workflow, row: Any) -> Workflow:
+    """The stored workflow after a commit: the writer's, one version on, with the columns the store sets
+    itself (:data:`_STORE_SET`) as stored; the rest is exactly what the writer wrote."""
+    stored: Workflow = object.__new__(Workflow)
+    for name in _WF_FIELDS:
+        object.__setattr__(stored, name, getattr(wf, name))
+    object.__setattr__(stored, "version", wf.version + 1)
+    due = row["next_run_at"]
+    if due != epoch(wf.next_run_at):
+        object.__setattr__(stored, "next_run_at", from_epoch(due))
+    flagged = row["cancel_requested_at"]
+    if flagged != (None if wf.cancel_requested_at is None else _utc_iso(wf.cancel_requested_at)):
+        object.__setattr__(stored, "cancel_requested_at", datetime.fromisoformat(flagged) if flagged else None)
+    object.__setattr__(stored, "resolution", row["resolution"])
+    return stored
+
+
 def _redacted(dsn: str) -> str:
     """The DSN without its password (for reprs and errors)."""
     parts = urlsplit(dsn)
@@ -258,6 +367,8 @@ class PostgresStore:
             registers).
         command_timeout: seconds one statement may take before it is abandoned (:class:`StoreUnavailable`),
             so a database that stops answering (a cut network) never hangs a runner or a request.
+        commit_batch: most commits sent together in one statement (1: every commit alone); at most half
+            the pool's connections carry such batches at once, the rest serve claims and reads.
 
     Losing the database is not fatal: the pool replaces broken connections on the next acquire, every
     failure in between is a :class:`~engine.errors.StoreUnavailable`, and the ``LISTEN`` connection
@@ -275,6 +386,7 @@ class PostgresStore:
         connect_timeout: float = 10.0,
         command_timeout: float = 30.0,
         kinds: KindRegistry | None = None,
+        commit_batch: int = 200,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError("need 0 <= pool_min <= pool_max and pool_max >= 1")
@@ -292,6 +404,10 @@ class PostgresStore:
         self._listeners: builtins.list[tuple[Listener, Callable[[], None]]] = []
         self._reconnecting: asyncio.Task[None] | None = None
         self.listen_reconnects = 0
+        self._commits = CommitQueue(self._write_commits, max_batch=commit_batch, flights=max(1, pool_max // 2))
+        self._batch_sql: str | None = None
+        self._creates = CommitQueue(self._write_creates, max_batch=commit_batch, flights=max(1, pool_max // 2))
+        self._create_sql: str | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -310,11 +426,14 @@ class PostgresStore:
                 max_size=self.pool_max,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
+                reset=_keep_session,
             )
         try:
             with _mapped():
                 async with pool.acquire(timeout=self.connect_timeout) as conn:
                     await _migrate(conn)
+                    types = {row["name"]: row["type"] for row in await conn.fetch(_COLUMN_TYPES)}
+                    self._batch_sql, self._create_sql = _batch_sql(types), _create_sql(types)
         except BaseException:
             pool.terminate()
             raise
@@ -440,11 +559,12 @@ class PostgresStore:
     # -- writes ------------------------------------------------------------------------------------
 
     async def create(self, workflow: Workflow, event: Event) -> tuple[Workflow, bool]:
-        """Insert the workflow and its first event, or return the one stored under the idempotency key."""
-        params = [*_row_values(workflow, self.kinds), *event_to_row(event), self.notify_channel]
-        with _mapped(workflow):
-            created = await self._db().fetchrow(_CREATE, *params)
-        if created is not None:
+        """Insert the workflow and its first event, or return the one stored under the idempotency key
+        (creations that arrive together share one statement, as commits do)."""
+        self._db()
+        params = [*_row_values(workflow, self.kinds), *event_to_row(event)]
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if await self._creates.commit(Pending(workflow, params, True, future)):
             return workflow, True
         key = workflow.idempotency_key
         existing = None if key is None else await self.get_by_idempotency_key(key)
@@ -455,15 +575,93 @@ class PostgresStore:
     async def commit(
         self, workflow: Workflow, event: Event | None, *, owner: str | None, unflagged: bool = False
     ) -> Workflow:
-        """Compare-and-set the row on version and lease, and append the event, in one statement."""
-        sql = _COMMIT if event is None else _COMMIT_WITH_EVENT
-        with _mapped(workflow):
-            row = await self._db().fetchrow(
-                sql, *_commit_params(workflow, event, owner, self.kinds, unflagged=unflagged)
-            )
-        if row is None:
-            raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-        return workflow_from_row(row, self.kinds)
+        """Compare-and-set the row on version and lease, and append the event, in one statement: the
+        commits that arrive together share it (:mod:`engine.store.pg_commits`), each with its own answer."""
+        self._db()
+        params = _commit_params(workflow, event, owner, self.kinds, unflagged=unflagged)
+        future: asyncio.Future[Workflow] = asyncio.get_running_loop().create_future()
+        stored: Workflow = await self._commits.commit(Pending(workflow, params, event is not None, future))
+        return stored
+
+    async def _write_commits(self, batch: builtins.list[Pending]) -> None:
+        """Send one batch of commits (the :class:`CommitQueue`'s writer); settles every future of it."""
+        try:
+            if len(batch) == 1 or self._batch_sql is None:
+                for pending in batch:
+                    await self._write_commit(pending)
+                return
+            rows = await self._db().fetch(self._batch_sql, *_batch_arrays(batch))
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+            for pending in batch:  # nothing of the batch was written: each commit on its own, its own answer
+                await self._write_commit(pending)
+            return
+        except Exception as exc:  # the driver's, mapped once; anything else is passed on as it is
+            error = exc if isinstance(exc, EngineError) else (postgres_error(exc) or exc)
+            for pending in batch:
+                _settle(pending, error=error)
+            return
+        except BaseException:  # cancelled with the loop: whoever still waits learns the outcome is unknown
+            for pending in batch:
+                _settle(pending, error=StoreUnavailable("commit interrupted"))
+            raise
+        written = {row["id"]: row for row in rows}
+        for pending in batch:
+            row = written.get(pending.workflow.id)
+            _settle(pending, row=row)
+
+    async def _write_creates(self, batch: builtins.list[Pending]) -> None:
+        """Send one batch of creations (the creation queue's writer): each future gets whether its row
+        was inserted (False: its idempotency key was taken)."""
+        try:
+            if len(batch) == 1 or self._create_sql is None:
+                for pending in batch:
+                    await self._write_create(pending)
+                return
+            arrays = [[p.params[j] for p in batch] for j in range(_N + len(EVENT_COLUMNS))]
+            rows = await self._db().fetch(self._create_sql, *arrays, self.notify_channel)
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.TransactionRollbackError):
+            for pending in batch:  # nothing was written: each on its own (a reference taken: its own error)
+                await self._write_create(pending)
+            return
+        except Exception as exc:
+            error = exc if isinstance(exc, EngineError) else (postgres_error(exc) or exc)
+            for pending in batch:
+                _answer(pending, error=error)
+            return
+        except BaseException:
+            for pending in batch:
+                _answer(pending, error=StoreUnavailable("create interrupted"))
+            raise
+        inserted = {row["id"] for row in rows}
+        for pending in batch:
+            _answer(pending, value=pending.workflow.id in inserted)
+
+    async def _write_create(self, pending: Pending) -> None:
+        """One creation alone, in the single-row statement."""
+        try:
+            with _mapped(pending.workflow):
+                created = await self._db().fetchrow(_CREATE, *pending.params, self.notify_channel)
+        except Exception as exc:
+            _answer(pending, error=exc)
+        except BaseException:
+            _answer(pending, error=StoreUnavailable("create interrupted"))
+            raise
+        else:
+            _answer(pending, value=created is not None)
+
+    async def _write_commit(self, pending: Pending) -> None:
+        """One commit alone, in the single-row statement."""
+        sql = _COMMIT_WITH_EVENT if pending.has_event else _COMMIT
+        try:
+            with _mapped(pending.workflow):
+                row = await self._db().fetchrow(sql, *pending.params)
+        except Exception as exc:
+            _settle(pending, error=exc)
+        except BaseException:
+            _settle(pending, error=StoreUnavailable("commit interrupted"))
+            raise
+        else:
+            _settle(pending, row=row)
 
     async def claim_due(
         self, *, now: datetime, limit: int, owner: str, lease_seconds: float
@@ -735,6 +933,14 @@ def _share_row(row: Any) -> ShareRow:
         owner=row["owner"], share=row["share"], demand=float(row["demand"]), expires_at=row["expires_at"],
         draining=row["draining"], drain_until=row["drain_until"], beat=row["beat"],
     )  # fmt: skip
+
+
+async def _keep_session(_conn: Any) -> None:
+    """The pool's reset on release, which asyncpg does by default with a round trip of its own per use
+    (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``): as many round trips as the store's
+    own statements. Nothing here leaves session state behind (advisory locks are transaction-level,
+    no cursors, ``LISTEN`` lives on a connection outside the pool, no ``SET``), and asyncpg still rolls
+    back a transaction left open and drops listeners before calling this; so it does nothing."""
 
 
 async def _close_connection(conn: Any, timeout: float) -> None:
