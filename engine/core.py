@@ -12,6 +12,7 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, cast
@@ -22,7 +23,7 @@ from engine.batch_ops import BATCH_KIND, BatchOps
 from engine.clock import Clock, SystemClock
 from engine.context import StepContext, TransitionObserver, create_workflow
 from engine.errors import InvalidRequest, InvalidTransition, WorkflowNotFound
-from engine.kinds import KindRegistry, default_kinds
+from engine.kinds import KindRegistry, WorkflowKind, default_kinds
 from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
 from engine.query import DEFAULT_PAGE, MAX_PAGE, ListFilter, Page
@@ -249,9 +250,7 @@ class Engine:
         current = await self.store.get(workflow_id)
         kind = self.kinds[current.kind]
         kind.check_resolution(action)
-        if not kind.awaits_operator(current.state):
-            awaiting = "/".join(sorted(kind.awaiting_operator)) or "a state awaiting an operator"
-            raise InvalidTransition(f"{workflow_id} is {current.state}, not {awaiting}")
+        _check_accepted(kind, current, action, now=self.clock.now())
         flagged = await self.store.request_resolution(workflow_id, action, at=self.clock.now())
         self.runner.wake()
         return flagged
@@ -439,6 +438,19 @@ class Engine:
 
 #: Events read from the store per feed query by :meth:`Engine.stream`.
 FEED_PAGE = 500
+
+
+def _check_accepted(kind: WorkflowKind, wf: Workflow, action: str, *, now: datetime) -> None:
+    """``InvalidTransition`` unless the workflow's state accepts ``action`` now (naming the actions it
+    does accept), and, for a decision with a deadline (an approval's expiry), before that deadline."""
+    accepted = kind.resolutions_in(wf.state)
+    if action not in accepted:
+        if accepted:
+            raise InvalidTransition(f"{wf.id} is {wf.state}: it accepts {' or '.join(accepted)}, not {action}")
+        waiting = sorted(state for state in kind.awaiting_operator if action in kind.resolutions_in(state))
+        raise InvalidTransition(f"{wf.id} is {wf.state}, not {'/'.join(waiting) or 'awaiting an operator'}")
+    if kind.past_deadline(wf, now):
+        raise InvalidTransition(f"{wf.id} is past its deadline ({wf.deadline_at}): too late to {action}")
 
 
 def _matches(item: FeedItem, workflow_id: str | None, account: str | None, triggers: frozenset[str]) -> bool:
