@@ -97,6 +97,8 @@ __all__ = [
 log = structlog.get_logger("engine.workflow")
 S = State
 _PRE_SUBMIT = (S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET)
+#: Waiting for a person: an operator's review, or an approver's decision.
+_HELD = (S.NEEDS_REVIEW, S.AWAITING_APPROVAL)
 #: Nothing of it has been sent yet: a cancel ends it locally.
 _UNSENT = (*_PRE_SUBMIT, S.AWAITING_APPROVAL)
 _OBSERVABLE = (S.SUBMITTING, S.RECONCILING, S.WAITING, S.PROCESSING)
@@ -443,7 +445,9 @@ async def _batch_approval(wf: Workflow, ctx: StepPort) -> ApprovalInfo | None:
     approval = parent.data.get("approval")
     if not isinstance(approval, dict):
         return None
-    return ApprovalInfo(by=approval.get("by"), note=approval.get("note"), at=str(approval.get("at")), batch_id=parent.id)
+    return ApprovalInfo(
+        by=approval.get("by"), note=approval.get("note"), at=str(approval.get("at")), batch_id=parent.id
+    )
 
 
 async def _await_approval(wf: Workflow, ctx: StepPort, threshold: Decimal) -> Workflow:
@@ -486,6 +490,7 @@ async def _approve(wf: Workflow, ctx: StepPort) -> Workflow:
     """Back to ``checking_wallet`` with the approval recorded: the wallet, chance and daily checks run again
     now (hours may have passed), with a fresh pre-flight deadline, and then it is sent without asking again."""
     now = ctx.now()
+    ctx.gateway(wf).forget_wallets()  # the wallet as it is now, not as cached before the wait
     decided = _decided_by(wf)
     approval = ApprovalInfo(by=decided["operator"], note=decided["note"], at=now.isoformat())
     return await ctx.transition(
@@ -1089,7 +1094,7 @@ KIND = WorkflowKind(
     machine=MACHINE,
     steps=STEPS,
     terminal=frozenset(_SETTLED),
-    awaiting_operator=frozenset({S.NEEDS_REVIEW, S.AWAITING_APPROVAL}),
+    awaiting_operator=frozenset(_HELD),
     resolutions=tuple(Resolution),
     accepts={
         S.NEEDS_REVIEW: (Resolution.RESUBMIT, Resolution.ABANDON),
@@ -1107,8 +1112,5 @@ KIND = WorkflowKind(
     view=view,
     path=(S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET, S.SUBMITTING, S.WAITING, S.PROCESSING),
     success=frozenset({S.DONE}),
-    styles={
-        S.DONE: "green", S.ABORTED: "red", S.FAILED: "red", S.REJECTED: "red", S.NEEDS_REVIEW: "yellow",
-        S.AWAITING_APPROVAL: "yellow",
-    },  # fmt: skip
+    styles={S.DONE: "green", S.ABORTED: "red", S.FAILED: "red", S.REJECTED: "red", **dict.fromkeys(_HELD, "yellow")},
 )
