@@ -8,7 +8,9 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
                                          limit, cursor (the next_cursor of the previous page); a total
     GET  /v1/withdrawals/{id}            404 when unknown
     POST /v1/withdrawals/{id}/cancel     202; 409 when already terminal
-    POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon"}: 202; 409 unless needs_review
+    POST /v1/withdrawals/{id}/resolve    {"action": ..., "note": ...}: 202; 409 unless the state accepts
+                                         it (resubmit/abandon: needs_review; approve/reject:
+                                         awaiting_approval); 403 approve/reject by the submitter
     GET  /v1/withdrawals/{id}/events     the audit log, in order
     GET  /v1/events                      every committed event, live, as Server-Sent Events (engine.api_events)
     GET  /healthz                        liveness: the process and its runner are alive (no authentication)
@@ -54,7 +56,7 @@ from engine.kinds import WorkflowKind, default_kinds
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
 from engine.query import parse_list_query
-from engine.references import check_metadata, check_reference
+from engine.references import check_metadata, check_note, check_reference
 from engine.views import events_view, page_view, workflow_view
 
 __all__ = [
@@ -355,16 +357,40 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def resolve(request: web.Request) -> web.Response:
-    """POST /v1/withdrawals/{id}/resolve with ``{"action": "resubmit"|"abandon"}``."""
+    """POST /v1/withdrawals/{id}/resolve with ``{"action": ..., "note": "..."}``: resubmit/abandon a
+    needs_review withdrawal, approve/reject one awaiting approval (403 for its own submitter)."""
+    engine = request.app[ENGINE]
     workflow_id = _workflow_id(request)
-    body = await _body(request)
-    if not isinstance(body, dict) or set(body) != {"action"} or not isinstance(body["action"], str):
-        actions = [str(a) for a in request.app[ENGINE].kinds[WITHDRAWAL].resolutions]
+    actions = [str(a) for a in engine.kinds[WITHDRAWAL].resolutions]
+    action, note = parse_resolution(await _body(request), actions)
+    wf = await engine.resolve(workflow_id, action, operator=request_operator(request), note=note)
+    return _json(workflow_view(wf), status=202)
+
+
+def parse_resolution(body: object, actions: list[str]) -> tuple[str, str]:
+    """``(action, note)`` from a resolve body, or a 422 naming every bad field: ``action`` one of
+    ``actions``, ``note`` required for every decision (1-1000 characters: it is the audit's why)."""
+    if not isinstance(body, dict):
         raise ApiError(
-            422, "invalid_request", f"the body must be {' or '.join(json.dumps({'action': a}) for a in actions)}",
-            {"action": f"must be {' or '.join(actions)}"},
-        )  # fmt: skip
-    return _json(workflow_view(await request.app[ENGINE].resolve(workflow_id, body["action"])), status=202)
+            422, "invalid_request", 'the body must be {"action": ..., "note": ...}', {"body": "not an object"}
+        )
+    fields = {key: "unknown field" for key in sorted(set(body) - {"action", "note"})}
+    action = body.get("action")
+    if not isinstance(action, str) or action not in actions:
+        fields["action"] = f"must be {' or '.join(actions)}"
+    try:
+        check_note(body.get("note"), required=True)
+    except InvalidRequest as exc:
+        fields["note"] = exc.message.removeprefix("note: ")
+    if fields:
+        raise ApiError(422, "invalid_request", "the resolution is invalid", fields)
+    return str(action), str(body["note"])
+
+
+def request_operator(request: web.Request) -> str | None:
+    """The name of the operator the request authenticated as (None: no named operator)."""
+    operator = request.get("operator")
+    return getattr(operator, "name", operator if isinstance(operator, str) else None)
 
 
 async def events(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from engine.api import ApiError, parse_submission
+from engine.batch_ops import BATCH_KIND
 from engine.bootstrap import open_store, standard_kinds
 from engine.client import WithdrawClient
 from engine.clock import SystemClock
@@ -38,6 +39,7 @@ __all__ = [
     "ServiceUnreachable",
     "StoreBackend",
     "StoreMissing",
+    "is_batch_id",
     "require_store",
     "sqlite_path",
     "wait_settled",
@@ -55,6 +57,11 @@ class StoreMissing(ConfigError):
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` store URL, as :func:`engine.bootstrap.open_store` reads it; None otherwise."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def is_batch_id(workflow_id: str) -> bool:
+    """The id names a batch (its kind's id prefix): its decisions go to the batch routes over HTTP."""
+    return workflow_id.startswith(f"{standard_kinds()[BATCH_KIND].id_prefix}_")
 
 
 def require_store(url: str) -> None:
@@ -96,8 +103,9 @@ class Backend(Protocol):
         """Ask to cancel; the workflow view."""
         ...
 
-    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
-        """An operator's decision; the workflow view."""
+    async def resolve(self, workflow_id: str, action: str, *, note: str, operator: str | None) -> dict[str, Any]:
+        """An operator's decision with its note; the workflow view. ``operator``: who decides on the store
+        path (over HTTP the token's operator does, and ``operator`` must be None)."""
         ...
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
@@ -153,9 +161,12 @@ class StoreBackend:
         """Flag for cancellation."""
         return workflow_view(await self.engine.cancel(workflow_id))
 
-    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
-        """Record the operator's decision."""
-        return workflow_view(await self.engine.resolve(workflow_id, action))
+    async def resolve(self, workflow_id: str, action: str, *, note: str, operator: str | None) -> dict[str, Any]:
+        """Record the operator's decision (a workflow of any kind: a withdrawal's view, or a batch's)."""
+        wf = await self.engine.resolve(workflow_id, action, operator=operator, note=note)
+        if wf.kind == BATCH_KIND:
+            return await self.engine.get_batch(wf.id)
+        return workflow_view(wf)
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
         """Every event so far."""
@@ -217,10 +228,14 @@ class HttpBackend:
         with _as_api_error():
             return (await self.client.cancel(workflow_id)).raw
 
-    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
-        """POST /v1/withdrawals/{id}/resolve."""
+    async def resolve(self, workflow_id: str, action: str, *, note: str, operator: str | None) -> dict[str, Any]:
+        """POST /v1/withdrawals/{id}/resolve (or /v1/batches/{id}/resolve for a batch's id)."""
+        if operator is not None:
+            raise ConfigError("with --api the token names the operator: drop --operator", key="operator")
         with _as_api_error():
-            return (await self.client.resolve(workflow_id, action)).raw
+            if is_batch_id(workflow_id):
+                return await self.client.resolve_batch(workflow_id, action, note=note)
+            return (await self.client.resolve(workflow_id, action, note=note)).raw
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
         """GET /v1/withdrawals/{id}/events, as the service sent them."""

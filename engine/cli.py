@@ -1,6 +1,6 @@
 """``upbit-withdraw``: the command line (click + rich). Tables for people, ``--json`` for programs.
 
-Workflow commands (submit, status, list, history, cancel, resolve) work on the store directly, or with
+Workflow commands (submit, status, list, history, cancel, resolve, approve, reject) work on the store directly, or with
 ``--api URL`` on a running service (token from ``UPBIT_WITHDRAW_API_TOKEN``). Exchange commands
 (addresses, wallet-status, chance) call Upbit through the configured account. ``run`` is the service,
 ``sandbox`` the simulated exchange, ``demo`` both at once with a scripted batch. Only ``run`` and
@@ -63,6 +63,7 @@ from engine.backends import (
     HttpBackend,
     Query,
     StoreBackend,
+    is_batch_id,
     require_store,
     sqlite_path,
     wait_settled,
@@ -118,6 +119,8 @@ EXIT = {
 #: The kind the workflow commands (submit, status, list, cancel, resolve) work with: its states, its
 #: presentation (progress path, success, colours) and its operator actions are its own.
 _KIND = standard_kinds()["withdrawal"]
+#: The actions ``resolve`` offers: the review's (approve and reject, the four-eyes ones, have their own commands).
+_REVIEW_ACTIONS = [str(a) for a in _KIND.resolutions if not _KIND.is_four_eyes(a)]
 
 
 @dataclasses.dataclass(slots=True)
@@ -508,15 +511,62 @@ def cancel(workflow_id: str) -> None:
     _emit_json(view) if opts.json else _show_workflow(view, title="cancellation requested")
 
 
+_NOTE_HELP = "Why (required, 1-1000 characters): recorded in the audit log with the decision."
+_OPERATOR_HELP = (
+    "Who decides, on the store path (required for approve/reject there). With --api the token's operator "
+    "decides and this option is refused."
+)
+
+
 @cli.command()
 @_global_options
 @click.argument("workflow_id")
-@click.option("--action", type=click.Choice([str(a) for a in _KIND.resolutions]), required=True)
-def resolve(workflow_id: str, action: str) -> None:
+@click.option(
+    "--action", type=click.Choice(_REVIEW_ACTIONS), required=True,
+    help="resubmit: send it again (a fresh intent, one POST); abandon: end it aborted.",
+)  # fmt: skip
+@click.option("--note", required=True, help=_NOTE_HELP)
+@click.option("--operator", metavar="NAME", help=_OPERATOR_HELP)
+def resolve(workflow_id: str, action: str, note: str, operator: str | None) -> None:
     """Decide a needs_review withdrawal: resubmit (send again) or abandon (end as aborted)."""
     opts = _opts()
-    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action)))
+    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action, note=note, operator=operator)))
     _emit_json(view) if opts.json else _show_workflow(view, title=f"resolution recorded: {action}")
+
+
+def _decide(action: str, workflow_id: str, note: str, operator: str | None) -> None:
+    """approve / reject: a four-eyes decision on a withdrawal (wd_...) or a batch (bt_...) awaiting approval."""
+    opts = _opts()
+    if not opts.api and operator is None:
+        raise click.UsageError(f"{action} on the store needs --operator NAME (who decides; never the submitter)")
+    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action, note=note, operator=operator)))
+    if opts.json:
+        _emit_json(view)
+    elif is_batch_id(workflow_id):
+        _console().print(f"{action} recorded for batch {escape(view['id'])} (state {escape(view['state'])})")
+    else:
+        _show_workflow(view, title=f"{action} recorded")
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+@click.option("--note", required=True, help=_NOTE_HELP)
+@click.option("--operator", metavar="NAME", help=_OPERATOR_HELP)
+def approve(workflow_id: str, note: str, operator: str | None) -> None:
+    """Approve a withdrawal or batch awaiting approval (four eyes: not by its submitter). The withdrawal's
+    checks run again, then it is sent; a batch dispatches its children."""
+    _decide("approve", workflow_id, note, operator)
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+@click.option("--note", required=True, help=_NOTE_HELP)
+@click.option("--operator", metavar="NAME", help=_OPERATOR_HELP)
+def reject(workflow_id: str, note: str, operator: str | None) -> None:
+    """Reject a withdrawal or batch awaiting approval: it ends aborted (approval_rejected), nothing sent."""
+    _decide("reject", workflow_id, note, operator)
 
 
 register_watch(cli, _global_options, _opts, _load)

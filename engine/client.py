@@ -410,10 +410,24 @@ class WithdrawClient:
         """POST /v1/withdrawals/{id}/cancel (not retried)."""
         return WithdrawalView.from_json((await self.request("POST", f"/v1/withdrawals/{workflow_id}/cancel"))[1])
 
-    async def resolve(self, workflow_id: str, action: str) -> WithdrawalView:
-        """POST /v1/withdrawals/{id}/resolve with ``resubmit`` or ``abandon`` (not retried)."""
+    async def resolve(self, workflow_id: str, action: str, *, note: str) -> WithdrawalView:
+        """POST /v1/withdrawals/{id}/resolve: ``resubmit``/``abandon`` a needs_review withdrawal,
+        ``approve``/``reject`` one awaiting approval, with the operator's ``note`` (required; not retried)."""
         path = f"/v1/withdrawals/{workflow_id}/resolve"
-        return WithdrawalView.from_json((await self.request("POST", path, body={"action": action}))[1])
+        return WithdrawalView.from_json((await self.request("POST", path, body={"action": action, "note": note}))[1])
+
+    async def approve(self, workflow_id: str, *, note: str) -> WithdrawalView:
+        """Approve a withdrawal awaiting approval (four eyes: the token's operator must not be its submitter)."""
+        return await self.resolve(workflow_id, "approve", note=note)
+
+    async def reject(self, workflow_id: str, *, note: str) -> WithdrawalView:
+        """Reject a withdrawal awaiting approval: it ends aborted (approval_rejected), nothing sent."""
+        return await self.resolve(workflow_id, "reject", note=note)
+
+    async def resolve_batch(self, batch_id: str, action: str, *, note: str) -> dict[str, Any]:
+        """POST /v1/batches/{id}/resolve: ``approve``/``reject`` a batch awaiting approval (its JSON view)."""
+        path = f"/v1/batches/{batch_id}/resolve"
+        return dict((await self.request("POST", path, body={"action": action, "note": note}))[1])
 
     async def events(self, workflow_id: str) -> builtins.list[Event]:
         """GET /v1/withdrawals/{id}/events: the audit log in order, as the engine's records (each

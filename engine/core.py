@@ -27,7 +27,7 @@ from engine.kinds import KindRegistry, WorkflowKind, default_kinds
 from engine.models import Event, Workflow
 from engine.policy import Policy, WorkflowSettings
 from engine.query import DEFAULT_PAGE, MAX_PAGE, ListFilter, Page
-from engine.references import check_metadata, check_reference
+from engine.references import check_metadata, check_note, check_reference
 from engine.runner import Runner
 from engine.store.base import FeedItem, Store
 from engine.upbit.gateway import Gateway
@@ -243,14 +243,21 @@ class Engine:
         self.runner.wake()
         return flagged
 
-    async def resolve(self, workflow_id: str, action: str) -> Workflow:
-        """An operator's decision for a workflow that awaits one (a withdrawal in ``needs_review``:
-        ``resubmit`` or ``abandon``); the kind says which actions it accepts, its next step applies it."""
+    async def resolve(
+        self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """An operator's decision for a workflow that awaits one; the kind says which actions each state
+        accepts (a withdrawal: ``resubmit``/``abandon`` in ``needs_review``, ``approve``/``reject`` in
+        ``awaiting_approval``), its next step applies it.
+
+        A four-eyes action (approve, reject) needs a ``note`` and a named ``operator`` who is not the
+        workflow's submitter (``Forbidden`` otherwise); it is refused past the approval's expiry."""
         self.kinds.check_resolution(action)  # before the read: a bad action is refused as before
         current = await self.store.get(workflow_id)
         kind = self.kinds[current.kind]
         kind.check_resolution(action)
         _check_accepted(kind, current, action, now=self.clock.now())
+        note = check_note(note, required=kind.is_four_eyes(action))
         flagged = await self.store.request_resolution(workflow_id, action, at=self.clock.now())
         self.runner.wake()
         return flagged

@@ -1078,7 +1078,23 @@ def view(wf: Workflow) -> dict[str, Any]:
         "created_at": wf.created_at.isoformat(),
         "updated_at": wf.updated_at.isoformat(),
         "lane": wf.lane,
+        "approval": _approval_view(wf),
     }
+
+
+def _approval_view(wf: Workflow) -> dict[str, Any] | None:
+    """The four-eyes approval as callers see it (None: the withdrawal never needed one)."""
+    data = data_of(wf.data)
+    asked, approval = data.get("approval_request"), data.get("approval")
+    if asked is None and approval is None:
+        return None
+    asked_at: dict[str, Any] = dict(asked or {})
+    given: dict[str, Any] = dict(approval or {})
+    return {
+        "threshold": asked_at.get("threshold"), "requested_at": asked_at.get("at"),
+        "expires_at": asked_at.get("expires_at"), "approved_by": given.get("by"), "approved_at": given.get("at"),
+        "note": given.get("note"), "batch_id": given.get("batch_id"),
+    }  # fmt: skip
 
 
 #: The withdrawal as a workflow kind: what the engine knows of it.

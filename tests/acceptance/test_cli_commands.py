@@ -150,14 +150,15 @@ class TestChange:
         assert stuck.code == 1 and stuck.json()["state"] == "needs_review", stuck.out
         workflow_id = stuck.json()["id"]
         action = "abandon" if mode == "store" else "resubmit"
-        result = stack.cli(mode, "--json", "resolve", workflow_id, "--action", action)
+        result = stack.cli(mode, "--json", "resolve", workflow_id, "--action", action, "--note", "checked the ledger")
         assert result.code == 0, result.err
         assert result.json()["resolution"] == action
         final = wait_for(stack, workflow_id, {"aborted", "DONE"})
         assert final["state"] == ("aborted" if action == "abandon" else "DONE")
-        again = stack.cli(mode, "resolve", workflow_id, "--action", "abandon")
+        again = stack.cli(mode, "resolve", workflow_id, "--action", "abandon", "--note", "n")
         assert again.code == 4 and "not needs_review" in again.err
-        assert stack.cli(mode, "resolve", workflow_id, "--action", "retry").code == 2
+        assert stack.cli(mode, "resolve", workflow_id, "--action", "retry", "--note", "n").code == 2
+        assert stack.cli(mode, "resolve", workflow_id, "--action", "abandon").code == 2  # a note is required
 
 
 class TestExchangeCommands:

@@ -21,7 +21,9 @@ WORKFLOW_COMMANDS = [
     ["history", "wd_0123"],
     ["list"],
     ["cancel", "wd_0123"],
-    ["resolve", "wd_0123", "--action", "abandon"],
+    ["resolve", "wd_0123", "--action", "abandon", "--note", "n"],
+    ["approve", "wd_0123", "--note", "n", "--operator", "bob"],
+    ["reject", "bt_0123", "--note", "n", "--operator", "bob"],
     ["verify-audit"],
     ["audit-heads", "--out", "heads.jsonl"],
 ]

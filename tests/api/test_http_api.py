@@ -17,7 +17,7 @@ from tests.conftest import FAST
 
 WORKFLOW_KEYS = {
     "id", "state", "request", "exchange_uuid", "txid", "exchange_state", "reason", "error", "submit_count",
-    "cancel_requested", "resolution", "created_at", "updated_at", "lane", "reference", "metadata",
+    "cancel_requested", "resolution", "created_at", "updated_at", "lane", "reference", "metadata", "approval",
 }  # fmt: skip
 SETTLED = {"DONE", "FAILED", "CANCELLED", "REJECTED", "aborted", "needs_review"}
 PROTECTED = [
@@ -307,25 +307,34 @@ class TestResolve:
         """Only needs_review workflows take a resolution."""
         wf = (await api.client.call("POST", "/v1/withdrawals", body=btc())).body
         await api.client.wait_state(wf["id"], SETTLED)
-        answer = await api.client.call("POST", f"/v1/withdrawals/{wf['id']}/resolve", body={"action": "abandon"})
+        answer = await api.client.call("POST", f"/v1/withdrawals/{wf['id']}/resolve", body={"action": "abandon", "note": "n"})
         assert answer.status == 409 and answer.body["error"]["name"] == "invalid_transition"
 
-    @pytest.mark.parametrize("body", [{"action": "retry"}, {}, {"action": 1}, {"action": "abandon", "x": 1}, []])
-    async def test_resolve_bad_body_is_422(self, api: Api, body: Any) -> None:
-        """The body must be exactly {"action": "resubmit"|"abandon"}."""
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"action": "retry", "note": "n"}, "action"), ({"note": "n"}, "action"), ({"action": 1, "note": "n"}, "action"),
+            ({"action": "abandon", "note": "n", "x": 1}, "x"), ([], "body"), ({"action": "abandon"}, "note"),
+            ({"action": "abandon", "note": " "}, "note"), ({"action": "abandon", "note": "n" * 1001}, "note"),
+            ({"action": "abandon", "note": 5}, "note"),
+        ],
+    )  # fmt: skip
+    async def test_resolve_bad_body_is_422(self, api: Api, body: Any, field: str) -> None:
+        """The body must be exactly {"action": <an action>, "note": <1-1000 characters>}: the error names the
+        field (a note is required for every decision)."""
         wf = (await api.client.call("POST", "/v1/withdrawals", body=btc())).body
         answer = await api.client.call("POST", f"/v1/withdrawals/{wf['id']}/resolve", body=body)
-        assert answer.status == 422 and "action" in answer.body["error"]["fields"]
+        assert answer.status == 422 and field in answer.body["error"]["fields"]
 
     async def test_resolve_unknown_is_404(self, api: Api) -> None:
         """Unknown id: 404."""
-        answer = await api.client.call("POST", "/v1/withdrawals/wd_00000000/resolve", body={"action": "abandon"})
+        answer = await api.client.call("POST", "/v1/withdrawals/wd_00000000/resolve", body={"action": "abandon", "note": "n"})
         assert answer.status == 404
 
     async def test_abandon_ends_aborted(self, api: Api) -> None:
         """abandon: the operator gives up; aborted/abandoned."""
         review = await _needs_review(api)
-        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body={"action": "abandon"})
+        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body={"action": "abandon", "note": "n"})
         assert answer.status == 202 and answer.body["resolution"] == "abandon"
         ended = await api.client.wait_state(review["id"], {"aborted"})
         assert ended["reason"] == "abandoned"
@@ -333,7 +342,7 @@ class TestResolve:
     async def test_resubmit_sends_once_more_and_completes(self, api: Api) -> None:
         """resubmit: a fresh intent and exactly one more POST; the withdrawal completes."""
         review = await _needs_review(api)
-        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body={"action": "resubmit"})
+        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body={"action": "resubmit", "note": "n"})
         assert answer.status == 202
         ended = await api.client.wait_state(review["id"], SETTLED - {"needs_review"})
         assert ended["state"] == "DONE" and ended["submit_count"] == 2

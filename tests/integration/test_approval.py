@@ -110,7 +110,7 @@ class TestWithdrawal:
             wf = await engine.submit(btc("0.02"))
             await awaiting(engine, wf.id)
             await admin.wallet("BTC", "BTC", wallet_state="paused")
-            flagged = await engine.resolve(wf.id, "approve")
+            flagged = await engine.resolve(wf.id, "approve", operator="bob", note="checked with the desk")
             assert flagged.resolution == "approve"
             waiting = await until(engine, wf.id, lambda w: bool(w.data.get("wallet_wait")))
             assert waiting.state == "checking_wallet" and await admin.posts() == 0
@@ -130,7 +130,7 @@ class TestWithdrawal:
             wf = await engine.submit(btc("0.02"))
             await awaiting(engine, wf.id)
             clock.shift(3 * 3600)  # FAST's pre-flight deadline is 20 s; the approval expires after 4 h
-            await engine.resolve(wf.id, "approve")
+            await engine.resolve(wf.id, "approve", operator="bob", note="checked with the desk")
             done = await until(engine, wf.id, lambda w: w.state == "DONE")
             approved = await event(engine, wf.id, "approve")
         assert done.submit_count == 1 and "at" not in approved  # the event names who and why, not a copy
@@ -140,7 +140,7 @@ class TestWithdrawal:
         async with engine_factory(policy=POLICY) as engine:
             wf = await engine.submit(btc("0.02"))
             await awaiting(engine, wf.id)
-            await engine.resolve(wf.id, "reject")
+            await engine.resolve(wf.id, "reject", operator="bob", note="checked with the desk")
             ended = await engine.wait(wf.id, timeout=30)
             seen = await triggers(engine, wf.id)
         assert ended.state == "aborted" and ended.reason == "approval_rejected" and not ended.lane_held
@@ -159,7 +159,7 @@ class TestWithdrawal:
             await engine.stop()
             clock.shift(4 * 3600 + 1)
             with pytest.raises(InvalidTransition, match="past its deadline"):
-                await engine.resolve(wf.id, "approve")
+                await engine.resolve(wf.id, "approve", operator="bob", note="checked with the desk")
             assert (await engine.get(wf.id)).resolution is None
         async with _engine(sandbox, db_path, clock=clock) as engine:
             ended = await until(engine, wf.id, lambda w: w.state == "aborted")
@@ -184,11 +184,11 @@ class TestWithdrawal:
             await awaiting(engine, held.id)
             for action in ("resubmit", "abandon"):
                 with pytest.raises(InvalidTransition, match="accepts approve or reject, not " + action):
-                    await engine.resolve(held.id, action)
+                    await engine.resolve(held.id, action, note="n")
             sent = await engine.submit(btc("0.005"))
             assert (await engine.wait(sent.id, timeout=30)).state == "DONE"
             with pytest.raises(InvalidTransition, match="is DONE, not awaiting_approval"):
-                await engine.resolve(sent.id, "approve")
+                await engine.resolve(sent.id, "approve", operator="bob", note="checked with the desk")
             assert (await engine.get(held.id)).resolution is None
 
     async def test_a_restart_keeps_the_wait_and_the_decision(
@@ -204,7 +204,7 @@ class TestWithdrawal:
             settings=FAST,
         ) as offline:  # fmt: skip
             assert (await offline.get(wf.id)).state == "awaiting_approval"
-            await offline.resolve(wf.id, "approve")
+            await offline.resolve(wf.id, "approve", operator="bob", note="checked with the desk")
         async with _engine(sandbox, db_path) as engine:
             done = await until(engine, wf.id, lambda w: w.state == "DONE")
         assert done.submit_count == 1 and await admin.posts() == 1
@@ -220,7 +220,7 @@ class TestWithdrawal:
         async with engine_factory(policy=policy) as engine:
             wf = await engine.submit(btc("0.005"))
             await awaiting(engine, wf.id)
-            await engine.resolve(wf.id, "approve")
+            await engine.resolve(wf.id, "approve", operator="bob", note="checked with the desk")
             ended = await until(engine, wf.id, lambda w: w.state == "aborted")
         assert ended.reason == "dry_run" and await admin.posts() == 0
 
@@ -258,7 +258,7 @@ class TestBatch:
             assert view["children"] == {} and view["approval"]["over"] == {
                 "BTC": {"total": "0.06", "threshold": "0.05"}
             }
-            await engine.resolve(batch.id, "approve")
+            await engine.resolve(batch.id, "approve", operator="bob", note="checked with the desk")
             settled = await until(engine, batch.id, lambda w: w.state == "settled", timeout=60)
             children = [c async for c in engine.batch_children(batch.id)]
             inherited = [await event(engine, c.id, "note") for c in children]
@@ -279,7 +279,7 @@ class TestBatch:
             children = {c.request.amount: c async for c in engine.batch_children(batch.id)}
             held = children[Decimal("0.02")]
             assert (await engine.get(held.id)).state == "awaiting_approval"
-            await engine.resolve(held.id, "approve")
+            await engine.resolve(held.id, "approve", operator="bob", note="checked with the desk")
             settled = await until(engine, batch.id, lambda w: w.state == "settled", timeout=60)
         assert attention.data.get("approval") is None and settled.state == "settled"
         assert await admin.posts() == 2
@@ -290,8 +290,8 @@ class TestBatch:
             batch = await engine.submit_batch(items("0.03", "0.03"))
             await until(engine, batch.id, lambda w: w.state == "awaiting_approval")
             with pytest.raises(InvalidRequest, match="must be one of approve, reject"):
-                await engine.resolve(batch.id, "resubmit")  # a batch knows no resubmit
-            await engine.resolve(batch.id, "reject")
+                await engine.resolve(batch.id, "resubmit", note="n")  # a batch knows no resubmit
+            await engine.resolve(batch.id, "reject", operator="bob", note="checked with the desk")
             ended = await engine.wait(batch.id, timeout=30)
             report = await engine.batch_report(batch.id)
             count = sum((await engine.store.count_by_state()).values())
