@@ -55,8 +55,9 @@ from engine.http_server import ServerLimits, start_site
 from engine.kinds import WorkflowKind, default_kinds
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
+from engine.operators import check_note
 from engine.query import parse_list_query
-from engine.references import check_metadata, check_note, check_reference
+from engine.references import check_metadata, check_reference
 from engine.views import events_view, page_view, workflow_view
 
 __all__ = [
@@ -378,13 +379,16 @@ def parse_resolution(body: object, actions: list[str]) -> tuple[str, str]:
     action = body.get("action")
     if not isinstance(action, str) or action not in actions:
         fields["action"] = f"must be {' or '.join(actions)}"
-    try:
-        check_note(body.get("note"), required=True)
-    except InvalidRequest as exc:
-        fields["note"] = exc.message.removeprefix("note: ")
+    if body.get("note") is None:
+        fields["note"] = "is required: say why (recorded in the audit log with the decision)"
+    else:
+        try:
+            check_note(body["note"])
+        except InvalidRequest as exc:
+            fields["note"] = exc.message.removeprefix("note: ")
     if fields:
         raise ApiError(422, "invalid_request", "the resolution is invalid", fields)
-    return str(action), str(body["note"])
+    return str(action), str(body["note"]).strip()
 
 
 def request_operator(request: web.Request) -> str | None:

@@ -28,18 +28,14 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_LEN",
-    "MAX_NOTE_LEN",
     "MAX_REFERENCE_LEN",
     "REFERENCE_PATTERN",
     "check_metadata",
-    "check_note",
     "check_reference",
     "dump_metadata",
 ]
 
 MAX_REFERENCE_LEN = 128
-#: An operator's note on a decision (why it was approved, rejected, resubmitted...): kept in the event.
-MAX_NOTE_LEN = 1000
 #: The OpenAPI document carries the same pattern, so the two cannot disagree.
 REFERENCE_PATTERN = "[!-~]{1,128}"
 _REFERENCE_RE = re.compile(REFERENCE_PATTERN)
@@ -107,19 +103,3 @@ def _check_values(value: object, *, depth: int) -> None:
 def dump_metadata(value: dict[str, Any]) -> str:
     """Compact JSON, as stored and as measured against :data:`MAX_METADATA_BYTES`."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def check_note(note: object, *, required: bool) -> str | None:
-    """An operator's note: a string with some non-blank text, at most :data:`MAX_NOTE_LEN` characters (line
-    breaks allowed); ``required``: None is refused too (a four-eyes decision always says why)."""
-    if note is None:
-        if required:
-            raise InvalidRequest(
-                "is required: say why (an approval or rejection is recorded with its note)", field="note"
-            )
-        return None
-    if not isinstance(note, str) or not note.strip():
-        raise InvalidRequest("must be a non-empty string", field="note")
-    if len(note) > MAX_NOTE_LEN:
-        raise InvalidRequest(f"is longer than {MAX_NOTE_LEN} characters", field="note")
-    return note

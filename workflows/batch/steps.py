@@ -101,7 +101,7 @@ async def step_awaiting_approval(wf: Workflow, ctx: StepPort) -> Workflow:
     decision, abort; else sleep until the expiry."""
     if wf.cancel_requested:
         return await _cancel(wf, ctx)
-    decided = {"operator": getattr(wf, "resolution_by", None), "note": getattr(wf, "resolution_note", None)}
+    decided = {"operator": wf.resolution_by, "note": wf.resolution_note}
     if wf.resolution == BatchResolution.APPROVE:
         approval = {"by": decided["operator"], "note": decided["note"], "at": ctx.now().isoformat()}
         return await ctx.transition(
@@ -183,7 +183,9 @@ async def _cancel(wf: Workflow, ctx: StepPort) -> Workflow:
     """``cancelling``: no more children are created; the ones created are flagged next (from the start)."""
     dispatched = int(wf.data.get("dispatched", 0)) if wf.state != B.ACCEPTED else 0
     return await ctx.transition(
-        wf, "cancel", event_data={"dispatched": dispatched}, next_run_at=ctx.now(),
+        wf, "cancel",
+        event_data={"dispatched": dispatched, "operator": wf.cancel_by or True, "note": wf.cancel_note},
+        next_run_at=ctx.now(),
         data={**wf.data, "cancel_cursor": ""},
     )  # fmt: skip
 
