@@ -19,8 +19,9 @@ import pytest
 
 from engine import CurrencyPolicy, Engine, Policy, WithdrawalRequest, Workflow
 from engine.clock import SystemClock
-from engine.errors import InvalidRequest, InvalidTransition
+from engine.errors import Forbidden, InvalidRequest, InvalidTransition
 from engine.store.sqlite import SQLiteStore
+from workflows.withdrawal import KIND
 from tests.conftest import FAST, SandboxAdmin
 
 pytestmark = pytest.mark.asyncio
@@ -72,6 +73,61 @@ async def event(engine: Engine, wf_id: str, trigger: str) -> dict[str, Any]:
     found = [e async for e in engine.events(wf_id, follow=False) if e.trigger == trigger]
     assert found, f"no {trigger} event"
     return dict(found[-1].data)
+
+
+class TestFourEyes:
+    async def test_the_submitter_never_decides_and_a_decision_is_named_and_explained(
+        self, engine_factory: Any, admin: SandboxAdmin
+    ) -> None:
+        """alice submits: alice may neither approve nor reject it (Forbidden), nobody unnamed may, a
+        decision without a note is refused; bob approves with a note; the events name both and the
+        approval is recorded in the data and the view."""
+        async with engine_factory(policy=POLICY) as engine:
+            wf = await engine.submit(btc("0.02"), operator="alice")
+            await awaiting(engine, wf.id)
+            for action in ("approve", "reject"):
+                with pytest.raises(Forbidden, match="alice submitted"):
+                    await engine.resolve(wf.id, action, operator="alice", note="mine, looks fine")
+                with pytest.raises(Forbidden, match="named operator"):
+                    await engine.resolve(wf.id, action, note="who am I")
+                with pytest.raises(InvalidRequest, match="note"):
+                    await engine.resolve(wf.id, action, operator="bob")
+            untouched = await engine.get(wf.id)
+            assert untouched.resolution is None and untouched.state == "awaiting_approval"
+            await engine.resolve(wf.id, "approve", operator="bob", note="invoice 7 checked")
+            done = await until(engine, wf.id, lambda w: w.state == "DONE")
+            created = await event(engine, wf.id, "create")
+            approved = await event(engine, wf.id, "approve")
+        assert created["created_by"] == "alice" and done.created_by == "alice"
+        assert approved == {"operator": "bob", "note": "invoice 7 checked"}
+        assert done.data["approval"]["by"] == "bob" and done.data["approval"]["note"] == "invoice 7 checked"
+        assert KIND.view(done)["approval"]["approved_by"] == "bob"
+        assert await admin.posts() == 1
+
+    async def test_a_rejection_records_who_and_why(self, engine_factory: Any, admin: SandboxAdmin) -> None:
+        """carol rejects alice's withdrawal: the event names carol and her note; nothing sent."""
+        async with engine_factory(policy=POLICY) as engine:
+            wf = await engine.submit(btc("0.02"), operator="alice")
+            await awaiting(engine, wf.id)
+            await engine.resolve(wf.id, "reject", operator="carol", note="unknown beneficiary")
+            ended = await engine.wait(wf.id, timeout=30)
+            rejected = await event(engine, wf.id, "reject")
+        assert ended.reason == "approval_rejected"
+        assert rejected == {"operator": "carol", "note": "unknown beneficiary", "reason": "approval_rejected"}
+        assert await admin.posts() == 0
+
+    async def test_the_batch_submitter_never_approves_the_batch(self, engine_factory: Any) -> None:
+        """The same rule holds for a batch."""
+        async with engine_factory(policy=BATCH_POLICY) as engine:
+            batch = await engine.submit_batch(items("0.03", "0.03"), operator="alice")
+            await until(engine, batch.id, lambda w: w.state == "awaiting_approval")
+            with pytest.raises(Forbidden, match="alice submitted"):
+                await engine.resolve(batch.id, "approve", operator="alice", note="ok")
+            await engine.resolve(batch.id, "approve", operator="bob", note="payroll run 12")
+            settled = await until(engine, batch.id, lambda w: w.state == "settled", timeout=60)
+            view = await engine.get_batch(batch.id)
+        assert settled.data["approval"]["by"] == "bob"
+        assert view["approval"]["approved_by"] == "bob" and view["approval"]["note"] == "payroll run 12"
 
 
 class TestWithdrawal:

@@ -16,6 +16,16 @@ from engine.config import load_config
 from engine.errors import ConfigError
 from engine.models import Workflow
 from engine.policy import DEFAULT_APPROVAL_EXPIRY, CurrencyPolicy, Policy, batch_over_approval, needs_approval
+from engine.webhooks import (
+    ALL_EVENTS,
+    AWAITING_APPROVAL,
+    EVENT_TYPES,
+    NEEDS_REVIEW,
+    TERMINAL,
+    TRANSITION,
+    event_types,
+    primary_type,
+)
 from workflows.batch.kind import KIND as BATCH
 from workflows.withdrawal import KIND, past_deadline
 from workflows.withdrawal_model import State
@@ -180,3 +190,21 @@ class TestDeadline:
         """checking_wallet past its deadline (not waiting on the wallet) still expires."""
         wf = _held(state=State.CHECKING_WALLET)
         assert wf.deadline_at is not None and past_deadline(wf, wf.deadline_at)
+
+
+class TestWebhookTypes:
+    def test_awaiting_approval_reaches_integrators(self) -> None:
+        """Entering awaiting_approval (a withdrawal's or a batch's) is a workflow.awaiting_approval event, not
+        a needs_review one; it is delivered as that type to whoever asked for it (or for everything)."""
+        for kind, before in (("withdrawal", "checking_wallet"), ("batch", "accepted")):
+            types = event_types(kind=kind, from_state=before, to_state="awaiting_approval")
+            assert types == {ALL_EVENTS, TRANSITION, AWAITING_APPROVAL}
+            assert primary_type(types, [AWAITING_APPROVAL, TRANSITION]) == AWAITING_APPROVAL
+            assert primary_type(types, [ALL_EVENTS]) == AWAITING_APPROVAL
+            assert primary_type(types, [NEEDS_REVIEW]) is None
+        assert AWAITING_APPROVAL not in event_types(
+            kind="withdrawal", from_state="reconciling", to_state="needs_review"
+        )
+        rejected = event_types(kind="withdrawal", from_state="awaiting_approval", to_state="aborted")
+        assert rejected == {ALL_EVENTS, TRANSITION, TERMINAL}
+        assert AWAITING_APPROVAL in EVENT_TYPES
