@@ -17,6 +17,8 @@ Exit codes (documented in the README and ``--help``)::
     4   conflict: idempotency key reused for another request, or a transition not allowed now
     5   the exchange, the store or the service is unreachable (or refused the call)
     6   submit --wait timed out (the workflow goes on)
+    7   run: another runner process already owns this SQLite store
+    8   forbidden: the operator may not do this (four eyes: a submitter never approves or rejects their own)
     70  internal error (a bug: please report it)
 
 Errors print one line on stderr: never a traceback, never a secret.
@@ -78,6 +80,7 @@ from engine.errors import (
     ConfigError,
     EngineError,
     ExchangeError,
+    Forbidden,
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
@@ -114,6 +117,7 @@ EXIT = {
     "unreachable": 5,
     "timeout": 6,
     "store_in_use": 7,
+    "forbidden": 8,
     "internal": 70,
 }
 #: The kind the workflow commands (submit, status, list, cancel, resolve) work with: its states, its
@@ -268,6 +272,8 @@ def _api_error_code(exc: ApiError) -> int:
         return EXIT["not_found"]
     if exc.status == 409:
         return EXIT["conflict"]
+    if exc.status == 403:
+        return EXIT["forbidden"]
     if exc.status >= 500:
         return EXIT["unreachable"]
     return EXIT["usage"]
@@ -296,6 +302,7 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         (IdempotencyConflict, "conflict", ""),
         (ReferenceConflict, "conflict", ""),
         (InvalidTransition, "conflict", ""),
+        (Forbidden, "forbidden", "forbidden: "),
         (WaitTimeout, "timeout", ""),
         (StoreInUse, "store_in_use", ""),
         (ServiceUnreachable, "unreachable", ""),
@@ -325,7 +332,8 @@ def cli() -> None:
     Exit codes: 0 ok; 1 the workflow did not end DONE (submit --wait), or a broken audit chain;
     2 usage or config error, or no store there (only run and migrate create one); 3 not found,
     or no audit chain to verify; 4 conflict (idempotency key, transition not allowed); 5 exchange, store or
-    service unreachable; 6 submit --wait timed out; 70 internal error.
+    service unreachable; 6 submit --wait timed out; 7 the SQLite store has a runner already; 8 forbidden
+    (the operator may not: a submitter never approves their own); 70 internal error.
     """
     configure_logging(level="WARNING", stream=sys.stderr)
 
