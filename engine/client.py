@@ -410,11 +410,15 @@ class WithdrawClient:
         """POST /v1/withdrawals/{id}/cancel (not retried)."""
         return WithdrawalView.from_json((await self.request("POST", f"/v1/withdrawals/{workflow_id}/cancel"))[1])
 
-    async def resolve(self, workflow_id: str, action: str, *, note: str) -> WithdrawalView:
-        """POST /v1/withdrawals/{id}/resolve: ``resubmit``/``abandon`` a needs_review withdrawal,
-        ``approve``/``reject`` one awaiting approval, with the operator's ``note`` (required; not retried)."""
+    async def resolve(self, workflow_id: str, action: str, *, note: str | None = None) -> WithdrawalView:
+        """POST /v1/withdrawals/{id}/resolve: ``resubmit``/``abandon`` a needs_review withdrawal, ``approve``/
+        ``reject`` one awaiting approval, with the ``note`` the service requires for every decision (without
+        one the answer is a ``RemoteInvalidRequest`` on ``note``). Not retried."""
+        body: dict[str, str] = {"action": action}
+        if note is not None:
+            body["note"] = note
         path = f"/v1/withdrawals/{workflow_id}/resolve"
-        return WithdrawalView.from_json((await self.request("POST", path, body={"action": action, "note": note}))[1])
+        return WithdrawalView.from_json((await self.request("POST", path, body=body))[1])
 
     async def approve(self, workflow_id: str, *, note: str) -> WithdrawalView:
         """Approve a withdrawal awaiting approval (four eyes: the token's operator must not be its submitter)."""
