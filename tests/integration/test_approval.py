@@ -20,9 +20,12 @@ import pytest
 from engine import CurrencyPolicy, Engine, Policy, WithdrawalRequest, Workflow
 from engine.clock import SystemClock
 from engine.errors import Forbidden, InvalidRequest, InvalidTransition
+from engine.models import State
+from engine.store.base import Store
 from engine.store.sqlite import SQLiteStore
-from workflows.withdrawal import KIND
 from tests.conftest import FAST, SandboxAdmin
+from tests.integration.test_store_contract import add, at
+from workflows.withdrawal import KIND
 
 pytestmark = pytest.mark.asyncio
 
@@ -375,3 +378,18 @@ class TestBatch:
             ended = await until(engine, batch.id, lambda w: w.state == "cancelled")
             assert (await engine.get_batch(batch.id))["children"] == {}
         assert ended.state == "cancelled" and await admin.posts() == 0
+
+
+class TestStore:
+    async def test_a_resolution_lands_only_where_its_action_is_taken(self, store: Store) -> None:
+        """Both stores record approve/reject only in awaiting_approval and resubmit/abandon only in
+        needs_review (a decision racing a state change is never left on a state that ignores it)."""
+        review = await add(store, state=State.NEEDS_REVIEW, next_run_at=None)
+        waiting = await add(store, state=State.AWAITING_APPROVAL, next_run_at=at(3600))
+        assert await store.request_resolution(review.id, "approve", at=at(5), operator="bob", note="n") == review
+        assert await store.request_resolution(waiting.id, "resubmit", at=at(5)) == waiting
+        approved = await store.request_resolution(waiting.id, "approve", at=at(5), operator="bob", note="ok")
+        assert (approved.resolution, approved.resolution_by, approved.resolution_note) == ("approve", "bob", "ok")
+        assert approved.next_run_at == at(5)
+        resolved = await store.request_resolution(review.id, "abandon", at=at(6))
+        assert resolved.resolution == "abandon"
