@@ -4,7 +4,7 @@
                                      ?skip_invalid=true; Idempotency-Key. 201 new, 200 replay, 409, 413, 422
     GET  /v1/batches/{id}            the batch and its children's counts by state
     GET  /v1/batches/{id}/report     the settlement report: JSON, or CSV with ?format=csv / Accept: text/csv
-    POST /v1/batches/{id}/cancel     202; 409 when already terminal
+    POST /v1/batches/{id}/cancel     optional {"note": ...}: 202; 409 when already terminal
     POST /v1/batches/{id}/resolve    {"action": "approve"|"reject", "note": ...}: 202; 409 unless
                                      awaiting_approval; 403 for the batch's own submitter
 
@@ -29,6 +29,7 @@ from engine import api
 from engine.batch_ops import BATCH_KIND
 from engine.core import Engine
 from engine.errors import InvalidBatch
+from engine.operators import permission_for_resolution
 
 __all__ = ["BATCH_ID_PATTERN", "register"]
 
@@ -112,8 +113,10 @@ async def submit_batch(request: web.Request) -> web.Response:
     try:
         # Off the event loop, like the validation: a batch's body may be megabytes.
         items, caps = await asyncio.to_thread(_parse, engine, text, fmt)
-        wf, created = await engine.intake_batch(items, skip_invalid=skip_invalid, max_total=caps or None,
-                                                idempotency_key=key)  # fmt: skip
+        wf, created = await engine.intake_batch(
+            items, skip_invalid=skip_invalid, max_total=caps or None, idempotency_key=key,
+            operator=api.operator_of(request).name,
+        )  # fmt: skip
     except InvalidBatch as exc:
         body = api.error_body("invalid_request", exc.message, {"items": f"{len(exc.errors)} problem(s)"})
         body["error"]["items"] = exc.errors
@@ -138,9 +141,12 @@ async def batch_report(request: web.Request) -> web.Response:
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    """POST /v1/batches/{id}/cancel."""
+    """POST /v1/batches/{id}/cancel, with an optional body ``{"note": "..."}`` (attributed to the operator,
+    as are the cancels of its children)."""
     engine: Engine = request.app[api.ENGINE]
-    wf = await engine.cancel_batch(_batch_id(request))
+    batch_id = _batch_id(request)
+    note = await api.cancel_note(request)
+    wf = await engine.cancel_batch(batch_id, operator=api.operator_of(request).name, note=note)
     return _answer(await engine.get_batch(wf.id), status=202)
 
 
@@ -149,9 +155,10 @@ async def resolve_batch(request: web.Request) -> web.Response:
     engine: Engine = request.app[api.ENGINE]
     batch_id = _batch_id(request)
     actions = [str(a) for a in engine.kinds[BATCH_KIND].resolutions]
-    action, note = api.parse_resolution(await api._body(request), actions)
+    action, note = api.parse_decision(await api._body(request), actions)
+    operator = api.require(request, permission_for_resolution(action))
     await engine.get_batch(batch_id)  # 404 for an id that is not a batch
-    wf = await engine.resolve(batch_id, action, operator=api.request_operator(request), note=note)
+    wf = await engine.resolve(batch_id, action, operator=operator.name, note=note)
     return _answer(await engine.get_batch(wf.id), status=202)
 
 

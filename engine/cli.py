@@ -71,6 +71,7 @@ from engine.backends import (
     wait_settled,
 )
 from engine.bootstrap import build_gateway, open_store, standard_kinds
+from engine.cli_operators import register as register_operators
 from engine.cli_watch import register as register_watch
 from engine.cli_webhooks import webhooks
 from engine.clock import SystemClock
@@ -84,6 +85,7 @@ from engine.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
+    OperatorNotFound,
     ReferenceConflict,
     ServiceUnreachable,
     StoreInUse,
@@ -299,6 +301,7 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         (ConfigError, "usage", "configuration error: "),
         (InvalidRequest, "usage", ""),
         (WorkflowNotFound, "not_found", ""),
+        (OperatorNotFound, "not_found", ""),
         (IdempotencyConflict, "conflict", ""),
         (ReferenceConflict, "conflict", ""),
         (InvalidTransition, "conflict", ""),
@@ -509,20 +512,28 @@ def history(workflow_id: str) -> None:
     _emit_json(events) if opts.json else _show_events(events)
 
 
+_OPERATOR_HELP = (
+    "Who does this (store path only: an operator of `upbit-withdraw operator list` whose role allows it); "
+    "recorded in the audit events. Over --api the token says who you are."
+)
+
+
 @cli.command()
 @_global_options
 @click.argument("workflow_id")
-def cancel(workflow_id: str) -> None:
+@click.option("--operator", "operator", metavar="NAME", help=_OPERATOR_HELP)
+@click.option("--note", metavar="TEXT", help="Why (optional, up to 1000 characters): recorded with the operator.")
+def cancel(workflow_id: str, operator: str | None, note: str | None) -> None:
     """Ask to cancel: locally before submission, at the exchange after."""
     opts = _opts()
-    view = _run(_with_backend(opts, lambda b: b.cancel(workflow_id)))
+    view = _run(_with_backend(opts, lambda b: b.cancel(workflow_id, operator=operator, note=note)))
     _emit_json(view) if opts.json else _show_workflow(view, title="cancellation requested")
 
 
 _NOTE_HELP = "Why (required, 1-1000 characters): recorded in the audit log with the decision."
-_OPERATOR_HELP = (
-    "Who decides, on the store path (required for approve/reject there). With --api the token's operator "
-    "decides and this option is refused."
+_DECIDER_HELP = (
+    "Who decides, on the store path (an operator of `upbit-withdraw operator list` whose role allows it; "
+    "required for approve/reject there, and never the submitter). Over --api the token says who you are."
 )
 
 
@@ -534,7 +545,7 @@ _OPERATOR_HELP = (
     help="resubmit: send it again (a fresh intent, one POST); abandon: end it aborted.",
 )  # fmt: skip
 @click.option("--note", required=True, help=_NOTE_HELP)
-@click.option("--operator", metavar="NAME", help=_OPERATOR_HELP)
+@click.option("--operator", metavar="NAME", help=_DECIDER_HELP)
 def resolve(workflow_id: str, action: str, note: str, operator: str | None) -> None:
     """Decide a needs_review withdrawal: resubmit (send again) or abandon (end as aborted)."""
     opts = _opts()
@@ -560,7 +571,7 @@ def _decide(action: str, workflow_id: str, note: str, operator: str | None) -> N
 @_global_options
 @click.argument("workflow_id")
 @click.option("--note", required=True, help=_NOTE_HELP)
-@click.option("--operator", metavar="NAME", help=_OPERATOR_HELP)
+@click.option("--operator", metavar="NAME", help=_DECIDER_HELP)
 def approve(workflow_id: str, note: str, operator: str | None) -> None:
     """Approve a withdrawal or batch awaiting approval (four eyes: not by its submitter). The withdrawal's
     checks run again, then it is sent; a batch dispatches its children."""
@@ -571,13 +582,14 @@ def approve(workflow_id: str, note: str, operator: str | None) -> None:
 @_global_options
 @click.argument("workflow_id")
 @click.option("--note", required=True, help=_NOTE_HELP)
-@click.option("--operator", metavar="NAME", help=_OPERATOR_HELP)
+@click.option("--operator", metavar="NAME", help=_DECIDER_HELP)
 def reject(workflow_id: str, note: str, operator: str | None) -> None:
     """Reject a withdrawal or batch awaiting approval: it ends aborted (approval_rejected), nothing sent."""
     _decide("reject", workflow_id, note, operator)
 
 
 register_watch(cli, _global_options, _opts, _load)
+register_operators(cli, _global_options, _opts, _load)  # upbit-withdraw operator ... (engine/cli_operators.py)
 
 
 # -- exchange commands -----------------------------------------------------------------------------------

@@ -482,6 +482,10 @@ def _check_accepted(kind: WorkflowKind, wf: Workflow, action: str, *, now: datet
         raise InvalidTransition(f"{wf.id} is {wf.state}, not {'/'.join(waiting) or 'awaiting an operator'}")
     if kind.past_deadline(wf, now):
         raise InvalidTransition(f"{wf.id} is past its deadline ({wf.deadline_at}): too late to {action}")
+    if wf.resolution is not None and kind.is_four_eyes(wf.resolution):
+        # An approver's decision stands: a second one may not silently replace it before it is carried out.
+        by = f" by {wf.resolution_by}" if wf.resolution_by else ""
+        raise InvalidTransition(f"{wf.id} already has a decision: {wf.resolution}{by}, being carried out")
 
 
 def _check_four_eyes(wf: Workflow, action: str, operator: str | None, note: str | None) -> None:

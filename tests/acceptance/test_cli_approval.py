@@ -12,9 +12,12 @@ import pytest
 
 from tests.acceptance.conftest import (
     BTC_ADDRESS,
+    TOKEN_ENV,
+    Result,
     Service,
     Stack,
     ThreadSandbox,
+    clean_env,
     fast_seed,
     free_port,
     run_cli,
@@ -34,18 +37,34 @@ approval_above = { BTC = "0.2" }
 """
 
 
+#: Operators of the store: alice (an admin: she may submit and approve) submits, bob and carol approve,
+#: dave only submits.
+ROLES = {"alice": "admin", "bob": "approver", "carol": "approver", "dave": "submitter"}
+TOKENS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One sandbox and one ``run`` service with the approval policy, for the whole module."""
+    """One sandbox and one ``run`` service with the approval policy and three operators, for the module."""
     directory = tmp_path_factory.mktemp("approval")
     with ThreadSandbox(fast_seed()) as sandbox:
         port = free_port()
         config = write_config(directory, sandbox.url, port=port, extra=POLICY)
         service = Service(config, port, log=directory / "run.log")
         try:
-            yield Stack(sandbox, service, config)
+            built = Stack(sandbox, service, config)
+            for name, role in ROLES.items():
+                added = built.cli("store", "--json", "operator", "add", name, "--role", role)
+                assert added.code == 0, added.err
+                TOKENS[name] = added.json()["token"]
+            yield built
         finally:
             assert service.stop() == 0, service.logs()
+
+
+def as_operator(stack: Stack, name: str, *args: str) -> Result:
+    """The CLI over ``--api`` with ``name``'s own token."""
+    return run_cli(["--api", stack.service.url, *args], env=clean_env(**{TOKEN_ENV: TOKENS[name]}))
 
 
 def status(stack: Stack, workflow_id: str) -> dict[str, object]:
@@ -69,6 +88,41 @@ def held(stack: Stack, amount: str) -> str:
     view = result.json()
     assert view["state"] == "awaiting_approval" and view["approval"]["threshold"] == "0.05", view
     return str(view["id"])
+
+
+class TestFourEyes:
+    def test_over_the_api_the_token_decides(self, stack: Stack) -> None:
+        """alice submits with her token; her own approve is refused (exit 8, nothing recorded); bob's goes
+        through and the events name both."""
+        submitted = as_operator(stack, "alice", "--json", "submit", *BTC, "--amount", "0.071", "--wait")
+        assert submitted.code == 1 and submitted.json()["state"] == "awaiting_approval", submitted.err
+        workflow_id = submitted.json()["id"]
+        own = as_operator(stack, "alice", "approve", workflow_id, "--note", "mine")
+        assert own.code == 8 and "alice submitted" in own.err and own.err.count("\n") == 1
+        role = as_operator(stack, "dave", "approve", workflow_id, "--note", "not my job")
+        assert role.code == 8 and "approve" in role.err  # a submitter's role may not approve at all
+        named = as_operator(stack, "bob", "approve", workflow_id, "--note", "ok", "--operator", "carol")
+        assert named.code == 2 and "--operator" in named.err  # over --api the token says who
+        assert status(stack, workflow_id)["resolution"] is None
+        approved = as_operator(stack, "bob", "--json", "approve", workflow_id, "--note", "beneficiary verified")
+        assert approved.code == 0, approved.err
+        done = wait_for(stack, workflow_id, {"DONE"})
+        assert done["approval"]["approved_by"] == "bob"
+        history = stack.cli("store", "--json", "history", workflow_id).json()
+        assert history[0]["data"]["created_by"] == "alice"
+        assert next(e for e in history if e["trigger"] == "approve")["data"]["operator"] == "bob"
+
+    def test_on_the_store_the_submitter_is_refused_too(self, stack: Stack) -> None:
+        """--operator alice on alice's own submission: exit 8; an unknown operator: exit 3; carol rejects."""
+        submitted = as_operator(stack, "alice", "--json", "submit", *BTC, "--amount", "0.072", "--wait")
+        workflow_id = submitted.json()["id"]
+        own = stack.cli("store", "approve", workflow_id, "--note", "mine", "--operator", "alice")
+        assert own.code == 8 and "alice submitted" in own.err
+        unknown = stack.cli("store", "approve", workflow_id, "--note", "who", "--operator", "mallory")
+        assert unknown.code == 3 and "mallory" in unknown.err
+        rejected = stack.cli("store", "reject", workflow_id, "--note", "wrong amount", "--operator", "carol")
+        assert rejected.code == 0, rejected.err
+        assert wait_for(stack, workflow_id, {"aborted"})["reason"] == "approval_rejected"
 
 
 class TestApprove:

@@ -253,8 +253,8 @@ class TestWithdrawal:
     async def test_a_restart_keeps_the_wait_and_the_decision(
         self, sandbox: Any, db_path: Path, admin: SandboxAdmin
     ) -> None:
-        """Held, stopped; an approval recorded by a store-only engine (the CLI's path) while no runner runs;
-        a new engine carries it out: one POST."""
+        """Held, stopped; an approval recorded by a store-only engine (the CLI's path) while no runner runs
+        (a second decision may not replace it); a new engine carries it out: one POST."""
         async with _engine(sandbox, db_path) as engine:
             wf = await engine.submit(btc("0.02"))
             await awaiting(engine, wf.id)
@@ -264,6 +264,8 @@ class TestWithdrawal:
         ) as offline:  # fmt: skip
             assert (await offline.get(wf.id)).state == "awaiting_approval"
             await offline.resolve(wf.id, "approve", operator="bob", note="checked with the desk")
+            with pytest.raises(InvalidTransition, match="already has a decision: approve by bob"):
+                await offline.resolve(wf.id, "reject", operator="carol", note="no")  # the first decision stands
         async with _engine(sandbox, db_path) as engine:
             done = await until(engine, wf.id, lambda w: w.state == "DONE")
         assert done.submit_count == 1 and await admin.posts() == 1
