@@ -72,7 +72,7 @@ WithdrawalKey = Literal[
     "cancel_noted",
     "cancel_sent",
     "approval_request",
-    "approval",
+    "approved",
 ]
 
 __all__ = [
@@ -419,13 +419,13 @@ async def step_checking_wallet(wf: Workflow, ctx: StepPort) -> Workflow:
             gateway.forget_wallets()
             return await _wait_for_wallet(wf, ctx, check)
     threshold = ctx.policy.approval_above(wf.request.currency, wf.request.account)
-    if needs_approval(wf.request.amount, threshold, approved="approval" in data_of(wf.data)):
+    if needs_approval(wf.request.amount, threshold, approved="approved" in data_of(wf.data)):
         assert threshold is not None
         batch_approval = await _batch_approval(wf, ctx)
         if batch_approval is None:
             return await _await_approval(wf, ctx, threshold)
         wf = await ctx.note(
-            wf, "approval_inherited", changes={"data": _data(wf, approval=batch_approval)},
+            wf, "approval_inherited", changes={"data": _data(wf, approved=batch_approval)},
             batch_id=batch_approval.get("batch_id"), operator=batch_approval.get("by"),
         )  # fmt: skip
     if ctx.policy.dry_run:
@@ -442,7 +442,7 @@ async def _batch_approval(wf: Workflow, ctx: StepPort) -> ApprovalInfo | None:
     if wf.parent_id is None:
         return None
     parent = await ctx.read(wf.parent_id)
-    approval = parent.data.get("approval")
+    approval = parent.data.get("approved")
     if not isinstance(approval, dict):
         return None
     return ApprovalInfo(
@@ -494,7 +494,7 @@ async def _approve(wf: Workflow, ctx: StepPort) -> Workflow:
     decided = _decided_by(wf)
     approval = ApprovalInfo(by=decided["operator"], note=decided["note"], at=now.isoformat())
     return await ctx.transition(
-        wf, "approve", event_data=_decided_by(wf), resolution=None, data=_data(wf, approval=approval),
+        wf, "approve", event_data=_decided_by(wf), resolution=None, data=_data(wf, approved=approval),
         deadline_at=now + timedelta(seconds=ctx.settings.preflight_deadline), next_run_at=now, attempt=0,
     )  # fmt: skip
 
@@ -1100,7 +1100,7 @@ def view(wf: Workflow) -> dict[str, Any]:
 def _approval_view(wf: Workflow) -> dict[str, Any] | None:
     """The four-eyes approval as callers see it (None: the withdrawal never needed one)."""
     data = data_of(wf.data)
-    asked, approval = data.get("approval_request"), data.get("approval")
+    asked, approval = data.get("approval_request"), data.get("approved")
     if asked is None and approval is None:
         return None
     asked_at: dict[str, Any] = dict(asked or {})

@@ -290,7 +290,7 @@ class ApprovalRequest(TypedDict):
 
 
 class ApprovalInfo(TypedDict, total=False):
-    """``data["approval"]``: the approval that lets the workflow be sent (who, why, when; or the batch's)."""
+    """``data["approved"]``: the approval that lets the workflow be sent (who, why, when; or the batch's)."""
 
     by: str | None
     note: str | None
@@ -323,7 +323,7 @@ class WithdrawalData(TypedDict, total=False):
     #: The open (or last) request for a four-eyes approval.
     approval_request: ApprovalRequest
     #: The recorded approval: the policy's check is satisfied, the workflow is not held again.
-    approval: ApprovalInfo
+    approved: ApprovalInfo
 
 
 def data_of(data: dict[str, Any]) -> WithdrawalData:

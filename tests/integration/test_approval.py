@@ -103,7 +103,7 @@ class TestFourEyes:
             approved = await event(engine, wf.id, "approve")
         assert created["created_by"] == "alice" and done.created_by == "alice"
         assert approved == {"operator": "bob", "note": "invoice 7 checked"}
-        assert done.data["approval"]["by"] == "bob" and done.data["approval"]["note"] == "invoice 7 checked"
+        assert done.data["approved"]["by"] == "bob" and done.data["approved"]["note"] == "invoice 7 checked"
         assert KIND.view(done)["approval"]["approved_by"] == "bob"
         assert await admin.posts() == 1
 
@@ -129,7 +129,7 @@ class TestFourEyes:
             await engine.resolve(batch.id, "approve", operator="bob", note="payroll run 12")
             settled = await until(engine, batch.id, lambda w: w.state == "settled", timeout=60)
             view = await engine.get_batch(batch.id)
-        assert settled.data["approval"]["by"] == "bob"
+        assert settled.data["approved"]["by"] == "bob"
         assert view["approval"]["approved_by"] == "bob" and view["approval"]["note"] == "payroll run 12"
 
 
@@ -178,7 +178,7 @@ class TestWithdrawal:
             seen = await triggers(engine, wf.id)
         assert seen[:6] == ["create", "start", "verify", "await_approval", "approve", "note"]
         assert seen.count("await_approval") == 1 and seen.count("submit") == 1
-        assert "approval" in done.data and done.resolution is None
+        assert "approved" in done.data and done.resolution is None
         assert await admin.posts() == 1
 
     async def test_the_approval_gets_a_fresh_preflight_deadline(self, sandbox: Any, db_path: Path) -> None:
@@ -323,9 +323,9 @@ class TestBatch:
             settled = await until(engine, batch.id, lambda w: w.state == "settled", timeout=60)
             children = [c async for c in engine.batch_children(batch.id)]
             inherited = [await event(engine, c.id, "note") for c in children]
-        assert settled.data["approval"]["at"]
+        assert settled.data["approved"]["at"]
         assert [c.state for c in children] == ["DONE"] * 3
-        assert all(c.data["approval"]["batch_id"] == batch.id for c in children)
+        assert all(c.data["approved"]["batch_id"] == batch.id for c in children)
         assert all(n["note"] == "approval_inherited" and n["batch_id"] == batch.id for n in inherited)
         assert await admin.posts() == 3
 
@@ -342,7 +342,7 @@ class TestBatch:
             assert (await engine.get(held.id)).state == "awaiting_approval"
             await engine.resolve(held.id, "approve", operator="bob", note="checked with the desk")
             settled = await until(engine, batch.id, lambda w: w.state == "settled", timeout=60)
-        assert attention.data.get("approval") is None and settled.state == "settled"
+        assert attention.data.get("approved") is None and settled.state == "settled"
         assert await admin.posts() == 2
 
     async def test_a_rejected_batch_creates_no_child(self, engine_factory: Any, admin: SandboxAdmin) -> None:

@@ -16,6 +16,7 @@ from engine.config import load_config
 from engine.errors import ConfigError
 from engine.models import Workflow
 from engine.policy import DEFAULT_APPROVAL_EXPIRY, CurrencyPolicy, Policy, batch_over_approval, needs_approval
+from engine.views import describe_approval
 from engine.webhooks import (
     ALL_EVENTS,
     AWAITING_APPROVAL,
@@ -208,3 +209,21 @@ class TestWebhookTypes:
         rejected = event_types(kind="withdrawal", from_state="awaiting_approval", to_state="aborted")
         assert rejected == {ALL_EVENTS, TRANSITION, TERMINAL}
         assert AWAITING_APPROVAL in EVENT_TYPES
+
+
+class TestStatusLine:
+    def test_the_approval_row(self) -> None:
+        """status shows who approved and why, or that it was asked and until when; nothing when never asked."""
+        asked = {
+            "threshold": "0.05",
+            "expires_at": "2026-01-01T04:00:00+00:00",
+            "approved_by": None,
+            "approved_at": None,
+        }
+        assert describe_approval({"approval": None}) is None
+        waiting = describe_approval({"approval": asked})
+        assert waiting is not None and "above 0.05" in waiting and "2026-01-01T04:00" in waiting
+        given = {**asked, "approved_by": "bob", "approved_at": "2026-01-01T01:00:00+00:00", "note": "ok"}
+        assert describe_approval({"approval": given}) == "approved by bob at 2026-01-01T01:00:00+00:00: ok"
+        inherited = {**given, "batch_id": "bt_1"}
+        assert describe_approval({"approval": inherited}) == "approved with batch bt_1 by bob: ok"

@@ -56,7 +56,7 @@ def view(wf: Workflow) -> dict[str, Any]:
 def _approval_view(data: Mapping[str, Any]) -> dict[str, Any] | None:
     """The batch's approval as callers see it: why it was asked (the currencies over their threshold), until
     when, and who approved it with which note (None: the batch never needed one)."""
-    request, approval = data.get("approval_request"), data.get("approval")
+    request, approval = data.get("approval_request"), data.get("approved")
     if request is None and approval is None:
         return None
     request, approval = request or {}, approval or {}

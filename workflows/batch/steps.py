@@ -11,7 +11,7 @@ the children poll the exchange themselves, batched by the gateway.
 
 A batch whose per-currency total is above ``[batches] approval_above`` waits in ``awaiting_approval``
 before it dispatches anything (four eyes; :func:`engine.policy.batch_over_approval` decides). Its approval
-is recorded in its data (``approval``): each child of an approved batch finds it there and is not held
+is recorded in its data (``approved``): each child of an approved batch finds it there and is not held
 again by its own ``approval_above``.
 """
 
@@ -74,7 +74,7 @@ async def step_accepted(wf: Workflow, ctx: StepPort) -> Workflow:
     if wf.cancel_requested:
         return await _cancel(wf, ctx)
     over = batch_over_approval(_request(wf).totals(), ctx.policy.batch_approval_above)
-    if over and "approval" not in wf.data:
+    if over and "approved" not in wf.data:
         return await _await_approval(wf, ctx, over)
     return await ctx.transition(
         wf, "dispatch", event_data={"items": len(_request(wf).items)}, next_run_at=ctx.now(),
@@ -106,7 +106,7 @@ async def step_awaiting_approval(wf: Workflow, ctx: StepPort) -> Workflow:
         approval = {"by": decided["operator"], "note": decided["note"], "at": ctx.now().isoformat()}
         return await ctx.transition(
             wf, "approve", event_data=decided, resolution=None, next_run_at=ctx.now(), attempt=0,
-            data={**wf.data, "approval": approval, "dispatched": 0},
+            data={**wf.data, "approved": approval, "dispatched": 0},
         )  # fmt: skip
     if wf.resolution == BatchResolution.REJECT:
         reason = BatchAbortReason.APPROVAL_REJECTED.value
