@@ -8,6 +8,10 @@ it creates any child. Time is moved with a shifted clock (no sleeping through an
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sqlite3
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -67,7 +71,7 @@ async def awaiting(engine: Engine, wf_id: str) -> Workflow:
     return await until(engine, wf_id, lambda wf: wf.state == "awaiting_approval")
 
 
-async def triggers(engine: Engine, wf_id: str) -> list[str]:
+async def triggers_of(engine: Engine, wf_id: str) -> list[str]:
     return [e.trigger async for e in engine.events(wf_id, follow=False)]
 
 
@@ -157,7 +161,7 @@ class TestWithdrawal:
             wf = await engine.submit(btc("0.01"))
             done = await engine.wait(wf.id, timeout=30)
             assert done.state == "DONE"
-            assert "await_approval" not in await triggers(engine, wf.id)
+            assert "await_approval" not in await triggers_of(engine, wf.id)
         assert await admin.posts() == 1
 
     async def test_approve_runs_the_checks_again_then_sends_once(
@@ -175,7 +179,7 @@ class TestWithdrawal:
             assert waiting.state == "checking_wallet" and await admin.posts() == 0
             await admin.wallet("BTC", "BTC", wallet_state="working")
             done = await until(engine, wf.id, lambda w: w.state == "DONE")
-            seen = await triggers(engine, wf.id)
+            seen = await triggers_of(engine, wf.id)
         assert seen[:6] == ["create", "start", "verify", "await_approval", "approve", "note"]
         assert seen.count("await_approval") == 1 and seen.count("submit") == 1
         assert "approved" in done.data and done.resolution is None
@@ -201,7 +205,7 @@ class TestWithdrawal:
             await awaiting(engine, wf.id)
             await engine.resolve(wf.id, "reject", operator="bob", note="checked with the desk")
             ended = await engine.wait(wf.id, timeout=30)
-            seen = await triggers(engine, wf.id)
+            seen = await triggers_of(engine, wf.id)
         assert ended.state == "aborted" and ended.reason == "approval_rejected" and not ended.lane_held
         assert seen[-1] == "reject" and await admin.posts() == 0
 
@@ -380,6 +384,55 @@ class TestBatch:
             ended = await until(engine, batch.id, lambda w: w.state == "cancelled")
             assert (await engine.get_batch(batch.id))["children"] == {}
         assert ended.state == "cancelled" and await admin.posts() == 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state(db: Path, workflow_id: str) -> str | None:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        row = conn.execute("SELECT state FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def _run_until(db: Path, url: str, workflow_id: str, state: str) -> None:
+    """A runner process (SIGKILLed, never stopped gracefully) until the workflow is in ``state``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.integration.approval_proc", str(db), url,
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            while _state(db, workflow_id) != state:
+                await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+class TestCrash:
+    async def test_a_killed_runner_loses_neither_the_wait_nor_the_decision(
+        self, sandbox: Any, admin: SandboxAdmin, db_path: Path
+    ) -> None:
+        """SIGKILL while it waits; the approval recorded from the store (no runner); SIGKILL again once it is
+        DONE: the wait, its expiry and the decision were all in the store, and it was sent exactly once."""
+        offline = {"gateways": {}, "run_runner": False, "accounts": ["default"], "policy": POLICY, "settings": FAST}
+        async with Engine(store=SQLiteStore(db_path), **offline) as engine:
+            wf = await engine.submit(btc("0.02"), operator="alice")
+        await _run_until(db_path, sandbox.url, wf.id, "awaiting_approval")
+        async with Engine(store=SQLiteStore(db_path), **offline) as engine:
+            held = await engine.get(wf.id)
+            assert held.deadline_at is not None and held.next_run_at == held.deadline_at
+            await engine.resolve(wf.id, "approve", operator="bob", note="after the crash")
+        assert await admin.posts() == 0
+        await _run_until(db_path, sandbox.url, wf.id, "DONE")
+        async with Engine(store=SQLiteStore(db_path), **offline) as engine:
+            triggers = await triggers_of(engine, wf.id)
+            approved = await event(engine, wf.id, "approve")
+        assert triggers.count("await_approval") == 1 and triggers.count("submit") == 1
+        assert approved == {"operator": "bob", "note": "after the crash"}
+        assert await admin.posts() == 1
 
 
 class TestStore:
