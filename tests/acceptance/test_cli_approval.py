@@ -149,7 +149,7 @@ class TestApprove:
         listed = stack.cli("store", "--json", "list", "--state", "awaiting_approval", "--limit", "1000").json()
         assert workflow_id in [v["id"] for v in listed["withdrawals"]]
         shown = stack.cli("store", "status", workflow_id)
-        assert "awaiting_approval" in shown.out
+        assert "awaiting_approval" in shown.out and "above 0.05" in shown.out
         result = stack.cli("store", "reject", workflow_id, "--note", "duplicate payout", "--operator", "carol")
         assert result.code == 0 and "reject recorded" in result.out, result.err
         ended = wait_for(stack, workflow_id, {"aborted"})
@@ -199,6 +199,8 @@ class TestApprove:
             assert time.monotonic() < deadline, view
             time.sleep(0.2)
         assert view["children"] == {"DONE": 3} and view["approval"]["approved_by"] == "bob"
+        shown = stack.cli("store", "batch", "status", batch_id)
+        assert "approved by bob" in shown.out and "0.216 BTC > 0.2" in shown.out
 
 
 def test_help_documents_the_commands() -> None:
