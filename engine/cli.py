@@ -18,7 +18,7 @@ Exit codes (documented in the README and ``--help``)::
     5   the exchange, the store or the service is unreachable (or refused the call)
     6   submit --wait timed out (the workflow goes on)
     7   run: another runner process already owns this SQLite store
-    8   forbidden: the operator may not do this (four eyes: a submitter never approves or rejects their own)
+    8   forbidden: the operator may not do this (their role; four eyes: a submitter never approves their own)
     70  internal error (a bug: please report it)
 
 Errors print one line on stderr: never a traceback, never a secret.
@@ -336,7 +336,7 @@ def cli() -> None:
     2 usage or config error, or no store there (only run and migrate create one); 3 not found,
     or no audit chain to verify; 4 conflict (idempotency key, transition not allowed); 5 exchange, store or
     service unreachable; 6 submit --wait timed out; 7 the SQLite store has a runner already; 8 forbidden
-    (the operator may not: a submitter never approves their own); 70 internal error.
+    (the role does not allow it, or a submitter approving their own); 70 internal error.
     """
     configure_logging(level="WARNING", stream=sys.stderr)
 
