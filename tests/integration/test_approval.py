@@ -27,7 +27,7 @@ from engine.errors import Forbidden, InvalidRequest, InvalidTransition
 from engine.models import State
 from engine.store.base import Store
 from engine.store.sqlite import SQLiteStore
-from tests.conftest import FAST, SandboxAdmin
+from tests.conftest import FAST, SandboxAdmin, make_gateway
 from tests.integration.test_store_contract import add, at
 from workflows.withdrawal import KIND
 
@@ -291,8 +291,6 @@ class TestWithdrawal:
 
 
 def _engine(sandbox: Any, db_path: Path, *, policy: Policy = POLICY, **kw: Any) -> Engine:
-    from tests.conftest import make_gateway
-
     return Engine(
         store=SQLiteStore(db_path, group_window=0.001), gateways={"default": make_gateway(sandbox.url)},
         settings=FAST, policy=policy, **kw,
@@ -448,3 +446,31 @@ class TestStore:
         assert approved.next_run_at == at(5)
         resolved = await store.request_resolution(review.id, "abandon", at=at(6))
         assert resolved.resolution == "abandon"
+
+
+@pytest.mark.postgres
+class TestOnPostgres:
+    async def test_withdrawal_and_batch_approval_on_postgresql(
+        self, sandbox: Any, postgres_dsn: str, admin: SandboxAdmin
+    ) -> None:
+        """The same flows on the PostgreSQL store: a withdrawal held, refused to its submitter, approved by
+        another and sent once; a batch held, then rejected with no child."""
+        from engine.store.postgres import PostgresStore
+
+        store = PostgresStore(postgres_dsn, pool_max=8)
+        gateways = {"default": make_gateway(sandbox.url)}
+        async with Engine(store=store, gateways=gateways, settings=FAST, policy=BATCH_POLICY) as engine:
+            wf = await engine.submit(btc("0.02"), operator="alice")
+            await awaiting(engine, wf.id)
+            with pytest.raises(Forbidden):
+                await engine.resolve(wf.id, "approve", operator="alice", note="mine")
+            await engine.resolve(wf.id, "approve", operator="bob", note="ok")
+            done = await until(engine, wf.id, lambda w: w.state == "DONE")
+            batch = await engine.submit_batch(items("0.03", "0.03"), operator="alice")
+            await until(engine, batch.id, lambda w: w.state == "awaiting_approval")
+            await engine.resolve(batch.id, "reject", operator="bob", note="not this week")
+            ended = await until(engine, batch.id, lambda w: w.state == "aborted")
+            children = [c async for c in engine.batch_children(batch.id)]
+        assert done.data["approved"]["by"] == "bob" and done.submit_count == 1
+        assert ended.reason == "approval_rejected" and children == []
+        assert await admin.posts() == 1
