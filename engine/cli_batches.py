@@ -118,6 +118,18 @@ def _format(path: Path, given: str | None) -> str:
 # -- output ---------------------------------------------------------------------------------------------
 
 
+def _approval_line(approval: dict[str, Any] | None) -> str:
+    """The batch's four-eyes approval in one line (empty: it never needed one)."""
+    if not approval:
+        return ""
+    over = ", ".join(f"{v['total']} {c} > {v['threshold']}" for c, v in approval.get("over", {}).items())
+    if approval.get("approved_at"):
+        return (
+            f"approved by {approval.get('approved_by')} at {approval['approved_at']}: {approval.get('note')} ({over})"
+        )
+    return f"asked ({over}), open until {approval.get('expires_at')}; not approved"
+
+
 def _show_status(console: Console, view: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -129,6 +141,7 @@ def _show_status(console: Console, view: dict[str, Any]) -> None:
         ("children", ", ".join(f"{s} {n}" for s, n in view.get("children", {}).items())),
         ("skipped", ", ".join(f"#{e['index']} {e['reference'] or ''} {e['field']}" for e in view["skipped"])),
         ("cancel requested", "yes" if view["cancel_requested"] else ""),
+        ("reason", view.get("reason") or ""), ("approval", _approval_line(view.get("approval"))),
         ("created", view["created_at"]), ("updated", view["updated_at"]),
     ]  # fmt: skip
     for name, value in rows:
