@@ -169,6 +169,9 @@ class StepContext:
     #: (kind, state, trigger) -> destination, for the transitions that have no guard: a machine is static,
     #: so once it answered, the same question has the same answer (saves ~10 us per transition).
     _known: dict[tuple[str, str, str], str] = field(default_factory=dict, repr=False)
+    #: workflow id -> its transitions not written yet, while the runner drives it (see :meth:`open_chain`):
+    #: (workflow before, workflow to write, its event), in order.
+    _chains: dict[str, list[tuple[Workflow, Workflow, Event | None]]] = field(default_factory=dict, repr=False)
 
     def kind(self, workflow: Workflow) -> WorkflowKind:
         """The workflow's kind."""
@@ -204,9 +207,54 @@ class StepContext:
                 data.setdefault(key, changes[key])
         event = _sealed(workflow, now, trigger, dest, data)
         moved = evolve(workflow, state=dest, updated_at=now, event_seq=event.seq, last_hash=event.hash, **changes)
-        stored = await self.store.commit(moved, event, owner=self.owner, unflagged=unflagged)
-        self._announce(workflow, stored, event)
-        return stored
+        chain = self._chains.get(workflow.id)
+        if (
+            chain is not None
+            and not unflagged
+            and moved.next_run_at is not None
+            and moved.next_run_at <= now
+            and kind.chains(workflow.state, dest)
+        ):  # the next step runs at once and does nothing outside the store first: write both together
+            chain.append((workflow, moved, event))
+            return evolve(moved, version=moved.version + 1)  # as the store will have it
+        return await self._commit(workflow, moved, event, unflagged=unflagged)
+
+    async def _commit(self, before: Workflow, moved: Workflow, event: Event | None, *, unflagged: bool = False) -> Workflow:
+        """Write ``moved`` (and ``event``), with the transitions of its chain still unwritten (one store
+        write, one transaction), then announce each transition, in order."""
+        chain = self._chains.get(moved.id)
+        if not chain:
+            stored = await self.store.commit(moved, event, owner=self.owner, unflagged=unflagged)
+            if event is not None:
+                self._announce(before, stored, event)
+            return stored
+        pending = [*chain, (before, moved, event)]
+        chain.clear()  # written now or never (a failed write leaves the store where it stood)
+        written = await self.store.commit_chain(
+            [(wf, ev) for _, wf, ev in pending], owner=self.owner, unflagged=unflagged
+        )
+        for (prior, _, ev), stored in zip(pending, written, strict=True):
+            if ev is not None:
+                self._announce(prior, stored, ev)
+        return written[-1]
+
+    def open_chain(self, workflow_id: str) -> None:
+        """The runner drives this workflow now: its chainable transitions may wait for the next write (see
+        :attr:`engine.kinds.WorkflowKind.chainable`) until :meth:`flush_chain` or :meth:`close_chain`."""
+        self._chains[workflow_id] = []
+
+    async def flush_chain(self, workflow_id: str) -> None:
+        """Write the workflow's transitions still waiting (none: nothing to do), in one store write."""
+        chain = self._chains.get(workflow_id)
+        if chain:
+            before, moved, event = chain.pop()
+            await self._commit(before, moved, event)
+
+    def close_chain(self, workflow_id: str) -> list[Event]:
+        """Stop chaining this workflow; the events of transitions never written are returned (and dropped:
+        the store still says where the workflow stands, and its steps run again from there)."""
+        chain = self._chains.pop(workflow_id, None) or []
+        return [event for _, _, event in chain if event is not None]
 
     def _fire(self, kind: WorkflowKind, workflow: Workflow, trigger: str, event_data: Mapping[str, Any] | None) -> str:
         """The destination by the kind's machine; unguarded answers are remembered (see ``_known``)."""
@@ -234,7 +282,7 @@ class StepContext:
             next_run_at=None if delay is None else self.after(delay),
             **changes,
         )
-        return await self.store.commit(moved, None, owner=self.owner)
+        return await self._commit(workflow, moved, None)
 
     async def create(
         self, request: Any, *, idempotency_key: str, parent: Workflow | None = None

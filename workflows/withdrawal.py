@@ -987,6 +987,7 @@ KIND = WorkflowKind(
     awaiting_operator=frozenset({S.NEEDS_REVIEW}),
     resolutions=tuple(Resolution),
     urgent=frozenset({S.SUBMITTING}),
+    chainable=frozenset(_PRE_SUBMIT),  # reads and local checks only: the POST follows the intent (urgent)
     alerting=frozenset({S.NEEDS_REVIEW, S.RECONCILING}),
     past_deadline=past_deadline,
     expire=expire,
