@@ -24,7 +24,7 @@ import structlog
 from engine.clock import Clock
 from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition, ReferenceConflict
 from engine.kinds import ChildCounts, KindRegistry, Step, WorkflowKind, check_idempotency_key, new_workflow
-from engine.models import Event, Workflow
+from engine.models import Event, Workflow, copy_workflow
 from engine.policy import Policy, WorkflowSettings
 from engine.query import ListFilter
 from engine.store.base import Store
@@ -34,18 +34,14 @@ __all__ = ["Step", "StepContext", "TransitionObserver", "create_workflow"]
 
 _FIELDS = tuple(f.name for f in fields(Workflow))
 _NAMES = frozenset(_FIELDS)
-_new, _set = object.__new__, object.__setattr__
 
 
 def evolve(workflow: Workflow, **changes: Any) -> Workflow:
-    """``dataclasses.replace`` for a Workflow, without the generic machinery (~40% cheaper; a transition
-    makes two). Unknown field names raise ``TypeError`` as ``replace`` does."""
+    """``dataclasses.replace`` for a Workflow, without the generic machinery (:func:`copy_workflow`, a third
+    of the cost; a transition makes two). Unknown field names raise ``TypeError`` as ``replace`` does."""
     if not changes.keys() <= _NAMES:
         raise TypeError(f"Workflow has no field(s) {sorted(changes.keys() - _NAMES)}")
-    moved: Workflow = _new(Workflow)
-    for name in _FIELDS:
-        _set(moved, name, changes[name] if name in changes else getattr(workflow, name))
-    return moved
+    return copy_workflow(workflow, changes)
 
 
 #: Called after every committed transition with (workflow before, workflow after, event).
@@ -373,17 +369,29 @@ def _sealed(workflow: Workflow, at: datetime, trigger: str, dest: str, data: dic
     """The transition's event, hash-chained to the workflow's last one: ``Event(...).sealed(last_hash)``
     built directly: the hashed body is ``Event.canonical()``'s, without an unsealed Event to make it
     (tests/unit/test_event_seal.py checks that both give the same bytes and hash)."""
-    seq, prev = workflow.event_seq + 1, workflow.last_hash
-    body = {
-        "workflow_id": workflow.id, "seq": seq, "at": at.isoformat(), "trigger": trigger,
-        "from": str(workflow.state), "to": str(dest), "data": data, "prev": prev,
-    }  # fmt: skip
-    digest = hashlib.sha256(_canonical_json(body).encode()).hexdigest()
+    seq, prev, source, dest = workflow.event_seq + 1, workflow.last_hash, str(workflow.state), str(dest)
+    digest = hashlib.sha256(_canonical_body(workflow.id, seq, at.isoformat(), trigger, source, dest, data, prev)).hexdigest()
     return Event(
         workflow_id=workflow.id, seq=seq, at=at, trigger=trigger, from_state=str(workflow.state),
         to_state=str(dest), data=data, prev_hash=prev, hash=digest,
     )  # fmt: skip
 
+
+def _canonical_body(
+    workflow_id: str, seq: int, at: str, trigger: str, source: str, dest: str, data: dict[str, Any], prev: str
+) -> bytes:
+    """``Event.canonical()``'s bytes for a transition's event, the top level written out: its keys are fixed
+    and already in sorted order, its values strings (JSON-escaped as ``json`` does, ``ensure_ascii``) and
+    one int; only ``data`` goes through the sorting encoder (~2x cheaper than encoding the whole body)."""
+    text = (
+        f'{{"at":{_quote(at)},"data":{_canonical_json(data) if data else "{}"},"from":{_quote(source)},'
+        f'"prev":{_quote(prev)},"seq":{int(seq)},"to":{_quote(dest)},"trigger":{_quote(trigger)},'
+        f'"workflow_id":{_quote(workflow_id)}}}'
+    )
+    return text.encode()
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 _SKIP = frozenset({"exchange_uuid", "reason", "evidence", "body"})
 

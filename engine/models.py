@@ -13,11 +13,12 @@ import importlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Event", "Workflow", "new_workflow_id"]
+__all__ = ["Event", "Workflow", "copy_workflow", "new_workflow_id"]
 
 #: Names that moved to ``workflows.withdrawal_model``: resolved on first use (PEP 562), so code written
 #: against ``engine.models`` keeps working without the engine importing a workflow at load time.
@@ -93,6 +94,25 @@ class Workflow:
         brief = getattr(self.request, "brief", None)
         what = f" {brief}" if isinstance(brief, str) else f" {self.kind}"
         return f"<Workflow {self.id} {self.state}{what} v{self.version}>"
+
+
+def _workflow_copier() -> Callable[[Workflow, Mapping[str, Any]], Workflow]:
+    """Build :func:`copy_workflow`: straight-line code, one slot write per field (what ``dataclasses``
+    does for ``__init__``), without the keyword parsing and per-field lookups of ``replace``."""
+    scope: dict[str, Any] = {"_new": object.__new__, "_setattr": object.__setattr__, "Workflow": Workflow}
+    lines = ["def copy_workflow(wf, changes):", "    new = _new(Workflow)"]
+    for i, f in enumerate(fields(Workflow)):
+        scope[f"_set{i}"] = Workflow.__dict__[f.name].__set__  # the slot's own setter (frozen: no __setattr__)
+        lines.append(f"    _set{i}(new, wf.{f.name})")
+    lines += ["    for name, value in changes.items():", "        _setattr(new, name, value)", "    return new"]
+    exec("\n".join(lines), scope)  # noqa: S102 - fixed source built from the dataclass's own field names
+    copier: Callable[[Workflow, Mapping[str, Any]], Workflow] = scope["copy_workflow"]
+    return copier
+
+
+#: ``dataclasses.replace(wf, **changes)`` for a Workflow at a third of the cost (a transition makes two or
+#: three copies). ``changes`` must name fields only: callers check (``engine.context.evolve``) or know.
+copy_workflow = _workflow_copier()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

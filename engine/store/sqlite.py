@@ -25,7 +25,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,7 +43,7 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.kinds import KindRegistry, default_kinds
-from engine.models import Event, Workflow
+from engine.models import Event, Workflow, copy_workflow
 from engine.query import ListFilter
 from engine.store.base import FeedItem, FeedList
 from engine.store.boundary import sqlite_error, store_boundary
@@ -69,7 +69,6 @@ EventList = list[Event]
 
 _INSERT_WF = f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))})"  # noqa: S608
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"  # noqa: S608
-_WF_FIELDS = tuple(f.name for f in fields(Workflow))
 # A commit writes the mutable columns as given; what a workflow was created with (id, kind, the request
 # and the columns derived from it, the idempotency key, created_at) never changes, so it is not rewritten.
 # The operators' flag columns and next_run_at follow the rules in _UPDATE_WF: the owner never writes a
@@ -198,11 +197,7 @@ def _update_params(
 
 def _bumped(workflow: Workflow) -> Workflow:
     """``replace(workflow, version=version + 1)`` without its overhead: the workflow as committed."""
-    stored: Workflow = object.__new__(Workflow)
-    for name in _WF_FIELDS:
-        object.__setattr__(stored, name, getattr(workflow, name))
-    object.__setattr__(stored, "version", workflow.version + 1)
-    return stored
+    return copy_workflow(workflow, {"version": workflow.version + 1})
 
 
 def _write_one(
