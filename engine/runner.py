@@ -328,14 +328,17 @@ class Runner:
         """Step ``wf`` while it is due at once (up to ``max_chain`` steps). Transitions between the kind's
         chainable states wait for the drive's next write (see :meth:`StepContext.transition`): the last
         of them is written when the drive ends, whatever ended it."""
-        with structlog.contextvars.bound_contextvars(workflow_id=wf.id):
-            self.ctx.open_chain(wf.id)
-            try:
-                last = await self._chain(wf)
-                if last is not None:
-                    await self._flush(last)
-            finally:
-                self.ctx.close_chain(wf.id)  # after a cancellation: dropped, as a crash would (steps redo them)
+        # The drive is its own task (its own copy of the context): bind and reset, without the lookups of
+        # ``bound_contextvars`` (it reads the whole context to restore keys no task here shares).
+        tokens = structlog.contextvars.bind_contextvars(workflow_id=wf.id)
+        self.ctx.open_chain(wf.id)
+        try:
+            last = await self._chain(wf)
+            if last is not None:
+                await self._flush(last)
+        finally:
+            self.ctx.close_chain(wf.id)  # after a cancellation: dropped, as a crash would (steps redo them)
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _chain(self, wf: Workflow) -> Workflow | None:
         current: Workflow | None = wf

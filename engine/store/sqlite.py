@@ -176,8 +176,9 @@ def _iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat()
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+#: ``json.dumps(value, separators=(",", ":"), default=str)``, its encoder built once (dumps with options
+#: builds one per call: a third of the cost for a small dict).
+_json: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _update_params(
