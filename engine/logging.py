@@ -128,7 +128,7 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None, stream: 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(out),  # a write and a flush per line (print: two writes)
         cache_logger_on_first_use=False,
     )
     route_warnings()  # library warnings become events, not raw stderr lines
