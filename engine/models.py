@@ -96,6 +96,10 @@ class Workflow:
         return f"<Workflow {self.id} {self.state}{what} v{self.version}>"
 
 
+#: ``json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)``, the encoder built once.
+_canonical: Callable[[Any], str] = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def _workflow_copier() -> Callable[[Workflow, Mapping[str, Any]], Workflow]:
     """Build :func:`copy_workflow`: straight-line code, one slot write per field (what ``dataclasses``
     does for ``__init__``), without the keyword parsing and per-field lookups of ``replace``."""
@@ -142,13 +146,13 @@ class Event:
 
     def canonical(self) -> bytes:
         """The bytes the hash covers: every field but the hash itself, as canonical JSON."""
-        body = {**self._fields(), "prev": self.prev_hash}
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+        return _canonical({**self._fields(), "prev": self.prev_hash}).encode()
 
     def sealed(self, prev_hash: str) -> Event:
-        """This event linked to ``prev_hash``, with its own hash computed."""
-        linked = replace(self, prev_hash=prev_hash, hash="")
-        return replace(linked, hash=hashlib.sha256(linked.canonical()).hexdigest())
+        """This event linked to ``prev_hash``, with its own hash computed (one copy: the hash covers
+        ``canonical()`` of the linked event, which never includes the hash itself)."""
+        body = _canonical({**self._fields(), "prev": prev_hash}).encode()
+        return replace(self, prev_hash=prev_hash, hash=hashlib.sha256(body).hexdigest())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
