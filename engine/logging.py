@@ -116,7 +116,9 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None, stream: 
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
     renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_json_serializer()) if use_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        structlog.processors.JSONRenderer(serializer=_json_serializer())
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
         processors=[
