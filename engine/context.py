@@ -395,7 +395,7 @@ def _canonical_body(  # noqa: PLR0917 - the body's fields, in one call per trans
     return text.encode()
 
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 _SKIP = frozenset({"exchange_uuid", "reason", "evidence", "body"})
 
