@@ -241,12 +241,14 @@ class StepContext:
         :attr:`engine.kinds.WorkflowKind.chainable`) until :meth:`flush_chain` or :meth:`close_chain`."""
         self._chains[workflow_id] = []
 
-    async def flush_chain(self, workflow_id: str) -> None:
-        """Write the workflow's transitions still waiting (none: nothing to do), in one store write."""
+    async def flush_chain(self, workflow_id: str) -> bool:
+        """Write the workflow's transitions still waiting, in one store write; False: there were none."""
         chain = self._chains.get(workflow_id)
-        if chain:
-            before, moved, event = chain.pop()
-            await self._commit(before, moved, event)
+        if not chain:
+            return False
+        before, moved, event = chain.pop()
+        await self._commit(before, moved, event)
+        return True
 
     def close_chain(self, workflow_id: str) -> list[Event]:
         """Stop chaining this workflow; the events of transitions never written are returned (and dropped:

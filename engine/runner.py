@@ -354,14 +354,15 @@ class Runner:
     async def _flush(self, wf: Workflow) -> bool:
         """Write the transitions of ``wf`` still waiting; False if the store refused them (dropped)."""
         try:
-            await self.ctx.flush_chain(wf.id)
+            wrote = await self.ctx.flush_chain(wf.id)
         except (StaleVersion, StoreUnavailable) as exc:
             self._step_dropped(wf, exc)
             return False
         except EngineError as exc:  # LaneBusy, a plain StoreError: the store still says where it stands
             log.warning("workflow.chain_not_written", workflow_id=wf.id, state=wf.state, error=str(exc))
             return False
-        self._store_answered()
+        if wrote:  # a write went through: the store is back (nothing written proves nothing)
+            self._store_answered()
         return True
 
     def _due(self, wf: Workflow) -> bool:
