@@ -24,6 +24,7 @@ import structlog
 from engine.clock import Clock
 from engine.errors import IdempotencyConflict, InvalidRequest, InvalidTransition, ReferenceConflict
 from engine.kinds import ChildCounts, KindRegistry, Step, WorkflowKind, check_idempotency_key, new_workflow
+from engine.logging import transition_level
 from engine.models import Event, Workflow, copy_workflow
 from engine.policy import Policy, WorkflowSettings
 from engine.query import ListFilter
@@ -345,11 +346,11 @@ class StepContext:
         return flagged
 
     def _announce(self, before: Workflow, after: Workflow, event: Event) -> None:
-        level = _WARNING if after.state in self.kinds[after.kind].alerting else _INFO
+        level = _WARNING if after.state in self.kinds[after.kind].alerting else transition_level()
         logger = _logger()
         enabled = getattr(logger, "is_enabled_for", None)
         if enabled is None or enabled(level):  # nothing to build when the level is filtered out
-            (logger.warning if level == _WARNING else logger.info)(
+            (logger.warning if level == _WARNING else logger.info if level == _INFO else logger.debug)(
                 "workflow.transitioned",
                 workflow_id=after.id,
                 trigger=event.trigger,

@@ -19,7 +19,7 @@ import structlog
 
 from engine.pywarnings import route_warnings
 
-__all__ = ["configure_logging", "redact_secrets", "register_secret"]
+__all__ = ["configure_logging", "redact_secrets", "register_secret", "transition_level"]
 
 _JWT_RE = re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]{5,}")
 _BEARER_RE = re.compile(r"(?i)bearer\s+[\w.\-~+/]+=*")
@@ -111,8 +111,25 @@ def _json_serializer() -> Any:
     return dumps
 
 
-def configure_logging(*, level: str = "INFO", json: bool | None = None, stream: TextIO | None = None) -> None:
-    """Configure structlog once per process. ``json=None`` picks JSON unless the stream is a terminal."""
+#: The level of the ``workflow.transitioned`` lines (``configure_logging(transitions=...)``).
+_transitions = logging.INFO
+
+
+def transition_level() -> int:
+    """The level a transition's ``workflow.transitioned`` line is logged at, unless its state alerts."""
+    return _transitions
+
+
+def configure_logging(
+    *, level: str = "INFO", json: bool | None = None, stream: TextIO | None = None, transitions: str = "info"
+) -> None:
+    """Configure structlog once per process. ``json=None`` picks JSON unless the stream is a terminal.
+    ``transitions``: ``info`` or ``debug``, the level of the one line per transition (``engine.log_transitions``;
+    the events keep every transition whatever the logs say)."""
+    global _transitions  # noqa: PLW0603 - process-wide, as structlog's configuration is
+    if transitions.lower() not in ("info", "debug"):
+        raise ValueError("transitions must be info or debug")
+    _transitions = logging.DEBUG if transitions.lower() == "debug" else logging.INFO
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
     renderer: Any = (
