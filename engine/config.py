@@ -120,7 +120,7 @@ class EngineConfig(BaseModel):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_transitions: Literal["info", "debug"] = "info"
     """The level of the ``workflow.transitioned`` lines (alerting states stay WARNING). ``debug`` drops them
-    at the INFO level: about a quarter of the CPU at high volume; every transition stays an event."""
+    at the INFO level (some 5-20% of the CPU at high volume); every transition stays an event."""
     dry_run: bool = False
 
     @field_validator("database")

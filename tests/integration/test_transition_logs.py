@@ -1,6 +1,6 @@
 """``engine.log_transitions``: the level of the one ``workflow.transitioned`` line per transition.
 
-``debug`` leaves those lines out at log level INFO (a quarter of the CPU at high volume) while every
+``debug`` leaves those lines out at log level INFO (some 5-20% of the CPU at high volume) while every
 transition stays an event; lines into an alerting state stay warnings whatever the setting.
 """
 
