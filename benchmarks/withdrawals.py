@@ -434,7 +434,7 @@ async def worker_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
     from engine.logging import configure_logging
 
     with (workdir / f"worker-{os.getpid()}-log.jsonl").open("w") as log_stream:
-        configure_logging(level=args.log_level, json=True, stream=log_stream)
+        configure_logging(level=args.log_level, json=True, stream=log_stream, transitions=args.log_transitions)
         tracker = Tracker()
         engine = build_engine(
             url, workdir / "unused.sqlite3", mode=args.mode, rate=args.rate, concurrency=args.concurrency,
@@ -466,7 +466,7 @@ async def engine_side(url: str, args: argparse.Namespace, workdir: Path) -> dict
 
     log_path = workdir / "engine-log.jsonl"
     with log_path.open("w") as log_stream:
-        configure_logging(level=args.log_level, json=True, stream=log_stream)
+        configure_logging(level=args.log_level, json=True, stream=log_stream, transitions=args.log_transitions)
         tracker = Tracker(observe_states=args.mode == "realistic")
         engine = build_engine(
             url, workdir / "engine.sqlite3", mode=args.mode, rate=args.rate, concurrency=args.concurrency,
@@ -949,8 +949,8 @@ _PEER_SIDES = {"recipe": "baseline", "ccxt": "ccxt"}
 
 
 def _side_args(args: argparse.Namespace) -> list[str]:
-    keys = ("mode", "n", "concurrency", "rate", "poll_interval", "timeout", "warmup", "log_level", "accounts",
-            "workers")  # fmt: skip
+    keys = ("mode", "n", "concurrency", "rate", "poll_interval", "timeout", "warmup", "log_level", "log_transitions",
+            "accounts", "workers")  # fmt: skip
     out: list[str] = []
     for key in keys:
         out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -1229,6 +1229,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 "currency": f"{CURRENCY}/{NET_TYPE}",
                 "warmup": args.warmup,
                 "log_level": args.log_level,
+                "log_transitions": args.log_transitions,
             },
             "machine": {**info, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         }
@@ -1267,6 +1268,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="withdrawals run before measuring (overhead: 50)")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up a side after this many seconds")
     p.add_argument("--log-level", default="INFO", help="engine log level (JSON lines to a file in the temp dir)")
+    p.add_argument(
+        "--log-transitions", choices=("info", "debug"), default="info",
+        help="level of the workflow.transitioned lines (engine.log_transitions; events are kept either way)",
+    )  # fmt: skip
     p.add_argument("--with-baseline", action="store_true", help="overhead mode: run the baseline too")
     p.add_argument("--skip-baseline", action="store_true", help="run the engine side only")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")

@@ -678,7 +678,11 @@ def run(host: str | None, port: int | None) -> None:
     opts = _opts()
     config = _load(opts, **{"api.host": host, "api.port": port})
     fmt = config.engine.log_format
-    configure_logging(level=config.engine.log_level, json=None if fmt == "auto" else fmt == "json")
+    configure_logging(
+        level=config.engine.log_level,
+        json=None if fmt == "auto" else fmt == "json",
+        transitions=config.engine.log_transitions,
+    )
     _run(serve(config))
 
 

@@ -118,6 +118,9 @@ class EngineConfig(BaseModel):
     """Seconds ``run`` keeps retrying to reach the store at start (database down) before exiting."""
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+    log_transitions: Literal["info", "debug"] = "info"
+    """The level of the ``workflow.transitioned`` lines (alerting states stay WARNING). ``debug`` drops them
+    at the INFO level (some 5-20% of the CPU at high volume); every transition stays an event."""
     dry_run: bool = False
 
     @field_validator("database")

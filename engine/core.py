@@ -74,6 +74,7 @@ class Engine:
         self.policy = policy or Policy()
         self._changed = asyncio.Condition()
         self._notifications: set[asyncio.Task[None]] = set()
+        self._notify_pending = False
         self.ctx = StepContext(
             store=store,
             kinds=self.kinds,
@@ -314,7 +315,14 @@ class Engine:
                 await asyncio.wait_for(self._changed.wait(), seconds)
 
     def _on_transition(self, before: Workflow, after: Workflow, event: Event) -> None:
+        # One wake-up task at a time: a notify_all not yet run covers every transition committed before it
+        # (waiters read the store again), so a burst of transitions costs one task, not one each.
+        if self._notify_pending:
+            return
+        self._notify_pending = True
+
         async def notify() -> None:
+            self._notify_pending = False  # transitions from here on schedule the next wake-up
             async with self._changed:
                 self._changed.notify_all()
 

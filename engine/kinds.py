@@ -106,6 +106,12 @@ class WorkflowKind:
     #: States whose commit someone waits on while holding a scarce resource (a submit's rate slot):
     #: the store writes it without its grouping delay.
     urgent: frozenset[str] = frozenset()
+    #: States whose steps change nothing outside the store before their own transition commits (they read,
+    #: decide, and move on; an effect such as a POST goes only after an urgent commit, the intent). A
+    #: transition from one of them to another that is due at once may wait for the next commit of the
+    #: same drive (the runner chains them into one store write); a crash in between only runs the
+    #: (idempotent) steps again. Empty: every transition is written before the next step runs.
+    chainable: frozenset[str] = frozenset()
     #: States whose transitions are logged as warnings (an operator should look).
     alerting: frozenset[str] = frozenset()
     past_deadline: DeadlineRule = _never
@@ -132,8 +138,8 @@ class WorkflowKind:
         if self.initial not in self.states:
             raise ValueError(f"{self.name}: initial state {self.initial!r} is not one of its states")
         named = (
-            self.terminal, self.awaiting_operator, self.urgent, self.alerting, self.steps, self.path, self.success,
-            self.styles,
+            self.terminal, self.awaiting_operator, self.urgent, self.chainable, self.alerting, self.steps, self.path,
+            self.success, self.styles,
         )  # fmt: skip
         unknown = {state for states in named for state in states} - set(self.states)
         if unknown:
@@ -188,6 +194,18 @@ class WorkflowKind:
     def is_urgent(self, state: str) -> bool:
         """A commit into this state is written without the store's grouping delay."""
         return state in self.urgent
+
+    def chains(self, source: str, dest: str) -> bool:
+        """A transition ``source`` -> ``dest`` may share the store write of the next one (see ``chainable``):
+        both states chainable, ``dest`` neither urgent, terminal nor awaiting an operator."""
+        chainable = self.chainable
+        return (
+            source in chainable
+            and dest in chainable
+            and dest not in self.urgent
+            and dest not in self.terminal
+            and dest not in self.awaiting_operator
+        )
 
     def step(self, state: str) -> Step | None:
         """The step that runs a workflow due in ``state`` (None: nothing runs there)."""

@@ -13,11 +13,12 @@ import importlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Event", "Workflow", "new_workflow_id"]
+__all__ = ["Event", "Workflow", "copy_workflow", "new_workflow_id"]
 
 #: Names that moved to ``workflows.withdrawal_model``: resolved on first use (PEP 562), so code written
 #: against ``engine.models`` keeps working without the engine importing a workflow at load time.
@@ -104,6 +105,29 @@ class Workflow:
         return f"<Workflow {self.id} {self.state}{what} v{self.version}>"
 
 
+#: ``json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)``, the encoder built once.
+_canonical: Callable[[Any], str] = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
+def _workflow_copier() -> Callable[[Workflow, Mapping[str, Any]], Workflow]:
+    """Build :func:`copy_workflow`: straight-line code, one slot write per field (what ``dataclasses``
+    does for ``__init__``), without the keyword parsing and per-field lookups of ``replace``."""
+    scope: dict[str, Any] = {"_new": object.__new__, "_setattr": object.__setattr__, "Workflow": Workflow}
+    lines = ["def copy_workflow(wf, changes):", "    new = _new(Workflow)"]
+    for i, f in enumerate(fields(Workflow)):
+        scope[f"_set{i}"] = Workflow.__dict__[f.name].__set__  # the slot's own setter (frozen: no __setattr__)
+        lines.append(f"    _set{i}(new, wf.{f.name})")
+    lines += ["    for name, value in changes.items():", "        _setattr(new, name, value)", "    return new"]
+    exec("\n".join(lines), scope)  # noqa: S102 - fixed source built from the dataclass's own field names
+    copier: Callable[[Workflow, Mapping[str, Any]], Workflow] = scope["copy_workflow"]
+    return copier
+
+
+#: ``dataclasses.replace(wf, **changes)`` for a Workflow at a third of the cost (a transition makes two or
+#: three copies). ``changes`` must name fields only: callers check (``engine.context.evolve``) or know.
+copy_workflow = _workflow_copier()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """One line of a workflow's append-only audit log; ``hash`` chains it to the previous one."""
@@ -131,13 +155,13 @@ class Event:
 
     def canonical(self) -> bytes:
         """The bytes the hash covers: every field but the hash itself, as canonical JSON."""
-        body = {**self._fields(), "prev": self.prev_hash}
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+        return _canonical({**self._fields(), "prev": self.prev_hash}).encode()
 
     def sealed(self, prev_hash: str) -> Event:
-        """This event linked to ``prev_hash``, with its own hash computed."""
-        linked = replace(self, prev_hash=prev_hash, hash="")
-        return replace(linked, hash=hashlib.sha256(linked.canonical()).hexdigest())
+        """This event linked to ``prev_hash``, with its own hash computed (one copy: the hash covers
+        ``canonical()`` of the linked event, which never includes the hash itself)."""
+        body = _canonical({**self._fields(), "prev": prev_hash}).encode()
+        return replace(self, prev_hash=prev_hash, hash=hashlib.sha256(body).hexdigest())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""

@@ -325,15 +325,45 @@ class Runner:
     # -- driving one workflow ----------------------------------------------------------------------
 
     async def _drive(self, wf: Workflow) -> None:
-        with structlog.contextvars.bound_contextvars(workflow_id=wf.id):
-            current: Workflow | None = wf
-            for _ in range(self.max_chain):
-                if current is None or not self._due(current):
-                    return
-                step = self.ctx.kinds[current.kind].step(current.state)
-                if step is None:
-                    return
-                current = await self._step(step, current)
+        """Step ``wf`` while it is due at once (up to ``max_chain`` steps). Transitions between the kind's
+        chainable states wait for the drive's next write (see :meth:`StepContext.transition`): the last
+        of them is written when the drive ends, whatever ended it."""
+        # The drive is its own task (its own copy of the context): bind and reset, without the lookups of
+        # ``bound_contextvars`` (it reads the whole context to restore keys no task here shares).
+        tokens = structlog.contextvars.bind_contextvars(workflow_id=wf.id)
+        self.ctx.open_chain(wf.id)
+        try:
+            last = await self._chain(wf)
+            if last is not None:
+                await self._flush(last)
+        finally:
+            self.ctx.close_chain(wf.id)  # after a cancellation: dropped, as a crash would (steps redo them)
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _chain(self, wf: Workflow) -> Workflow | None:
+        current: Workflow | None = wf
+        for _ in range(self.max_chain):
+            if current is None or not self._due(current):
+                break
+            step = self.ctx.kinds[current.kind].step(current.state)
+            if step is None:
+                break
+            current = await self._step(step, current)
+        return current
+
+    async def _flush(self, wf: Workflow) -> bool:
+        """Write the transitions of ``wf`` still waiting; False if the store refused them (dropped)."""
+        try:
+            wrote = await self.ctx.flush_chain(wf.id)
+        except (StaleVersion, StoreUnavailable) as exc:
+            self._step_dropped(wf, exc)
+            return False
+        except EngineError as exc:  # LaneBusy, a plain StoreError: the store still says where it stands
+            log.warning("workflow.chain_not_written", workflow_id=wf.id, state=wf.state, error=str(exc))
+            return False
+        if wrote:  # a write went through: the store is back (nothing written proves nothing)
+            self._store_answered()
+        return True
 
     def _due(self, wf: Workflow) -> bool:
         return wf.next_run_at is not None and wf.next_run_at <= self.ctx.now()
@@ -346,6 +376,7 @@ class Runner:
                 return await kind.expire(wf, self.ctx)
             stepped: Workflow | None = await step(wf, self.ctx)
         except (StaleVersion, StoreUnavailable) as exc:  # the store says where it stands: claimed again later
+            self.ctx.close_chain(wf.id)
             self._step_dropped(wf, exc)
             return None
         except ExchangeError as exc:
@@ -367,7 +398,10 @@ class Runner:
             log.info("workflow.moved_elsewhere", workflow_id=wf.id)
 
     async def _retry_later(self, wf: Workflow, exc: Exception, error: Mapping[str, object]) -> Workflow | None:
-        """Reschedule with backoff after a failed step (never an event per retry: they can be many)."""
+        """Reschedule with backoff after a failed step (never an event per retry: they can be many). What the
+        drive's earlier steps did is written first (it stands: their transitions are not the failure)."""
+        if not await self._flush(wf):
+            return None
         settings = self.ctx.settings
         delay = backoff_delay(
             wf.attempt, initial=settings.read_retry_initial, maximum=settings.read_retry_max, jitter=0.5

@@ -1133,6 +1133,7 @@ KIND = WorkflowKind(
     },
     four_eyes=frozenset({Resolution.APPROVE, Resolution.REJECT}),
     urgent=frozenset({S.SUBMITTING}),
+    chainable=frozenset(_PRE_SUBMIT),  # reads and local checks only: the POST follows the intent (urgent)
     alerting=frozenset({S.NEEDS_REVIEW, S.RECONCILING}),
     past_deadline=past_deadline,
     expire=expire,

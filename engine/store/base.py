@@ -116,6 +116,18 @@ class Store(Protocol):
         operator's word that came in while it was being made wins, and is never silently cleared."""
         ...
 
+    async def commit_chain(
+        self, commits: Sequence[tuple[Workflow, Event | None]], *, owner: str | None, unflagged: bool = False
+    ) -> WorkflowList:
+        """Several commits of ONE workflow, in order (each ``workflow`` the version the one before it wrote),
+        in one transaction: all are written, or none is (the first lost compare-and-set raises, as
+        :meth:`commit` does). Returns the stored workflows, in order. ``unflagged`` applies to the last.
+
+        Why: transitions that chain without I/O (the kind's ``chainable`` states) then cost one write and
+        one durable commit together instead of one each; the rows, events, versions and hash chain are
+        exactly those the commits would have written one by one."""
+        ...
+
     async def claim_due(self, *, now: datetime, limit: int, owner: str, lease_seconds: float) -> WorkflowList:
         """Lease up to ``limit`` workflows whose ``next_run_at`` has come, oldest due first."""
         ...

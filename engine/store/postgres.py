@@ -944,6 +944,27 @@ class PostgresStore:
                 rows = [_share_row(r) for r in await conn.fetch(_BUDGET_READ_SQL, account)]
         return now, rows
 
+    async def commit_chain(
+        self, commits: Sequence[tuple[Workflow, Event | None]], *, owner: str | None, unflagged: bool = False
+    ) -> builtins.list[Workflow]:
+        """Several commits of one workflow, in order, in one transaction (see
+        :meth:`engine.store.base.Store.commit_chain`): each is :meth:`commit`'s statement; the first lost
+        compare-and-set raises ``StaleVersion`` and the transaction rolls back, so none is written."""
+        if not commits:
+            return []
+        stored: builtins.list[Workflow] = []
+        last = len(commits) - 1
+        with _mapped(commits[-1][0]):
+            async with self._db().acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                for i, (workflow, event) in enumerate(commits):
+                    sql = _COMMIT if event is None else _COMMIT_WITH_EVENT
+                    params = _commit_params(workflow, event, owner, self.kinds, unflagged=unflagged and i == last)
+                    row = await conn.fetchrow(sql, *params)
+                    if row is None:
+                        raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
+                    stored.append(workflow_from_row(row, self.kinds))
+        return stored
+
 
 #: Two-key advisory locks live apart from the one-key migration lock; the class is "BU" in ASCII.
 _BUDGET_LOCK = 0x4255

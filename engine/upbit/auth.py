@@ -10,7 +10,9 @@ them separately.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ __all__ = [
     "Credentials",
     "EncodedParams",
     "Params",
+    "TokenSigner",
     "encode_params",
     "hash_string",
     "make_token",
@@ -144,6 +147,49 @@ def make_token(
         payload["query_hash"] = hashlib.sha512(hashed.encode()).hexdigest()
         payload["query_hash_alg"] = "SHA512"
     return jwt.encode(payload, credentials.secret_key, algorithm=algorithm.value)
+
+
+class TokenSigner:
+    """Signs the JWTs of one key pair: :func:`make_token`'s tokens, byte for byte, at a fraction of its cost.
+
+    PyJWT checks the key on every signature (not a PEM, SSH, DER or JWK key: ~40% of a token's cost) and
+    builds the same header each time. The signer lets PyJWT sign the first token (so a bad key fails as it
+    always did), then signs HS256 itself: the header's encoding is kept, the payload is one ``json.dumps``,
+    the signature one HMAC. HS512, and an HS256 key shorter than 32 bytes (PyJWT warns about those on
+    every signature), stay with PyJWT. The secret never shows in the repr."""
+
+    __slots__ = ("_algorithm", "_credentials", "_fast", "_key", "_prefix")
+
+    def __init__(self, credentials: Credentials, algorithm: Algorithm = Algorithm.HS256) -> None:
+        self._credentials = credentials
+        self._algorithm = algorithm
+        self._fast = algorithm is Algorithm.HS256 and len(credentials.secret_key.encode()) >= 32
+        self._key: bytes | None = None  # set once PyJWT has accepted the key (its checks run once)
+        header = json.dumps({"alg": algorithm.value, "typ": "JWT"}, separators=(",", ":")).encode()
+        self._prefix = _b64url(header) + b"."
+
+    def __repr__(self) -> str:
+        return f"TokenSigner({self._credentials!r}, {self._algorithm.value})"
+
+    def sign(self, hashed: str | None, *, nonce: str | None = None) -> str:
+        """One request's JWT, as :func:`make_token` signs it (``hashed``: None or empty without params)."""
+        key = self._key
+        if key is None:
+            token = make_token(self._credentials, hashed, algorithm=self._algorithm, nonce=nonce)
+            if self._fast:
+                self._key = self._credentials.secret_key.encode()
+            return token
+        payload: dict[str, str] = {"access_key": self._credentials.access_key, "nonce": nonce or str(uuid.uuid4())}
+        if hashed:
+            payload["query_hash"] = hashlib.sha512(hashed.encode()).hexdigest()
+            payload["query_hash_alg"] = "SHA512"
+        signing = self._prefix + _b64url(json.dumps(payload, separators=(",", ":")).encode())
+        return (signing + b"." + _b64url(hmac.new(key, signing, hashlib.sha256).digest())).decode()
+
+
+def _b64url(data: bytes) -> bytes:
+    """Base64url without padding (RFC 7515), as PyJWT encodes a token's parts."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def params_from_mapping(mapping: Mapping[str, ParamValue | None]) -> list[tuple[str, ParamValue]]:

@@ -37,7 +37,7 @@ from engine.errors import (
     ExchangeThrottled,
     ExchangeTimeout,
 )
-from engine.upbit.auth import Algorithm, Credentials, Params, encode_params, make_token
+from engine.upbit.auth import Algorithm, Credentials, Params, TokenSigner, encode_params
 from engine.upbit.errors import parse_error_body, refusal, seconds_in_text, snippet
 from engine.upbit.ratelimit import Priority, RateLimiter
 from engine.upbit.skew import SkewEstimator
@@ -174,6 +174,7 @@ class UpbitClient:
         self.limiter = limiter or RateLimiter(clock=self._clock)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._algorithm = algorithm
+        self._signer = TokenSigner(credentials, algorithm)
         self._session = session
         self._owns_session = session is None
         self._read_retries = read_retries_on_429
@@ -317,7 +318,7 @@ class UpbitClient:
                 attempt += 1
 
     async def _send(self, method: str, url: str, body: bytes, hashed: str, endpoint: str) -> _Answer:
-        token = make_token(self._credentials, hashed or None, algorithm=self._algorithm)
+        token = self._signer.sign(hashed or None)
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if method == "POST":
             headers["Content-Type"] = "application/json; charset=utf-8"
