@@ -962,7 +962,7 @@ class PostgresStore:
                     row = await conn.fetchrow(sql, *params)
                     if row is None:
                         raise StaleVersion(f"{workflow.id} moved past version {workflow.version} (or lease lost)")
-                    stored.append(workflow_from_row(row, self.kinds))
+                    stored.append(_committed(workflow, row))
         return stored
 
 
