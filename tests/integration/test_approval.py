@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from engine import CurrencyPolicy, Engine, Policy, WithdrawalRequest, Workflow
+from engine.audit import verify_store
 from engine.clock import SystemClock
 from engine.errors import Forbidden, InvalidRequest, InvalidTransition
 from engine.models import State
@@ -428,6 +429,8 @@ class TestCrash:
         async with Engine(store=SQLiteStore(db_path), **offline) as engine:
             triggers = await triggers_of(engine, wf.id)
             approved = await event(engine, wf.id, "approve")
+            checked, broken = await verify_store(engine.store)
+        assert (checked, broken) == (1, [])  # the wait and the decision are links of the audit chain
         assert triggers.count("await_approval") == 1 and triggers.count("submit") == 1
         assert approved == {"operator": "bob", "note": "after the crash"}
         assert await admin.posts() == 1
