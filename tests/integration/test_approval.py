@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from engine import CurrencyPolicy, Engine, Policy, WithdrawalRequest, Workflow
+from engine.audit import verify_store
 from engine.clock import SystemClock
 from engine.errors import Forbidden, InvalidRequest, InvalidTransition
 from engine.models import State
@@ -428,9 +429,40 @@ class TestCrash:
         async with Engine(store=SQLiteStore(db_path), **offline) as engine:
             triggers = await triggers_of(engine, wf.id)
             approved = await event(engine, wf.id, "approve")
+            checked, broken = await verify_store(engine.store)
+        assert (checked, broken) == (1, [])  # the wait and the decision are links of the audit chain
         assert triggers.count("await_approval") == 1 and triggers.count("submit") == 1
         assert approved == {"operator": "bob", "note": "after the crash"}
         assert await admin.posts() == 1
+
+
+class TestRace:
+    async def test_two_approvers_at_once_one_decision(self, db_path: Path) -> None:
+        """bob approves and carol rejects at the same moment: exactly one is recorded, the other is told so
+        (InvalidTransition), never a silent overwrite."""
+        from datetime import UTC
+
+        async with Engine(
+            store=SQLiteStore(db_path, group_window=0.001), gateways={}, run_runner=False, accounts=["default"],
+        ) as engine:  # fmt: skip
+            wf = await engine.submit(btc("0.02"), operator="alice")
+            now = datetime.now(UTC)
+            held = replace(
+                wf, state="awaiting_approval", updated_at=now, deadline_at=now + timedelta(hours=1),
+                next_run_at=now + timedelta(hours=1),
+            )  # fmt: skip
+            await engine.store.commit(held, None, owner=None)
+            results = await asyncio.gather(
+                engine.resolve(wf.id, "approve", operator="bob", note="ok"),
+                engine.resolve(wf.id, "reject", operator="carol", note="no"),
+                return_exceptions=True,
+            )
+            stored = await engine.get(wf.id)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 1 and isinstance(refused[0], InvalidTransition), results
+        winner = next(r for r in results if not isinstance(r, BaseException))
+        assert isinstance(winner, Workflow)
+        assert (stored.resolution, stored.resolution_by) == (winner.resolution, winner.resolution_by)
 
 
 class TestStore:
@@ -446,6 +478,17 @@ class TestStore:
         assert approved.next_run_at == at(5)
         resolved = await store.request_resolution(review.id, "abandon", at=at(6))
         assert resolved.resolution == "abandon"
+
+    async def test_an_approvers_decision_is_never_replaced(self, store: Store) -> None:
+        """Two approvers racing: the first decision recorded stays until it is carried out (a review's
+        decision may still be changed, as before)."""
+        waiting = await add(store, state=State.AWAITING_APPROVAL, next_run_at=at(3600))
+        first = await store.request_resolution(waiting.id, "approve", at=at(5), operator="bob", note="ok")
+        second = await store.request_resolution(waiting.id, "reject", at=at(6), operator="carol", note="no")
+        assert second == first and (second.resolution, second.resolution_by) == ("approve", "bob")
+        review = await add(store, state=State.NEEDS_REVIEW, next_run_at=None)
+        await store.request_resolution(review.id, "resubmit", at=at(5))
+        assert (await store.request_resolution(review.id, "abandon", at=at(6))).resolution == "abandon"
 
 
 @pytest.mark.postgres
