@@ -457,6 +457,20 @@ async def test_error_names_map_to_exceptions(
 # --------------------------------------------------------------------------------------------------
 
 
+def _signer_of(sign: Callable[..., str]) -> type:
+    """A stand-in for the client's :class:`~engine.upbit.auth.TokenSigner` whose tokens come from ``sign``
+    (``make_token``'s signature): how a test makes the client sign what it should not."""
+
+    class Signer:
+        def __init__(self, credentials: Credentials, algorithm: Algorithm = Algorithm.HS256) -> None:
+            self.credentials, self.algorithm = credentials, algorithm
+
+        def sign(self, hashed: str | None, *, nonce: str | None = None) -> str:
+            return sign(self.credentials, hashed, algorithm=self.algorithm, nonce=nonce)
+
+    return Signer
+
+
 class TestAuth:
     @pytest.mark.parametrize("algorithm", [Algorithm.HS256, Algorithm.HS512])
     async def test_both_algorithms_accepted(self, sandbox: SandboxServer, algorithm: Algorithm) -> None:
@@ -522,10 +536,8 @@ class TestAuth:
     ) -> None:
         """The client signs one string and sends another: invalid_query_payload, mapped to a refusal."""
 
-        def sign_something_else(credentials: Credentials, hashed: str | None, **kw: Any) -> str:
-            return make_token(credentials, (hashed or "") + "&tampered=1", **kw)
-
-        monkeypatch.setattr(client_module, "make_token", sign_something_else)
+        monkeypatch.setattr(client_module, "TokenSigner", _signer_of(lambda cred, hashed, **kw: make_token(
+            cred, (hashed or "") + "&tampered=1", **kw)))  # fmt: skip
         async with connect(sandbox.url) as upbit:
             await expect(upbit.chance("BTC", "BTC"), ExchangeRefused, status=401, name="invalid_query_payload",
                          endpoint=CHANCE)  # fmt: skip
@@ -552,9 +564,8 @@ class TestAuth:
 
         # Through the client: a token factory stuck on one nonce.
         stuck = str(uuid.uuid4())
-        monkeypatch.setattr(
-            client_module, "make_token", lambda cred, hashed, **kw: make_token(cred, hashed, **{**kw, "nonce": stuck})
-        )
+        monkeypatch.setattr(client_module, "TokenSigner", _signer_of(lambda cred, hashed, **kw: make_token(
+            cred, hashed, **{**kw, "nonce": stuck})))  # fmt: skip
         async with connect(sandbox.url) as upbit:
             await upbit.wallet_status()
             await expect(upbit.wallet_status(), ExchangeRefused, status=401, name="nonce_used",
