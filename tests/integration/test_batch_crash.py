@@ -50,6 +50,10 @@ async def test_kill_during_dispatch_resumes_without_a_second_child_or_post(
 ) -> None:
     """SIGKILL mid-dispatch; the restarted runner finishes the batch with 2,000 children, one POST each."""
     await admin.configure(rate_limit={"enabled": False})
+    # No child may reach its POST before the kill: one killed between its intent and its POST ends, by
+    # design, in needs_review (nobody can tell whether the POST left), which is test_crash.py's subject,
+    # not this test's. A paused wallet holds every child at checking_wallet, nothing sent.
+    await admin.wallet("BTC", "BTC", wallet_state="paused")
     async with Engine(store=SQLiteStore(db_path), gateways={"default": make_gateway(sandbox.url)},
                       run_runner=False) as engine:  # fmt: skip
         batch = await engine.submit_batch(_items(), idempotency_key="crash-2000")
@@ -68,6 +72,8 @@ async def test_kill_during_dispatch_resumes_without_a_second_child_or_post(
     assert proc.returncode == -signal.SIGKILL
     assert N // 4 <= at_kill < N, f"the kill missed the dispatch ({at_kill} children)"
     assert _read(db_path, "SELECT state FROM workflows WHERE id = ?", batch.id)[0] == "dispatching"
+    assert await admin.posts() == 0
+    await admin.wallet("BTC", "BTC", wallet_state="working")
 
     async with Engine(store=SQLiteStore(db_path), gateways={"default": make_gateway(sandbox.url, rate=1000,
                       timeout=30.0)}, settings=SETTINGS) as engine:  # fmt: skip
