@@ -261,7 +261,7 @@ def _auth_middleware(token: str) -> Any:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PROBES:
+        if request.path in PROBES or _is_console(request.path):
             return await handler(request)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         raw = _utf8(presented.strip())
@@ -271,6 +271,11 @@ def _auth_middleware(token: str) -> Any:
         return await handler(request)
 
     return auth
+
+
+def _is_console(path: str) -> bool:
+    """The console (engine/console) authenticates by its own session cookie, not by the bearer token."""
+    return path == "/console" or path.startswith("/console/")
 
 
 def _utf8(value: str) -> bytes | None:
