@@ -83,6 +83,7 @@ async def create_workflow(
     accounts: Collection[str] | None = None,
     reference: str | None = None,
     metadata: dict[str, Any] | None = None,
+    created_by: str | None = None,
 ) -> tuple[Workflow, bool]:
     """Persist a new workflow of the request's kind (with its first event), or return the one already
     stored under ``idempotency_key`` (False: a replay). A replay must be the same request (and the same
@@ -107,7 +108,7 @@ async def create_workflow(
             return _replay(kind, existing, request, key, parent_id, reference=reference, metadata=metadata), False
     workflow, event = new_workflow(
         kind, request, now=now, settings=settings, idempotency_key=idempotency_key, parent_id=parent_id,
-        reference=reference, metadata=metadata,
+        reference=reference, metadata=metadata, created_by=created_by,
     )  # fmt: skip
     try:
         if reference is not None:
@@ -247,7 +248,7 @@ class StepContext:
         stored, created = await create_workflow(
             self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
             idempotency_key=idempotency_key, parent_id=None if parent is None else parent.id,
-            accounts=self.gateways.keys(),
+            accounts=self.gateways.keys(), created_by=None if parent is None else parent.created_by,
         )  # fmt: skip
         if created:
             self.wake()
@@ -288,11 +289,14 @@ class StepContext:
         return ChildCounts(by_state=by_state, settled=settled)
 
     async def cancel_child(self, parent: Workflow, child: Workflow) -> Workflow:
-        """Flag ``parent``'s child for cancellation (the store's cancel request, as an operator's cancel)
-        and wake the runner; refused (``InvalidTransition``) for a workflow that is not its child."""
+        """Flag ``parent``'s child for cancellation (the store's cancel request, as an operator's cancel,
+        attributed to whoever cancelled the parent) and wake the runner; refused (``InvalidTransition``)
+        for a workflow that is not its child."""
         if child.parent_id != parent.id:
             raise InvalidTransition(f"{child.id} is not a child of {parent.id}")
-        flagged = await self.store.request_cancel(child.id, at=self.clock.now())
+        flagged = await self.store.request_cancel(
+            child.id, at=self.clock.now(), operator=parent.cancel_by, note=parent.cancel_note
+        )
         self.wake()
         return flagged
 

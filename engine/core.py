@@ -24,6 +24,7 @@ from engine.context import StepContext, TransitionObserver, create_workflow
 from engine.errors import InvalidRequest, InvalidTransition, WorkflowNotFound
 from engine.kinds import KindRegistry, default_kinds
 from engine.models import Event, Workflow
+from engine.operators import check_attribution
 from engine.policy import Policy, WorkflowSettings
 from engine.query import DEFAULT_PAGE, MAX_PAGE, ListFilter, Page
 from engine.references import check_metadata, check_reference
@@ -134,14 +135,16 @@ class Engine:
         idempotency_key: str | None = None,
         reference: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        operator: str | None = None,
     ) -> Workflow:
         """Persist a new workflow of the request's kind (or return the one already under ``idempotency_key``).
 
         ``reference`` is the caller's own id for the payout (unique per account: another workflow with it
         is a :class:`~engine.errors.ReferenceConflict`); ``metadata`` a small JSON object kept as given.
-        Both are part of the request an idempotency key stands for."""
+        Both are part of the request an idempotency key stands for. ``operator``: who submits it (stored as
+        ``created_by`` and recorded in the first event; a replay keeps the first submitter)."""
         workflow, _ = await self.intake(
-            request, idempotency_key=idempotency_key, reference=reference, metadata=metadata
+            request, idempotency_key=idempotency_key, reference=reference, metadata=metadata, operator=operator
         )
         return workflow
 
@@ -152,15 +155,20 @@ class Engine:
         idempotency_key: str | None = None,
         reference: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        operator: str | None = None,
     ) -> tuple[Workflow, bool]:
         """Like :meth:`submit`, and says whether the workflow was created now (False: a replay)."""
         stored, created = await create_workflow(
             self.store, self.kinds, request, now=self.clock.now(), settings=self.settings,
             idempotency_key=idempotency_key, accounts=self.accounts, reference=check_reference(reference),
             metadata=check_metadata(dict(metadata) if isinstance(metadata, Mapping) else metadata),
+            created_by=check_attribution(operator, None)[0],
         )  # fmt: skip
         if created:
-            log.info("workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key)
+            log.info(
+                "workflow.created", workflow_id=stored.id, lane=stored.lane, idempotency_key=idempotency_key,
+                operator=operator,
+            )  # fmt: skip
             self.runner.wake()
         return stored, created
 
@@ -233,18 +241,28 @@ class Engine:
             )
         return found[0] if found else None
 
-    async def cancel(self, workflow_id: str) -> Workflow:
-        """Ask to cancel: locally before submit, at the exchange after. Terminal workflows refuse."""
+    async def cancel(self, workflow_id: str, *, operator: str | None = None, note: str | None = None) -> Workflow:
+        """Ask to cancel: locally before submit, at the exchange after. Terminal workflows refuse.
+
+        ``operator`` and ``note`` (who asks, and why) are kept with the flag and recorded by the event of
+        the step that acts on it; a repeated request keeps the first one's."""
+        operator, note = check_attribution(operator, note)
         current = await self.store.get(workflow_id)
         if self.kinds[current.kind].is_terminal(current.state):
             raise InvalidTransition(f"{workflow_id} is already {current.state}")
-        flagged = await self.store.request_cancel(workflow_id, at=self.clock.now())
+        flagged = await self.store.request_cancel(workflow_id, at=self.clock.now(), operator=operator, note=note)
+        log.info("workflow.cancel_requested", workflow_id=workflow_id, operator=operator)
         self.runner.wake()
         return flagged
 
-    async def resolve(self, workflow_id: str, action: str) -> Workflow:
+    async def resolve(
+        self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
         """An operator's decision for a workflow that awaits one (a withdrawal in ``needs_review``:
-        ``resubmit`` or ``abandon``); the kind says which actions it accepts, its next step applies it."""
+        ``resubmit`` or ``abandon``); the kind says which actions it accepts, its next step applies it.
+
+        ``operator`` and ``note`` are stored with the decision and recorded by the event that applies it."""
+        operator, note = check_attribution(operator, note)
         self.kinds.check_resolution(action)  # before the read: a bad action is refused as before
         current = await self.store.get(workflow_id)
         kind = self.kinds[current.kind]
@@ -252,7 +270,10 @@ class Engine:
         if not kind.awaits_operator(current.state):
             awaiting = "/".join(sorted(kind.awaiting_operator)) or "a state awaiting an operator"
             raise InvalidTransition(f"{workflow_id} is {current.state}, not {awaiting}")
-        flagged = await self.store.request_resolution(workflow_id, action, at=self.clock.now())
+        flagged = await self.store.request_resolution(
+            workflow_id, action, at=self.clock.now(), operator=operator, note=note
+        )
+        log.info("workflow.resolution_requested", workflow_id=workflow_id, action=action, operator=operator)
         self.runner.wake()
         return flagged
 
@@ -335,14 +356,17 @@ class Engine:
         skip_invalid: bool = False,
         max_total: Mapping[str, Decimal] | None = None,
         idempotency_key: str | None = None,
+        operator: str | None = None,
     ) -> Workflow:
         """Validate a payout batch whole and persist it as one workflow (see :meth:`intake_batch`).
 
         ``items``: a list of item objects (withdrawal request fields plus ``reference``), or a batch request
-        the batch kind built (``workflows.batch.intake.build_batch``)."""
+        the batch kind built (``workflows.batch.intake.build_batch``). ``operator``: who submits it (its
+        children are attributed to the same operator)."""
         workflow, _ = await self.intake_batch(
-            items, skip_invalid=skip_invalid, max_total=max_total, idempotency_key=idempotency_key
-        )
+            items, skip_invalid=skip_invalid, max_total=max_total, idempotency_key=idempotency_key,
+            operator=operator,
+        )  # fmt: skip
         return workflow
 
     async def intake_batch(
@@ -352,6 +376,7 @@ class Engine:
         skip_invalid: bool = False,
         max_total: Mapping[str, Decimal] | None = None,
         idempotency_key: str | None = None,
+        operator: str | None = None,
     ) -> tuple[Workflow, bool]:
         """Every item validated first (``InvalidBatch`` names each bad item and field; ``skip_invalid``
         accepts the rest and lists them), then the per-currency caps; only then is the batch stored. Its
@@ -362,7 +387,7 @@ class Engine:
             self._batch_kind().accept, items, skip_invalid=skip_invalid, max_total=max_total,
             accounts=self.accounts, limits=dict(self.batch_max_total),
         )  # fmt: skip
-        return await self.intake(request, idempotency_key=idempotency_key)
+        return await self.intake(request, idempotency_key=idempotency_key, operator=operator)
 
     async def get_batch(self, batch_id: str) -> dict[str, Any]:
         """The batch's view and its children's counts by state."""
@@ -393,11 +418,12 @@ class Engine:
         """A report's items as CSV."""
         return self._batch_kind().render_csv(report)
 
-    async def cancel_batch(self, batch_id: str) -> Workflow:
+    async def cancel_batch(self, batch_id: str, *, operator: str | None = None, note: str | None = None) -> Workflow:
         """Cancel a batch: no more children are created, every child not yet submitted is cancelled, and
-        the exchange is asked to cancel the cancelable ones (each through the withdrawal's cancel)."""
+        the exchange is asked to cancel the cancelable ones (each through the withdrawal's cancel, attributed
+        to the same operator and note)."""
         await self._batch(batch_id)
-        return await self.cancel(batch_id)
+        return await self.cancel(batch_id, operator=operator, note=note)
 
     async def stream(
         self,

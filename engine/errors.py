@@ -11,6 +11,8 @@ what is known about the outcome of the call, because that decides whether a with
     ├── ReferenceConflict                the account already has a withdrawal with this reference
     ├── WorkflowNotFound
     ├── WebhookNotFound                  no live webhook subscription has this id
+    ├── OperatorNotFound                 no operator has this name
+    ├── Forbidden                        the operator's role does not allow this (HTTP 403)
     ├── InvalidTransition                trigger not allowed from the current state
     │   └── GuardRejected                the transition exists, its guard said no
     ├── WaitTimeout                      stopped waiting for a workflow to settle; it goes on
@@ -45,7 +47,8 @@ caller catches ``WorkflowNotFound`` whether it runs the engine or talks to the s
         ├── RemoteNotFound               404; also a WorkflowNotFound
         ├── RemoteIdempotencyConflict    409 idempotency_conflict; also an IdempotencyConflict
         ├── RemoteReferenceConflict      409 reference_conflict; also a ReferenceConflict
-        └── RemoteInvalidTransition      409 invalid_transition; also an InvalidTransition
+        ├── RemoteInvalidTransition      409 invalid_transition; also an InvalidTransition
+        └── RemoteForbidden              403 forbidden; also a Forbidden
 
 A class docstring is its default message (as in procrastinate), so every error reads well without one.
 No error ever carries a key, a secret or a token: the client builds them from status, Upbit's error name
@@ -66,6 +69,7 @@ __all__ = [
     "ExchangeServerError",
     "ExchangeThrottled",
     "ExchangeTimeout",
+    "Forbidden",
     "GuardRejected",
     "IdempotencyConflict",
     "InvalidBatch",
@@ -73,8 +77,10 @@ __all__ = [
     "InvalidRequest",
     "InvalidTransition",
     "LaneBusy",
+    "OperatorNotFound",
     "OutcomeUnknown",
     "ReferenceConflict",
+    "RemoteForbidden",
     "RemoteIdempotencyConflict",
     "RemoteInvalidRequest",
     "RemoteInvalidTransition",
@@ -308,3 +314,15 @@ class RemoteInvalidTransition(ServiceError, InvalidTransition):
 
 class WebhookNotFound(EngineError):
     """No live webhook subscription has this id."""
+
+
+class OperatorNotFound(EngineError):
+    """No operator has this name."""
+
+
+class Forbidden(EngineError):
+    """This operator's role does not allow this action (the HTTP API answers 403 ``forbidden``)."""
+
+
+class RemoteForbidden(ServiceError, Forbidden):
+    """The service refused the action for this token's operator (403)."""

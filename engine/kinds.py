@@ -244,12 +244,13 @@ def new_workflow(
     parent_id: str | None = None,
     reference: str | None = None,
     metadata: dict[str, Any] | None = None,
+    created_by: str | None = None,
 ) -> tuple[Workflow, Event]:
     """A new workflow of ``kind`` in its initial state, due now, with its sealed first event.
 
-    The first event records the request and the idempotency key (and the caller's reference, metadata
-    and the parent, each only when there is one, so a withdrawal created without them hashes exactly as it
-    always did)."""
+    The first event records the request and the idempotency key (and the caller's reference, metadata,
+    the parent and the submitting operator, each only when there is one, so a withdrawal created without
+    them hashes exactly as it always did)."""
     wf_id = new_workflow_id(kind.id_prefix)
     data: dict[str, Any] = {"request": kind.dump_request(request), "idempotency_key": idempotency_key}
     if reference is not None:
@@ -258,6 +259,8 @@ def new_workflow(
         data["metadata"] = metadata
     if parent_id is not None:
         data["parent_id"] = parent_id
+    if created_by is not None:
+        data["created_by"] = created_by
     event = Event(
         workflow_id=wf_id, seq=1, at=now, trigger="create", from_state=None, to_state=str(kind.initial), data=data,
     ).sealed("")  # fmt: skip
@@ -273,6 +276,7 @@ def new_workflow(
         parent_id=parent_id,
         reference=reference,
         metadata=metadata,
+        created_by=created_by,
         next_run_at=now,
         deadline_at=None if after is None else now + timedelta(seconds=after),
         event_seq=1,

@@ -77,6 +77,15 @@ class Workflow:
     reference: str | None = None
     metadata: dict[str, Any] | None = None
     parent_id: str | None = None
+    #: Attribution (migration 7): the operator who submitted it (fixed at creation; the first event says
+    #: so too), and who asked for the pending cancel or resolution with their note. The flags' pairs are
+    #: written with the flags by the store's requests, never by a step; the event of the transition that
+    #: acts on a flag records them (``operator``, ``note``).
+    created_by: str | None = None
+    cancel_by: str | None = None
+    cancel_note: str | None = None
+    resolution_by: str | None = None
+    resolution_note: str | None = None
 
     @property
     def cancel_requested(self) -> bool:

@@ -666,7 +666,7 @@ def _absence_interval(rule: AutoResolve) -> float:
 async def step_needs_review(wf: Workflow, ctx: StepPort) -> Workflow:
     """Carry out the operator's decision: resubmit (a fresh intent, then one POST) or abandon."""
     if wf.resolution == Resolution.RESUBMIT:
-        return await _submit(wf, ctx, "resubmit", operator=True)
+        return await _submit(wf, ctx, "resubmit", **_resolved_by(wf))
     if wf.resolution == Resolution.ABANDON:
         return await _abandon(wf, ctx)
     if wf.cancel_requested and not data_of(wf.data).get("cancel_noted"):
@@ -685,14 +685,25 @@ async def _abandon(wf: Workflow, ctx: StepPort) -> Workflow:
     window = ctx.settings.lane_watch
     if window <= 0 or uncertain <= 0:
         return await ctx.transition(
-            wf, "abandon", event_data={"operator": True}, reason=AbortReason.ABANDONED.value, resolution=None
+            wf, "abandon", event_data=_resolved_by(wf), reason=AbortReason.ABANDONED.value, resolution=None
         )
     watch = _new_watch(ctx, uncertain)
     return await ctx.transition(
-        wf, "abandon", event_data={"operator": True, "watch_until": watch["until"]},
+        wf, "abandon", event_data={**_resolved_by(wf), "watch_until": watch["until"]},
         reason=AbortReason.ABANDONED.value, resolution=None, lane_held=True, next_run_at=ctx.now(),
         data=_data_without(evolve(wf, data=_data(wf, watch=watch)), "absence"),
     )  # fmt: skip
+
+
+def _resolved_by(wf: Workflow) -> dict[str, Any]:
+    """The event data of an operator's decision being applied: ``operator`` (their name; ``True`` when the
+    decision came unnamed, as from the Python API without one) and their ``note`` when they gave one."""
+    return {"operator": wf.resolution_by or True, "note": wf.resolution_note}
+
+
+def _cancelled_by(wf: Workflow) -> dict[str, Any]:
+    """The event data of an operator's cancel being acted on: who asked (``True``: unnamed) and their note."""
+    return {"operator": wf.cancel_by or True, "note": wf.cancel_note}
 
 
 def _new_watch(ctx: StepPort, unaccounted: int) -> dict[str, Any]:
@@ -874,11 +885,13 @@ async def step_polling(wf: Workflow, ctx: StepPort) -> Workflow:
 async def _send_cancel(wf: Workflow, ctx: StepPort) -> Workflow:
     assert wf.exchange_uuid is not None
     changes = {"data": _data(wf, cancel_sent=True)}
+    # A note event's own "note" key names the note: the operator's note goes as "operator_note" here.
+    by = {"operator": wf.cancel_by or True, "operator_note": wf.cancel_note}
     try:
         answer = await ctx.gateway(wf).cancel(wf.exchange_uuid)
     except ExchangeRefused as exc:
-        return await ctx.note(wf, "cancel_refused", changes=changes, error=exc.as_dict())
-    wf = await ctx.note(wf, "cancel_sent", changes=changes, is_cancelable=answer.is_cancelable)
+        return await ctx.note(wf, "cancel_refused", changes=changes, error=exc.as_dict(), **by)
+    wf = await ctx.note(wf, "cancel_sent", changes=changes, is_cancelable=answer.is_cancelable, **by)
     if (
         answer.raw_state != wf.exchange_state
         and trigger_for(answer.state) is not None
@@ -889,7 +902,9 @@ async def _send_cancel(wf: Workflow, ctx: StepPort) -> Workflow:
 
 
 async def _cancel_locally(wf: Workflow, ctx: StepPort) -> Workflow:
-    return await ctx.transition(wf, "cancel", event_data={"local": True, "detail": "cancelled before submit"})
+    return await ctx.transition(
+        wf, "cancel", event_data={"local": True, "detail": "cancelled before submit", **_cancelled_by(wf)}
+    )
 
 
 async def _abort(wf: Workflow, ctx: StepPort, check: Check, **extra: Any) -> Workflow:

@@ -136,13 +136,19 @@ class Store(Protocol):
         """When the earliest unleased sleeping workflow falls due (``any_lease``: leased ones too)."""
         ...
 
-    async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
-        """Flag the workflow for cancellation and make it due now."""
+    async def request_cancel(
+        self, workflow_id: str, *, at: datetime, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """Flag the workflow for cancellation and make it due now. The first request's ``operator`` and
+        ``note`` are kept with the flag (``cancel_by``, ``cancel_note``); a repeat changes nothing."""
         ...
 
-    async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
-        """Record an operator's decision for a workflow whose state awaits one (by its kind's
-        ``awaiting_operator``) and make it due now; any other workflow is returned unchanged."""
+    async def request_resolution(
+        self, workflow_id: str, action: str, *, at: datetime, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """Record an operator's decision (``resolution``, with ``resolution_by`` and ``resolution_note``) for
+        a workflow whose state awaits one (by its kind's ``awaiting_operator``) and make it due now; any other
+        workflow is returned unchanged. A commit that leaves the awaiting state clears all three."""
         ...
 
     async def events(self, workflow_id: str, *, after_seq: int = 0) -> EventList:

@@ -57,6 +57,7 @@ from engine.store.boundary import postgres_error, store_boundary
 from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.rows import (
+    ATTRIBUTION_COLUMNS,
     CREATION_COLUMNS,
     EVENT_COLUMNS,
     WORKFLOW_COLUMNS,
@@ -106,7 +107,17 @@ SELECT pg_notify(${_N + len(EVENT_COLUMNS) + 1}::text, workflow_id) FROM ev
 _UPDATABLE = [
     c
     for c in WORKFLOW_COLUMNS
-    if c not in ("id", "created_at", "cancel_requested_at", "resolution", "next_run_at", "parent_id", *CREATION_COLUMNS)
+    if c
+    not in (
+        "id",
+        "created_at",
+        "cancel_requested_at",
+        "resolution",
+        "next_run_at",
+        "parent_id",
+        *CREATION_COLUMNS,
+        *ATTRIBUTION_COLUMNS,
+    )
 ]
 # $1 id, $2 version read, $3 owner, $4 writer's now (epoch), $5 cancel flag seen, $6 resolution seen,
 # $7 new next_run_at, $8 the new state awaits an operator, $9 unflagged (refuse if the row carries any
@@ -121,6 +132,8 @@ _COMMIT_ROW = f"""
 UPDATE workflows SET
     {", ".join(f"{c} = ${_FIXED + 1 + i}" for i, c in enumerate(_UPDATABLE))},
     resolution = CASE WHEN $8::boolean THEN resolution END,
+    resolution_by = CASE WHEN $8::boolean THEN resolution_by END,
+    resolution_note = CASE WHEN $8::boolean THEN resolution_note END,
     next_run_at = CASE
         WHEN ({_UNSEEN_FLAG}) AND NOT $10::boolean THEN LEAST($7::float8, next_run_at)
         ELSE $7::float8 END
@@ -153,6 +166,8 @@ RETURNING {", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS)}
 _CANCEL = f"""
 WITH upd AS (
     UPDATE workflows SET cancel_requested_at = COALESCE(cancel_requested_at, $2::text),
+        cancel_by = CASE WHEN cancel_requested_at IS NULL THEN $6::text ELSE cancel_by END,
+        cancel_note = CASE WHEN cancel_requested_at IS NULL THEN $7::text ELSE cancel_note END,
         next_run_at = LEAST(next_run_at, $3::float8)
     WHERE id = $1 AND NOT (kind || ':' || state = ANY($5::text[]))
     RETURNING {_COLS}
@@ -162,7 +177,8 @@ SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
 
 _RESOLVE = f"""
 WITH upd AS (
-    UPDATE workflows SET resolution = $2::text, next_run_at = $3::float8
+    UPDATE workflows SET resolution = $2::text, next_run_at = $3::float8, resolution_by = $6::text,
+        resolution_note = $7::text
     WHERE id = $1 AND kind || ':' || state = ANY($5::text[])
     RETURNING {_COLS}
 )
@@ -505,19 +521,32 @@ class PostgresStore:
                 "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
             )
 
-    async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
-        """Set the cancel flag (once) and make the workflow due; terminal ones are returned unchanged."""
-        return await self._flag(_CANCEL, workflow_id, _utc_iso(at), at.timestamp(), self.kinds.terminal_pairs())
+    async def request_cancel(
+        self, workflow_id: str, *, at: datetime, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """Set the cancel flag (once: the first request's operator and note stay) and make the workflow
+        due; terminal ones are returned unchanged."""
+        return await self._flag(
+            _CANCEL, workflow_id, _utc_iso(at), at.timestamp(), self.kinds.terminal_pairs(), by=(operator, note)
+        )
 
-    async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
-        """Record the operator's action for a workflow whose state awaits one (by its kind) and make it due
-        (others: unchanged)."""
-        return await self._flag(_RESOLVE, workflow_id, action, at.timestamp(), self.kinds.awaiting_pairs())
+    async def request_resolution(
+        self, workflow_id: str, action: str, *, at: datetime, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """Record the operator's action (with who and their note) for a workflow whose state awaits one (by
+        its kind) and make it due (others: unchanged)."""
+        return await self._flag(
+            _RESOLVE, workflow_id, action, at.timestamp(), self.kinds.awaiting_pairs(), by=(operator, note)
+        )
 
-    async def _flag(self, sql: str, workflow_id: str, value: str, due: float, pairs: Sequence[str]) -> Workflow:
-        """``pairs``: the ``kind:state`` set the statement tests the row against (from the kinds)."""
+    async def _flag(
+        self, sql: str, workflow_id: str, value: str, due: float, pairs: Sequence[str], *,
+        by: tuple[str | None, str | None],
+    ) -> Workflow:  # fmt: skip
+        """``pairs``: the ``kind:state`` set the statement tests the row against (from the kinds); ``by``:
+        the operator and their note."""
         with _mapped():
-            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel, list(pairs))
+            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel, list(pairs), *by)
         return workflow_from_row(row, self.kinds) if row is not None else await self.get(workflow_id)
 
     # -- reads -------------------------------------------------------------------------------------

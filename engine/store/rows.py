@@ -19,6 +19,7 @@ from engine.kinds import KindRegistry
 from engine.models import Event, Workflow
 
 __all__ = [
+    "ATTRIBUTION_COLUMNS",
     "CREATION_COLUMNS",
     "EVENT_COLUMNS",
     "WORKFLOW_COLUMNS",
@@ -35,11 +36,15 @@ WORKFLOW_COLUMNS = (
     "idempotency_key", "exchange_uuid", "txid", "exchange_state", "attempt", "submit_count",
     "next_run_at", "deadline_at", "submit_body", "submitted_at", "cancel_requested_at", "resolution",
     "reason", "error", "data", "version", "event_seq", "last_hash", "created_at", "updated_at", "parent_id",
-    "net_type", "reference", "metadata",
+    "net_type", "reference", "metadata", "created_by", "cancel_by", "cancel_note", "resolution_by",
+    "resolution_note",
 )  # fmt: skip
-#: Columns fixed at creation (migration 4): the request's network (a filter), the caller's reference
-#: and metadata. No commit rewrites them.
-CREATION_COLUMNS = ("net_type", "reference", "metadata")
+#: Columns fixed at creation (migrations 4 and 7): the request's network (a filter), the caller's reference
+#: and metadata, the operator who submitted it. No commit rewrites them.
+CREATION_COLUMNS = ("net_type", "reference", "metadata", "created_by")
+#: Who asked for a cancel or a resolution, and their note (migration 7): set with the flag they go with
+#: (``request_cancel``, ``request_resolution``), never by a commit; a resolution's pair is cleared with it.
+ATTRIBUTION_COLUMNS = ("cancel_by", "cancel_note", "resolution_by", "resolution_note")
 EVENT_COLUMNS = ("workflow_id", "seq", "at", "trigger", "from_state", "to_state", "data", "prev_hash", "hash")
 
 
@@ -77,7 +82,8 @@ def workflow_to_row(wf: Workflow, kinds: KindRegistry) -> tuple[Any, ...]:
         _iso(wf.deadline_at), wf.submit_body, _iso(wf.submitted_at), _iso(wf.cancel_requested_at),
         wf.resolution, wf.reason, None if wf.error is None else _dumps(wf.error), _dumps(wf.data),
         wf.version, wf.event_seq, wf.last_hash, _iso(wf.created_at), _iso(wf.updated_at), wf.parent_id,
-        index.net_type, wf.reference, None if wf.metadata is None else _dumps(wf.metadata),
+        index.net_type, wf.reference, None if wf.metadata is None else _dumps(wf.metadata), wf.created_by,
+        wf.cancel_by, wf.cancel_note, wf.resolution_by, wf.resolution_note,
     )  # fmt: skip
 
 
@@ -118,6 +124,11 @@ def workflow_from_row(row: Any, kinds: KindRegistry) -> Workflow:
         parent_id=row["parent_id"],
         reference=row["reference"],
         metadata=None if metadata is None else json.loads(metadata),
+        created_by=row["created_by"],
+        cancel_by=row["cancel_by"],
+        cancel_note=row["cancel_note"],
+        resolution_by=row["resolution_by"],
+        resolution_note=row["resolution_note"],
     )
 
 

@@ -51,6 +51,7 @@ from engine.store.filtering import SqlArgs, filter_sql
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.owner import OwnerLock
 from engine.store.rows import (
+    ATTRIBUTION_COLUMNS,
     CREATION_COLUMNS,
     EVENT_COLUMNS,
     WORKFLOW_COLUMNS,
@@ -83,7 +84,8 @@ _IMMUTABLE = (
 )  # fmt: skip
 _UPDATABLE = [
     c for c in WORKFLOW_COLUMNS
-    if c not in (*_IMMUTABLE, *CREATION_COLUMNS, "cancel_requested_at", "resolution", "next_run_at")
+    if c not in (*_IMMUTABLE, *CREATION_COLUMNS, *ATTRIBUTION_COLUMNS, "cancel_requested_at", "resolution",
+                 "next_run_at")
 ]  # fmt: skip
 # Parameters are numbered (?1, ?2, ...) and bound from a tuple: cheaper than named binding, and a value
 # used several times in the statement is passed once.
@@ -108,6 +110,8 @@ _UNSEEN_FLAG = (
 _UPDATE_WF = (
     f"UPDATE workflows SET {', '.join(f'{c} = {_P[c]}' for c in _UPDATABLE)}, "  # noqa: S608
     f"resolution = CASE WHEN {_P['awaiting']} THEN resolution END, "
+    f"resolution_by = CASE WHEN {_P['awaiting']} THEN resolution_by END, "
+    f"resolution_note = CASE WHEN {_P['awaiting']} THEN resolution_note END, "
     f"next_run_at = CASE WHEN ({_UNSEEN_FLAG}) AND NOT {_P['terminal']} "
     f"THEN MIN(COALESCE({_P['next_run_at']}, next_run_at), COALESCE(next_run_at, {_P['next_run_at']})) "
     f"ELSE {_P['next_run_at']} END "
@@ -563,21 +567,28 @@ class SQLiteStore:
 
         await self._submit(op, single=True)
 
-    async def request_cancel(self, workflow_id: str, *, at: datetime) -> Workflow:
-        """Set the cancel flag (once) and wake the workflow."""
+    async def request_cancel(
+        self, workflow_id: str, *, at: datetime, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """Set the cancel flag (once: the first request's operator and note stay) and wake the workflow."""
         return await self._flag(
             workflow_id,
+            "cancel_by = CASE WHEN cancel_requested_at IS NULL THEN ? ELSE cancel_by END, "
+            "cancel_note = CASE WHEN cancel_requested_at IS NULL THEN ? ELSE cancel_note END, "
             "cancel_requested_at = COALESCE(cancel_requested_at, ?), next_run_at = MIN(COALESCE(next_run_at, ?), ?)",
-            (_utc_iso(at), epoch(at), epoch(at)),
+            (operator, note, _utc_iso(at), epoch(at), epoch(at)),
             awaiting_only=False,
         )
 
-    async def request_resolution(self, workflow_id: str, action: str, *, at: datetime) -> Workflow:
-        """Record the operator's action for a workflow in a state that awaits one (by its kind) and wake it."""
+    async def request_resolution(
+        self, workflow_id: str, action: str, *, at: datetime, operator: str | None = None, note: str | None = None
+    ) -> Workflow:
+        """Record the operator's action (with who and their note) for a workflow in a state that awaits one
+        (by its kind) and wake it."""
         return await self._flag(
             workflow_id,
-            "resolution = ?, next_run_at = ?",
-            (action, epoch(at)),
+            "resolution = ?, resolution_by = ?, resolution_note = ?, next_run_at = ?",
+            (action, operator, note, epoch(at)),
             awaiting_only=True,
         )
 

@@ -27,7 +27,7 @@ from engine.query import ListFilter
 from engine.store.base import Store
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.postgres import POSTGRES_MIGRATIONS, PostgresStore
-from engine.store.rows import CREATION_COLUMNS, WORKFLOW_COLUMNS, workflow_to_row
+from engine.store.rows import ATTRIBUTION_COLUMNS, CREATION_COLUMNS, WORKFLOW_COLUMNS, workflow_to_row
 from engine.store.sqlite import SQLiteStore
 from tests.integration.conftest import fresh_schema
 from tests.integration.test_store_contract import KST, add, at, new_workflow
@@ -175,7 +175,7 @@ async def test_concurrent_creates_of_one_reference_make_one_workflow(store: Stor
 
 # -- migration 4 on a database made before it -------------------------------------------------------------
 
-_OLD_COLUMNS = [c for c in WORKFLOW_COLUMNS if c not in CREATION_COLUMNS]
+_OLD_COLUMNS = [c for c in WORKFLOW_COLUMNS if c not in (*CREATION_COLUMNS, *ATTRIBUTION_COLUMNS)]
 
 
 def _old_row(wf: Workflow) -> list[Any]:

@@ -119,7 +119,9 @@ async def _cancel(wf: Workflow, ctx: StepPort) -> Workflow:
     """``cancelling``: no more children are created; the ones created are flagged next (from the start)."""
     dispatched = int(wf.data.get("dispatched", 0)) if wf.state != B.ACCEPTED else 0
     return await ctx.transition(
-        wf, "cancel", event_data={"dispatched": dispatched}, next_run_at=ctx.now(),
+        wf, "cancel",
+        event_data={"dispatched": dispatched, "operator": wf.cancel_by or True, "note": wf.cancel_note},
+        next_run_at=ctx.now(),
         data={**wf.data, "cancel_cursor": ""},
     )  # fmt: skip
 

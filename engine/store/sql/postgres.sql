@@ -148,3 +148,24 @@ CREATE TABLE budget_shares (
     beat BIGINT NOT NULL DEFAULT 0,
     CONSTRAINT budget_shares_pkey PRIMARY KEY (account, owner)
 );
+
+-- migration 7
+-- Named operators, console sessions and attribution (see the SQLite migration 7).
+CREATE TABLE operators (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE console_sessions (
+    token_hash TEXT PRIMARY KEY,
+    operator TEXT COLLATE "C" NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX console_sessions_operator ON console_sessions (operator);
+ALTER TABLE workflows ADD COLUMN created_by TEXT, ADD COLUMN cancel_by TEXT, ADD COLUMN cancel_note TEXT,
+    ADD COLUMN resolution_by TEXT, ADD COLUMN resolution_note TEXT;

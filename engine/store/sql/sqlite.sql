@@ -131,3 +131,31 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHER
 CREATE INDEX webhook_deliveries_order ON webhook_deliveries (subscription_id, workflow_id, seq)
     WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (subscription_id, id);
+
+-- migration 7
+-- Named operators (issue #14, engine/store/operators.py). Credentials are stored hashed only: an API
+-- token's SHA-256 (it is high-entropy), a password's salted scrypt with its parameters. A console
+-- session's cookie value is held as its SHA-256 too; last_seen (epoch seconds) decides idle expiry.
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE console_sessions (
+    token_hash TEXT PRIMARY KEY,
+    operator TEXT NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX console_sessions_operator ON console_sessions (operator);
+-- Attribution: who submitted a workflow (fixed at creation), and who asked for its pending cancel or
+-- resolution, with their note (set with the flag). Existing rows keep NULL: unattributed.
+ALTER TABLE workflows ADD COLUMN created_by TEXT;
+ALTER TABLE workflows ADD COLUMN cancel_by TEXT;
+ALTER TABLE workflows ADD COLUMN cancel_note TEXT;
+ALTER TABLE workflows ADD COLUMN resolution_by TEXT;
+ALTER TABLE workflows ADD COLUMN resolution_note TEXT;
