@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 from engine.kinds import WorkflowKind
 from engine.models import Workflow
-from engine.operators import Operator, Permission
+from engine.operators import MAX_NOTE_LENGTH, Operator, Permission
 
 __all__ = ["CANCEL", "Action", "available", "permission_for", "resolutions_in"]
 
 #: The cancel action's name (a route of its own, not a resolution).
 CANCEL = "cancel"
-#: Longest note accepted with an action.
-MAX_NOTE = 500
+#: Longest note accepted with an action (the engine's rule: engine.operators.check_note).
+MAX_NOTE = MAX_NOTE_LENGTH
 
 
 @dataclass(frozen=True, slots=True)

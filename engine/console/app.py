@@ -55,7 +55,7 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.models import Workflow
-from engine.operators import Operator, Permission
+from engine.operators import Operator
 from engine.query import DEFAULT_PAGE, ListFilter, parse_list_query
 from engine.store.base import FeedItem
 from engine.store.operators import OperatorStore, operator_store
@@ -75,7 +75,6 @@ _HERE = Path(__file__).parent
 _ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
 _BATCH_RE = re.compile(r"bt_[0-9a-f]{1,64}")
 _CURSOR_RE = re.compile(r"[!-~]{1,64}")
-_SEARCH_FIELDS = ("reference", "idempotency_key", "exchange_uuid", "txid")
 _SEARCH_LIMIT = 50
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -114,15 +113,15 @@ class Visitor:
     """The logged-in operator of one request, with the session's CSRF token and cookie token."""
 
     operator: Operator
-    csrf: str
-    token: str
+    csrf: str = field(repr=False)
+    token: str = field(repr=False)
 
 
-_VISITOR = "console_visitor"
+_VISITOR = web.RequestKey("console_visitor", Visitor)
 
 
 def _visitor(request: web.Request) -> Visitor:
-    return cast(Visitor, request[_VISITOR])
+    return request[_VISITOR]
 
 
 # -- wiring --------------------------------------------------------------------------------------------
@@ -214,6 +213,9 @@ async def _pages_middleware(request: web.Request, handler: Handler) -> web.Strea
     except EngineError as exc:
         log.error("console.engine_error", error=type(exc).__name__, message=exc.message)
         response = _error_page(request, 503, "the engine could not complete the request; see the service log")
+    except Exception:
+        log.exception("console.crashed", method=request.method, path=request.path)
+        response = _error_page(request, 500, "internal error; see the service log")
     if not response.prepared:
         response.headers.setdefault("Content-Security-Policy", _CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -236,14 +238,14 @@ async def _session_middleware(request: web.Request, handler: Handler) -> web.Str
     console = request.app[CONSOLE]
     token = request.cookies.get(SESSION_COOKIE)
     session = await console.operators.session(token, now=console.now(), idle=console.idle) if token else None
-    operator = await console.operators.get(session.operator) if session is not None else None
-    if session is None or operator is None or token is None:
+    if session is None or token is None:
         if request.method == "GET" and request.path != f"{CONSOLE_PATH}/events":
             response = _redirect(f"{CONSOLE_PATH}/login?{urlencode({'next': request.path_qs})}")
             if token is not None:
                 response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)
             return response
         raise web.HTTPUnauthorized(reason="log in first (the session is missing or has expired)")
+    operator = session.operator
     request[_VISITOR] = Visitor(operator=operator, csrf=session.csrf, token=token)
     if request.method == "POST":
         form = await request.post()
@@ -263,7 +265,7 @@ def _redirect(location: str, *, status: int = 303) -> web.Response:
 
 def _render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     console = request.app[CONSOLE]
-    visitor = request.get(_VISITOR)
+    visitor = request.get(_VISITOR)  # none on the login page
     page = console.templates.get_template(template).render(
         request=request, visitor=visitor, csrf_field=CSRF_FIELD, kinds=console.engine.kinds,
         withdrawal_kind=WITHDRAWAL, batch_kind=BATCH_KIND, tone=_tone(console.engine), **context,
@@ -295,7 +297,7 @@ def _when(value: object) -> str:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            return value
+            return str(value)
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "" if value is None else str(value)
@@ -344,7 +346,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     if not csrf_matches(request.cookies.get(LOGIN_COOKIE), form.get(CSRF_FIELD)):
         raise web.HTTPForbidden(reason="the login form's CSRF token is missing or wrong (reload the page)")
-    if not login_allowed(secure=request.secure, remote=request.remote, behind_tls_proxy=console.settings.behind_tls_proxy):
+    if not login_allowed(
+        secure=request.secure, remote=request.remote, behind_tls_proxy=console.settings.behind_tls_proxy
+    ):
         log.warning("console.login_refused_plain_http", remote=request.remote)
         raise web.HTTPForbidden(
             reason="logins over plain HTTP are accepted only from this machine: use HTTPS (a TLS proxy with "
@@ -438,7 +442,7 @@ async def withdrawals(request: web.Request) -> web.StreamResponse:
     first_url = f"{CONSOLE_PATH}/withdrawals?{urlencode(unpaged)}" if "cursor" in dict(query) else None
     return _render(
         request, "withdrawals.html", items=items, total=total, next_url=next_url, problems=problems,
-        states=states, chosen=chosen, search=search, query=dict(query), paged=first_url is not None, first_url=first_url,
+        states=states, chosen=chosen, search=search, query=dict(query), first_url=first_url,
         views=[workflow_view(wf, engine.kinds) for wf in items], limit=DEFAULT_PAGE, events_url=_events_url(cursor),
         status=422 if problems else 200,
     )  # fmt: skip
@@ -452,8 +456,12 @@ async def _search(engine: Engine, text: str) -> list[Workflow]:
             wf = await engine.get(text)
             if wf.kind == WITHDRAWAL:
                 found[wf.id] = wf
-    for name in _SEARCH_FIELDS:
-        where = ListFilter(kind=WITHDRAWAL, **{name: text[:256]})
+    value = text[:256]
+    wheres = (
+        ListFilter(kind=WITHDRAWAL, reference=value), ListFilter(kind=WITHDRAWAL, idempotency_key=value),
+        ListFilter(kind=WITHDRAWAL, exchange_uuid=value), ListFilter(kind=WITHDRAWAL, txid=value),
+    )  # fmt: skip
+    for where in wheres:
         for wf in await engine.list(where, limit=_SEARCH_LIMIT):
             found[wf.id] = wf
     return sorted(found.values(), key=lambda wf: wf.id, reverse=True)
@@ -477,7 +485,7 @@ async def withdrawal(request: web.Request) -> web.StreamResponse:
     timeline = [e.to_dict() for e in found]
     path = taken_path((e.from_state, e.to_state) for e in found)
     visitor = _visitor(request)
-    created_by = _created_by(wf, timeline)
+    created_by = wf.created_by
     offered = acts.available(kind, wf, visitor.operator, created_by=created_by)
     return _render(
         request, "withdrawal.html", wf=wf, view=workflow_view(wf, engine.kinds), timeline=timeline,
@@ -485,16 +493,6 @@ async def withdrawal(request: web.Request) -> web.StreamResponse:
         settled=kind.is_settled(wf), awaits=kind.awaits_operator(wf.state), done=request.query.get("done"),
         events_url=_events_url(cursor, workflow=wf.id), max_note=acts.MAX_NOTE,
     )  # fmt: skip
-
-
-def _created_by(wf: Workflow, timeline: list[dict[str, Any]]) -> str | None:
-    """Who submitted the workflow: the stored column, else the first event's record of it."""
-    stored = getattr(wf, "created_by", None)
-    if isinstance(stored, str):
-        return stored
-    first = timeline[0]["data"] if timeline else {}
-    named = first.get("operator") if isinstance(first, dict) else None
-    return named if isinstance(named, str) else None
 
 
 async def batches(request: web.Request) -> web.StreamResponse:
@@ -523,8 +521,7 @@ async def batch(request: web.Request) -> web.StreamResponse:
     report = await engine.batch_report(batch_id)
     wf = await engine.get(batch_id)
     kind = engine.kinds.of(wf)
-    timeline = [e.to_dict() async for e in engine.events(wf.id, follow=False)]
-    created_by = _created_by(wf, timeline)
+    created_by = wf.created_by
     offered = acts.available(kind, wf, _visitor(request).operator, created_by=created_by)
     children: Mapping[str, int] = status.get("children", {})
     total = sum(children.values())
@@ -533,8 +530,8 @@ async def batch(request: web.Request) -> web.StreamResponse:
     addresses = len({item.request.address for item in getattr(wf.request, "items", ())})
     restate = f"the batch {wf.id}: {status.get('items', 0)} withdrawals totalling {totals} to {addresses} address(es)"
     return _render(
-        request, "batch.html", wf=wf, status=status, restate=restate, report=report, children=children, total=total,
-        settled=settled, actions=offered, created_by=created_by, done=request.query.get("done"),
+        request, "batch.html", wf=wf, batch_status=status, restate=restate, report=report, children=children,
+        total=total, settled=settled, actions=offered, created_by=created_by, done=request.query.get("done"),
         events_url=_events_url(cursor, batch=wf.id), max_note=acts.MAX_NOTE,
     )  # fmt: skip
 
@@ -581,9 +578,7 @@ async def _act(request: web.Request, action: str) -> web.StreamResponse:
         log.warning("console.forbidden", operator=operator.name, action=action, workflow_id=workflow_id)
         raise Forbidden(f"your role ({operator.role}) may not {action} (it needs the {permission} permission)")
     form = await request.post()
-    note = _text(form.get("note")) or None
-    if note is not None and len(note) > acts.MAX_NOTE:
-        raise InvalidRequest(f"a note is at most {acts.MAX_NOTE} characters", field="note")
+    note = _text(form.get("note")).replace("\r\n", "\n").replace("\r", "\n") or None  # a textarea sends CRLF
     if action == acts.CANCEL:
         if is_batch:
             await engine.cancel_batch(workflow_id, operator=operator.name, note=note)
@@ -639,7 +634,9 @@ def _message(item: FeedItem) -> bytes:
     return f"id: {cursor}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _pump(request: web.Request, response: web.StreamResponse, items: AsyncIterator[FeedItem], console: Console) -> None:
+async def _pump(
+    request: web.Request, response: web.StreamResponse, items: AsyncIterator[FeedItem], console: Console
+) -> None:
     """Send items as they come and a keep-alive when quiet; end on disconnect, shutdown, a store failure
     or the idle time. A reader task fills a queue so the loop can look at the connection every tick."""
     queue: asyncio.Queue[FeedItem | BaseException] = asyncio.Queue(maxsize=256)

@@ -127,9 +127,10 @@ def render_svg(kind: WorkflowKind, *, current: str, path: Sequence[tuple[str, st
         is_taken = (a, b) in taken
         d = _curve(placed.at[a], placed.at[b], row_of[a], row_of[b])
         marker = "arrow-taken" if is_taken else "arrow"
-        css = "edge taken" if is_taken else "edge"
+        edge_class = "edge taken" if is_taken else "edge"
         parts.append(
-            f'<path class="{css}" d="{d}" marker-end="url(#{marker})" data-from="{escape(a)}" data-to="{escape(b)}">'
+            f'<path class="{edge_class}" d="{d}" marker-end="url(#{marker})" '
+            f'data-from="{escape(a)}" data-to="{escape(b)}">'
             f"<title>{escape(a)} \u2192 {escape(b)}</title></path>"
         )
     for state, (x, y) in placed.at.items():
@@ -140,9 +141,10 @@ def render_svg(kind: WorkflowKind, *, current: str, path: Sequence[tuple[str, st
             css.append("current")
         if kind.is_terminal(state):
             css.append("terminal")
+        radius = BOX_H // 2 if kind.is_terminal(state) else 6
         parts.append(
             f'<g class="{" ".join(css)}" data-state="{escape(state)}"><title>{escape(state)}</title>'
-            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="{BOX_H // 2 if kind.is_terminal(state) else 6}"/>'
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="{radius}"/>'
             f'<text x="{x + BOX_W // 2}" y="{y + BOX_H // 2 + 4}" text-anchor="middle">{escape(state)}</text></g>'
         )
     parts.append("</svg>")

@@ -147,16 +147,13 @@ def budgets(engine: Engine, history: ThrottleHistory, *, now: float | None = Non
     moment = time.monotonic() if now is None else now
     for account, gateway in sorted(engine.gateways.items()):
         limiter = gateway.client.limiter
-        throttles, blocks, window = history.sample(
-            account, limiter.stats.throttles, limiter.stats.blocks, now=moment
-        )
-        found.append(
-            AccountBudget(
-                account=account, rate=limiter.rate, counted=limiter.counted, in_flight=limiter.in_flight,
-                waiting=limiter.waiting(), blocked_for=limiter.blocked_for, throttles=throttles, blocks=blocks,
-                window_seconds=window,
-            )  # fmt: skip
-        )
+        throttles, blocks, window = history.sample(account, limiter.stats.throttles, limiter.stats.blocks, now=moment)
+        budget = AccountBudget(
+            account=account, rate=limiter.rate, counted=limiter.counted, in_flight=limiter.in_flight,
+            waiting=limiter.waiting(), blocked_for=limiter.blocked_for, throttles=throttles, blocks=blocks,
+            window_seconds=window,
+        )  # fmt: skip
+        found.append(budget)
     return found
 
 
@@ -180,13 +177,12 @@ async def _webhooks(engine: Engine) -> tuple[list[WebhookHealth], int | None]:
         recent = await hooks.deliveries(sub.id, limit=100)
         newest = recent[0] if recent else None
         last_at = newest.last_attempt_at if newest is not None else None
-        found.append(
-            WebhookHealth(
-                id=sub.id, host=urlsplit(sub.url).hostname or "?", events=sub.events,
-                last_status=newest.status if newest else None,
-                last_at=datetime.fromtimestamp(last_at, tz=UTC) if last_at else None,
-                last_error=newest.last_error if newest else None,
-                failed_recent=sum(1 for d in recent if d.status == FAILED), recent=len(recent),
-            )  # fmt: skip
-        )
+        health = WebhookHealth(
+            id=sub.id, host=urlsplit(sub.url).hostname or "?", events=sub.events,
+            last_status=newest.status if newest else None,
+            last_at=datetime.fromtimestamp(last_at, tz=UTC) if last_at else None,
+            last_error=newest.last_error if newest else None,
+            failed_recent=sum(1 for d in recent if d.status == FAILED), recent=len(recent),
+        )  # fmt: skip
+        found.append(health)
     return found, await hooks.pending_count()
