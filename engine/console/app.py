@@ -179,12 +179,12 @@ def mount_console(
     settings = settings or ConsoleConfig()
     if not settings.enabled:
         return
-    app.add_subapp(CONSOLE_PATH, create_console(engine, settings, keepalive=keepalive))
 
     async def to_console(_request: web.Request) -> web.StreamResponse:
         return _redirect(f"{CONSOLE_PATH}/", status=302)
 
-    app.router.add_get(CONSOLE_PATH, to_console, allow_head=False)
+    app.router.add_get(CONSOLE_PATH, to_console, allow_head=False)  # before the sub-app, which would take it
+    app.add_subapp(CONSOLE_PATH, create_console(engine, settings, keepalive=keepalive))
 
 
 async def _closing(app: web.Application) -> None:
