@@ -39,6 +39,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 #: Milliseconds any expectation may wait (page loads, live updates, the runner on a busy machine).
 PATIENCE_MS = 60_000
+playwright_api.expect.set_options(timeout=PATIENCE_MS)
 PASSWORD = "correct horse battery staple"
 #: The operators every test's store holds: name -> role.
 OPERATORS = {"sam": Role.SUBMITTER, "ann": Role.APPROVER, "abe": Role.APPROVER, "val": Role.VIEWER}

@@ -25,8 +25,14 @@ async def test_resubmit_from_the_console_reaches_done_live(console: Console, log
     behind a confirmation that restates amount, currency and address, and sees it reach DONE on the same
     page, without a reload (the live update over /console/events). The event records who and why."""
     review = await needs_review(console, reference="payout-77")
-    await console.submit(amount="0.02")  # another one, which the filter must leave out
+    other = await console.submit(amount="0.02", reference="payout-78")  # one the filter must leave out
+    await console.state_becomes(other["id"], {"DONE"})
     page = await login("ann")
+    await expect(page.locator("#waiting-count")).to_have_text("1")  # the overview: what waits comes first
+    await expect(page.locator("#waiting")).to_contain_text(review["id"])
+    await expect(page.locator("#counts-withdrawal [data-count=DONE]")).to_have_text("1")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
     await page.get_by_role("link", name="Withdrawals").click()
     await page.locator("details.filters > summary").click()
     await page.locator("#filters input[name=state][value=needs_review]").check()
@@ -65,9 +71,89 @@ async def test_resubmit_from_the_console_reaches_done_live(console: Console, log
     assert resubmitted[-1]["data"]["operator"] == "ann"
     assert resubmitted[-1]["data"]["note"] == "checked the exchange's history by hand: nothing sent\nretry"
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.locator("#timeline li").last.locator("details.evidence").evaluate("d => d.open = false")
     await page.screenshot(path=str(SCREENSHOTS / "withdrawal.png"), full_page=True)
     await page.get_by_role("link", name="Overview").click()
     await expect(page.locator("#counts-withdrawal [data-count=DONE]")).to_have_text("2")
-    await page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+    await expect(page.locator("#waiting-count")).to_have_text("0")
+
+
+async def test_phone_width(console: Console, login: Login) -> None:
+    """At a phone's width (390 px) every page fits without sideways scrolling and keeps its content; the
+    withdrawal page's actions are still there (stacked)."""
+    review = await needs_review(console)
+    page = await login("ann", width=390, height=844)
+    for path in ("/console/", "/console/withdrawals", "/console/batches", f"/console/withdrawals/{review['id']}"):
+        await page.goto(f"{console.url}{path}")
+        await expect(page.locator("main")).to_be_visible()
+        overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow} px at 390 px"
+    await expect(page.locator("details.action-resubmit > summary")).to_be_visible()
+    await page.screenshot(path=str(SCREENSHOTS / "withdrawal-phone.png"), full_page=False)
+
+
+async def post_form(page: Page, action: str, fields: dict[str, str]) -> int:
+    """Submit a form built in the page (as a script or a forged page could) to ``action``; the answer's
+    status. The browser sends its cookies with it: only the server's checks stand in the way."""
+    async with page.expect_response(lambda r: r.request.method == "POST" and action in r.url) as answer:
+        await page.evaluate(
+            """([action, fields]) => {
+                const form = document.createElement("form");
+                form.method = "post";
+                form.action = action;
+                for (const [name, value] of Object.entries(fields)) {
+                    const input = document.createElement("input");
+                    input.type = "hidden"; input.name = name; input.value = value;
+                    form.appendChild(input);
+                }
+                document.body.appendChild(form);
+                form.submit();
+            }""",
+            [action, fields],
+        )
+    return int((await answer.value).status)
+
+
+async def test_a_viewer_sees_no_actions_and_the_server_refuses_their_post(console: Console, login: Login) -> None:
+    """A viewer reads a needs_review withdrawal in full but is offered no action; a resubmit posted anyway,
+    with the viewer's own valid CSRF token, is refused by the server (403) and changes nothing."""
+    review = await needs_review(console)
+    page = await login("val")
+    await page.goto(f"{console.url}/console/withdrawals/{review['id']}")
+    await expect(page.locator("#attention")).to_be_visible()
+    review_events = len(await events_of(console, review["id"]))
+    await expect(page.locator("#timeline li")).to_have_count(review_events)
+    await expect(page.locator("#actions details.action")).to_have_count(0)
+    await expect(page.locator("#actions button")).to_have_count(0)
+    await expect(page.locator("#actions [data-refused=resubmit]")).to_contain_text("viewer")
+    csrf = await page.locator("form[action='/console/logout'] input[name=csrf]").input_value()
+    status = await post_form(
+        page, f"/console/withdrawals/{review['id']}/resolve", {"csrf": csrf, "action": "resubmit", "note": "let me"}
+    )
+    assert status == 403
+    await expect(page.locator("#error-message")).to_contain_text("viewer")
+    after = await console.state_becomes(review["id"], {"needs_review"})
+    assert after["resolution"] is None
+    assert len(await events_of(console, review["id"])) == review_events
+
+
+async def test_a_forged_form_without_the_csrf_token_is_refused(console: Console, login: Login) -> None:
+    """An approver's browser posting a resolve without the session's CSRF token (or with a made-up one), as a
+    forged page would make it do, is refused (403); the withdrawal still waits for a decision."""
+    review = await needs_review(console)
+    page = await login("ann")
+    await page.goto(f"{console.url}/console/withdrawals/{review['id']}")
+    await expect(page.locator("details.action-abandon")).to_have_count(1)
+    target = f"/console/withdrawals/{review['id']}/resolve"
+    assert await post_form(page, target, {"action": "abandon", "note": "forged"}) == 403
+    await expect(page.locator("#error-message")).to_contain_text("CSRF")
+    assert await post_form(page, target, {"csrf": "A" * 43, "action": "abandon", "note": "forged"}) == 403
+    after = await console.state_becomes(review["id"], {"needs_review"})
+    assert after["resolution"] is None
+
+
+async def events_of(console: Console, workflow_id: str) -> list[dict[str, Any]]:
+    """The withdrawal's audit events."""
+    status, body = await console.api("GET", f"/v1/withdrawals/{workflow_id}/events")
+    assert status == 200
+    return list(body["events"])
