@@ -49,8 +49,11 @@ BTC_ADDRESS = "bc1qsandbox0demo0wallet0000000000000000000"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """No Chromium on this machine: skip with the reason (``.ci/run`` installs it, so CI never skips)."""
+    """No Chromium on this machine: skip with the reason, except in CI (``.ci/run`` installs it and sets
+    ``UPBIT_REQUIRE_CHROMIUM=1``, so a missing browser fails there instead of passing by skipping)."""
     if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
+        if os.environ.get("UPBIT_REQUIRE_CHROMIUM") == "1":
+            raise pytest.UsageError(f"UPBIT_REQUIRE_CHROMIUM=1 but there is no Chromium at {CHROMIUM}")
         for item in items:
             if "browser" in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"))
