@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
@@ -309,9 +309,12 @@ def _pretty(value: object) -> str:
 
 
 def _minutes(seconds: float) -> str:
-    """A window's length: ``58 min`` or ``1 h``."""
+    """A window's length: ``58 min``, ``1 h``, ``1 h 50 min``."""
     minutes = max(0, round(seconds / 60))
-    return "1 h" if minutes >= 60 else f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    if not hours:
+        return f"{rest} min"
+    return f"{hours} h" + (f" {rest} min" if rest else "")
 
 
 # -- login ---------------------------------------------------------------------------------------------

@@ -60,7 +60,9 @@ async def test_resubmit_from_the_console_reaches_done_live(console: Console, log
     await expect(page.locator("#state .badge")).to_have_text("DONE", timeout=PATIENCE_MS)
     assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
     await expect(page.locator("svg.diagram .state.current")).to_have_attribute("data-state", "DONE")
-    await expect(page.locator("svg.diagram path.edge.taken[data-from=needs_review][data-to=submitting]")).to_have_count(1)
+    await expect(page.locator("svg.diagram path.edge.taken[data-from=needs_review][data-to=submitting]")).to_have_count(
+        1
+    )
     applied = page.locator("#timeline li[data-to=submitting]").last
     await expect(applied.locator(".by")).to_contain_text("ann")
     await expect(applied.locator("blockquote.note")).to_contain_text("nothing sent")

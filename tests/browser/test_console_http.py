@@ -212,9 +212,7 @@ async def test_logout_ends_the_session_in_the_store(site: Site) -> None:
     csrf = await site.page_csrf()
     out = await site.client.post("/console/logout", data={"csrf": csrf}, allow_redirects=False)
     assert out.status == 303 and out.headers["Location"] == "/console/login"
-    replayed = await site.client.get(
-        "/console/", headers={"Cookie": f"upbit_console={token}"}, allow_redirects=False
-    )
+    replayed = await site.client.get("/console/", headers={"Cookie": f"upbit_console={token}"}, allow_redirects=False)
     assert replayed.status == 303
 
 
