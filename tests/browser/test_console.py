@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.browser.conftest import PATIENCE_MS, SCREENSHOTS, Console, Login, expect
+from tests.browser.conftest import BTC_ADDRESS, PATIENCE_MS, SCREENSHOTS, Console, Login, expect
 
 Page = Any
 #: The exchange's status reads (polls and listings) fail while this holds: a withdrawal cannot be seen to
@@ -159,3 +159,31 @@ async def events_of(console: Console, workflow_id: str) -> list[dict[str, Any]]:
     status, body = await console.api("GET", f"/v1/withdrawals/{workflow_id}/events")
     assert status == 200
     return list(body["events"])
+
+
+async def test_a_batch_page_shows_progress_and_report_and_cancels(console: Console, login: Login) -> None:
+    """A batch whose two POSTs failed (both children in needs_review): the batches page lists it, its page
+    shows the progress by state and the report, and cancel (behind a confirmation restating count, totals and
+    addresses) records the operator and the note."""
+    await console.admin.fault(kind="error", endpoint="POST /v1/withdraws/coin", times=2)
+    items = [
+        {"reference": f"item-{n}", "currency": "BTC", "net_type": "BTC", "amount": amount, "address": BTC_ADDRESS}
+        for n, amount in enumerate(("0.011", "0.012"))
+    ]
+    status, created = await console.api("POST", "/v1/batches", body=items)
+    assert status == 201, created
+    batch_id = created["id"]
+    page = await login("ann")
+    await page.get_by_role("link", name="Batches").click()
+    await page.get_by_role("link", name=batch_id).click()
+    await expect(page.locator("#state .badge")).to_have_text("needs_attention")
+    await expect(page.locator("table.report tbody tr")).to_have_count(2)
+    await expect(page.locator("table.counts")).to_contain_text("needs_review")
+    await page.locator("details.action-cancel > summary").click()
+    confirm = page.locator("details.action-cancel form.confirm")
+    await expect(confirm.locator(".restate")).to_contain_text("2 withdrawals totalling 0.023 BTC to 1 address")
+    await confirm.locator("textarea[name=note]").fill("payroll run postponed")
+    await confirm.get_by_role("button", name="Confirm cancel").click()
+    await expect(page.locator("#done")).to_contain_text("cancel")
+    status, view = await console.api("GET", f"/v1/batches/{batch_id}")
+    assert status == 200 and view["cancel_requested"] is True
