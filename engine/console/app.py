@@ -69,6 +69,8 @@ log = structlog.get_logger("engine.console")
 CONSOLE_PATH = "/console"
 #: The workflow kind the withdrawal pages list.
 WITHDRAWAL = "withdrawal"
+#: The ``after`` of a page rendered while the feed was empty: every event, from the first.
+FROM_START = "start"
 #: Longest a live-update handler goes without looking at its connection and at the server's shutdown.
 TICK = 0.25
 _HERE = Path(__file__).parent
@@ -399,8 +401,7 @@ async def _feed_cursor(engine: Engine) -> str | None:
 
 def _events_url(cursor: str | None, **filters: str) -> str:
     params = {k: v for k, v in filters.items() if v}
-    if cursor is not None:
-        params["after"] = cursor
+    params["after"] = cursor if cursor is not None else FROM_START  # an empty feed: everything that comes
     return f"{CONSOLE_PATH}/events" + (f"?{urlencode(params)}" if params else "")
 
 
@@ -613,7 +614,9 @@ async def events(request: web.Request) -> web.StreamResponse:
         or (after is not None and not _CURSOR_RE.fullmatch(after))
     ):
         raise web.HTTPBadRequest(reason="bad workflow, batch or after parameter")
-    if after is None:
+    if after == FROM_START:
+        after = None
+    elif after is None:
         after = await console.engine.store.feed_head()
     items = console.engine.stream(after=after, from_start=after is None, workflow_id=workflow, batch_id=batch_id)
     response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

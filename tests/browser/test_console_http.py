@@ -8,9 +8,12 @@ exchange: these rules are the console's own.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,8 @@ from engine.core import Engine
 from engine.operators import Role
 from engine.store.operators import operator_store
 from engine.store.sqlite import SQLiteStore
-from tests.api.conftest import TOKEN
+from engine.models import WithdrawalRequest
+from tests.api.conftest import BTC_ADDRESS, TOKEN
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -36,8 +40,9 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 class Site:
     """A test client of the API app with the console, its engine's clock, and the operators' API tokens."""
 
-    def __init__(self, client: TestClient[Any, Any], clock: FakeClock, tokens: dict[str, str]) -> None:
+    def __init__(self, client: TestClient[Any, Any], engine: Engine, clock: FakeClock, tokens: dict[str, str]) -> None:
         self.client = client
+        self.engine = engine
         self.clock = clock
         self.tokens = tokens
 
@@ -90,13 +95,17 @@ async def site_for(
             app.middlewares.append(from_afar)
         mount_console(app, engine, settings or ConsoleConfig())
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            yield Site(client, clock, tokens)
+            yield Site(client, engine, clock, tokens)
 
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     async with site_for(tmp_path) as built:
         yield built
+
+
+def _request(amount: str = "0.01") -> WithdrawalRequest:
+    return WithdrawalRequest(currency="BTC", net_type="BTC", amount=Decimal(amount), address=BTC_ADDRESS)
 
 
 def _set_cookie(response: Any, name: str) -> str:
@@ -250,3 +259,68 @@ async def test_a_disabled_console_is_not_served(tmp_path: Path) -> None:
         response = await site.client.get("/console/login")
         assert response.status in (401, 404)
         assert (await site.client.get("/console/login", headers={"Authorization": f"Bearer {TOKEN}"})).status == 404
+
+
+async def test_the_live_stream_sends_events_and_ends_after_the_idle_time(tmp_path: Path) -> None:
+    """/console/events sends committed events (from the cursor a page names) and, after idle_minutes,
+    an ``expired`` event that ends it, so an open tab does not keep a session alive."""
+    async with site_for(tmp_path, settings=ConsoleConfig(idle_minutes=0.02)) as site:  # a 1.2 s stream
+        await site.login()
+        engine = site.engine
+        head = await engine.store.feed_head()
+        created = await engine.submit(_request(), reference="live-1")
+        url = f"/console/events?after={head or 'start'}"
+        async with site.client.get(url) as stream:
+            assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+            received = b""
+            async with asyncio.timeout(30):
+                while b"event: expired" not in received:
+                    chunk = await stream.content.readany()
+                    assert chunk, "the stream ended without an expired event"
+                    received += chunk
+        assert f'"workflow_id":"{created.id}"'.encode() in received
+        assert received.index(created.id.encode()) < received.index(b"event: expired")
+
+
+async def test_the_live_stream_refuses_bad_parameters(site: Site) -> None:
+    await site.login()
+    for query in ("workflow=nope", "batch=wd_01", "after=%0Aevil"):
+        assert (await site.client.get(f"/console/events?{query}")).status == 400
+
+
+async def test_the_list_filters_pages_and_searches(tmp_path: Path) -> None:
+    """The withdrawals page: the list API's filters, paging by cursor, a search by reference, idempotency
+    key, exchange uuid or txid (an id goes straight to its page), and bad filters named (422)."""
+    async with site_for(tmp_path) as site:
+        engine = site.engine
+        made = []
+        for n in range(3):
+            made.append(await engine.submit(_request(f"0.0{n + 1}"), reference=f"ref-{n}", idempotency_key=f"key-{n}"))
+        found = dataclasses.replace(made[1], exchange_uuid="uuid-abc", txid="tx-abc", state="DONE")
+        await engine.store.commit(found, None, owner=None)
+        await site.login()
+
+        async def ids(query: str) -> list[str]:
+            response = await site.client.get(f"/console/withdrawals?{query}", allow_redirects=False)
+            assert response.status == 200, (query, response.status)
+            return re.findall(r'<tr data-id="(wd_[0-9a-f]+)"', await response.text())
+
+        assert await ids("") == [wf.id for wf in reversed(made)]
+        assert await ids("state=DONE") == [made[1].id]
+        assert await ids("state=pending&state=DONE&currency=BTC") == [wf.id for wf in reversed(made)]
+        first = await site.client.get("/console/withdrawals?limit=2")
+        page = await first.text()
+        next_link = re.search(r'href="(/console/withdrawals\?[^"]*cursor=[^"]+)"', page)
+        assert next_link is not None and re.findall(r'<tr data-id="(wd_[0-9a-f]+)"', page) == [made[2].id, made[1].id]
+        assert await ids(next_link.group(1).split("?", 1)[1].replace("&amp;", "&")) == [made[0].id]
+        for text in ("ref-2", "key-2"):
+            assert await ids(f"q={text}") == [made[2].id]
+        for text in ("uuid-abc", "tx-abc"):
+            assert await ids(f"q={text}") == [made[1].id]
+        assert await ids("q=nothing-like-it") == []
+        direct = await site.client.get(f"/console/withdrawals?q={made[0].id}", allow_redirects=False)
+        assert (direct.status, direct.headers["Location"]) == (303, f"/console/withdrawals/{made[0].id}")
+        bad = await site.client.get("/console/withdrawals?state=nope&created_after=yesterday&limit=0")
+        assert bad.status == 422
+        problems = await bad.text()
+        assert all(f"<strong>{name}</strong>" in problems for name in ("state", "created_after", "limit"))
