@@ -27,10 +27,10 @@ from engine.clock import FakeClock
 from engine.config import ConsoleConfig
 from engine.console import mount_console
 from engine.core import Engine
+from engine.models import WithdrawalRequest
 from engine.operators import Role
 from engine.store.operators import operator_store
 from engine.store.sqlite import SQLiteStore
-from engine.models import WithdrawalRequest
 from tests.api.conftest import BTC_ADDRESS, TOKEN
 
 PASSWORD = "correct horse battery staple"
