@@ -324,3 +324,37 @@ async def test_the_list_filters_pages_and_searches(tmp_path: Path) -> None:
         assert bad.status == 422
         problems = await bad.text()
         assert all(f"<strong>{name}</strong>" in problems for name in ("state", "created_after", "limit"))
+
+
+async def test_actions_check_role_and_note_then_go_through_the_engine_as_the_operator(site: Site) -> None:
+    """A cancel from the console is the engine's cancel by the logged-in operator, with the note; a viewer's is
+    refused (403) before the engine is asked; a decision without a note is refused (422); an action the kind
+    does not know is refused too."""
+    wf = await site.engine.submit(_request())
+    await site.login("val")
+    csrf = await site.page_csrf()
+    refused = await site.client.post(f"/console/withdrawals/{wf.id}/cancel", data={"csrf": csrf, "note": "no"})
+    assert refused.status == 403 and "viewer" in await refused.text()
+    assert (await site.engine.get(wf.id)).cancel_requested_at is None
+
+    await site.login("ann")
+    csrf = await site.page_csrf()
+    for form, status in (({"action": "abandon"}, 422), ({"action": "launch", "note": "x"}, 422)):
+        answer = await site.client.post(f"/console/withdrawals/{wf.id}/resolve", data={"csrf": csrf, **form})
+        assert answer.status == status, form
+    assert (
+        "needs a note"
+        in await (
+            await site.client.post(f"/console/withdrawals/{wf.id}/resolve", data={"csrf": csrf, "action": "abandon"})
+        ).text()
+    )
+    done = await site.client.post(
+        f"/console/withdrawals/{wf.id}/cancel", data={"csrf": csrf, "note": "wrong address\r\nper ticket 42"},
+        allow_redirects=False,
+    )  # fmt: skip
+    assert (done.status, done.headers["Location"]) == (303, f"/console/withdrawals/{wf.id}?done=cancel")
+    flagged = await site.engine.get(wf.id)
+    assert flagged.cancel_requested_at is not None
+    assert (flagged.cancel_by, flagged.cancel_note) == ("ann", "wrong address\nper ticket 42")
+    again = await site.client.get(f"/console/withdrawals/{wf.id}?done=cancel")
+    assert 'id="done"' in await again.text()

@@ -16,13 +16,23 @@
       (document.activeElement !== null && region.contains(document.activeElement) &&
        /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName));
   }
+  function refresh() {
+    document.querySelectorAll("[data-live]").forEach(function (region) {
+      if (!busy(region)) { window.htmx.trigger(region, "live"); }
+    });
+  }
+  /* At most one refresh a second, and always one after the last event of a burst. */
+  var timer = null, dirty = false;
+  function settle() {
+    if (dirty) { dirty = false; refresh(); timer = setTimeout(settle, 1000); } else { timer = null; }
+  }
   var source = new EventSource(url);
   source.onopen = function () { show("live", "on"); };
   source.onerror = function () { show("reconnecting", "off"); };
   source.onmessage = function () {
-    document.querySelectorAll("[data-live]").forEach(function (region) {
-      if (!busy(region)) { window.htmx.trigger(region, "live"); }
-    });
+    if (timer !== null) { dirty = true; return; }
+    refresh();
+    timer = setTimeout(settle, 1000);
   };
   function stop(text) { return function () { source.close(); show(text, "off"); }; }
   source.addEventListener("expired", stop("paused: reload the page"));
