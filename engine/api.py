@@ -7,8 +7,9 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
                                          reference, idempotency_key, created/updated_after/_before),
                                          limit, cursor (the next_cursor of the previous page); a total
     GET  /v1/withdrawals/{id}            404 when unknown
-    POST /v1/withdrawals/{id}/cancel     202; 409 when already terminal
-    POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon"}: 202; 409 unless needs_review
+    POST /v1/withdrawals/{id}/cancel     optional {"note": ...}: 202; 409 when already terminal
+    POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon", "note": ...}: 202; 409 unless
+                                         needs_review
     GET  /v1/withdrawals/{id}/events     the audit log, in order
     GET  /v1/events                      every committed event, live, as Server-Sent Events (engine.api_events)
     GET  /healthz                        liveness: the process and its runner are alive (no authentication)
@@ -18,10 +19,16 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
 
 :func:`create_metrics_app` is the optional second listener (``api.metrics_port``) that serves only
 ``GET /metrics``, without a token, for scrapers that cannot send one. Every route of the main app but
-``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>`` (compared in constant time). Every
-error answer has one shape: ``{"error": {"name": ..., "message": ..., "fields": {...}}}``. Amounts are
-strings, always. Answers never carry a key, a token or a JWT: the workflow view holds none, and engine
-errors are built without them.
+``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``: an operator's own token (looked up
+by its hash in the store, :mod:`engine.store.operators`) or the deprecated shared ``[api]`` token (compared
+in constant time; it acts as :data:`~engine.operators.SHARED_TOKEN_OPERATOR`, an admin). The operator is
+put on the request (``request[OPERATOR_KEY]``) and :data:`ROUTE_PERMISSIONS` says what each route needs:
+a role without it gets 403 ``forbidden`` (a route missing from the table is refused too: fail closed).
+Every mutating route passes the operator (and the note, where there is one) to the engine, so the events
+say who did it. Paths under ``/console/`` are the web console's (cookie sessions): this middleware lets
+them through untouched. Every error answer has one shape: ``{"error": {"name": ..., "message": ...,
+"fields": {...}}}``. Amounts are strings, always. Answers never carry a key, a token or a JWT: the
+workflow view holds none, and engine errors are built without them.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -43,6 +51,7 @@ from engine.api_webhooks import register_webhook_routes
 from engine.core import Engine
 from engine.errors import (
     EngineError,
+    Forbidden,
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
@@ -53,17 +62,31 @@ from engine.http_server import ServerLimits, start_site
 from engine.kinds import WorkflowKind, default_kinds
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.metrics import Metrics
+from engine.operators import (
+    OPERATOR_KEY,
+    ROLE_PERMISSIONS,
+    SHARED_TOKEN_OPERATOR,
+    TOKEN_PREFIX,
+    Operator,
+    Permission,
+    check_note,
+    permission_for_resolution,
+)
 from engine.query import parse_list_query
 from engine.references import check_metadata, check_reference
+from engine.store.operators import OperatorStore, operator_store
 from engine.views import events_view, page_view, workflow_view
 
 __all__ = [
+    "OPERATOR_KEY",
+    "ROUTE_PERMISSIONS",
     "ApiError",
     "ServerLimits",
     "create_app",
     "create_metrics_app",
     "error_body",
     "openapi_document",
+    "operator_of",
     "parse_submission",
     "parse_withdrawal",
     "start_site",
@@ -219,25 +242,32 @@ def _error_middleware() -> Any:
             log.exception("api.crashed", method=request.method, path=request.path)
             return ApiError(500, "internal_error", "internal error; see the service log").response()
         finally:
+            operator = request.get(OPERATOR_KEY)
             log.info(
                 "api.request", method=request.method, path=request.path, status=status,
                 ms=round((time.monotonic() - started) * 1000, 1),
+                operator=operator.name if isinstance(operator, Operator) else None,
             )  # fmt: skip
 
     return errors
 
 
+#: The answer of each engine error a caller can act on (anything else is a 503).
+_ERROR_ANSWERS: tuple[tuple[type[EngineError], int, str], ...] = (
+    (WorkflowNotFound, 404, "not_found"),
+    (IdempotencyConflict, 409, "idempotency_conflict"),
+    (ReferenceConflict, 409, "reference_conflict"),
+    (InvalidTransition, 409, "invalid_transition"),
+    (Forbidden, 403, "forbidden"),
+)
+
+
 def _engine_error(exc: EngineError) -> ApiError:
     if isinstance(exc, InvalidRequest):
         return ApiError(422, "invalid_request", exc.message, exc.fields or {"body": exc.message})
-    if isinstance(exc, WorkflowNotFound):
-        return ApiError(404, "not_found", exc.message)
-    if isinstance(exc, IdempotencyConflict):
-        return ApiError(409, "idempotency_conflict", exc.message)
-    if isinstance(exc, ReferenceConflict):
-        return ApiError(409, "reference_conflict", exc.message)
-    if isinstance(exc, InvalidTransition):
-        return ApiError(409, "invalid_transition", exc.message)
+    for error_type, status, name in _ERROR_ANSWERS:
+        if isinstance(exc, error_type):
+            return ApiError(status, name, exc.message)
     log.error("api.engine_error", error=type(exc).__name__, message=exc.message)
     # A write may have committed before the store failed: the answer must not invite a blind retry.
     return ApiError(
@@ -256,26 +286,110 @@ def _http_error(exc: web.HTTPException) -> ApiError:
     return ApiError(exc.status, name, message)
 
 
-def _auth_middleware(token: str) -> Any:
-    expected = token.encode()
+_V, _S, _C, _R, _A, _ADM = (
+    Permission.VIEW, Permission.SUBMIT, Permission.CANCEL, Permission.RESOLVE, Permission.APPROVE, Permission.ADMIN,
+)  # fmt: skip
+#: What each route needs, by (method, route template): any one of the permissions listed. A route of the
+#: app that is missing here is refused to everyone (fail closed); ``tests/api/test_operator_auth.py``
+#: proves every route is listed. ``/healthz`` and ``/readyz`` need no token at all (:data:`PROBES`); the
+#: console's ``/console/`` paths authenticate by their own cookie session. A decision's route needs the
+#: permission of its action too (:func:`engine.operators.permission_for_resolution`): checked by its handler.
+ROUTE_PERMISSIONS: Mapping[tuple[str, str], frozenset[Permission]] = MappingProxyType({
+    ("POST", "/v1/withdrawals"): frozenset({_S}),
+    ("GET", "/v1/withdrawals"): frozenset({_V}),
+    ("GET", "/v1/withdrawals/{id}"): frozenset({_V}),
+    ("POST", "/v1/withdrawals/{id}/cancel"): frozenset({_C}),
+    ("POST", "/v1/withdrawals/{id}/resolve"): frozenset({_R, _A}),
+    ("GET", "/v1/withdrawals/{id}/events"): frozenset({_V}),
+    ("GET", "/v1/events"): frozenset({_V}),
+    ("GET", "/metrics"): frozenset({_V}),
+    ("GET", "/openapi.json"): frozenset({_V}),
+    ("POST", "/v1/batches"): frozenset({_S}),
+    ("GET", "/v1/batches/{id}"): frozenset({_V}),
+    ("GET", "/v1/batches/{id}/report"): frozenset({_V}),
+    ("POST", "/v1/batches/{id}/cancel"): frozenset({_C}),
+    ("POST", "/v1/batches/{id}/resolve"): frozenset({_R, _A}),
+    ("POST", "/v1/webhooks"): frozenset({_ADM}),
+    ("GET", "/v1/webhooks"): frozenset({_V}),
+    ("GET", "/v1/webhooks/{id}"): frozenset({_V}),
+    ("DELETE", "/v1/webhooks/{id}"): frozenset({_ADM}),
+    ("POST", "/v1/webhooks/{id}/rotate-secret"): frozenset({_ADM}),
+    ("GET", "/v1/webhooks/{id}/deliveries"): frozenset({_V}),
+    ("POST", "/v1/webhooks/{id}/redeliver"): frozenset({_ADM}),
+})  # fmt: skip
+#: The web console's paths: its own handlers authenticate them (a cookie session, CSRF on every form).
+CONSOLE_PREFIX = "/console"
+
+
+def operator_of(request: web.Request) -> Operator:
+    """The operator the authentication middleware put on the request."""
+    found = request.get(OPERATOR_KEY)
+    if not isinstance(found, Operator):  # a handler reached without the middleware: a wiring bug
+        raise ApiError(401, "unauthorized", "no authenticated operator")
+    return found
+
+
+def require(request: web.Request, permission: Permission) -> Operator:
+    """The request's operator, if their role holds ``permission``; else a 403 ``forbidden``."""
+    operator = operator_of(request)
+    if not operator.can(permission):
+        raise _forbidden(operator, frozenset({permission}), f"{request.method} {request.path}")
+    return operator
+
+
+def _forbidden(operator: Operator, needed: frozenset[Permission], what: str) -> ApiError:
+    names = " or ".join(sorted(p.value for p in needed))
+    roles = ", ".join(r.value for r, held in ROLE_PERMISSIONS.items() if held & needed)
+    return ApiError(
+        403, "forbidden",
+        f"operator {operator.name!r} (role {operator.role.value}) may not {what}: it needs the {names} "
+        f"permission (roles: {roles})",
+    )  # fmt: skip
+
+
+def _bearer(request: web.Request) -> str | None:
+    """The presented bearer token, or None (no header, another scheme, bytes that are not UTF-8)."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    token = presented.strip()
+    if scheme.lower() != "bearer" or not token or _utf8(token) is None:
+        return None
+    return token
+
+
+def _auth_middleware(shared_token: str | None, operators: OperatorStore | None) -> Any:
+    expected = None if shared_token is None else shared_token.encode()
+
+    async def authenticate(token: str) -> Operator | None:
+        if expected is not None and hmac.compare_digest(token.encode(), expected):
+            return SHARED_TOKEN_OPERATOR
+        if operators is not None and token.startswith(TOKEN_PREFIX):
+            return await operators.by_token(token)
+        return None
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PROBES or _is_console(request.path):
+        path = request.path
+        if path in PROBES or path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
             return await handler(request)
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        raw = _utf8(presented.strip())
-        if scheme.lower() != "bearer" or raw is None or not hmac.compare_digest(raw, expected):
+        token = _bearer(request)
+        operator = None if token is None else await authenticate(token)
+        if operator is None:
             error = ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
             return error.response(headers={"WWW-Authenticate": 'Bearer realm="upbit-withdraw"'})
+        request[OPERATOR_KEY] = operator
+        match = request.match_info
+        if match.http_exception is None:  # an unknown route or method answers 404/405 as before
+            resource = match.route.resource
+            template = resource.canonical if resource is not None else path
+            needed = ROUTE_PERMISSIONS.get((request.method, template))
+            if needed is None:
+                log.error("api.route_without_permission", method=request.method, route=template)
+                return _forbidden(operator, frozenset({Permission.ADMIN}), f"{request.method} {template}").response()
+            if not any(operator.can(p) for p in needed):
+                return _forbidden(operator, needed, f"{request.method} {template}").response()
         return await handler(request)
 
     return auth
-
-
-def _is_console(path: str) -> bool:
-    """The console (engine/console) authenticates by its own session cookie, not by the bearer token."""
-    return path == "/console" or path.startswith("/console/")
 
 
 def _utf8(value: str) -> bytes | None:
@@ -314,11 +428,13 @@ def _workflow_id(request: web.Request) -> str:
 
 
 async def submit(request: web.Request) -> web.Response:
-    """POST /v1/withdrawals."""
+    """POST /v1/withdrawals (attributed to the operator: ``created_by``, and the first event)."""
     withdrawal, reference, metadata = parse_submission(await _body(request), request.app[ENGINE].kinds[WITHDRAWAL])
     key = _idempotency_key(request)
     engine = request.app[ENGINE]
-    wf, created = await engine.intake(withdrawal, idempotency_key=key, reference=reference, metadata=metadata)
+    wf, created = await engine.intake(
+        withdrawal, idempotency_key=key, reference=reference, metadata=metadata, operator=operator_of(request).name
+    )
     return _json(workflow_view(wf), status=201 if created else 200, headers={"Location": f"/v1/withdrawals/{wf.id}"})
 
 
@@ -355,21 +471,68 @@ async def list_withdrawals(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    """POST /v1/withdrawals/{id}/cancel."""
-    return _json(workflow_view(await request.app[ENGINE].cancel(_workflow_id(request))), status=202)
+    """POST /v1/withdrawals/{id}/cancel, with an optional body ``{"note": "..."}``."""
+    workflow_id = _workflow_id(request)
+    note = await cancel_note(request)
+    engine = request.app[ENGINE]
+    return _json(
+        workflow_view(await engine.cancel(workflow_id, operator=operator_of(request).name, note=note)), status=202
+    )
+
+
+async def cancel_note(request: web.Request) -> str | None:
+    """The note of a cancel: no body (or ``{}``) for none, else ``{"note": "..."}``; anything else is 422."""
+    body = await _body(request)
+    if body is None or body == {}:
+        return None
+    if not isinstance(body, dict) or set(body) != {"note"}:
+        raise ApiError(422, "invalid_request", 'the body must be empty or {"note": "..."}', {"body": "unknown field"})
+    return _note(body["note"])
+
+
+def _note(value: object) -> str | None:
+    try:
+        return check_note(value)
+    except InvalidRequest as exc:
+        raise ApiError(422, "invalid_request", "invalid note", {"note": exc.message}) from None
+
+
+def parse_decision(body: object, actions: list[str]) -> tuple[str, str]:
+    """``(action, note)`` of a decision's body ``{"action": ..., "note": ...}``; the note is required (it
+    goes into the audit chain with the operator's name). Anything else is a 422 naming the fields."""
+    fields: dict[str, str] = {}
+    if not isinstance(body, dict):
+        body = {}
+        fields["body"] = "must be a JSON object"
+    for key in sorted(set(body) - {"action", "note"}):
+        fields[key] = "unknown field"
+    action = body.get("action")
+    if not isinstance(action, str) or action not in actions:
+        fields["action"] = f"must be {' or '.join(actions)}"
+    note = body.get("note")
+    try:
+        if check_note(note) is None:
+            fields["note"] = "is required: say why (it is recorded with your name)"
+    except InvalidRequest as exc:
+        fields["note"] = exc.message
+    if fields:
+        example = json.dumps({"action": actions[0] if actions else "...", "note": "..."})
+        raise ApiError(422, "invalid_request", f"the body must be like {example}", fields)
+    assert isinstance(action, str) and isinstance(note, str)
+    return action, note.strip()
 
 
 async def resolve(request: web.Request) -> web.Response:
-    """POST /v1/withdrawals/{id}/resolve with ``{"action": "resubmit"|"abandon"}``."""
+    """POST /v1/withdrawals/{id}/resolve with ``{"action": ..., "note": "..."}``: the operator's role must
+    allow the action (resubmit/abandon: resolve; approve/reject: approve)."""
     workflow_id = _workflow_id(request)
-    body = await _body(request)
-    if not isinstance(body, dict) or set(body) != {"action"} or not isinstance(body["action"], str):
-        actions = [str(a) for a in request.app[ENGINE].kinds[WITHDRAWAL].resolutions]
-        raise ApiError(
-            422, "invalid_request", f"the body must be {' or '.join(json.dumps({'action': a}) for a in actions)}",
-            {"action": f"must be {' or '.join(actions)}"},
-        )  # fmt: skip
-    return _json(workflow_view(await request.app[ENGINE].resolve(workflow_id, body["action"])), status=202)
+    engine = request.app[ENGINE]
+    actions = [str(a) for a in engine.kinds[WITHDRAWAL].resolutions]
+    action, note = parse_decision(await _body(request), actions)
+    operator = require(request, permission_for_resolution(action))
+    return _json(
+        workflow_view(await engine.resolve(workflow_id, action, operator=operator.name, note=note)), status=202
+    )
 
 
 async def events(request: web.Request) -> web.Response:
@@ -442,18 +605,30 @@ async def openapi(request: web.Request) -> web.Response:
 def create_app(
     engine: Engine,
     *,
-    token: str,
+    token: str | None,
     metrics_registry: Metrics | None = None,
     max_body_bytes: int = 65536,
     events_keepalive: float = 15.0,
 ) -> web.Application:
-    """The API over ``engine`` (entered by the caller). ``token`` must be at least 16 characters.
+    """The API over ``engine`` (entered by the caller). Operators authenticate with their own tokens (the
+    store's ``operators`` table); ``token``, the deprecated shared one (None: none), must be at least 16
+    characters and acts as an admin named ``shared-token`` (a warning says so once, here).
     ``events_keepalive``: seconds between keep-alive comments of ``GET /v1/events``."""
     from engine.api_events import add_event_routes  # it imports this module
 
-    if len(token) < 16:
+    if token is not None and len(token) < 16:
         raise ValueError("the API token must be at least 16 characters")
-    app = web.Application(middlewares=[_error_middleware(), _auth_middleware(token)], client_max_size=max_body_bytes)
+    if token is not None:
+        log.warning(
+            "api.shared_token_deprecated", operator=SHARED_TOKEN_OPERATOR.name, role=SHARED_TOKEN_OPERATOR.role.value,
+            advice="give each person or program an operator of their own: upbit-withdraw operator add NAME --role ROLE",
+        )  # fmt: skip
+    try:
+        operators: OperatorStore | None = operator_store(engine.store)
+    except EngineError:  # a store without an operators table (a test double): the shared token only
+        operators = None
+    middlewares = [_error_middleware(), _auth_middleware(token, operators)]
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[ENGINE] = engine
     if metrics_registry is None:
         metrics_registry = Metrics()

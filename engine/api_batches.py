@@ -4,7 +4,7 @@
                                      ?skip_invalid=true; Idempotency-Key. 201 new, 200 replay, 409, 413, 422
     GET  /v1/batches/{id}            the batch and its children's counts by state
     GET  /v1/batches/{id}/report     the settlement report: JSON, or CSV with ?format=csv / Accept: text/csv
-    POST /v1/batches/{id}/cancel     202; 409 when already terminal
+    POST /v1/batches/{id}/cancel     optional {"note": ...}: 202; 409 when already terminal
 
 A refused batch answers 422 ``invalid_request`` with ``error.items``: every bad item (index, reference,
 field, message); nothing is stored. A batch's body may be far larger than a withdrawal's, so it has its
@@ -109,8 +109,10 @@ async def submit_batch(request: web.Request) -> web.Response:
     try:
         # Off the event loop, like the validation: a batch's body may be megabytes.
         items, caps = await asyncio.to_thread(_parse, engine, text, fmt)
-        wf, created = await engine.intake_batch(items, skip_invalid=skip_invalid, max_total=caps or None,
-                                                idempotency_key=key)  # fmt: skip
+        wf, created = await engine.intake_batch(
+            items, skip_invalid=skip_invalid, max_total=caps or None, idempotency_key=key,
+            operator=api.operator_of(request).name,
+        )  # fmt: skip
     except InvalidBatch as exc:
         body = api.error_body("invalid_request", exc.message, {"items": f"{len(exc.errors)} problem(s)"})
         body["error"]["items"] = exc.errors
@@ -135,9 +137,12 @@ async def batch_report(request: web.Request) -> web.Response:
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    """POST /v1/batches/{id}/cancel."""
+    """POST /v1/batches/{id}/cancel, with an optional body ``{"note": "..."}`` (attributed to the operator,
+    as are the cancels of its children)."""
     engine: Engine = request.app[api.ENGINE]
-    wf = await engine.cancel_batch(_batch_id(request))
+    batch_id = _batch_id(request)
+    note = await api.cancel_note(request)
+    wf = await engine.cancel_batch(batch_id, operator=api.operator_of(request).name, note=note)
     return _answer(await engine.get_batch(wf.id), status=202)
 
 

@@ -26,9 +26,18 @@ from engine.client import WithdrawClient
 from engine.clock import SystemClock
 from engine.config import Config
 from engine.core import Engine
-from engine.errors import ConfigError, ServiceError, ServiceUnreachable
+from engine.errors import (
+    ConfigError,
+    Forbidden,
+    InvalidRequest,
+    OperatorNotFound,
+    ServiceError,
+    ServiceUnreachable,
+)
+from engine.operators import Permission, check_name, permission_for_resolution
 from engine.query import parse_list_query
 from engine.store.base import FeedItem
+from engine.store.operators import operator_store
 from engine.views import event_view, page_view, workflow_view
 
 __all__ = [
@@ -92,12 +101,14 @@ class Backend(Protocol):
         ``GET /v1/withdrawals``."""
         ...
 
-    async def cancel(self, workflow_id: str) -> dict[str, Any]:
-        """Ask to cancel; the workflow view."""
+    async def cancel(self, workflow_id: str, *, operator: str | None = None, note: str | None = None) -> dict[str, Any]:
+        """Ask to cancel (with who and why); the workflow view."""
         ...
 
-    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
-        """An operator's decision; the workflow view."""
+    async def resolve(
+        self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        """An operator's decision (with who and why); the workflow view."""
         ...
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
@@ -149,13 +160,31 @@ class StoreBackend:
         )
         return page_view(await self.engine.page(where, limit=limit, cursor=cursor))
 
-    async def cancel(self, workflow_id: str) -> dict[str, Any]:
-        """Flag for cancellation."""
-        return workflow_view(await self.engine.cancel(workflow_id))
+    async def cancel(self, workflow_id: str, *, operator: str | None = None, note: str | None = None) -> dict[str, Any]:
+        """Flag for cancellation, attributed to ``operator`` (a known one whose role may cancel)."""
+        await self.check_operator(operator, Permission.CANCEL)
+        return workflow_view(await self.engine.cancel(workflow_id, operator=operator, note=note))
 
-    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
-        """Record the operator's decision."""
-        return workflow_view(await self.engine.resolve(workflow_id, action))
+    async def resolve(
+        self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        """Record the operator's decision, attributed to ``operator`` (a known one whose role allows it)."""
+        await self.check_operator(operator, permission_for_resolution(action))
+        return workflow_view(await self.engine.resolve(workflow_id, action, operator=operator, note=note))
+
+    async def check_operator(self, name: str | None, permission: Permission) -> None:
+        """``name`` must be an operator of the store whose role holds ``permission`` (None: unattributed,
+        as the store path always was). ``OperatorNotFound`` / ``Forbidden`` otherwise."""
+        if name is None:
+            return
+        operator = await operator_store(self.engine.store).get(check_name(name))
+        if operator is None:
+            raise OperatorNotFound(f"no operator named {name!r} (see: upbit-withdraw operator list)")
+        if not operator.can(permission):
+            raise Forbidden(
+                f"operator {name!r} (role {operator.role.value}) may not do this: it needs the {permission.value} "
+                "permission"
+            )
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
         """Every event so far."""
@@ -212,15 +241,19 @@ class HttpBackend:
                 method, path, body=body, headers=headers, params=None if params is None else list(params)
             )
 
-    async def cancel(self, workflow_id: str) -> dict[str, Any]:
-        """POST /v1/withdrawals/{id}/cancel."""
+    async def cancel(self, workflow_id: str, *, operator: str | None = None, note: str | None = None) -> dict[str, Any]:
+        """POST /v1/withdrawals/{id}/cancel (the token says who: no ``operator`` here)."""
+        _no_operator(operator)
         with _as_api_error():
-            return (await self.client.cancel(workflow_id)).raw
+            return (await self.client.cancel(workflow_id, note=note)).raw
 
-    async def resolve(self, workflow_id: str, action: str) -> dict[str, Any]:
-        """POST /v1/withdrawals/{id}/resolve."""
+    async def resolve(
+        self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        """POST /v1/withdrawals/{id}/resolve (the token says who: no ``operator`` here)."""
+        _no_operator(operator)
         with _as_api_error():
-            return (await self.client.resolve(workflow_id, action)).raw
+            return (await self.client.resolve(workflow_id, action, note=note)).raw
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
         """GET /v1/withdrawals/{id}/events, as the service sent them."""
@@ -237,6 +270,14 @@ class HttpBackend:
                 after=after, workflow_id=workflow_id, account=account, event_types=event_types
             ):
                 yield item
+
+
+def _no_operator(operator: str | None) -> None:
+    """Over the API the token is the operator: naming another one is a usage error, not a silent lie."""
+    if operator is not None:
+        raise InvalidRequest(
+            "--operator is for the store path; over --api the token says who you are", field="operator"
+        )
 
 
 @contextlib.contextmanager

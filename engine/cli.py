@@ -68,6 +68,7 @@ from engine.backends import (
     wait_settled,
 )
 from engine.bootstrap import build_gateway, open_store, standard_kinds
+from engine.cli_operators import register as register_operators
 from engine.cli_watch import register as register_watch
 from engine.cli_webhooks import webhooks
 from engine.clock import SystemClock
@@ -77,9 +78,11 @@ from engine.errors import (
     ConfigError,
     EngineError,
     ExchangeError,
+    Forbidden,
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
+    OperatorNotFound,
     ReferenceConflict,
     ServiceUnreachable,
     StoreInUse,
@@ -290,6 +293,8 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         (ConfigError, "usage", "configuration error: "),
         (InvalidRequest, "usage", ""),
         (WorkflowNotFound, "not_found", ""),
+        (OperatorNotFound, "not_found", ""),
+        (Forbidden, "usage", "forbidden: "),
         (IdempotencyConflict, "conflict", ""),
         (ReferenceConflict, "conflict", ""),
         (InvalidTransition, "conflict", ""),
@@ -498,13 +503,21 @@ def history(workflow_id: str) -> None:
     _emit_json(events) if opts.json else _show_events(events)
 
 
+_OPERATOR_HELP = (
+    "Who does this (store path only: an operator of `upbit-withdraw operator list` whose role allows it); "
+    "recorded in the audit events. Over --api the token says who you are."
+)
+
+
 @cli.command()
 @_global_options
 @click.argument("workflow_id")
-def cancel(workflow_id: str) -> None:
+@click.option("--operator", "operator", metavar="NAME", help=_OPERATOR_HELP)
+@click.option("--note", metavar="TEXT", help="Why (optional, up to 1000 characters): recorded with the operator.")
+def cancel(workflow_id: str, operator: str | None, note: str | None) -> None:
     """Ask to cancel: locally before submission, at the exchange after."""
     opts = _opts()
-    view = _run(_with_backend(opts, lambda b: b.cancel(workflow_id)))
+    view = _run(_with_backend(opts, lambda b: b.cancel(workflow_id, operator=operator, note=note)))
     _emit_json(view) if opts.json else _show_workflow(view, title="cancellation requested")
 
 
@@ -512,14 +525,20 @@ def cancel(workflow_id: str) -> None:
 @_global_options
 @click.argument("workflow_id")
 @click.option("--action", type=click.Choice([str(a) for a in _KIND.resolutions]), required=True)
-def resolve(workflow_id: str, action: str) -> None:
+@click.option("--operator", "operator", metavar="NAME", help=_OPERATOR_HELP)
+@click.option(
+    "--note", metavar="TEXT", required=True,
+    help="Why (required, up to 1000 characters): every decision is recorded with its reason.",
+)  # fmt: skip
+def resolve(workflow_id: str, action: str, operator: str | None, note: str) -> None:
     """Decide a needs_review withdrawal: resubmit (send again) or abandon (end as aborted)."""
     opts = _opts()
-    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action)))
+    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action, operator=operator, note=note)))
     _emit_json(view) if opts.json else _show_workflow(view, title=f"resolution recorded: {action}")
 
 
 register_watch(cli, _global_options, _opts, _load)
+register_operators(cli, _global_options, _opts, _load)  # upbit-withdraw operator ... (engine/cli_operators.py)
 
 
 # -- exchange commands -----------------------------------------------------------------------------------

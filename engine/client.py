@@ -6,7 +6,8 @@ small frozen views where the API shows less than the record (:class:`WithdrawalV
 ``verify_signature`` (from :mod:`engine.webhooks`) checks a webhook delivery's signature on the receiving
 side. Errors are the engine's tree (:mod:`engine.errors`): a 404 is a ``WorkflowNotFound`` here as in the
 Python API (precisely a ``RemoteNotFound``, which is also a ``ServiceError`` carrying the HTTP status,
-the API's error name and per-field messages); no answer at all is ``ServiceUnreachable``.
+the API's error name and per-field messages); a 403 is a ``RemoteForbidden`` (a ``Forbidden``: the token's
+operator lacks the permission); no answer at all is ``ServiceUnreachable``.
 
 Retries: reads and submits are retried on a connection failure, a timeout or a 5xx answer (tenacity,
 exponential backoff with jitter). A submit is safe to retry because it always carries an
@@ -38,6 +39,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from engine.errors import (
+    RemoteForbidden,
     RemoteIdempotencyConflict,
     RemoteInvalidRequest,
     RemoteInvalidTransition,
@@ -254,6 +256,7 @@ class SSEParser:
 #: (status, the API's error name) -> the class raised; anything else is a plain ServiceError (a 5xx:
 #: ServiceUnavailable).
 _BY_NAME: dict[tuple[int, str], type[ServiceError]] = {
+    (403, "forbidden"): RemoteForbidden,
     (404, "not_found"): RemoteNotFound,
     (409, "idempotency_conflict"): RemoteIdempotencyConflict,
     (409, "invalid_transition"): RemoteInvalidTransition,
@@ -406,14 +409,23 @@ class WithdrawClient:
             params.extend((key, v) for v in ([value] if isinstance(value, str) else value))
         return Page.from_json((await self.request("GET", "/v1/withdrawals", params=params, retry=True))[1])
 
-    async def cancel(self, workflow_id: str) -> WithdrawalView:
-        """POST /v1/withdrawals/{id}/cancel (not retried)."""
-        return WithdrawalView.from_json((await self.request("POST", f"/v1/withdrawals/{workflow_id}/cancel"))[1])
+    async def cancel(self, workflow_id: str, *, note: str | None = None) -> WithdrawalView:
+        """POST /v1/withdrawals/{id}/cancel, with the operator's ``note`` if given (not retried). The token's
+        operator needs the cancel permission (else ``RemoteForbidden``)."""
+        body = None if note is None else {"note": note}
+        path = f"/v1/withdrawals/{workflow_id}/cancel"
+        return WithdrawalView.from_json((await self.request("POST", path, body=body))[1])
 
-    async def resolve(self, workflow_id: str, action: str) -> WithdrawalView:
-        """POST /v1/withdrawals/{id}/resolve with ``resubmit`` or ``abandon`` (not retried)."""
+    async def resolve(self, workflow_id: str, action: str, *, note: str | None = None) -> WithdrawalView:
+        """POST /v1/withdrawals/{id}/resolve with ``resubmit`` or ``abandon`` and the ``note`` the service
+        requires for every decision (it is recorded with the operator's name; without one the answer is a
+        ``RemoteInvalidRequest`` on ``note``). Not retried. The token's operator needs the resolve
+        permission (else ``RemoteForbidden``)."""
+        body: dict[str, str] = {"action": action}
+        if note is not None:
+            body["note"] = note
         path = f"/v1/withdrawals/{workflow_id}/resolve"
-        return WithdrawalView.from_json((await self.request("POST", path, body={"action": action}))[1])
+        return WithdrawalView.from_json((await self.request("POST", path, body=body))[1])
 
     async def events(self, workflow_id: str) -> builtins.list[Event]:
         """GET /v1/withdrawals/{id}/events: the audit log in order, as the engine's records (each

@@ -25,9 +25,12 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
+from aiohttp import web
+
 from engine.errors import InvalidRequest
 
 __all__ = [
+    "APPROVAL_ACTIONS",
     "MAX_NOTE_LENGTH",
     "MIN_PASSWORD_LENGTH",
     "OPERATOR_KEY",
@@ -45,6 +48,7 @@ __all__ = [
     "hash_password",
     "new_secret",
     "new_token",
+    "permission_for_resolution",
     "token_hash",
     "verify_password",
 ]
@@ -81,8 +85,6 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType({
 })  # fmt: skip
 
 _NAME = re.compile(r"[a-z0-9._-]{1,64}")
-#: Where the authenticated :class:`Operator` sits on an aiohttp request: ``request[OPERATOR_KEY]``.
-OPERATOR_KEY: Final = "operator"
 #: API tokens start with this, so a leaked one is recognisable (secret scanners, logs) and the API can
 #: tell a per-operator token from the deprecated shared one at a glance.
 TOKEN_PREFIX: Final = "uwo_"  # noqa: S105 - a marker, not a secret
@@ -141,8 +143,21 @@ class Operator:
         return permission in ROLE_PERMISSIONS[self.role]
 
 
+#: Decisions of four-eyes approval (the approve permission); every other resolution (a needs_review
+#: decision: resubmit, abandon) needs the resolve permission.
+APPROVAL_ACTIONS: Final = frozenset({"approve", "reject"})
+
+
+def permission_for_resolution(action: str) -> Permission:
+    """The permission an operator needs to ask for ``action`` on a workflow awaiting a decision."""
+    return Permission.APPROVE if action in APPROVAL_ACTIONS else Permission.RESOLVE
+
+
 #: The deprecated single ``[api] token``: it keeps working, as an admin with this name.
 SHARED_TOKEN_OPERATOR: Final = Operator("shared-token", Role.ADMIN)
+#: Where the authenticated :class:`Operator` sits on an aiohttp request: ``request[OPERATOR_KEY]`` (a
+#: typed request key named "operator": aiohttp warns about plain string keys).
+OPERATOR_KEY: Final = web.RequestKey("operator", Operator)
 
 
 def new_token() -> str:

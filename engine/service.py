@@ -1,6 +1,6 @@
 """``upbit-withdraw run``: the runner and the HTTP API in one process, stopped cleanly by a signal.
 
-Start order: check the configuration (the API token, every account's keys); bind the API's port (and
+Start order: check the configuration (the API token if set, every account's keys); bind the API's port (and
 the optional metrics port), so that a taken port fails before a single workflow is stepped; open the
 engine (the store; the runner resumes every stored workflow from where it stands); then serve HTTP on
 the sockets bound first (connections that arrive meanwhile wait in the backlog); then store the
@@ -42,6 +42,7 @@ from engine.http_server import ServerLimits, bind_listeners, start_site
 from engine.logging import register_secret
 from engine.metrics import Metrics
 from engine.models import Event, Workflow
+from engine.store.operators import operator_store
 from engine.store.webhooks import Subscription, webhook_store
 from engine.webhook_delivery import DeliverySettings, WebhookDispatcher, WebhookMetrics
 
@@ -63,8 +64,9 @@ async def serve(
     config: Config, *, stop: asyncio.Event | None = None, ready: Callable[[str], None] | None = None
 ) -> None:
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; then drain and return."""
-    token = config.api.token()
-    register_secret(token)
+    token = _shared_token(config.api)
+    if token is not None:
+        register_secret(token)
     hook_secrets = {hook.name: hook.secrets() for hook in config.webhooks}  # fail before binding anything
     for secrets in hook_secrets.values():
         for secret in secrets:
@@ -86,10 +88,32 @@ async def serve(
     log.info("service.stopped")
 
 
+def _shared_token(api: ApiConfig) -> str | None:
+    """The deprecated shared ``[api]`` token, or None when none is set (then the operators' own tokens are
+    the only way in: :func:`_check_operators` refuses to start without any). A token file that is set but
+    unusable is still a configuration error."""
+    try:
+        return api.token()
+    except ConfigError as exc:
+        if exc.key == "api.token":
+            return None
+        raise
+
+
+async def _check_operators(engine: Engine, token: str | None, api: ApiConfig) -> None:
+    """Without a shared token, the store must hold at least one operator (or nobody could call the API)."""
+    if token is None and not await operator_store(engine.store).list():
+        raise ConfigError(
+            f"set {api.token_env} (at least 16 characters) or token_file, or add an operator first "
+            "(upbit-withdraw operator add NAME --role admin)",
+            key="api.token",
+        )
+
+
 async def _serve_on(
     config: Config,
     *,
-    token: str,
+    token: str | None,
     listeners: list[socket.socket],
     metrics_sockets: list[socket.socket],
     stop: asyncio.Event,
@@ -125,6 +149,7 @@ async def _serve_on(
     try:
         entered = _entered(engine, wait=config.engine.store_wait, stop=stop)
         async with entered, budget, contextlib.AsyncExitStack() as sites:
+            await _check_operators(engine, token, config.api)
             site, url = await start_site(app, limits=limits, sockets=listeners)
             sites.push_async_callback(site.cleanup)
             metrics_url = None

@@ -150,14 +150,19 @@ class TestChange:
         assert stuck.code == 1 and stuck.json()["state"] == "needs_review", stuck.out
         workflow_id = stuck.json()["id"]
         action = "abandon" if mode == "store" else "resubmit"
-        result = stack.cli(mode, "--json", "resolve", workflow_id, "--action", action)
+        unexplained = stack.cli(mode, "resolve", workflow_id, "--action", action)
+        assert unexplained.code == 2 and "--note" in unexplained.err  # every decision says why
+        result = stack.cli(mode, "--json", "resolve", workflow_id, "--action", action, "--note", "checked the exchange")
         assert result.code == 0, result.err
         assert result.json()["resolution"] == action
         final = wait_for(stack, workflow_id, {"aborted", "DONE"})
         assert final["state"] == ("aborted" if action == "abandon" else "DONE")
-        again = stack.cli(mode, "resolve", workflow_id, "--action", "abandon")
+        decided = [e for e in stack.cli("store", "--json", "history", workflow_id).json() if e["trigger"] == action]
+        assert decided and decided[0]["data"]["note"] == "checked the exchange"
+        assert decided[0]["data"]["operator"] == (True if mode == "store" else "shared-token")
+        again = stack.cli(mode, "resolve", workflow_id, "--action", "abandon", "--note", "n")
         assert again.code == 4 and "not needs_review" in again.err
-        assert stack.cli(mode, "resolve", workflow_id, "--action", "retry").code == 2
+        assert stack.cli(mode, "resolve", workflow_id, "--action", "retry", "--note", "n").code == 2
 
 
 class TestExchangeCommands:

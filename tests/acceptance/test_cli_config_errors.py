@@ -166,10 +166,13 @@ def test_group_readable_token_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_run_without_token_exits_2(tmp_path: Path) -> None:
-    """run refuses to start without an API token."""
+    """run refuses to start without an API token when the store has no operator either (nobody could call
+    the API), saying both ways out."""
     path = config(tmp_path, f"[engine]\ndatabase = 'sqlite:///{tmp_path}/w.sqlite3'\n")
-    result = run_cli(["--config", str(path), "run", "--port", str(free_port())], timeout=30)
-    assert result.code == 2 and "api.token" in one_line(result)
+    keys = clean_env(UPBIT_ACCESS_KEY="access-0123456789", UPBIT_SECRET_KEY="secret-0123456789abcdef")
+    result = run_cli(["--config", str(path), "run", "--port", str(free_port())], env=keys, timeout=30)
+    line = result.err.strip().splitlines()[-1]  # the store is opened to look for operators: its log lines come first
+    assert result.code == 2 and "api.token" in line and "operator add" in line, result.err
 
 
 def test_run_without_exchange_keys_exits_2(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ WORKFLOW_COMMANDS = [
     ["history", "wd_0123"],
     ["list"],
     ["cancel", "wd_0123"],
-    ["resolve", "wd_0123", "--action", "abandon"],
+    ["resolve", "wd_0123", "--action", "abandon", "--note", "checked"],
+    ["operator", "list"],
+    ["operator", "add", "alice", "--role", "viewer"],
     ["verify-audit"],
     ["audit-heads", "--out", "heads.jsonl"],
 ]

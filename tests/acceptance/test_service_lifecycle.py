@@ -123,8 +123,10 @@ def test_sigint_exits_0_and_logs_are_json(tmp_path: Path) -> None:
         assert service.stop(signal.SIGINT) == 0
         events = log_events(service.logs())
         names = [e["event"] for e in events]
-        assert names[0] == "service.started" and "api.request" in names and names[-1] == "service.stopped"
-        assert events[0]["url"] == service.url
+        # the shared token still works, with a deprecation warning once at start (naming no token)
+        assert names[:2] == ["api.shared_token_deprecated", "service.started"]
+        assert "api.request" in names and names[-1] == "service.stopped"
+        assert events[1]["url"] == service.url and names.count("api.shared_token_deprecated") == 1
         assert "acceptance-token" not in service.logs()
 
 

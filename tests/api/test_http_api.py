@@ -307,25 +307,35 @@ class TestResolve:
         """Only needs_review workflows take a resolution."""
         wf = (await api.client.call("POST", "/v1/withdrawals", body=btc())).body
         await api.client.wait_state(wf["id"], SETTLED)
-        answer = await api.client.call("POST", f"/v1/withdrawals/{wf['id']}/resolve", body={"action": "abandon"})
+        body = {"action": "abandon", "note": "n"}
+        answer = await api.client.call("POST", f"/v1/withdrawals/{wf['id']}/resolve", body=body)
         assert answer.status == 409 and answer.body["error"]["name"] == "invalid_transition"
 
-    @pytest.mark.parametrize("body", [{"action": "retry"}, {}, {"action": 1}, {"action": "abandon", "x": 1}, []])
-    async def test_resolve_bad_body_is_422(self, api: Api, body: Any) -> None:
-        """The body must be exactly {"action": "resubmit"|"abandon"}."""
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"action": "retry", "note": "n"}, "action"), ({}, "action"), ({"action": 1, "note": "n"}, "action"),
+            ({"action": "abandon", "note": "n", "x": 1}, "x"), ([], "body"), ({"action": "abandon"}, "note"),
+            ({"action": "abandon", "note": "  "}, "note"), ({"action": "abandon", "note": 5}, "note"),
+        ],
+    )  # fmt: skip
+    async def test_resolve_bad_body_is_422(self, api: Api, body: Any, field: str) -> None:
+        """The body must be exactly {"action": "resubmit"|"abandon", "note": "..."}: the note is required."""
         wf = (await api.client.call("POST", "/v1/withdrawals", body=btc())).body
         answer = await api.client.call("POST", f"/v1/withdrawals/{wf['id']}/resolve", body=body)
-        assert answer.status == 422 and "action" in answer.body["error"]["fields"]
+        assert answer.status == 422 and field in answer.body["error"]["fields"]
 
     async def test_resolve_unknown_is_404(self, api: Api) -> None:
         """Unknown id: 404."""
-        answer = await api.client.call("POST", "/v1/withdrawals/wd_00000000/resolve", body={"action": "abandon"})
+        body = {"action": "abandon", "note": "n"}
+        answer = await api.client.call("POST", "/v1/withdrawals/wd_00000000/resolve", body=body)
         assert answer.status == 404
 
     async def test_abandon_ends_aborted(self, api: Api) -> None:
         """abandon: the operator gives up; aborted/abandoned."""
         review = await _needs_review(api)
-        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body={"action": "abandon"})
+        body = {"action": "abandon", "note": "nothing arrived"}
+        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body=body)
         assert answer.status == 202 and answer.body["resolution"] == "abandon"
         ended = await api.client.wait_state(review["id"], {"aborted"})
         assert ended["reason"] == "abandoned"
@@ -333,7 +343,8 @@ class TestResolve:
     async def test_resubmit_sends_once_more_and_completes(self, api: Api) -> None:
         """resubmit: a fresh intent and exactly one more POST; the withdrawal completes."""
         review = await _needs_review(api)
-        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body={"action": "resubmit"})
+        body = {"action": "resubmit", "note": "not at the exchange"}
+        answer = await api.client.call("POST", f"/v1/withdrawals/{review['id']}/resolve", body=body)
         assert answer.status == 202
         ended = await api.client.wait_state(review["id"], SETTLED - {"needs_review"})
         assert ended["state"] == "DONE" and ended["submit_count"] == 2

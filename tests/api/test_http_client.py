@@ -160,7 +160,7 @@ class TestErrors:
             await client.cancel(done.withdrawal.id)
         assert refused.value.status == 409  # type: ignore[attr-defined]
         with pytest.raises(InvalidTransition):
-            await client.resolve(done.withdrawal.id, "resubmit")
+            await client.resolve(done.withdrawal.id, "resubmit", note="try again")
 
     async def test_wrong_token_is_a_service_error_without_the_token(self, live: Live) -> None:
         async with WithdrawClient(live.url, "wrong-token-0123456789abcdef") as wrong:
