@@ -16,6 +16,7 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from playwright import async_api as playwright_api
 
 from engine.config import ApiConfig, Config, ConsoleConfig
 from engine.operators import Role
+from engine.policy import CurrencyPolicy, Policy
 from engine.sandbox import SandboxServer
 from engine.service import serve
 from engine.store.operators import operator_store
@@ -42,10 +44,12 @@ PATIENCE_MS = 60_000
 playwright_api.expect.set_options(timeout=PATIENCE_MS)
 PASSWORD = "correct horse battery staple"
 #: The operators every test's store holds: name -> role.
-OPERATORS = {"sam": Role.SUBMITTER, "ann": Role.APPROVER, "abe": Role.APPROVER, "val": Role.VIEWER}
+OPERATORS = {"sam": Role.SUBMITTER, "ann": Role.APPROVER, "abe": Role.ADMIN, "val": Role.VIEWER}
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 BTC_ADDRESS = "bc1qsandbox0demo0wallet0000000000000000000"
+#: BTC withdrawals above this wait for an approver (the other tests stay below it).
+APPROVAL_ABOVE = Decimal("0.5")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -136,7 +140,8 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
     async with SandboxServer(seed=fast_seed()) as exchange:
         base = service_config(exchange.url, db)
         api = ApiConfig(token_file=str(token_file)).model_copy(update={"port": 0})  # any free port, bound by serve
-        config = dataclasses.replace(base, api=api, console=ConsoleConfig(idle_minutes=30))
+        policy = Policy(currencies={"BTC": CurrencyPolicy(approval_above=APPROVAL_ABOVE)})  # four eyes above it
+        config = dataclasses.replace(base, api=api, console=ConsoleConfig(idle_minutes=30), policy=policy)
         tokens = await _add_operators(db)
         async with running(config) as url, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             yield Console(url=url, admin=SandboxAdmin(exchange.url), tokens=tokens, db=db, config=config, http=http)

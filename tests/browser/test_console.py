@@ -187,3 +187,53 @@ async def test_a_batch_page_shows_progress_and_report_and_cancels(console: Conso
     await expect(page.locator("#done")).to_contain_text("cancel")
     status, view = await console.api("GET", f"/v1/batches/{batch_id}")
     assert status == 200 and view["cancel_requested"] is True
+
+
+async def test_four_eyes_the_submitter_cannot_approve_and_another_approver_can(console: Console, login: Login) -> None:
+    """A withdrawal above BTC's approval_above, submitted by an admin (who could approve anything else),
+    waits in awaiting_approval at the top of the overview. Its submitter is offered no approve button and
+    is refused (403) when posting one anyway; a second operator, an approver, approves it with a note and
+    sees it reach DONE live. The events record who approved and why."""
+    wf = await console.submit(token=console.tokens["abe"], amount="0.75", reference="big-payout")
+    assert wf["created_by"] == "abe"
+    await console.state_becomes(wf["id"], {"awaiting_approval"})
+
+    submitter = await login("abe")
+    await expect(submitter.locator("#waiting")).to_contain_text(wf["id"])
+    await expect(submitter.locator("#waiting")).to_contain_text("awaiting_approval")
+    await submitter.goto(f"{console.url}/console/withdrawals/{wf['id']}")
+    await expect(submitter.locator("#created-by")).to_have_text("abe")
+    await expect(submitter.locator("details.action-approve")).to_have_count(0)
+    await expect(submitter.locator("details.action-reject")).to_have_count(0)
+    await expect(submitter.locator("[data-refused=approve]")).to_contain_text("you submitted this")
+    await expect(submitter.locator("details.action-cancel")).to_have_count(1)  # their own mistake: cancel is fine
+    csrf = await submitter.locator("form[action='/console/logout'] input[name=csrf]").input_value()
+    status = await post_form(
+        submitter, f"/console/withdrawals/{wf['id']}/resolve", {"csrf": csrf, "action": "approve", "note": "mine"}
+    )
+    assert status == 403
+    still = await console.state_becomes(wf["id"], {"awaiting_approval"})
+    assert still["resolution"] is None
+
+    approver = await login("ann")
+    await approver.goto(f"{console.url}/console/withdrawals/{wf['id']}")
+    for reads in READS:
+        await console.admin.fault(kind="error", endpoint=reads)
+    await approver.locator("details.action-approve > summary").click()
+    confirm = approver.locator("details.action-approve form.confirm")
+    await expect(confirm.locator(".restate")).to_contain_text(f"0.75 BTC to {BTC_ADDRESS}")
+    await confirm.get_by_role("button", name="Confirm approve").click()  # the note is required: nothing sent
+    await expect(approver.locator("#done")).to_have_count(0)
+    await confirm.locator("textarea[name=note]").fill("matches invoice 2026-117, called the payee")
+    await confirm.get_by_role("button", name="Confirm approve").click()
+    await expect(approver.locator("#done")).to_contain_text("approve")
+    await approver.evaluate("window.__sameDocument = true")
+    await expect(approver.locator("#state .badge")).not_to_have_text("DONE")
+    await console.admin.clear_faults()
+    await expect(approver.locator("#state .badge")).to_have_text("DONE")
+    assert await approver.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    await approver.screenshot(path=str(SCREENSHOTS / "withdrawal-approved.png"), full_page=True)
+
+    approved = [e for e in await events_of(console, wf["id"]) if e["from"] == "awaiting_approval"]
+    assert approved and approved[0]["data"]["operator"] == "ann"
+    assert approved[0]["data"]["note"] == "matches invoice 2026-117, called the payee"
