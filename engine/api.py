@@ -8,8 +8,9 @@ Routes (``engine/openapi.json`` is the contract; a test validates every answer a
                                          limit, cursor (the next_cursor of the previous page); a total
     GET  /v1/withdrawals/{id}            404 when unknown
     POST /v1/withdrawals/{id}/cancel     optional {"note": ...}: 202; 409 when already terminal
-    POST /v1/withdrawals/{id}/resolve    {"action": "resubmit"|"abandon", "note": ...}: 202; 409 unless
-                                         needs_review
+    POST /v1/withdrawals/{id}/resolve    {"action": ..., "note": ...}: 202; 409 unless the state accepts
+                                         it (resubmit/abandon: needs_review; approve/reject:
+                                         awaiting_approval); 403 approve/reject by the submitter
     GET  /v1/withdrawals/{id}/events     the audit log, in order
     GET  /v1/events                      every committed event, live, as Server-Sent Events (engine.api_events)
     GET  /healthz                        liveness: the process and its runner are alive (no authentication)

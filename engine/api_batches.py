@@ -5,6 +5,8 @@
     GET  /v1/batches/{id}            the batch and its children's counts by state
     GET  /v1/batches/{id}/report     the settlement report: JSON, or CSV with ?format=csv / Accept: text/csv
     POST /v1/batches/{id}/cancel     optional {"note": ...}: 202; 409 when already terminal
+    POST /v1/batches/{id}/resolve    {"action": "approve"|"reject", "note": ...}: 202; 409 unless
+                                     awaiting_approval; 403 for the batch's own submitter
 
 A refused batch answers 422 ``invalid_request`` with ``error.items``: every bad item (index, reference,
 field, message); nothing is stored. A batch's body may be far larger than a withdrawal's, so it has its
@@ -24,8 +26,10 @@ from aiohttp import web
 # A module import: engine.api registers these routes and this module uses its app key and error type,
 # so each imports the other as a module (attributes are read at call time, in either import order).
 from engine import api
+from engine.batch_ops import BATCH_KIND
 from engine.core import Engine
 from engine.errors import InvalidBatch
+from engine.operators import permission_for_resolution
 
 __all__ = ["BATCH_ID_PATTERN", "register"]
 
@@ -146,9 +150,22 @@ async def cancel_batch(request: web.Request) -> web.Response:
     return _answer(await engine.get_batch(wf.id), status=202)
 
 
+async def resolve_batch(request: web.Request) -> web.Response:
+    """POST /v1/batches/{id}/resolve: an approver's decision for a batch awaiting approval."""
+    engine: Engine = request.app[api.ENGINE]
+    batch_id = _batch_id(request)
+    actions = [str(a) for a in engine.kinds[BATCH_KIND].resolutions]
+    action, note = api.parse_decision(await api._body(request), actions)
+    operator = api.require(request, permission_for_resolution(action))
+    await engine.get_batch(batch_id)  # 404 for an id that is not a batch
+    wf = await engine.resolve(batch_id, action, operator=operator.name, note=note)
+    return _answer(await engine.get_batch(wf.id), status=202)
+
+
 def register(app: web.Application) -> None:
     """Add the batch routes to the main app (its error and authentication middlewares apply)."""
     app.router.add_post("/v1/batches", submit_batch)
     app.router.add_get("/v1/batches/{id}", get_batch, allow_head=False)
     app.router.add_get("/v1/batches/{id}/report", batch_report, allow_head=False)
     app.router.add_post("/v1/batches/{id}/cancel", cancel_batch)
+    app.router.add_post("/v1/batches/{id}/resolve", resolve_batch)

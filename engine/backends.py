@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from engine.api import ApiError, parse_submission
+from engine.batch_ops import BATCH_KIND
 from engine.bootstrap import open_store, standard_kinds
 from engine.client import WithdrawClient
 from engine.clock import SystemClock
@@ -47,6 +48,7 @@ __all__ = [
     "ServiceUnreachable",
     "StoreBackend",
     "StoreMissing",
+    "is_batch_id",
     "require_store",
     "sqlite_path",
     "wait_settled",
@@ -64,6 +66,11 @@ class StoreMissing(ConfigError):
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` store URL, as :func:`engine.bootstrap.open_store` reads it; None otherwise."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def is_batch_id(workflow_id: str) -> bool:
+    """The id names a batch (its kind's id prefix): its decisions go to the batch routes over HTTP."""
+    return workflow_id.startswith(f"{standard_kinds()[BATCH_KIND].id_prefix}_")
 
 
 def require_store(url: str) -> None:
@@ -108,7 +115,8 @@ class Backend(Protocol):
     async def resolve(
         self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
     ) -> dict[str, Any]:
-        """An operator's decision (with who and why); the workflow view."""
+        """An operator's decision (with who and why) on a withdrawal or a batch; its view (a batch's for a
+        batch)."""
         ...
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:
@@ -168,9 +176,13 @@ class StoreBackend:
     async def resolve(
         self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
     ) -> dict[str, Any]:
-        """Record the operator's decision, attributed to ``operator`` (a known one whose role allows it)."""
+        """Record the operator's decision, attributed to ``operator`` (a known one whose role allows it), on
+        a workflow of any kind: a withdrawal's view, or a batch's."""
         await self.check_operator(operator, permission_for_resolution(action))
-        return workflow_view(await self.engine.resolve(workflow_id, action, operator=operator, note=note))
+        wf = await self.engine.resolve(workflow_id, action, operator=operator, note=note)
+        if wf.kind == BATCH_KIND:
+            return await self.engine.get_batch(wf.id)
+        return workflow_view(wf)
 
     async def check_operator(self, name: str | None, permission: Permission) -> None:
         """``name`` must be an operator of the store whose role holds ``permission`` (None: unattributed,
@@ -250,9 +262,12 @@ class HttpBackend:
     async def resolve(
         self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
     ) -> dict[str, Any]:
-        """POST /v1/withdrawals/{id}/resolve (the token says who: no ``operator`` here)."""
+        """POST /v1/withdrawals/{id}/resolve, or /v1/batches/{id}/resolve for a batch's id (the token says
+        who: no ``operator`` here)."""
         _no_operator(operator)
         with _as_api_error():
+            if is_batch_id(workflow_id):
+                return await self.client.resolve_batch(workflow_id, action, note=note)
             return (await self.client.resolve(workflow_id, action, note=note)).raw
 
     async def events(self, workflow_id: str) -> list[dict[str, Any]]:

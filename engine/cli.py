@@ -1,6 +1,6 @@
 """``upbit-withdraw``: the command line (click + rich). Tables for people, ``--json`` for programs.
 
-Workflow commands (submit, status, list, history, cancel, resolve) work on the store directly, or with
+Workflow commands (submit, status, list, history, cancel, resolve, approve, reject) work on the store directly, or with
 ``--api URL`` on a running service (token from ``UPBIT_WITHDRAW_API_TOKEN``). Exchange commands
 (addresses, wallet-status, chance) call Upbit through the configured account. ``run`` is the service,
 ``sandbox`` the simulated exchange, ``demo`` both at once with a scripted batch. Only ``run`` and
@@ -17,6 +17,8 @@ Exit codes (documented in the README and ``--help``)::
     4   conflict: idempotency key reused for another request, or a transition not allowed now
     5   the exchange, the store or the service is unreachable (or refused the call)
     6   submit --wait timed out (the workflow goes on)
+    7   run: another runner process already owns this SQLite store
+    8   forbidden: the operator may not do this (their role; four eyes: a submitter never approves their own)
     70  internal error (a bug: please report it)
 
 Errors print one line on stderr: never a traceback, never a secret.
@@ -63,6 +65,7 @@ from engine.backends import (
     HttpBackend,
     Query,
     StoreBackend,
+    is_batch_id,
     require_store,
     sqlite_path,
     wait_settled,
@@ -116,11 +119,14 @@ EXIT = {
     "unreachable": 5,
     "timeout": 6,
     "store_in_use": 7,
+    "forbidden": 8,
     "internal": 70,
 }
 #: The kind the workflow commands (submit, status, list, cancel, resolve) work with: its states, its
 #: presentation (progress path, success, colours) and its operator actions are its own.
 _KIND = standard_kinds()["withdrawal"]
+#: The actions ``resolve`` offers: the review's (approve and reject, the four-eyes ones, have their own commands).
+_REVIEW_ACTIONS = [str(a) for a in _KIND.resolutions if not _KIND.is_four_eyes(a)]
 
 
 @dataclasses.dataclass(slots=True)
@@ -268,6 +274,8 @@ def _api_error_code(exc: ApiError) -> int:
         return EXIT["not_found"]
     if exc.status == 409:
         return EXIT["conflict"]
+    if exc.status == 403:
+        return EXIT["forbidden"]
     if exc.status >= 500:
         return EXIT["unreachable"]
     return EXIT["usage"]
@@ -294,10 +302,10 @@ def _describe(exc: BaseException) -> tuple[int, str]:
         (InvalidRequest, "usage", ""),
         (WorkflowNotFound, "not_found", ""),
         (OperatorNotFound, "not_found", ""),
-        (Forbidden, "usage", "forbidden: "),
         (IdempotencyConflict, "conflict", ""),
         (ReferenceConflict, "conflict", ""),
         (InvalidTransition, "conflict", ""),
+        (Forbidden, "forbidden", "forbidden: "),
         (WaitTimeout, "timeout", ""),
         (StoreInUse, "store_in_use", ""),
         (ServiceUnreachable, "unreachable", ""),
@@ -327,7 +335,8 @@ def cli() -> None:
     Exit codes: 0 ok; 1 the workflow did not end DONE (submit --wait), or a broken audit chain;
     2 usage or config error, or no store there (only run and migrate create one); 3 not found,
     or no audit chain to verify; 4 conflict (idempotency key, transition not allowed); 5 exchange, store or
-    service unreachable; 6 submit --wait timed out; 70 internal error.
+    service unreachable; 6 submit --wait timed out; 7 the SQLite store has a runner already; 8 forbidden
+    (the role does not allow it, or a submitter approving their own); 70 internal error.
     """
     configure_logging(level="WARNING", stream=sys.stderr)
 
@@ -521,20 +530,62 @@ def cancel(workflow_id: str, operator: str | None, note: str | None) -> None:
     _emit_json(view) if opts.json else _show_workflow(view, title="cancellation requested")
 
 
+_NOTE_HELP = "Why (required, 1-1000 characters): recorded in the audit log with the decision."
+_DECIDER_HELP = (
+    "Who decides, on the store path (an operator of `upbit-withdraw operator list` whose role allows it; "
+    "required for approve/reject there, and never the submitter). Over --api the token says who you are."
+)
+
+
 @cli.command()
 @_global_options
 @click.argument("workflow_id")
-@click.option("--action", type=click.Choice([str(a) for a in _KIND.resolutions]), required=True)
-@click.option("--operator", "operator", metavar="NAME", help=_OPERATOR_HELP)
 @click.option(
-    "--note", metavar="TEXT", required=True,
-    help="Why (required, up to 1000 characters): every decision is recorded with its reason.",
+    "--action", type=click.Choice(_REVIEW_ACTIONS), required=True,
+    help="resubmit: send it again (a fresh intent, one POST); abandon: end it aborted.",
 )  # fmt: skip
-def resolve(workflow_id: str, action: str, operator: str | None, note: str) -> None:
+@click.option("--note", required=True, help=_NOTE_HELP)
+@click.option("--operator", metavar="NAME", help=_DECIDER_HELP)
+def resolve(workflow_id: str, action: str, note: str, operator: str | None) -> None:
     """Decide a needs_review withdrawal: resubmit (send again) or abandon (end as aborted)."""
     opts = _opts()
-    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action, operator=operator, note=note)))
+    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action, note=note, operator=operator)))
     _emit_json(view) if opts.json else _show_workflow(view, title=f"resolution recorded: {action}")
+
+
+def _decide(action: str, workflow_id: str, note: str, operator: str | None) -> None:
+    """approve / reject: a four-eyes decision on a withdrawal (wd_...) or a batch (bt_...) awaiting approval."""
+    opts = _opts()
+    if not opts.api and operator is None:
+        raise click.UsageError(f"{action} on the store needs --operator NAME (who decides; never the submitter)")
+    view = _run(_with_backend(opts, lambda b: b.resolve(workflow_id, action, note=note, operator=operator)))
+    if opts.json:
+        _emit_json(view)
+    elif is_batch_id(workflow_id):
+        _console().print(f"{action} recorded for batch {escape(view['id'])} (state {escape(view['state'])})")
+    else:
+        _show_workflow(view, title=f"{action} recorded")
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+@click.option("--note", required=True, help=_NOTE_HELP)
+@click.option("--operator", metavar="NAME", help=_DECIDER_HELP)
+def approve(workflow_id: str, note: str, operator: str | None) -> None:
+    """Approve a withdrawal or batch awaiting approval (four eyes: not by its submitter). The withdrawal's
+    checks run again, then it is sent; a batch dispatches its children."""
+    _decide("approve", workflow_id, note, operator)
+
+
+@cli.command()
+@_global_options
+@click.argument("workflow_id")
+@click.option("--note", required=True, help=_NOTE_HELP)
+@click.option("--operator", metavar="NAME", help=_DECIDER_HELP)
+def reject(workflow_id: str, note: str, operator: str | None) -> None:
+    """Reject a withdrawal or batch awaiting approval: it ends aborted (approval_rejected), nothing sent."""
+    _decide("reject", workflow_id, note, operator)
 
 
 register_watch(cli, _global_options, _opts, _load)

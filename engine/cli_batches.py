@@ -27,7 +27,8 @@ from rich.table import Table
 from engine.backends import Backend, HttpBackend, StoreBackend
 from engine.batch_ops import BATCH_KIND, BatchOps
 from engine.bootstrap import standard_kinds
-from engine.errors import InvalidBatch
+from engine.errors import InvalidBatch, InvalidRequest
+from engine.operators import Permission
 
 __all__ = ["CliParts", "register"]
 
@@ -87,11 +88,17 @@ async def _report(backend: Backend, batch_id: str) -> dict[str, Any]:
     return dict((await _http(backend)._call("GET", f"/v1/batches/{batch_id}/report"))[1])
 
 
-async def _cancel(backend: Backend, batch_id: str) -> dict[str, Any]:
+async def _cancel(backend: Backend, batch_id: str, operator: str | None, note: str | None) -> dict[str, Any]:
     if isinstance(backend, StoreBackend):
-        wf = await backend.engine.cancel_batch(batch_id)
+        await backend.check_operator(operator, Permission.CANCEL)
+        wf = await backend.engine.cancel_batch(batch_id, operator=operator, note=note)
         return await backend.engine.get_batch(wf.id)
-    return dict((await _http(backend)._call("POST", f"/v1/batches/{batch_id}/cancel"))[1])
+    if operator is not None:
+        raise InvalidRequest(
+            "--operator is for the store path; over --api the token says who you are", field="operator"
+        )
+    body = None if note is None else {"note": note}
+    return dict((await _http(backend)._call("POST", f"/v1/batches/{batch_id}/cancel", body=body))[1])
 
 
 def _http(backend: Backend) -> HttpBackend:
@@ -111,6 +118,18 @@ def _format(path: Path, given: str | None) -> str:
 # -- output ---------------------------------------------------------------------------------------------
 
 
+def _approval_line(approval: dict[str, Any] | None) -> str:
+    """The batch's four-eyes approval in one line (empty: it never needed one)."""
+    if not approval:
+        return ""
+    over = ", ".join(f"{v['total']} {c} > {v['threshold']}" for c, v in approval.get("over", {}).items())
+    if approval.get("approved_at"):
+        return (
+            f"approved by {approval.get('approved_by')} at {approval['approved_at']}: {approval.get('note')} ({over})"
+        )
+    return f"asked ({over}), open until {approval.get('expires_at')}; not approved"
+
+
 def _show_status(console: Console, view: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -122,6 +141,7 @@ def _show_status(console: Console, view: dict[str, Any]) -> None:
         ("children", ", ".join(f"{s} {n}" for s, n in view.get("children", {}).items())),
         ("skipped", ", ".join(f"#{e['index']} {e['reference'] or ''} {e['field']}" for e in view["skipped"])),
         ("cancel requested", "yes" if view["cancel_requested"] else ""),
+        ("reason", view.get("reason") or ""), ("approval", _approval_line(view.get("approval"))),
         ("created", view["created_at"]), ("updated", view["updated_at"]),
     ]  # fmt: skip
     for name, value in rows:
@@ -220,10 +240,12 @@ def register(group: click.Group, parts: CliParts) -> None:
     @batch.command(name="cancel")
     @parts.global_options
     @click.argument("batch_id")
-    def cancel(batch_id: str) -> None:
+    @click.option("--operator", metavar="NAME", help="Who cancels (store path only: a known operator who may cancel).")
+    @click.option("--note", metavar="TEXT", help="Why (optional): recorded with the operator in the events.")
+    def cancel(batch_id: str, operator: str | None, note: str | None) -> None:
         """Cancel a batch: children not yet submitted are cancelled, the exchange is asked for the rest."""
         opts = parts.options()
-        view = parts.run(parts.with_backend(opts, lambda backend: _cancel(backend, batch_id)))
+        view = parts.run(parts.with_backend(opts, lambda backend: _cancel(backend, batch_id, operator, note)))
         parts.emit_json(view) if opts.json else _show_status(parts.console(), view)
 
 

@@ -417,15 +417,32 @@ class WithdrawClient:
         return WithdrawalView.from_json((await self.request("POST", path, body=body))[1])
 
     async def resolve(self, workflow_id: str, action: str, *, note: str | None = None) -> WithdrawalView:
-        """POST /v1/withdrawals/{id}/resolve with ``resubmit`` or ``abandon`` and the ``note`` the service
-        requires for every decision (it is recorded with the operator's name; without one the answer is a
-        ``RemoteInvalidRequest`` on ``note``). Not retried. The token's operator needs the resolve
-        permission (else ``RemoteForbidden``)."""
+        """POST /v1/withdrawals/{id}/resolve: ``resubmit``/``abandon`` a needs_review withdrawal, ``approve``/
+        ``reject`` one awaiting approval, with the ``note`` the service requires for every decision (it is
+        recorded with the operator's name; without one the answer is a ``RemoteInvalidRequest`` on ``note``).
+        Not retried. The token's operator needs the resolve (or approve) permission, and never approves
+        their own submission (else ``RemoteForbidden``)."""
         body: dict[str, str] = {"action": action}
         if note is not None:
             body["note"] = note
         path = f"/v1/withdrawals/{workflow_id}/resolve"
         return WithdrawalView.from_json((await self.request("POST", path, body=body))[1])
+
+    async def approve(self, workflow_id: str, *, note: str) -> WithdrawalView:
+        """Approve a withdrawal awaiting approval (four eyes: the token's operator must not be its submitter)."""
+        return await self.resolve(workflow_id, "approve", note=note)
+
+    async def reject(self, workflow_id: str, *, note: str) -> WithdrawalView:
+        """Reject a withdrawal awaiting approval: it ends aborted (approval_rejected), nothing sent."""
+        return await self.resolve(workflow_id, "reject", note=note)
+
+    async def resolve_batch(self, batch_id: str, action: str, *, note: str | None = None) -> dict[str, Any]:
+        """POST /v1/batches/{id}/resolve: ``approve``/``reject`` a batch awaiting approval, with the required
+        ``note`` (its JSON view; not retried)."""
+        body: dict[str, str] = {"action": action}
+        if note is not None:
+            body["note"] = note
+        return dict((await self.request("POST", f"/v1/batches/{batch_id}/resolve", body=body))[1])
 
     async def events(self, workflow_id: str) -> builtins.list[Event]:
         """GET /v1/withdrawals/{id}/events: the audit log in order, as the engine's records (each

@@ -47,7 +47,7 @@ from pydantic_settings import (
 )
 
 from engine.errors import ConfigError
-from engine.policy import AutoResolve, CurrencyPolicy, Policy, WorkflowSettings
+from engine.policy import DEFAULT_APPROVAL_EXPIRY, AutoResolve, CurrencyPolicy, Policy, WorkflowSettings
 from engine.upbit.auth import Credentials
 from engine.upbit.budget import min_lease
 from engine.upbit.client import REGIONS
@@ -349,13 +349,16 @@ class _CurrencyRules(BaseModel):
     max_per_withdrawal: Amount | None = None
     max_per_day: Amount | None = None
     pinned_addresses: list[str] | None = None
+    approval_above: Amount | None = None
+    """A withdrawal above this amount waits for an approver who is not its submitter (four eyes)."""
 
     def policy(self) -> CurrencyPolicy:
         """The engine's frozen rule object."""
         pins = frozenset(self.pinned_addresses) if self.pinned_addresses is not None else None
         return CurrencyPolicy(
-            max_per_withdrawal=self.max_per_withdrawal, max_per_day=self.max_per_day, pinned_addresses=pins
-        )
+            max_per_withdrawal=self.max_per_withdrawal, max_per_day=self.max_per_day, pinned_addresses=pins,
+            approval_above=self.approval_above,
+        )  # fmt: skip
 
 
 class BatchesConfig(BaseModel):
@@ -367,8 +370,10 @@ class BatchesConfig(BaseModel):
     max_total: dict[str, Amount] = Field(default_factory=dict)
     #: The largest body ``POST /v1/batches`` reads (a 10,000-item JSON batch is about 2 MB).
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024), _NUMBER] = 8 * 1024 * 1024
+    approval_above: dict[str, Amount] = Field(default_factory=dict)
+    """Per currency, e.g. ``{BTC = "2"}``: a batch whose total of it is above waits for an approver."""
 
-    @field_validator("max_total")
+    @field_validator("max_total", "approval_above")
     @classmethod
     def _currency_codes(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
         return {currency.upper(): amount for currency, amount in value.items()}
@@ -389,6 +394,20 @@ class _AutoResolveRules(BaseModel):
     def rule(self) -> AutoResolve:
         """The engine's frozen rule object."""
         return AutoResolve(enabled=self.enabled, listings=self.listings, minutes=self.minutes)
+
+
+class _PolicyTable(BaseModel):
+    """[policy]: the approval expiry, and a [policy.CURRENCY] table per currency (limits, approval_above)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False, use_attribute_docstrings=True)
+    __pydantic_extra__: dict[str, _CurrencyRules] = Field(init=False)  # every other key is a currency
+
+    approval_expires_after: Annotated[float, Field(gt=0), _NUMBER] = DEFAULT_APPROVAL_EXPIRY
+    """Seconds an approval request stays open; then the withdrawal (or batch) aborts: approval_expired."""
+
+    def currencies(self) -> dict[str, _CurrencyRules]:
+        """The currency tables (every key but ``approval_expires_after``)."""
+        return dict(self.__pydantic_extra__ or {})
 
 
 class _AccountPolicy(BaseModel):
@@ -477,7 +496,7 @@ class ConfigFile(BaseSettings):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     workflow: WorkflowTable = Field(default_factory=WorkflowTable)
     accounts: dict[str, _AccountTable] = Field(default_factory=dict)
-    policy: dict[str, _CurrencyRules] = Field(default_factory=dict)
+    policy: _PolicyTable = Field(default_factory=_PolicyTable)
     api: ApiConfig = Field(default_factory=ApiConfig)
     batches: BatchesConfig = Field(default_factory=BatchesConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
@@ -646,7 +665,7 @@ def _known_keys(table: list[str]) -> list[str]:
     while parts:
         is_model = isinstance(model, type) and issubclass(model, BaseModel)
         field = model.model_fields.get(parts.pop(0)) if is_model else None
-        if field is None and model is _AccountPolicy:  # accounts.NAME.policy.CURRENCY
+        if field is None and model in (_AccountPolicy, _PolicyTable):  # [accounts.NAME.]policy.CURRENCY
             model = _CurrencyRules
             continue
         if field is None:
@@ -707,8 +726,10 @@ def _policy(settings: ConfigFile) -> Policy:
     accounts = {name: currencies(table.policy.currencies()) for name, table in tables if table.policy.currencies()}
     auto = {name: table.policy.auto_resolve.rule() for name, table in tables if table.policy.auto_resolve}
     return Policy(
-        currencies=currencies(settings.policy), dry_run=settings.engine.dry_run, accounts=accounts, auto_resolve=auto
-    )
+        currencies=currencies(settings.policy.currencies()), dry_run=settings.engine.dry_run, accounts=accounts,
+        auto_resolve=auto, approval_expires_after=settings.policy.approval_expires_after,
+        batch_approval_above=dict(settings.batches.approval_above),
+    )  # fmt: skip
 
 
 def load_config(

@@ -12,6 +12,7 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, cast
@@ -21,8 +22,8 @@ import structlog
 from engine.batch_ops import BATCH_KIND, BatchOps
 from engine.clock import Clock, SystemClock
 from engine.context import StepContext, TransitionObserver, create_workflow
-from engine.errors import InvalidRequest, InvalidTransition, WorkflowNotFound
-from engine.kinds import KindRegistry, default_kinds
+from engine.errors import Forbidden, InvalidRequest, InvalidTransition, WorkflowNotFound
+from engine.kinds import KindRegistry, WorkflowKind, default_kinds
 from engine.models import Event, Workflow
 from engine.operators import check_attribution
 from engine.policy import Policy, WorkflowSettings
@@ -258,18 +259,21 @@ class Engine:
     async def resolve(
         self, workflow_id: str, action: str, *, operator: str | None = None, note: str | None = None
     ) -> Workflow:
-        """An operator's decision for a workflow that awaits one (a withdrawal in ``needs_review``:
-        ``resubmit`` or ``abandon``); the kind says which actions it accepts, its next step applies it.
+        """An operator's decision for a workflow that awaits one; the kind says which actions each state
+        accepts (a withdrawal: ``resubmit``/``abandon`` in ``needs_review``, ``approve``/``reject`` in
+        ``awaiting_approval``), its next step applies it. ``operator`` and ``note`` are stored with the
+        decision and recorded by the event that applies it.
 
-        ``operator`` and ``note`` are stored with the decision and recorded by the event that applies it."""
+        A four-eyes action (approve, reject) needs a ``note`` and a named ``operator`` who is not the
+        workflow's submitter (``Forbidden`` otherwise); it is refused past the approval's expiry."""
         operator, note = check_attribution(operator, note)
         self.kinds.check_resolution(action)  # before the read: a bad action is refused as before
         current = await self.store.get(workflow_id)
         kind = self.kinds[current.kind]
         kind.check_resolution(action)
-        if not kind.awaits_operator(current.state):
-            awaiting = "/".join(sorted(kind.awaiting_operator)) or "a state awaiting an operator"
-            raise InvalidTransition(f"{workflow_id} is {current.state}, not {awaiting}")
+        _check_accepted(kind, current, action, now=self.clock.now())
+        if kind.is_four_eyes(action):
+            _check_four_eyes(current, action, operator, note)
         flagged = await self.store.request_resolution(
             workflow_id, action, at=self.clock.now(), operator=operator, note=note
         )
@@ -465,6 +469,33 @@ class Engine:
 
 #: Events read from the store per feed query by :meth:`Engine.stream`.
 FEED_PAGE = 500
+
+
+def _check_accepted(kind: WorkflowKind, wf: Workflow, action: str, *, now: datetime) -> None:
+    """``InvalidTransition`` unless the workflow's state accepts ``action`` now (naming the actions it
+    does accept), and, for a decision with a deadline (an approval's expiry), before that deadline."""
+    accepted = kind.resolutions_in(wf.state)
+    if action not in accepted:
+        if accepted:
+            raise InvalidTransition(f"{wf.id} is {wf.state}: it accepts {' or '.join(accepted)}, not {action}")
+        waiting = sorted(state for state in kind.awaiting_operator if action in kind.resolutions_in(state))
+        raise InvalidTransition(f"{wf.id} is {wf.state}, not {'/'.join(waiting) or 'awaiting an operator'}")
+    if kind.past_deadline(wf, now):
+        raise InvalidTransition(f"{wf.id} is past its deadline ({wf.deadline_at}): too late to {action}")
+    if wf.resolution is not None and kind.is_four_eyes(wf.resolution):
+        # An approver's decision stands: a second one may not silently replace it before it is carried out.
+        by = f" by {wf.resolution_by}" if wf.resolution_by else ""
+        raise InvalidTransition(f"{wf.id} already has a decision: {wf.resolution}{by}, being carried out")
+
+
+def _check_four_eyes(wf: Workflow, action: str, operator: str | None, note: str | None) -> None:
+    """Maker-checker: an approval or rejection is a named operator's, never the submitter's, and says why."""
+    if operator is None:
+        raise Forbidden(f"to {action} {wf.id} takes a named operator (four eyes): say who decides")
+    if operator == wf.created_by:
+        raise Forbidden(f"{operator} submitted {wf.id}: another operator must {action} it (four eyes)")
+    if note is None:
+        raise InvalidRequest(f"is required: say why you {action} it (recorded with the decision)", field="note")
 
 
 def _matches(item: FeedItem, workflow_id: str | None, account: str | None, triggers: frozenset[str]) -> bool:

@@ -96,6 +96,13 @@ class WorkflowKind:
     awaiting_operator: frozenset[str] = frozenset()
     #: Operator actions accepted in an ``awaiting_operator`` state (the next step applies them).
     resolutions: tuple[str, ...] = ()
+    #: Which of ``resolutions`` each ``awaiting_operator`` state accepts (a state not named here: all of
+    #: them). The withdrawal: ``resubmit``/``abandon`` in ``needs_review``, ``approve``/``reject`` in
+    #: ``awaiting_approval``.
+    accepts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Actions that need a second pair of eyes: a named operator who is not the workflow's submitter,
+    #: with a note (``Engine.resolve`` enforces it).
+    four_eyes: frozenset[str] = frozenset()
     #: States whose commit someone waits on while holding a scarce resource (a submit's rate slot):
     #: the store writes it without its grouping delay.
     urgent: frozenset[str] = frozenset()
@@ -131,6 +138,11 @@ class WorkflowKind:
         unknown = {state for states in named for state in states} - set(self.states)
         if unknown:
             raise ValueError(f"{self.name}: unknown state(s) {sorted(unknown)}")
+        if set(self.accepts) - set(self.awaiting_operator):
+            raise ValueError(f"{self.name}: accepts names states not awaiting an operator")
+        actions = {a for accepted in self.accepts.values() for a in accepted} | set(self.four_eyes)
+        if actions - set(self.resolutions):
+            raise ValueError(f"{self.name}: unknown action(s) {sorted(actions - set(self.resolutions))}")
 
     def __repr__(self) -> str:
         return f"<WorkflowKind {self.name}: {len(self.states)} states, {len(self.steps)} steps>"
@@ -143,6 +155,25 @@ class WorkflowKind:
     def awaits_operator(self, state: str) -> bool:
         """An operator's resolution is accepted in this state."""
         return state in self.awaiting_operator
+
+    def resolutions_in(self, state: str) -> tuple[str, ...]:
+        """The operator actions ``state`` accepts (none outside the states awaiting an operator)."""
+        if state not in self.awaiting_operator:
+            return ()
+        return self.accepts.get(state, self.resolutions)
+
+    def awaits_approval(self, state: str) -> bool:
+        """The state waits for a second operator's approval (it accepts a four-eyes action): what a
+        caller lists as "waiting for a person" beside the states that need a review."""
+        return any(action in self.four_eyes for action in self.resolutions_in(state))
+
+    def is_four_eyes(self, action: str) -> bool:
+        """The action needs a named operator who is not the submitter, and a note."""
+        return action in self.four_eyes
+
+    def states_accepting(self, action: str) -> frozenset[str]:
+        """The states in which ``action`` is accepted (a store's flag condition, as ``kind:state``)."""
+        return frozenset(state for state in self.awaiting_operator if action in self.resolutions_in(state))
 
     def settles_in(self, state: str) -> bool:
         """Nothing happens in this state until someone acts, if ever: terminal, or awaiting an operator

@@ -1,4 +1,7 @@
-"""Local policy and workflow timings: plain data, loaded from the config and handed to the steps."""
+"""Local policy and workflow timings: plain data, loaded from the config and handed to the steps.
+
+The four-eyes approval rules are pure functions of this data (:func:`needs_approval`,
+:func:`batch_over_approval`): a step asks them, the unit tests read them as tables and properties."""
 
 from __future__ import annotations
 
@@ -6,7 +9,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-__all__ = ["AutoResolve", "CurrencyPolicy", "Policy", "WorkflowSettings"]
+__all__ = [
+    "DEFAULT_APPROVAL_EXPIRY",
+    "AutoResolve",
+    "CurrencyPolicy",
+    "Policy",
+    "WorkflowSettings",
+    "batch_over_approval",
+    "needs_approval",
+]
+
+#: Seconds an approval request stays open before the workflow aborts (``approval_expired``): 4 hours.
+DEFAULT_APPROVAL_EXPIRY = 4 * 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -17,6 +31,8 @@ class CurrencyPolicy:
     max_per_day: Decimal | None = None
     #: When set, only these addresses may receive this currency (a pin-list on top of Upbit's allowlist).
     pinned_addresses: frozenset[str] | None = None
+    #: A withdrawal whose amount is above this waits for an approver (four eyes) before it is sent.
+    approval_above: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,12 +61,26 @@ class Policy:
     accounts: Mapping[str, Mapping[str, CurrencyPolicy]] = field(default_factory=dict)
     #: Per-account auto-resolution of needs_review by proven absence (absent: off).
     auto_resolve: Mapping[str, AutoResolve] = field(default_factory=dict)
+    #: Seconds an approval request stays open; then the workflow (or batch) aborts, nothing sent.
+    approval_expires_after: float = DEFAULT_APPROVAL_EXPIRY
+    #: currency -> a batch whose total of that currency is above it waits for an approver.
+    batch_approval_above: Mapping[str, Decimal] = field(default_factory=dict)
 
     def for_currency(self, currency: str, account: str | None = None) -> CurrencyPolicy:
         """The account's policy for the currency, else the global one, else no limits."""
         if account is not None and currency in self.accounts.get(account, {}):
             return self.accounts[account][currency]
         return self.currencies.get(currency, _NO_LIMITS)
+
+    def approval_above(self, currency: str, account: str | None = None) -> Decimal | None:
+        """The approval threshold of a withdrawal of ``currency`` from ``account``: the account's own when
+        its table sets one, else the global ``[policy.CURRENCY]`` one (unlike the limits, an account table
+        that does not mention ``approval_above`` inherits it: a safety control is never dropped by
+        accident), else none (no approval needed)."""
+        own = self.accounts.get(account, {}).get(currency) if account is not None else None
+        if own is not None and own.approval_above is not None:
+            return own.approval_above
+        return self.currencies.get(currency, _NO_LIMITS).approval_above
 
     def auto_resolve_for(self, account: str) -> AutoResolve:
         """The account's auto-resolution rule (off when not configured)."""
@@ -59,6 +89,25 @@ class Policy:
 
 _NO_LIMITS = CurrencyPolicy()
 _AUTO_OFF = AutoResolve()
+
+
+def needs_approval(amount: Decimal, threshold: Decimal | None, *, approved: bool = False) -> bool:
+    """Whether a withdrawal of ``amount`` must wait for an approver: only strictly above a configured
+    threshold, and only while no approval is recorded for it."""
+    return threshold is not None and amount > threshold and not approved
+
+
+def batch_over_approval(
+    totals: Mapping[str, Decimal], thresholds: Mapping[str, Decimal]
+) -> dict[str, tuple[Decimal, Decimal]]:
+    """The currencies whose batch total is above their ``[batches] approval_above`` threshold, each with
+    ``(total, threshold)`` (empty: the batch needs no approval). Sorted by currency, so the event that
+    records it reads the same on every run."""
+    return {
+        currency: (total, thresholds[currency])
+        for currency, total in sorted(totals.items())
+        if currency in thresholds and total > thresholds[currency]
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ from engine.query import Page
 __all__ = [
     "EVENT_COLUMNS",
     "PAGE_COLUMNS",
+    "describe_approval",
     "describe_cause",
     "event_rows",
     "event_view",
@@ -93,6 +94,19 @@ def describe_cause(data: dict[str, Any] | None) -> str | None:
     return json.dumps(rest, ensure_ascii=False, default=str)
 
 
+def describe_approval(view: dict[str, Any]) -> str | None:
+    """One line for a view's four-eyes ``approval``: who approved it and why, or that it was asked for and
+    until when (the state says whether it still waits, or ended rejected, expired or cancelled)."""
+    approval = view.get("approval")
+    if not approval:
+        return None
+    if approval.get("batch_id"):
+        return f"approved with batch {approval['batch_id']} by {approval.get('approved_by')}: {approval.get('note')}"
+    if approval.get("approved_at"):
+        return f"approved by {approval.get('approved_by')} at {approval['approved_at']}: {approval.get('note')}"
+    return f"asked (above {approval.get('threshold')}), open until {approval.get('expires_at')}; not approved"
+
+
 def workflow_rows(view: dict[str, Any], style: Style = _plain) -> list[tuple[str, str]]:
     """The label/value rows of one workflow's table (empty values left out)."""
     req = view["request"]
@@ -113,6 +127,7 @@ def workflow_rows(view: dict[str, Any], style: Style = _plain) -> list[tuple[str
         ("submits", str(view["submit_count"])),
         ("cancel requested", "yes" if view["cancel_requested"] else None),
         ("resolution", view["resolution"]),
+        ("approval", describe_approval(view)),
         ("error", json.dumps(view["error"]) if view["error"] else None),
         ("created", view["created_at"]),
         ("updated", view["updated_at"]),

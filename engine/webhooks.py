@@ -32,6 +32,7 @@ from engine.kinds import KindRegistry, default_kinds
 
 __all__ = [
     "ALL_EVENTS",
+    "AWAITING_APPROVAL",
     "BATCH_SETTLED",
     "EVENT_ID_HEADER",
     "EVENT_TYPES",
@@ -56,15 +57,19 @@ EVENT_ID_HEADER = "Upbit-Withdraw-Event-Id"
 TRANSITION = "workflow.transition"
 #: A workflow reached a terminal state (by its kind: for a withdrawal DONE, FAILED, CANCELLED, REJECTED, aborted).
 TERMINAL = "workflow.terminal"
-#: A workflow entered a state that waits for an operator's decision (by its kind: a withdrawal's needs_review).
+#: A workflow entered a state that waits for an operator's review (by its kind: a withdrawal's needs_review,
+#: a batch's needs_attention); not an approval (that one is :data:`AWAITING_APPROVAL`).
 NEEDS_REVIEW = "workflow.needs_review"
+#: A workflow (a withdrawal or a batch) waits for a four-eyes approval: an approver who is not its
+#: submitter must approve or reject it before its expiry (by its kind: a state taking four-eyes actions).
+AWAITING_APPROVAL = "workflow.awaiting_approval"
 #: A batch settled: an event of a workflow of kind ``batch`` entering the state ``settled``.
 BATCH_SETTLED = "batch.settled"
 #: Every event, notes included.
 ALL_EVENTS = "*"
-EVENT_TYPES = (TRANSITION, TERMINAL, NEEDS_REVIEW, BATCH_SETTLED, ALL_EVENTS)
+EVENT_TYPES = (TRANSITION, TERMINAL, NEEDS_REVIEW, AWAITING_APPROVAL, BATCH_SETTLED, ALL_EVENTS)
 #: The ``type`` a payload carries: the most specific one the subscription asked for.
-_SPECIFICITY = (BATCH_SETTLED, NEEDS_REVIEW, TERMINAL, TRANSITION)
+_SPECIFICITY = (BATCH_SETTLED, AWAITING_APPROVAL, NEEDS_REVIEW, TERMINAL, TRANSITION)
 _NOTE = "workflow.event"
 
 
@@ -84,7 +89,9 @@ def event_types(
         found = (kinds if kinds is not None else default_kinds()).get(kind)
         if found is not None and found.is_terminal(to_state):
             types.add(TERMINAL)
-        if found is not None and found.awaits_operator(to_state):
+        if found is not None and found.awaits_approval(to_state):
+            types.add(AWAITING_APPROVAL)
+        elif found is not None and found.awaits_operator(to_state):
             types.add(NEEDS_REVIEW)
         if kind == "batch" and to_state == "settled":
             types.add(BATCH_SETTLED)

@@ -3,6 +3,10 @@
 Path: pending -> verifying_address -> checking_wallet -> submitting -> WAITING -> PROCESSING -> DONE
 (or FAILED / CANCELLED / REJECTED as the exchange reports), with ``aborted`` (nothing sent, with a
 reason), ``reconciling`` (a POST whose outcome is unknown) and ``needs_review`` (an operator decides).
+A withdrawal above its currency's ``approval_above`` waits in ``awaiting_approval`` once its pre-flight
+checks passed (four eyes: an approver who is not its submitter approves or rejects it, with a note);
+an approval sends it back through ``checking_wallet`` (the checks run again at approval time), a
+rejection or the approval's expiry aborts it, nothing sent.
 
 Decisions (``match_address``, ``wallet_verdict``, ``chance_verdict``, ``policy_verdict``,
 ``choose_candidate``, ``adoption_since``, ``absence_proven``, ``trigger_for``) are pure functions of their
@@ -36,13 +40,15 @@ from engine.errors import ExchangeError, ExchangeRefused, ExchangeThrottled, Lan
 from engine.kinds import RowIndex, Step, WorkflowKind
 from engine.machine import TransitionSpec, WorkflowMachine
 from engine.models import Workflow
-from engine.policy import AutoResolve, Policy, WorkflowSettings
+from engine.policy import AutoResolve, Policy, WorkflowSettings, needs_approval
 from engine.port import StepPort
 from engine.upbit.client import MAX_LIST_IDS, WithdrawBody
 from engine.upbit.gateway import SubmitSlot
 from engine.upbit.types import AllowedAddress, Chance, ExchangeState, WalletStatus, Withdrawal
 from workflows.withdrawal_model import (
     AbortReason,
+    ApprovalInfo,
+    ApprovalRequest,
     ReconcileInfo,
     ReconcileMode,
     Resolution,
@@ -65,6 +71,8 @@ WithdrawalKey = Literal[
     "auto_resubmits",
     "cancel_noted",
     "cancel_sent",
+    "approval_request",
+    "approved",
 ]
 
 __all__ = [
@@ -89,6 +97,10 @@ __all__ = [
 log = structlog.get_logger("engine.workflow")
 S = State
 _PRE_SUBMIT = (S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET)
+#: Waiting for a person: an operator's review, or an approver's decision.
+_HELD = (S.NEEDS_REVIEW, S.AWAITING_APPROVAL)
+#: Nothing of it has been sent yet: a cancel ends it locally.
+_UNSENT = (*_PRE_SUBMIT, S.AWAITING_APPROVAL)
 _OBSERVABLE = (S.SUBMITTING, S.RECONCILING, S.WAITING, S.PROCESSING)
 _ACTIVE = tuple(s for s in State if not s.is_terminal)
 _SETTLED = tuple(s for s in State if s.is_terminal)
@@ -118,8 +130,12 @@ TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("start", (S.PENDING,), S.VERIFYING_ADDRESS),
     TransitionSpec("verify", (S.VERIFYING_ADDRESS,), S.CHECKING_WALLET),
     TransitionSpec("submit", (S.CHECKING_WALLET,), S.SUBMITTING),
+    TransitionSpec("await_approval", (S.CHECKING_WALLET,), S.AWAITING_APPROVAL),
+    TransitionSpec("approve", (S.AWAITING_APPROVAL,), S.CHECKING_WALLET, _operator_said(Resolution.APPROVE)),
+    TransitionSpec("reject", (S.AWAITING_APPROVAL,), S.ABORTED, _operator_said(Resolution.REJECT)),
+    TransitionSpec("expire_approval", (S.AWAITING_APPROVAL,), S.ABORTED),
     TransitionSpec("abort", _PRE_SUBMIT, S.ABORTED),
-    TransitionSpec("cancel", _PRE_SUBMIT, S.CANCELLED),
+    TransitionSpec("cancel", _UNSENT, S.CANCELLED),
     TransitionSpec("refuse", (S.SUBMITTING,), S.ABORTED),
     TransitionSpec("lose_track", (S.SUBMITTING,), S.RECONCILING),
     TransitionSpec("resubmit", (S.RECONCILING,), S.SUBMITTING, _throttled_reconcile),
@@ -385,7 +401,8 @@ async def step_verifying_address(wf: Workflow, ctx: StepPort) -> Workflow:
 
 
 async def step_checking_wallet(wf: Workflow, ctx: StepPort) -> Workflow:
-    """Wallet status, then chance, then the daily policy; all pass: persist the intent and POST."""
+    """Wallet status, then chance, then the daily policy; all pass: hold it for an approver when the policy
+    asks for one and none is recorded, else persist the intent and POST."""
     if wf.cancel_requested:
         return await _cancel_locally(wf, ctx)
     gateway = ctx.gateway(wf)
@@ -401,12 +418,94 @@ async def step_checking_wallet(wf: Workflow, ctx: StepPort) -> Workflow:
         if check.verdict is Verdict.WAIT:
             gateway.forget_wallets()
             return await _wait_for_wallet(wf, ctx, check)
+    threshold = ctx.policy.approval_above(wf.request.currency, wf.request.account)
+    if needs_approval(wf.request.amount, threshold, approved="approved" in data_of(wf.data)):
+        assert threshold is not None
+        batch_approval = await _batch_approval(wf, ctx)
+        if batch_approval is None:
+            return await _await_approval(wf, ctx, threshold)
+        wf = await ctx.note(
+            wf, "approval_inherited", changes={"data": _data(wf, approved=batch_approval)},
+            batch_id=batch_approval.get("batch_id"), operator=batch_approval.get("by"),
+        )  # fmt: skip
     if ctx.policy.dry_run:
         body = _body(wf)
         return await _abort(
             wf, ctx, Check(Verdict.ABORT, AbortReason.DRY_RUN, "dry run: not sent"), body=dict(body.params())
         )
     return await _submit(wf, ctx, "submit")
+
+
+async def _batch_approval(wf: Workflow, ctx: StepPort) -> ApprovalInfo | None:
+    """The approval of the batch this withdrawal belongs to, if it was approved: a child of an approved
+    batch is not held again (its batch's approver saw it in the batch's total)."""
+    if wf.parent_id is None:
+        return None
+    parent = await ctx.read(wf.parent_id)
+    approval = parent.data.get("approved")
+    if not isinstance(approval, dict):
+        return None
+    return ApprovalInfo(
+        by=approval.get("by"), note=approval.get("note"), at=str(approval.get("at")), batch_id=parent.id
+    )
+
+
+async def _await_approval(wf: Workflow, ctx: StepPort, threshold: Decimal) -> Workflow:
+    """``awaiting_approval`` until an approver decides or the approval expires (its deadline; the step
+    sleeps until then). Nothing is sent, and the lane is not held."""
+    now = ctx.now()
+    expires = now + timedelta(seconds=ctx.policy.approval_expires_after)
+    request = ApprovalRequest(
+        at=now.isoformat(), expires_at=expires.isoformat(), amount=format(wf.request.amount, "f"),
+        threshold=format(threshold, "f"),
+    )  # fmt: skip
+    return await ctx.transition(
+        wf, "await_approval", event_data=dict(request), deadline_at=expires, next_run_at=expires, attempt=0,
+        data=_data_without(evolve(wf, data=_data(wf, approval_request=request)), "wallet_wait"),
+    )  # fmt: skip
+
+
+async def step_awaiting_approval(wf: Workflow, ctx: StepPort) -> Workflow:
+    """Carry out the approver's decision (a cancel comes first: nothing was sent); past the expiry with no
+    decision, abort; else sleep until the expiry."""
+    if wf.cancel_requested:
+        return await _cancel_locally(wf, ctx)
+    if wf.resolution == Resolution.APPROVE:
+        return await _approve(wf, ctx)
+    if wf.resolution == Resolution.REJECT:
+        return await ctx.transition(
+            wf, "reject", event_data=_decided_by(wf), reason=AbortReason.APPROVAL_REJECTED.value, resolution=None
+        )
+    if wf.deadline_at is None or ctx.now() >= wf.deadline_at:
+        return await _expire_approval(wf, ctx)
+    return await ctx.reschedule(wf, (wf.deadline_at - ctx.now()).total_seconds())
+
+
+def _decided_by(wf: Workflow) -> dict[str, Any]:
+    """Who decided the pending resolution, with their note (the event records both)."""
+    return {"operator": wf.resolution_by, "note": wf.resolution_note}
+
+
+async def _approve(wf: Workflow, ctx: StepPort) -> Workflow:
+    """Back to ``checking_wallet`` with the approval recorded: the wallet, chance and daily checks run again
+    now (hours may have passed), with a fresh pre-flight deadline, and then it is sent without asking again."""
+    now = ctx.now()
+    ctx.gateway(wf).forget_wallets()  # the wallet as it is now, not as cached before the wait
+    decided = _decided_by(wf)
+    approval = ApprovalInfo(by=decided["operator"], note=decided["note"], at=now.isoformat())
+    return await ctx.transition(
+        wf, "approve", event_data=_decided_by(wf), resolution=None, data=_data(wf, approved=approval),
+        deadline_at=now + timedelta(seconds=ctx.settings.preflight_deadline), next_run_at=now, attempt=0,
+    )  # fmt: skip
+
+
+async def _expire_approval(wf: Workflow, ctx: StepPort) -> Workflow:
+    expires = data_of(wf.data).get("approval_request", {}).get("expires_at")
+    return await ctx.transition(
+        wf, "expire_approval", event_data={"detail": "no approver decided before the approval expired",
+                                           "expires_at": expires},
+        reason=AbortReason.APPROVAL_EXPIRED.value,
+    )  # fmt: skip
 
 
 async def _wallet_check(wf: Workflow, ctx: StepPort) -> Check:
@@ -916,6 +1015,7 @@ STEPS: dict[str, Step] = {
     S.PENDING: step_pending,
     S.VERIFYING_ADDRESS: step_verifying_address,
     S.CHECKING_WALLET: step_checking_wallet,
+    S.AWAITING_APPROVAL: step_awaiting_approval,
     S.SUBMITTING: step_submitting,
     S.RECONCILING: step_reconciling,
     S.NEEDS_REVIEW: step_needs_review,
@@ -929,17 +1029,27 @@ STEPS: dict[str, Step] = {
 
 
 def past_deadline(wf: Workflow, now: datetime) -> bool:
-    """Pre-flight did not pass before the deadline (nothing was sent yet): the runner ends it first.
+    """Pre-flight did not pass before the deadline, or no approver decided before the approval expired
+    (nothing was sent yet): the runner ends it first.
 
     A workflow waiting for its wallet takes one last look at the deadline itself, so it ends with the
-    reason that kept it (wallet_unavailable), or goes through if the wallet came back."""
+    reason that kept it (wallet_unavailable), or goes through if the wallet came back. In
+    ``awaiting_approval`` the deadline is the approval's expiry (set on entry, replacing the pre-flight
+    one; an approval sets a fresh pre-flight deadline); a decision recorded before it is still carried
+    out (``Engine.resolve`` refuses one after it)."""
+    if wf.deadline_at is None or now < wf.deadline_at:
+        return False
+    if wf.state is S.AWAITING_APPROVAL:
+        return wf.resolution is None
     waiting_for_wallet = wf.state is S.CHECKING_WALLET and bool(data_of(wf.data).get("wallet_wait"))
-    pre = wf.state in _PRE_SUBMIT and not waiting_for_wallet
-    return pre and wf.deadline_at is not None and now >= wf.deadline_at
+    return wf.state in _PRE_SUBMIT and not waiting_for_wallet
 
 
 async def expire(wf: Workflow, ctx: StepPort) -> Workflow:
-    """End a workflow past its pre-flight deadline: aborted, nothing sent."""
+    """End a workflow past its deadline: aborted, nothing sent (``approval_expired`` when it was waiting
+    for an approver, else ``deadline_exceeded``)."""
+    if wf.state is S.AWAITING_APPROVAL:
+        return await _expire_approval(wf, ctx)
     return await ctx.transition(
         wf, "abort", event_data={"detail": "pre-flight did not pass before the deadline"},
         reason=AbortReason.DEADLINE_EXCEEDED.value,
@@ -983,7 +1093,23 @@ def view(wf: Workflow) -> dict[str, Any]:
         "created_at": wf.created_at.isoformat(),
         "updated_at": wf.updated_at.isoformat(),
         "lane": wf.lane,
+        "approval": _approval_view(wf),
     }
+
+
+def _approval_view(wf: Workflow) -> dict[str, Any] | None:
+    """The four-eyes approval as callers see it (None: the withdrawal never needed one)."""
+    data = data_of(wf.data)
+    asked, approval = data.get("approval_request"), data.get("approved")
+    if asked is None and approval is None:
+        return None
+    asked_at: dict[str, Any] = dict(asked or {})
+    given: dict[str, Any] = dict(approval or {})
+    return {
+        "threshold": asked_at.get("threshold"), "requested_at": asked_at.get("at"),
+        "expires_at": asked_at.get("expires_at"), "approved_by": given.get("by"), "approved_at": given.get("at"),
+        "note": given.get("note"), "batch_id": given.get("batch_id"),
+    }  # fmt: skip
 
 
 #: The withdrawal as a workflow kind: what the engine knows of it.
@@ -999,8 +1125,13 @@ KIND = WorkflowKind(
     machine=MACHINE,
     steps=STEPS,
     terminal=frozenset(_SETTLED),
-    awaiting_operator=frozenset({S.NEEDS_REVIEW}),
+    awaiting_operator=frozenset(_HELD),
     resolutions=tuple(Resolution),
+    accepts={
+        S.NEEDS_REVIEW: (Resolution.RESUBMIT, Resolution.ABANDON),
+        S.AWAITING_APPROVAL: (Resolution.APPROVE, Resolution.REJECT),
+    },
+    four_eyes=frozenset({Resolution.APPROVE, Resolution.REJECT}),
     urgent=frozenset({S.SUBMITTING}),
     alerting=frozenset({S.NEEDS_REVIEW, S.RECONCILING}),
     past_deadline=past_deadline,
@@ -1012,5 +1143,5 @@ KIND = WorkflowKind(
     view=view,
     path=(S.PENDING, S.VERIFYING_ADDRESS, S.CHECKING_WALLET, S.SUBMITTING, S.WAITING, S.PROCESSING),
     success=frozenset({S.DONE}),
-    styles={S.DONE: "green", S.ABORTED: "red", S.FAILED: "red", S.REJECTED: "red", S.NEEDS_REVIEW: "yellow"},
+    styles={S.DONE: "green", S.ABORTED: "red", S.FAILED: "red", S.REJECTED: "red", **dict.fromkeys(_HELD, "yellow")},
 )

@@ -25,6 +25,8 @@ __all__ = [
     "NON_TERMINAL",
     "TERMINAL",
     "AbortReason",
+    "ApprovalInfo",
+    "ApprovalRequest",
     "ReconcileInfo",
     "ReconcileMode",
     "Resolution",
@@ -51,6 +53,7 @@ class State(StrEnum):
     PENDING = "pending"
     VERIFYING_ADDRESS = "verifying_address"
     CHECKING_WALLET = "checking_wallet"
+    AWAITING_APPROVAL = "awaiting_approval"
     SUBMITTING = "submitting"
     RECONCILING = "reconciling"
     WAITING = "WAITING"
@@ -69,9 +72,9 @@ class State(StrEnum):
 
     @property
     def is_settled(self) -> bool:
-        """Terminal, or waiting for an operator (``needs_review``): nothing happens until someone acts.
-        A workflow in ``needs_review`` is settled while no resolution is recorded (``KIND.is_settled``)."""
-        return self in TERMINAL or self is State.NEEDS_REVIEW
+        """Terminal, or waiting for an operator (``needs_review``, ``awaiting_approval``): nothing happens
+        until someone acts. Such a workflow is settled while no resolution is recorded (``KIND.is_settled``)."""
+        return self in TERMINAL or self in (State.NEEDS_REVIEW, State.AWAITING_APPROVAL)
 
     @property
     def after_submit(self) -> bool:
@@ -99,6 +102,8 @@ class AbortReason(StrEnum):
     DRY_RUN = "dry_run"
     ABANDONED = "abandoned"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_EXPIRED = "approval_expired"
 
 
 class TransactionType(StrEnum):
@@ -241,10 +246,13 @@ class WithdrawalRequest:
 
 
 class Resolution(StrEnum):
-    """An operator's decision for a workflow in ``needs_review``."""
+    """An operator's decision: ``resubmit``/``abandon`` a workflow in ``needs_review``; ``approve``/``reject``
+    one in ``awaiting_approval`` (four eyes: never by its submitter)."""
 
     RESUBMIT = "resubmit"
     ABANDON = "abandon"
+    APPROVE = "approve"
+    REJECT = "reject"
 
 
 class ReconcileMode(StrEnum):
@@ -272,6 +280,25 @@ class AbsenceInfo(TypedDict, total=False):
     stopped: str
 
 
+class ApprovalRequest(TypedDict):
+    """``data["approval_request"]``: why the workflow waits for an approver, and until when."""
+
+    at: str
+    expires_at: str
+    amount: str
+    threshold: str
+
+
+class ApprovalInfo(TypedDict, total=False):
+    """``data["approved"]``: the approval that lets the workflow be sent (who, why, when; or the batch's)."""
+
+    by: str | None
+    note: str | None
+    at: str
+    #: Set when the approval is its batch's (the child never asked on its own).
+    batch_id: str
+
+
 class WithdrawalData(TypedDict, total=False):
     """A withdrawal's ``Workflow.data``: what its steps remember between runs (JSON in the store)."""
 
@@ -293,6 +320,10 @@ class WithdrawalData(TypedDict, total=False):
     cancel_noted: bool
     #: The cancel request was sent to the exchange.
     cancel_sent: bool
+    #: The open (or last) request for a four-eyes approval.
+    approval_request: ApprovalRequest
+    #: The recorded approval: the policy's check is satisfied, the workflow is not held again.
+    approved: ApprovalInfo
 
 
 def data_of(data: dict[str, Any]) -> WithdrawalData:

@@ -262,8 +262,9 @@ class _Operators:
         key = token_hash(token)
         at = now.timestamp()
         rows = await self._returning(_TOUCH, (at, key, at - idle.total_seconds()))
-        if not rows:
-            await self._write([("DELETE FROM console_sessions WHERE token_hash = ?", (key,))])
+        if not rows:  # unknown (no write for a made-up cookie), or idle too long: then it is deleted
+            if await self._fetch("SELECT 1 FROM console_sessions WHERE token_hash = ?", (key,)):
+                await self._write([("DELETE FROM console_sessions WHERE token_hash = ?", (key,))])
             return None
         name, csrf, created, _ = rows[0]
         operator = await self.get(name)

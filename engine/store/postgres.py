@@ -536,7 +536,12 @@ class PostgresStore:
         """Record the operator's action (with who and their note) for a workflow whose state awaits one (by
         its kind) and make it due (others: unchanged)."""
         return await self._flag(
-            _RESOLVE, workflow_id, action, at.timestamp(), self.kinds.awaiting_pairs(), by=(operator, note)
+            _RESOLVE,
+            workflow_id,
+            action,
+            at.timestamp(),
+            self.kinds.pairs(lambda kind: kind.states_accepting(action)),  # only where this very action is taken
+            by=(operator, note),
         )
 
     async def _flag(

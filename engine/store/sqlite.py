@@ -590,17 +590,24 @@ class SQLiteStore:
             "resolution = ?, resolution_by = ?, resolution_note = ?, next_run_at = ?",
             (action, operator, note, epoch(at)),
             awaiting_only=True,
+            accepting=action,
         )
 
+    def _accepting(self, action: str) -> tuple[str, ...]:
+        """``kind:state`` of every state accepting ``action`` (never empty: SQL's ``IN ()`` is an error)."""
+        return self.kinds.pairs(lambda kind: kind.states_accepting(action)) or ("",)
+
     async def _flag(
-        self, workflow_id: str, assignments: str, params: tuple[Any, ...], *, awaiting_only: bool
-    ) -> Workflow:
-        # Per-state rules come from the kinds, as ``kind:state`` parameters: no state is named here.
+        self, workflow_id: str, assignments: str, params: tuple[Any, ...], *, awaiting_only: bool,
+        accepting: str | None = None,
+    ) -> Workflow:  # fmt: skip
+        # Per-state rules come from the kinds, as ``kind:state`` parameters: no state is named here. A
+        # resolution lands only in a state that accepts that very action (approve: awaiting_approval).
         terminal = self.kinds.terminal_pairs()
         condition = "id = ? AND kind || ':' || state NOT IN ({})".format(",".join("?" * len(terminal)))
         args: tuple[Any, ...] = (*params, workflow_id, *terminal)
         if awaiting_only:
-            awaiting = self.kinds.awaiting_pairs()
+            awaiting = self.kinds.awaiting_pairs() if accepting is None else self._accepting(accepting)
             condition += " AND kind || ':' || state IN ({})".format(",".join("?" * len(awaiting)))
             args = (*args, *awaiting)
         kinds = self.kinds

@@ -132,7 +132,7 @@ class TestStorePathAttribution:
         unknown = cli(database, "cancel", workflow_id, "--operator", "nobody")
         assert unknown.code == 3 and "no operator named 'nobody'" in unknown.err
         viewer = cli(database, "cancel", workflow_id, "--operator", "val")
-        assert viewer.code == 2 and "forbidden" in viewer.err and "viewer" in viewer.err
+        assert viewer.code == 8 and "forbidden" in viewer.err and "viewer" in viewer.err  # exit 8: forbidden
         env = clean_env(**{TOKEN_ENV: TOKEN})
         api = run_cli([*database, "--api", "http://127.0.0.1:1", "cancel", workflow_id, "--operator", "sam"], env=env)
         assert api.code == 2 and "--operator is for the store path" in api.err

@@ -24,6 +24,8 @@ WORKFLOW_COMMANDS = [
     ["resolve", "wd_0123", "--action", "abandon", "--note", "checked"],
     ["operator", "list"],
     ["operator", "add", "alice", "--role", "viewer"],
+    ["approve", "wd_0123", "--note", "n", "--operator", "bob"],
+    ["reject", "bt_0123", "--note", "n", "--operator", "bob"],
     ["verify-audit"],
     ["audit-heads", "--out", "heads.jsonl"],
 ]

@@ -45,14 +45,16 @@ def btc(amount: str = "0.01", **extra: Any) -> dict[str, Any]:
     return {"currency": "BTC", "net_type": "BTC", "amount": amount, "address": BTC_ADDRESS, **extra}
 
 
-def service_config(url: str, db_path: Path, *, settings: WorkflowSettings = FAST, dry_run: bool = False) -> Config:
-    """What ``upbit-withdraw run`` would load for the sandbox at ``url``."""
+def service_config(
+    url: str, db_path: Path, *, settings: WorkflowSettings = FAST, dry_run: bool = False, policy: Policy | None = None
+) -> Config:
+    """What ``upbit-withdraw run`` would load for the sandbox at ``url`` (``policy``: instead of none)."""
     return Config(
         engine=EngineConfig(database=f"sqlite:///{db_path}", dry_run=dry_run),
         gateway=FAST_GATEWAY,
         workflow=settings,
         accounts={"default": AccountConfig(name="default", base_url=url, demo=True)},
-        policy=Policy(dry_run=dry_run),
+        policy=dataclasses.replace(policy or Policy(), dry_run=dry_run),
     )
 
 
@@ -133,10 +135,14 @@ def api_factory(exchange: SandboxServer, db_path: Path) -> ApiFactory:
 
     @asynccontextmanager
     async def build(
-        *, settings: WorkflowSettings = FAST, dry_run: bool = False, max_body_bytes: int = 65536
+        *,
+        settings: WorkflowSettings = FAST,
+        dry_run: bool = False,
+        max_body_bytes: int = 65536,
+        policy: Policy | None = None,
     ) -> AsyncIterator[Api]:
         metrics = Metrics()
-        config = service_config(exchange.url, db_path, settings=settings, dry_run=dry_run)
+        config = service_config(exchange.url, db_path, settings=settings, dry_run=dry_run, policy=policy)
         engine = build_engine(config, observers=[metrics.observer], call_observer=metrics.call_observer)
         metrics.bind(engine)
         app = create_app(engine, token=TOKEN, metrics_registry=metrics, max_body_bytes=max_body_bytes)

@@ -17,7 +17,7 @@ from tests.conftest import FAST
 
 WORKFLOW_KEYS = {
     "id", "state", "request", "exchange_uuid", "txid", "exchange_state", "reason", "error", "submit_count",
-    "cancel_requested", "resolution", "created_at", "updated_at", "lane", "reference", "metadata",
+    "cancel_requested", "resolution", "created_at", "updated_at", "lane", "reference", "metadata", "approval",
 }  # fmt: skip
 SETTLED = {"DONE", "FAILED", "CANCELLED", "REJECTED", "aborted", "needs_review"}
 PROTECTED = [

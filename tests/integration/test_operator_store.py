@@ -279,3 +279,28 @@ class TestEngineAttribution:
             assert (await engine.get(wf.id)).cancel_requested_at is None
             assert len(await engine.list()) == 1
         assert (bad_name.value.field, blank.value.field) == ("name", "note")
+
+    async def test_a_batch_and_its_children_are_attributed(self, engine_factory: Any, admin: SandboxAdmin) -> None:
+        """The batch's submitter is its children's too; its cancel (who, why) is recorded by the batch's
+        cancel event and passed to every child it flags, whose cancel events say so too."""
+        await admin.configure(waiting_seconds=60.0, processing_seconds=60.0)
+        items = [{"reference": f"r{i}", "currency": "BTC", "net_type": "BTC", "amount": f"0.070{i}",
+                  "address": "bc1qsandbox0demo0wallet0000000000000000000"} for i in (1, 2)]  # fmt: skip
+        async with engine_factory() as engine:
+            batch = await engine.submit_batch(items, operator="maker")
+            async with asyncio.timeout(60):
+                while [c.state async for c in engine.batch_children(batch.id)] != ["WAITING", "WAITING"]:
+                    await asyncio.sleep(0.05)
+            await engine.cancel_batch(batch.id, operator="checker", note="wrong payout file")
+            async with asyncio.timeout(60):
+                while (await engine.get(batch.id)).state != "cancelled":
+                    await asyncio.sleep(0.05)
+            children = [c async for c in engine.batch_children(batch.id)]
+            batch_cancel = next(e for e in await all_events(engine, batch.id) if e.trigger == "cancel")
+            sent = [
+                next(e for e in await all_events(engine, c.id) if e.data.get("note") == "cancel_sent") for c in children
+            ]
+        assert batch.created_by == "maker" and all(c.created_by == "maker" for c in children)
+        assert (batch_cancel.data["operator"], batch_cancel.data["note"]) == ("checker", "wrong payout file")
+        assert all((c.cancel_by, c.cancel_note) == ("checker", "wrong payout file") for c in children)
+        assert all((e.data["operator"], e.data["operator_note"]) == ("checker", "wrong payout file") for e in sent)

@@ -20,7 +20,7 @@ REFUSED = "refused"
 TRIGGERS = (
     "start", "verify", "submit", "abort", "cancel", "refuse", "lose_track", "resubmit", "escalate", "abandon",
     "mark_waiting", "mark_processing", "mark_done", "mark_failed", "mark_cancelled", "mark_rejected", "note",
-    "auto_resubmit", "watch",
+    "auto_resubmit", "watch", "await_approval", "approve", "reject", "expire_approval",
 )  # fmt: skip
 
 #: Every allowed move, spelled out per state; any pair not listed here must be refused.
@@ -29,7 +29,15 @@ ALLOWED: dict[State, dict[str, State]] = {
     S.VERIFYING_ADDRESS: {
         "verify": S.CHECKING_WALLET, "abort": S.ABORTED, "cancel": S.CANCELLED, "note": S.VERIFYING_ADDRESS,
     },
-    S.CHECKING_WALLET: {"submit": S.SUBMITTING, "abort": S.ABORTED, "cancel": S.CANCELLED, "note": S.CHECKING_WALLET},
+    S.CHECKING_WALLET: {
+        "submit": S.SUBMITTING, "await_approval": S.AWAITING_APPROVAL, "abort": S.ABORTED, "cancel": S.CANCELLED,
+        "note": S.CHECKING_WALLET,
+    },
+    # Nothing sent yet: an approver's decision, the approval's expiry or a cancel; no other abort.
+    S.AWAITING_APPROVAL: {
+        "approve": S.CHECKING_WALLET, "reject": S.ABORTED, "expire_approval": S.ABORTED, "cancel": S.CANCELLED,
+        "note": S.AWAITING_APPROVAL,
+    },
     S.SUBMITTING: {
         "refuse": S.ABORTED, "lose_track": S.RECONCILING, "mark_waiting": S.WAITING, "mark_processing": S.PROCESSING,
         "mark_done": S.DONE, "mark_failed": S.FAILED, "mark_cancelled": S.CANCELLED, "mark_rejected": S.REJECTED,
@@ -59,7 +67,7 @@ ALLOWED: dict[State, dict[str, State]] = {
     S.ABORTED: {"watch": S.ABORTED},
 }  # fmt: skip
 
-#: The full 13 x 19 table: destination state, or "refused".
+#: The full 14 x 23 table: destination state, or "refused".
 EXPECTED: dict[tuple[State, str], State | str] = {
     (state, trigger): ALLOWED[state].get(trigger, REFUSED) for state in State for trigger in TRIGGERS
 }
@@ -83,7 +91,7 @@ def guards_satisfied(trigger: str) -> dict[str, Any]:
     """Workflow fields that make every guard of ``trigger`` say yes."""
     return {
         "data": {"reconcile": {"mode": "throttled"}},
-        "resolution": trigger if trigger in ("resubmit", "abandon") else None,
+        "resolution": trigger if trigger in ("resubmit", "abandon", "approve", "reject") else None,
     }
 
 
@@ -91,10 +99,10 @@ class TestTable:
     """The withdrawal transition table, pair by pair."""
 
     def test_expected_table_is_complete(self) -> None:
-        """The expected table covers all 13 states and exactly the machine's 19 triggers."""
-        assert len(State) == 13
+        """The expected table covers all 14 states and exactly the machine's 23 triggers."""
+        assert len(State) == 14
         assert set(TRIGGERS) == MACHINE.triggers
-        assert len(EXPECTED) == 13 * 19
+        assert len(EXPECTED) == 14 * 23
         assert set(ALLOWED) == set(State)
 
     @pytest.mark.parametrize(("state", "trigger"), list(EXPECTED), ids=[f"{s.value}-{t}" for s, t in EXPECTED])
@@ -142,12 +150,19 @@ class TestGuards:
             (S.NEEDS_REVIEW, "abandon", {"resolution": "abandon"}, S.ABORTED),
             (S.NEEDS_REVIEW, "abandon", {"resolution": None}, REFUSED),
             (S.NEEDS_REVIEW, "abandon", {"resolution": "resubmit"}, REFUSED),
+            (S.AWAITING_APPROVAL, "approve", {"resolution": "approve"}, S.CHECKING_WALLET),
+            (S.AWAITING_APPROVAL, "approve", {"resolution": None}, REFUSED),
+            (S.AWAITING_APPROVAL, "approve", {"resolution": "reject"}, REFUSED),
+            (S.AWAITING_APPROVAL, "reject", {"resolution": "reject"}, S.ABORTED),
+            (S.AWAITING_APPROVAL, "reject", {"resolution": None}, REFUSED),
+            (S.AWAITING_APPROVAL, "reject", {"resolution": "approve"}, REFUSED),
         ],
         ids=[
             "reconcile-throttled", "reconcile-unknown", "reconcile-interrupted", "reconcile-no-data",
             "reconcile-no-mode", "reconcile-operator-word-does-not-count", "review-resubmit", "review-undecided",
             "review-said-abandon", "review-throttle-does-not-count", "abandon-yes", "abandon-undecided",
-            "abandon-said-resubmit",
+            "abandon-said-resubmit", "approve-yes", "approve-undecided", "approve-said-reject", "reject-yes",
+            "reject-undecided", "reject-said-approve",
         ],
     )  # fmt: skip
     def test_guard(
@@ -248,4 +263,4 @@ class TestMachine:
 
     def test_repr(self) -> None:
         """The repr counts triggers and transitions."""
-        assert repr(MACHINE) == f"<WorkflowMachine withdrawal: 19 triggers, {len(TABLE)} transitions>"
+        assert repr(MACHINE) == f"<WorkflowMachine withdrawal: 23 triggers, {len(TABLE)} transitions>"

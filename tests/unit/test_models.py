@@ -342,10 +342,10 @@ class TestStates:
     """State: terminal and after-submit classes."""
 
     def test_terminal_partition(self) -> None:
-        """Terminal and non-terminal states partition the 13 states."""
+        """Terminal and non-terminal states partition the 14 states."""
         assert frozenset(State) == TERMINAL | NON_TERMINAL
         assert not TERMINAL & NON_TERMINAL
-        assert len(State) == 13
+        assert len(State) == 14
         assert {s for s in State if s.is_terminal} == {
             State.DONE, State.FAILED, State.CANCELLED, State.REJECTED, State.ABORTED,
         }  # fmt: skip

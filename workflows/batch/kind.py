@@ -17,9 +17,9 @@ from engine.errors import InvalidBatch
 from engine.kinds import WorkflowKind
 from engine.models import Workflow
 from workflows.batch.intake import BatchRequest, ItemError, build_batch, check_limits, items_from_text
-from workflows.batch.machine import MACHINE, TERMINAL, BatchState
+from workflows.batch.machine import MACHINE, TERMINAL, BatchResolution, BatchState
 from workflows.batch.report import ChildOutcome, build_report, render_csv
-from workflows.batch.steps import STEPS
+from workflows.batch.steps import STEPS, expire, past_deadline
 
 __all__ = ["KIND", "BatchKind", "view"]
 
@@ -46,9 +46,24 @@ def view(wf: Workflow) -> dict[str, Any]:
         "max_total": {cur: format(v, "f") for cur, v in sorted(request.max_total.items())},
         "skipped": [e.to_dict() for e in request.skipped],
         "cancel_requested": wf.cancel_requested,
+        "reason": wf.reason,
+        "approval": _approval_view(wf.data),
         "created_at": wf.created_at.isoformat(),
         "updated_at": wf.updated_at.isoformat(),
     }
+
+
+def _approval_view(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The batch's approval as callers see it: why it was asked (the currencies over their threshold), until
+    when, and who approved it with which note (None: the batch never needed one)."""
+    request, approval = data.get("approval_request"), data.get("approved")
+    if request is None and approval is None:
+        return None
+    request, approval = request or {}, approval or {}
+    return {
+        "over": request.get("over", {}), "expires_at": request.get("expires_at"), "approved_by": approval.get("by"),
+        "approved_at": approval.get("at"), "note": approval.get("note"),
+    }  # fmt: skip
 
 
 def _outcome(child: Workflow) -> ChildOutcome:
@@ -140,7 +155,13 @@ KIND = BatchKind(
     machine=MACHINE,
     steps=STEPS,
     terminal=frozenset(TERMINAL),
-    awaiting_operator=frozenset({B.NEEDS_ATTENTION}),
+    awaiting_operator=frozenset({B.NEEDS_ATTENTION, B.AWAITING_APPROVAL}),
+    # needs_attention is resolved child by child; a batch itself only takes an approver's decision.
+    resolutions=tuple(BatchResolution),
+    accepts={B.NEEDS_ATTENTION: (), B.AWAITING_APPROVAL: tuple(BatchResolution)},
+    four_eyes=frozenset(BatchResolution),
+    past_deadline=past_deadline,
+    expire=expire,
     alerting=frozenset({B.NEEDS_ATTENTION}),
     accounts=lambda request: sorted(request.accounts()),
     id_prefix="bt",

@@ -2,8 +2,11 @@
 pure decision of what a batch does next given its children.
 
 Path: accepted -> dispatching -> running -> settled. ``needs_attention``: a child waits for an operator
-(``needs_review``); the batch goes back to running once no child does. ``cancelling`` -> ``cancelled``:
-an operator cancelled the batch; it waits there until every child it created is terminal.
+(``needs_review``, or its own ``awaiting_approval``); the batch goes back to running once no child does.
+``cancelling`` -> ``cancelled``: an operator cancelled the batch; it waits there until every child it
+created is terminal. ``awaiting_approval``: the batch's total of a currency is above ``[batches]
+approval_above``; nothing is dispatched until an approver who is not its submitter approves it (then
+``dispatching``); a rejection or the approval's expiry ends it ``aborted`` with no child created.
 
 The guards make the table itself refuse to settle (or end a cancel) while any child is open: the step
 passes the count it read in the event's data, so the decision is recorded with its evidence.
@@ -11,7 +14,7 @@ passes the count it read in the event's data, so the decision is recorded with i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,6 +27,8 @@ __all__ = [
     "MACHINE",
     "TABLE",
     "TERMINAL",
+    "BatchAbortReason",
+    "BatchResolution",
     "BatchState",
     "Progress",
     "child_key",
@@ -35,18 +40,34 @@ class BatchState(StrEnum):
     """A payout batch's states."""
 
     ACCEPTED = "accepted"
+    AWAITING_APPROVAL = "awaiting_approval"
     DISPATCHING = "dispatching"
     RUNNING = "running"
     NEEDS_ATTENTION = "needs_attention"
     CANCELLING = "cancelling"
     SETTLED = "settled"
     CANCELLED = "cancelled"
+    ABORTED = "aborted"
+
+
+class BatchResolution(StrEnum):
+    """An approver's decision for a batch in ``awaiting_approval`` (four eyes: never by its submitter)."""
+
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+class BatchAbortReason(StrEnum):
+    """Why a batch ended ``aborted``: no child was ever created."""
+
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_EXPIRED = "approval_expired"
 
 
 B = BatchState
-TERMINAL = frozenset({B.SETTLED, B.CANCELLED})
+TERMINAL = frozenset({B.SETTLED, B.CANCELLED, B.ABORTED})
 ACTIVE = tuple(s for s in BatchState if s not in TERMINAL)
-_CANCELLABLE = (B.ACCEPTED, B.DISPATCHING, B.RUNNING, B.NEEDS_ATTENTION)
+_CANCELLABLE = (B.ACCEPTED, B.AWAITING_APPROVAL, B.DISPATCHING, B.RUNNING, B.NEEDS_ATTENTION)
 
 
 def _none_open(_wf: Workflow, data: Mapping[str, Any]) -> bool:
@@ -54,8 +75,20 @@ def _none_open(_wf: Workflow, data: Mapping[str, Any]) -> bool:
     return data.get("open") == 0
 
 
+def _approver_said(action: str) -> Callable[[Workflow, Mapping[str, Any]], bool]:
+    def guard(wf: Workflow, _: Mapping[str, Any]) -> bool:
+        return wf.resolution == action
+
+    guard.__name__ = f"approver_said_{action}"
+    return guard
+
+
 TABLE: tuple[TransitionSpec, ...] = (
     TransitionSpec("dispatch", (B.ACCEPTED,), B.DISPATCHING),
+    TransitionSpec("await_approval", (B.ACCEPTED,), B.AWAITING_APPROVAL),
+    TransitionSpec("approve", (B.AWAITING_APPROVAL,), B.DISPATCHING, _approver_said(BatchResolution.APPROVE)),
+    TransitionSpec("reject", (B.AWAITING_APPROVAL,), B.ABORTED, _approver_said(BatchResolution.REJECT)),
+    TransitionSpec("expire_approval", (B.AWAITING_APPROVAL,), B.ABORTED),
     TransitionSpec("dispatched", (B.DISPATCHING,), B.RUNNING),
     TransitionSpec("attention", (B.RUNNING,), B.NEEDS_ATTENTION),
     TransitionSpec("resume", (B.NEEDS_ATTENTION,), B.RUNNING),

@@ -8,23 +8,31 @@ crash asks for the children it may already have created and gets them back. The 
 
 Following reads the children's states from the store (one grouped count per look), never the exchange:
 the children poll the exchange themselves, batched by the gateway.
+
+A batch whose per-currency total is above ``[batches] approval_above`` waits in ``awaiting_approval``
+before it dispatches anything (four eyes; :func:`engine.policy.batch_over_approval` decides). Its approval
+is recorded in its data (``approved``): each child of an approved batch finds it there and is not held
+again by its own ``approval_above``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from engine.backoff import backoff_delay
 from engine.kinds import Step
 from engine.models import Workflow
+from engine.policy import batch_over_approval
 from engine.port import StepPort
 from workflows.batch.intake import BatchRequest
-from workflows.batch.machine import BatchState, Progress, child_key, next_trigger
+from workflows.batch.machine import BatchAbortReason, BatchResolution, BatchState, Progress, child_key, next_trigger
 from workflows.withdrawal_model import State
 
-__all__ = ["CHUNK", "STEPS", "progress_of"]
+__all__ = ["CHUNK", "STEPS", "expire", "past_deadline", "progress_of"]
 
 B = BatchState
 #: Children created (or flagged for cancel) per step: grouped store transactions, well inside a lease
@@ -61,12 +69,68 @@ async def progress_of(ctx: StepPort, wf: Workflow) -> Progress:
 
 
 async def step_accepted(wf: Workflow, ctx: StepPort) -> Workflow:
-    """Start dispatching (or go straight to cancelling: nothing was created yet)."""
+    """Start dispatching (or go straight to cancelling: nothing was created yet); a batch above its approval
+    threshold first waits for an approver."""
     if wf.cancel_requested:
         return await _cancel(wf, ctx)
+    over = batch_over_approval(_request(wf).totals(), ctx.policy.batch_approval_above)
+    if over and "approved" not in wf.data:
+        return await _await_approval(wf, ctx, over)
     return await ctx.transition(
         wf, "dispatch", event_data={"items": len(_request(wf).items)}, next_run_at=ctx.now(),
         data={**wf.data, "dispatched": 0},
+    )  # fmt: skip
+
+
+async def _await_approval(wf: Workflow, ctx: StepPort, over: dict[str, tuple[Decimal, Decimal]]) -> Workflow:
+    """``awaiting_approval`` until an approver decides or the approval expires (its deadline)."""
+    now = ctx.now()
+    expires = now + timedelta(seconds=ctx.policy.approval_expires_after)
+    over_view = {
+        cur: {"total": format(total, "f"), "threshold": format(limit, "f")} for cur, (total, limit) in over.items()
+    }
+    request = {"at": now.isoformat(), "expires_at": expires.isoformat(), "over": over_view}
+    return await ctx.transition(
+        wf, "await_approval", event_data=request, deadline_at=expires, next_run_at=expires, attempt=0,
+        data={**wf.data, "approval_request": request},
+    )  # fmt: skip
+
+
+async def step_awaiting_approval(wf: Workflow, ctx: StepPort) -> Workflow:
+    """Carry out the approver's decision (a cancel first: nothing was created); past the expiry with no
+    decision, abort; else sleep until the expiry."""
+    if wf.cancel_requested:
+        return await _cancel(wf, ctx)
+    decided = {"operator": wf.resolution_by, "note": wf.resolution_note}
+    if wf.resolution == BatchResolution.APPROVE:
+        approval = {"by": decided["operator"], "note": decided["note"], "at": ctx.now().isoformat()}
+        return await ctx.transition(
+            wf, "approve", event_data=decided, resolution=None, next_run_at=ctx.now(), attempt=0,
+            data={**wf.data, "approved": approval, "dispatched": 0},
+        )  # fmt: skip
+    if wf.resolution == BatchResolution.REJECT:
+        reason = BatchAbortReason.APPROVAL_REJECTED.value
+        return await ctx.transition(wf, "reject", event_data=decided, reason=reason, resolution=None)
+    if wf.deadline_at is None or ctx.now() >= wf.deadline_at:
+        return await expire(wf, ctx)
+    return await ctx.reschedule(wf, (wf.deadline_at - ctx.now()).total_seconds())
+
+
+def past_deadline(wf: Workflow, now: datetime) -> bool:
+    """A batch awaiting approval past its expiry with no decision recorded (the runner ends it first)."""
+    return (
+        wf.state == B.AWAITING_APPROVAL and wf.resolution is None and wf.deadline_at is not None
+        and now >= wf.deadline_at
+    )  # fmt: skip
+
+
+async def expire(wf: Workflow, ctx: StepPort) -> Workflow:
+    """No approver decided in time: ``aborted`` (approval_expired), no child created."""
+    return await ctx.transition(
+        wf, "expire_approval",
+        event_data={"detail": "no approver decided before the approval expired",
+                    "expires_at": wf.data.get("approval_request", {}).get("expires_at")},
+        reason=BatchAbortReason.APPROVAL_EXPIRED.value,
     )  # fmt: skip
 
 
@@ -145,6 +209,7 @@ async def _flag_children(wf: Workflow, ctx: StepPort) -> Workflow:
 
 STEPS: dict[str, Step] = {
     B.ACCEPTED: step_accepted,
+    B.AWAITING_APPROVAL: step_awaiting_approval,
     B.DISPATCHING: step_dispatching,
     B.RUNNING: step_following,
     B.NEEDS_ATTENTION: step_following,
