@@ -10,7 +10,6 @@ needs the resolve permission; every decision needs a note.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from engine.kinds import WorkflowKind
@@ -38,23 +37,14 @@ class Action:
 
 def resolutions_in(kind: WorkflowKind, state: str) -> tuple[str, ...]:
     """The resolutions the kind accepts in ``state`` (none outside the states awaiting an operator)."""
-    per_state = getattr(kind, "resolutions_in", None)
-    if per_state is not None:
-        return tuple(per_state(state))
-    return tuple(kind.resolutions) if kind.awaits_operator(state) else ()
-
-
-def _four_eyes(kind: WorkflowKind) -> Collection[str]:
-    """The resolutions that need an approver other than the submitter (none for a kind without them)."""
-    found: Collection[str] = getattr(kind, "four_eyes", ())
-    return found
+    return tuple(kind.resolutions_in(state))
 
 
 def permission_for(kind: WorkflowKind, action: str) -> Permission:
     """The permission an action needs: cancel, approve (four-eyes decisions) or resolve (the others)."""
     if action == CANCEL:
         return Permission.CANCEL
-    return Permission.APPROVE if action in _four_eyes(kind) else Permission.RESOLVE
+    return Permission.APPROVE if kind.is_four_eyes(action) else Permission.RESOLVE
 
 
 def available(kind: WorkflowKind, wf: Workflow, operator: Operator, *, created_by: str | None) -> list[Action]:

@@ -195,14 +195,15 @@ async def test_four_eyes_the_submitter_cannot_approve_and_another_approver_can(c
     is refused (403) when posting one anyway; a second operator, an approver, approves it with a note and
     sees it reach DONE live. The events record who approved and why."""
     wf = await console.submit(token=console.tokens["abe"], amount="0.75", reference="big-payout")
-    assert wf["created_by"] == "abe"
     await console.state_becomes(wf["id"], {"awaiting_approval"})
+    assert (await events_of(console, wf["id"]))[0]["data"]["created_by"] == "abe"
 
     submitter = await login("abe")
     await expect(submitter.locator("#waiting")).to_contain_text(wf["id"])
     await expect(submitter.locator("#waiting")).to_contain_text("awaiting_approval")
     await submitter.goto(f"{console.url}/console/withdrawals/{wf['id']}")
     await expect(submitter.locator("#created-by")).to_have_text("abe")
+    await expect(submitter.locator("#approval")).to_contain_text("0.5")  # the threshold it is above
     await expect(submitter.locator("details.action-approve")).to_have_count(0)
     await expect(submitter.locator("details.action-reject")).to_have_count(0)
     await expect(submitter.locator("[data-refused=approve]")).to_contain_text("you submitted this")
