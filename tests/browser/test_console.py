@@ -16,7 +16,7 @@ READS = ("GET /v1/withdraw", "GET /v1/withdraws")
 async def needs_review(console: Console, **extra: Any) -> dict[str, Any]:
     """A withdrawal whose POST got a 500 (outcome unknown, nothing created): it escalates to needs_review."""
     await console.admin.fault(kind="error", endpoint="POST /v1/withdraws/coin", times=1)
-    wf = await console.submit(**extra)
+    wf = await console.submit(token=console.tokens["sam"], **extra)
     return await console.state_becomes(wf["id"], {"needs_review"})
 
 
