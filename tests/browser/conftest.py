@@ -140,7 +140,9 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
     async with SandboxServer(seed=fast_seed()) as exchange:
         base = service_config(exchange.url, db)
         api = ApiConfig(token_file=str(token_file)).model_copy(update={"port": 0})  # any free port, bound by serve
-        policy = Policy(currencies={"BTC": CurrencyPolicy(approval_above=APPROVAL_ABOVE)})  # four eyes above it
+        policy = Policy(  # four eyes above these (the other tests stay below)
+            currencies={"BTC": CurrencyPolicy(approval_above=APPROVAL_ABOVE)}, batch_approval_above={"BTC": Decimal(1)}
+        )
         config = dataclasses.replace(base, api=api, console=ConsoleConfig(idle_minutes=30), policy=policy)
         tokens = await _add_operators(db)
         async with running(config) as url, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:

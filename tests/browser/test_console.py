@@ -238,3 +238,27 @@ async def test_four_eyes_the_submitter_cannot_approve_and_another_approver_can(c
     approved = [e for e in await events_of(console, wf["id"]) if e["from"] == "awaiting_approval"]
     assert approved and approved[0]["data"]["operator"] == "ann"
     assert approved[0]["data"]["note"] == "matches invoice 2026-117, called the payee"
+
+
+async def test_a_batch_above_its_approval_total_is_approved_from_its_page(console: Console, login: Login) -> None:
+    """A batch whose BTC total is above [batches] approval_above waits in awaiting_approval; a second operator
+    approves it from the batch page (with a note) and its withdrawals are dispatched and settle."""
+    items = [
+        {"reference": f"big-{n}", "currency": "BTC", "net_type": "BTC", "amount": "0.4", "address": BTC_ADDRESS}
+        for n in range(3)
+    ]  # 1.2 BTC in all, each below the withdrawal threshold
+    status, created = await console.api("POST", "/v1/batches", token=console.tokens["abe"], body=items)
+    assert status == 201, created
+    page = await login("ann")
+    await expect(page.locator("#waiting")).to_contain_text(created["id"])
+    await page.goto(f"{console.url}/console/batches/{created['id']}")
+    await expect(page.locator("#state .badge")).to_have_text("awaiting_approval")
+    await page.locator("details.action-approve > summary").click()
+    confirm = page.locator("details.action-approve form.confirm")
+    await expect(confirm.locator(".restate")).to_contain_text("3 withdrawals totalling 1.2 BTC to 1 address")
+    await confirm.locator("textarea[name=note]").fill("monthly payroll, signed off")
+    await confirm.get_by_role("button", name="Confirm approve").click()
+    await expect(page.locator("#done")).to_contain_text("approve")
+    await expect(page.locator("#state .badge")).to_have_text("settled")
+    await expect(page.locator("table.report tbody tr")).to_have_count(3)
+    await expect(page.locator("table.report")).not_to_contain_text("not_created")
