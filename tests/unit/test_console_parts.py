@@ -147,3 +147,18 @@ class TestThrottleWindow:
         history = ThrottleHistory()
         history.sample("a", 10, 0, now=0.0)
         assert history.sample("b", 1, 0, now=1.0) == (0, 0, 0.0)
+
+
+class TestConfig:
+    def test_console_keys_from_the_environment_and_their_bounds(self) -> None:
+        from engine.config import load_config
+        from engine.errors import ConfigError
+
+        config = load_config(
+            environ={"UPBIT_WITHDRAW_CONSOLE_BEHIND_TLS_PROXY": "true", "UPBIT_WITHDRAW_CONSOLE_IDLE_MINUTES": "5"}
+        )
+        assert (config.console.enabled, config.console.idle_minutes, config.console.behind_tls_proxy) == (True, 5, True)
+        assert load_config(environ={}).console.behind_tls_proxy is False
+        with pytest.raises(ConfigError) as error:
+            load_config(environ={"UPBIT_WITHDRAW_CONSOLE_IDLE_MINUTES": "0"})
+        assert error.value.key == "console.idle_minutes"
