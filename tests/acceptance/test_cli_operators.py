@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import cli as cli_group
 from tests.acceptance.conftest import (
     BTC_ADDRESS,
     CLI,
@@ -173,3 +175,13 @@ class TestServiceWithoutTheSharedToken:
                 assert service.stop() == 0
             logs = service.logs()
             assert token not in logs and "shared_token_deprecated" not in logs
+
+
+def test_passwd_prompts_twice_without_echo(database: list[str]) -> None:
+    """Without --password-stdin the password is asked twice (hidden) and never printed back."""
+    assert cli(database, "operator", "add", "pat", "--role", "viewer").code == 0
+    result = CliRunner().invoke(cli_group, [*database, "operator", "passwd", "pat"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert "password for pat" in result.output and "Repeat for confirmation" in result.output
+    assert PASSWORD not in result.output and "password set for pat" in result.output
+    assert cli(database, "--json", "operator", "list").json()[0]["password"] is True
