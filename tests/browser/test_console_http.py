@@ -31,6 +31,7 @@ from engine.models import WithdrawalRequest
 from engine.operators import Role
 from engine.store.operators import operator_store
 from engine.store.sqlite import SQLiteStore
+from engine.store.webhooks import Subscription, webhook_store
 from tests.api.conftest import BTC_ADDRESS, TOKEN
 
 PASSWORD = "correct horse battery staple"
@@ -358,3 +359,18 @@ async def test_actions_check_role_and_note_then_go_through_the_engine_as_the_ope
     assert (flagged.cancel_by, flagged.cancel_note) == ("ann", "wrong address\nper ticket 42")
     again = await site.client.get(f"/console/withdrawals/{wf.id}?done=cancel")
     assert 'id="done"' in await again.text()
+
+
+async def test_the_overview_says_what_it_knows_and_what_it_cannot(site: Site) -> None:
+    """Webhook health per subscription (host only, never the URL's path or secret); a process without
+    exchange gateways says it has no budget to show rather than showing zeros; what waits comes first."""
+    await webhook_store(site.engine.store).create_subscription(
+        Subscription(id="wh_01", url="https://hooks.example.com/upbit?key=s3cret", events=("*",),
+                     secrets=("0123456789abcdef0123",), source="api", created_at=0.0)
+    )  # fmt: skip
+    await site.login()
+    page = await (await site.client.get("/console/")).text()
+    assert "wh_01" in page and "hooks.example.com" in page and "s3cret" not in page
+    assert "none yet" in page and "0</strong> pending" in page
+    assert "calls no exchange" in page
+    assert page.index('id="waiting"') < page.index("Withdrawals by state")
