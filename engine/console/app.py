@@ -241,7 +241,8 @@ async def _session_middleware(request: web.Request, handler: Handler) -> web.Str
     token = request.cookies.get(SESSION_COOKIE)
     session = await console.operators.session(token, now=console.now(), idle=console.idle) if token else None
     if session is None or token is None:
-        if request.method == "GET" and request.path != f"{CONSOLE_PATH}/events":
+        live = request.path == f"{CONSOLE_PATH}/events" or request.headers.get("HX-Request") == "true"
+        if request.method == "GET" and not live:  # a live refresh gets a 401 (htmx swaps nothing then)
             response = _redirect(f"{CONSOLE_PATH}/login?{urlencode({'next': request.path_qs})}")
             if token is not None:
                 response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)

@@ -124,6 +124,8 @@ async def test_pages_need_a_session(site: Site) -> None:
     assert page.status == 303
     assert page.headers["Location"] == "/console/login?next=%2Fconsole%2Fwithdrawals%3Fstate%3DDONE"
     assert (await site.client.get("/console/events")).status == 401
+    live = await site.client.get("/console/", headers={"HX-Request": "true"}, allow_redirects=False)
+    assert live.status == 401  # a live refresh of an expired page: htmx leaves the page as it was
     posted = await site.client.post("/console/withdrawals/wd_0123/cancel", data={"note": "x"})
     assert posted.status == 401 and "text/html" in posted.headers["Content-Type"]
     bare = await site.client.get("/console", allow_redirects=False)

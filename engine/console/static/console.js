@@ -37,4 +37,5 @@
   function stop(text) { return function () { source.close(); show(text, "off"); }; }
   source.addEventListener("expired", stop("paused: reload the page"));
   source.addEventListener("failed", stop("stopped: reload the page"));
+  document.body.addEventListener("htmx:responseError", stop("session over: reload the page"));
 }());
