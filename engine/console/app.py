@@ -669,9 +669,18 @@ async def _pump(
             await response.write(_message(got))
             quiet_since = loop.time()
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await _stop(reader)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it ended, cancelling again while it runs: on Python 3.11 a
+    cancellation that meets a finishing ``wait_for`` (the engine's stream waits in one) can be swallowed,
+    and one ``await task`` would then wait for ever (and hold up the server's shutdown)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=TICK)
+    if not task.cancelled():
+        task.exception()  # retrieved: a store failure was already sent as a "failed" event
 
 
 async def _read(items: AsyncIterator[FeedItem], queue: asyncio.Queue[FeedItem | BaseException]) -> None:

@@ -162,3 +162,27 @@ class TestConfig:
         with pytest.raises(ConfigError) as error:
             load_config(environ={"UPBIT_WITHDRAW_CONSOLE_IDLE_MINUTES": "0"})
         assert error.value.key == "console.idle_minutes"
+
+
+async def test_a_live_stream_reader_that_swallows_a_cancellation_is_still_stopped() -> None:
+    """The live stream's reader is stopped even if one cancellation is lost (Python 3.11's wait_for can
+    swallow one): cancelled again until it ends, so a stream never holds up the server's shutdown."""
+    import asyncio
+
+    from engine.console.app import _stop
+
+    swallowed = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)  # as a cancelled wait_for that had just finished would
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_stop(task), 10)
+    assert task.cancelled() and swallowed == [True]
