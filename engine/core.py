@@ -277,6 +277,10 @@ class Engine:
         flagged = await self.store.request_resolution(
             workflow_id, action, at=self.clock.now(), operator=operator, note=note
         )
+        if kind.is_four_eyes(action) and (flagged.resolution, flagged.resolution_by) != (action, operator):
+            # Another approver's decision landed first (the store keeps it): this one was not recorded.
+            _check_accepted(kind, flagged, action, now=self.clock.now())
+            raise InvalidTransition(f"{workflow_id} is {flagged.state}: {action} was not recorded")
         log.info("workflow.resolution_requested", workflow_id=workflow_id, action=action, operator=operator)
         self.runner.wake()
         return flagged

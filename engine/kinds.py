@@ -260,6 +260,11 @@ class KindRegistry(Mapping[str, WorkflowKind]):
         """Every kind's terminal states, as ``kind:state``."""
         return self.pairs(lambda kind: kind.terminal)
 
+    def standing_actions(self) -> tuple[str, ...]:
+        """Every kind's four-eyes actions: once one is recorded, a store keeps it until it is carried out (a
+        second decision may not replace an approver's)."""
+        return tuple(sorted({action for kind in self._kinds.values() for action in kind.four_eyes}))
+
     def awaiting_pairs(self) -> tuple[str, ...]:
         """Every kind's states that accept an operator's resolution, as ``kind:state``."""
         return self.pairs(lambda kind: kind.awaiting_operator)

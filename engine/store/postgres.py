@@ -180,6 +180,7 @@ WITH upd AS (
     UPDATE workflows SET resolution = $2::text, next_run_at = $3::float8, resolution_by = $6::text,
         resolution_note = $7::text
     WHERE id = $1 AND kind || ':' || state = ANY($5::text[])
+        AND (resolution IS NULL OR NOT (resolution = ANY($8::text[])))
     RETURNING {_COLS}
 )
 SELECT upd.*, pg_notify($4::text, upd.id) FROM upd
@@ -542,16 +543,18 @@ class PostgresStore:
             at.timestamp(),
             self.kinds.pairs(lambda kind: kind.states_accepting(action)),  # only where this very action is taken
             by=(operator, note),
+            standing=self.kinds.standing_actions(),  # an approver's decision stays
         )
 
     async def _flag(
         self, sql: str, workflow_id: str, value: str, due: float, pairs: Sequence[str], *,
-        by: tuple[str | None, str | None],
+        by: tuple[str | None, str | None], standing: Sequence[str] | None = None,
     ) -> Workflow:  # fmt: skip
         """``pairs``: the ``kind:state`` set the statement tests the row against (from the kinds); ``by``:
-        the operator and their note."""
+        the operator and their note; ``standing`` (a resolution only): recorded decisions it may not replace."""
+        extra = () if standing is None else (list(standing),)
         with _mapped():
-            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel, list(pairs), *by)
+            row = await self._db().fetchrow(sql, workflow_id, value, due, self.notify_channel, list(pairs), *by, *extra)
         return workflow_from_row(row, self.kinds) if row is not None else await self.get(workflow_id)
 
     # -- reads -------------------------------------------------------------------------------------

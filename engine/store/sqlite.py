@@ -610,6 +610,10 @@ class SQLiteStore:
             awaiting = self.kinds.awaiting_pairs() if accepting is None else self._accepting(accepting)
             condition += " AND kind || ':' || state IN ({})".format(",".join("?" * len(awaiting)))
             args = (*args, *awaiting)
+        standing = self.kinds.standing_actions() if accepting is not None else ()
+        if standing:  # an approver's decision waiting to be carried out is never replaced
+            condition += " AND (resolution IS NULL OR resolution NOT IN ({}))".format(",".join("?" * len(standing)))
+            args = (*args, *standing)
         kinds = self.kinds
 
         def op(db: sqlite3.Connection) -> Workflow:

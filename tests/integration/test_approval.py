@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from engine import CurrencyPolicy, Engine, Policy, WithdrawalRequest, Workflow
+from engine.audit import verify_store
 from engine.clock import SystemClock
 from engine.errors import Forbidden, InvalidRequest, InvalidTransition
 from engine.models import State
 from engine.store.base import Store
 from engine.store.sqlite import SQLiteStore
-from tests.conftest import FAST, SandboxAdmin
+from tests.conftest import FAST, SandboxAdmin, make_gateway
 from tests.integration.test_store_contract import add, at
 from workflows.withdrawal import KIND
 
@@ -291,8 +292,6 @@ class TestWithdrawal:
 
 
 def _engine(sandbox: Any, db_path: Path, *, policy: Policy = POLICY, **kw: Any) -> Engine:
-    from tests.conftest import make_gateway
-
     return Engine(
         store=SQLiteStore(db_path, group_window=0.001), gateways={"default": make_gateway(sandbox.url)},
         settings=FAST, policy=policy, **kw,
@@ -430,9 +429,40 @@ class TestCrash:
         async with Engine(store=SQLiteStore(db_path), **offline) as engine:
             triggers = await triggers_of(engine, wf.id)
             approved = await event(engine, wf.id, "approve")
+            checked, broken = await verify_store(engine.store)
+        assert (checked, broken) == (1, [])  # the wait and the decision are links of the audit chain
         assert triggers.count("await_approval") == 1 and triggers.count("submit") == 1
         assert approved == {"operator": "bob", "note": "after the crash"}
         assert await admin.posts() == 1
+
+
+class TestRace:
+    async def test_two_approvers_at_once_one_decision(self, db_path: Path) -> None:
+        """bob approves and carol rejects at the same moment: exactly one is recorded, the other is told so
+        (InvalidTransition), never a silent overwrite."""
+        from datetime import UTC
+
+        async with Engine(
+            store=SQLiteStore(db_path, group_window=0.001), gateways={}, run_runner=False, accounts=["default"],
+        ) as engine:  # fmt: skip
+            wf = await engine.submit(btc("0.02"), operator="alice")
+            now = datetime.now(UTC)
+            held = replace(
+                wf, state="awaiting_approval", updated_at=now, deadline_at=now + timedelta(hours=1),
+                next_run_at=now + timedelta(hours=1),
+            )  # fmt: skip
+            await engine.store.commit(held, None, owner=None)
+            results = await asyncio.gather(
+                engine.resolve(wf.id, "approve", operator="bob", note="ok"),
+                engine.resolve(wf.id, "reject", operator="carol", note="no"),
+                return_exceptions=True,
+            )
+            stored = await engine.get(wf.id)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 1 and isinstance(refused[0], InvalidTransition), results
+        winner = next(r for r in results if not isinstance(r, BaseException))
+        assert isinstance(winner, Workflow)
+        assert (stored.resolution, stored.resolution_by) == (winner.resolution, winner.resolution_by)
 
 
 class TestStore:
@@ -448,3 +478,42 @@ class TestStore:
         assert approved.next_run_at == at(5)
         resolved = await store.request_resolution(review.id, "abandon", at=at(6))
         assert resolved.resolution == "abandon"
+
+    async def test_an_approvers_decision_is_never_replaced(self, store: Store) -> None:
+        """Two approvers racing: the first decision recorded stays until it is carried out (a review's
+        decision may still be changed, as before)."""
+        waiting = await add(store, state=State.AWAITING_APPROVAL, next_run_at=at(3600))
+        first = await store.request_resolution(waiting.id, "approve", at=at(5), operator="bob", note="ok")
+        second = await store.request_resolution(waiting.id, "reject", at=at(6), operator="carol", note="no")
+        assert second == first and (second.resolution, second.resolution_by) == ("approve", "bob")
+        review = await add(store, state=State.NEEDS_REVIEW, next_run_at=None)
+        await store.request_resolution(review.id, "resubmit", at=at(5))
+        assert (await store.request_resolution(review.id, "abandon", at=at(6))).resolution == "abandon"
+
+
+@pytest.mark.postgres
+class TestOnPostgres:
+    async def test_withdrawal_and_batch_approval_on_postgresql(
+        self, sandbox: Any, postgres_dsn: str, admin: SandboxAdmin
+    ) -> None:
+        """The same flows on the PostgreSQL store: a withdrawal held, refused to its submitter, approved by
+        another and sent once; a batch held, then rejected with no child."""
+        from engine.store.postgres import PostgresStore
+
+        store = PostgresStore(postgres_dsn, pool_max=8)
+        gateways = {"default": make_gateway(sandbox.url)}
+        async with Engine(store=store, gateways=gateways, settings=FAST, policy=BATCH_POLICY) as engine:
+            wf = await engine.submit(btc("0.02"), operator="alice")
+            await awaiting(engine, wf.id)
+            with pytest.raises(Forbidden):
+                await engine.resolve(wf.id, "approve", operator="alice", note="mine")
+            await engine.resolve(wf.id, "approve", operator="bob", note="ok")
+            done = await until(engine, wf.id, lambda w: w.state == "DONE")
+            batch = await engine.submit_batch(items("0.03", "0.03"), operator="alice")
+            await until(engine, batch.id, lambda w: w.state == "awaiting_approval")
+            await engine.resolve(batch.id, "reject", operator="bob", note="not this week")
+            ended = await until(engine, batch.id, lambda w: w.state == "aborted")
+            children = [c async for c in engine.batch_children(batch.id)]
+        assert done.data["approved"]["by"] == "bob" and done.submit_count == 1
+        assert ended.reason == "approval_rejected" and children == []
+        assert await admin.posts() == 1

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.config import load_config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InvalidTransition
 from engine.models import Workflow
 from engine.policy import DEFAULT_APPROVAL_EXPIRY, CurrencyPolicy, Policy, batch_over_approval, needs_approval
 from engine.views import describe_approval
@@ -28,6 +28,8 @@ from engine.webhooks import (
     primary_type,
 )
 from workflows.batch.kind import KIND as BATCH
+from workflows.batch.machine import MACHINE as BATCH_MACHINE
+from workflows.batch.machine import BatchState
 from workflows.withdrawal import KIND, past_deadline
 from workflows.withdrawal_model import State
 
@@ -227,3 +229,34 @@ class TestStatusLine:
         assert describe_approval({"approval": given}) == "approved by bob at 2026-01-01T01:00:00+00:00: ok"
         inherited = {**given, "batch_id": "bt_1"}
         assert describe_approval({"approval": inherited}) == "approved with batch bt_1 by bob: ok"
+
+
+class TestBatchTable:
+    @pytest.mark.parametrize(
+        ("state", "trigger", "resolution", "expected"),
+        [
+            (BatchState.ACCEPTED, "await_approval", None, BatchState.AWAITING_APPROVAL),
+            (BatchState.AWAITING_APPROVAL, "approve", "approve", BatchState.DISPATCHING),
+            (BatchState.AWAITING_APPROVAL, "approve", None, "refused"),
+            (BatchState.AWAITING_APPROVAL, "approve", "reject", "refused"),
+            (BatchState.AWAITING_APPROVAL, "reject", "reject", BatchState.ABORTED),
+            (BatchState.AWAITING_APPROVAL, "reject", "approve", "refused"),
+            (BatchState.AWAITING_APPROVAL, "expire_approval", None, BatchState.ABORTED),
+            (BatchState.AWAITING_APPROVAL, "cancel", None, BatchState.CANCELLING),
+            (BatchState.AWAITING_APPROVAL, "dispatch", None, "refused"),  # no child before the approval
+            (BatchState.RUNNING, "approve", "approve", "refused"),
+            (BatchState.ABORTED, "approve", "approve", "refused"),
+        ],
+    )
+    def test_the_approval_moves(self, state: BatchState, trigger: str, resolution: str | None, expected: Any) -> None:
+        """A batch leaves awaiting_approval only by its approver's word (guarded), its expiry or a cancel;
+        nothing dispatches it before the approval."""
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        wf = Workflow(
+            id="bt_1", kind="batch", state=state, request=None, created_at=now, updated_at=now, resolution=resolution
+        )
+        if expected == "refused":
+            with pytest.raises(InvalidTransition):
+                BATCH_MACHINE.fire(wf, trigger)
+        else:
+            assert BATCH_MACHINE.fire(wf, trigger) == expected
