@@ -19,7 +19,7 @@ import contextlib
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,12 +44,12 @@ from engine.console.auth import (
     safe_next,
 )
 from engine.console.diagram import render_svg, taken_path
+from engine.console.live import serve_events
 from engine.console.overview import ThrottleHistory, gather, start_history
 from engine.core import Engine
 from engine.errors import (
     EngineError,
     Forbidden,
-    InvalidCursor,
     InvalidRequest,
     InvalidTransition,
     WorkflowNotFound,
@@ -57,7 +57,6 @@ from engine.errors import (
 from engine.models import Workflow
 from engine.operators import Operator
 from engine.query import DEFAULT_PAGE, ListFilter, parse_list_query
-from engine.store.base import FeedItem
 from engine.store.operators import OperatorStore, operator_store
 from engine.views import workflow_view
 
@@ -71,8 +70,6 @@ CONSOLE_PATH = "/console"
 WITHDRAWAL = "withdrawal"
 #: The ``after`` of a page rendered while the feed was empty: every event, from the first.
 FROM_START = "start"
-#: Longest a live-update handler goes without looking at its connection and at the server's shutdown.
-TICK = 0.25
 _HERE = Path(__file__).parent
 _ID_RE = re.compile(r"wd_[0-9a-f]{1,64}")
 _BATCH_RE = re.compile(r"bt_[0-9a-f]{1,64}")
@@ -620,80 +617,6 @@ async def events(request: web.Request) -> web.StreamResponse:
     elif after is None:
         after = await console.engine.store.feed_head()
     items = console.engine.stream(after=after, from_start=after is None, workflow_id=workflow, batch_id=batch_id)
-    response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response.content_type = "text/event-stream"
-    response.charset = "utf-8"
-    with contextlib.suppress(ConnectionError):
-        await response.prepare(request)
-        await response.write(b": stream open\n\n")
-        await _pump(request, response, items, console)
-    return response
-
-
-def _message(item: FeedItem) -> bytes:
-    """One SSE message: enough for the page to know what changed (it re-reads the page for the rest)."""
-    event = item.event
-    data = {
-        "workflow_id": event.workflow_id, "batch_id": item.parent_id, "kind": item.kind, "seq": event.seq,
-        "from": event.from_state, "to": event.to_state, "trigger": event.trigger,
-    }  # fmt: skip
-    cursor = item.cursor.replace("\r", " ").replace("\n", " ")
-    return f"id: {cursor}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-async def _pump(
-    request: web.Request, response: web.StreamResponse, items: AsyncIterator[FeedItem], console: Console
-) -> None:
-    """Send items as they come and a keep-alive when quiet; end on disconnect, shutdown, a store failure
-    or the idle time. A reader task fills a queue so the loop can look at the connection every tick."""
-    queue: asyncio.Queue[FeedItem | BaseException] = asyncio.Queue(maxsize=256)
-    reader = asyncio.create_task(_read(items, queue), name="console-events-reader")
-    loop = asyncio.get_running_loop()
-    quiet_since = started = loop.time()
-    lifetime = console.idle.total_seconds()
-    try:
-        while not console.closing.is_set() and _connected(request):
-            if loop.time() - started >= lifetime:
-                await response.write(b"event: expired\ndata: {}\n\n")
-                return
-            try:
-                got = await asyncio.wait_for(queue.get(), TICK)
-            except TimeoutError:
-                if loop.time() - quiet_since >= console.keepalive:
-                    await response.write(b": keep-alive\n\n")
-                    quiet_since = loop.time()
-                continue
-            if isinstance(got, BaseException):
-                await response.write(b"event: failed\ndata: {}\n\n")
-                return
-            await response.write(_message(got))
-            quiet_since = loop.time()
-    finally:
-        await _stop(reader)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait until it ended, cancelling again while it runs: on Python 3.11 a
-    cancellation that meets a finishing ``wait_for`` (the engine's stream waits in one) can be swallowed,
-    and one ``await task`` would then wait for ever (and hold up the server's shutdown)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=TICK)
-    if not task.cancelled():
-        task.exception()  # retrieved: a store failure was already sent as a "failed" event
-
-
-async def _read(items: AsyncIterator[FeedItem], queue: asyncio.Queue[FeedItem | BaseException]) -> None:
-    try:
-        async for item in items:
-            await queue.put(item)
-    except InvalidCursor as exc:
-        await queue.put(exc)
-    except EngineError as exc:
-        log.warning("console.events_failed", error=type(exc).__name__)
-        await queue.put(exc)
-
-
-def _connected(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is not None and not transport.is_closing()
+    return await serve_events(
+        request, items, lifetime=console.idle.total_seconds(), keepalive=console.keepalive, closing=console.closing
+    )

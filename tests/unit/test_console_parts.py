@@ -169,7 +169,7 @@ async def test_a_live_stream_reader_that_swallows_a_cancellation_is_still_stoppe
     swallow one): cancelled again until it ends, so a stream never holds up the server's shutdown."""
     import asyncio
 
-    from engine.console.app import _stop
+    from engine.console.live import _stop
 
     swallowed = []
 
