@@ -601,7 +601,8 @@ async def _act(request: web.Request, action: str) -> web.StreamResponse:
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /console/events: committed events as Server-Sent Events (optionally one workflow's or one batch's),
     from the cursor the page was rendered at. Ends with an ``expired`` event after the idle time (the page
-    then stops listening, so an open tab does not keep a session alive), and at the server's shutdown."""
+    then stops listening and refreshing: an unattended tab does not keep a session alive for long), and at
+    the server's shutdown."""
     console = request.app[CONSOLE]
     workflow = request.query.get("workflow")
     batch_id = request.query.get("batch")

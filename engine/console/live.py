@@ -4,7 +4,8 @@ Each message says only what changed (workflow, batch, kind, states, trigger) wit
 ``id``, so a reconnecting ``EventSource`` resumes right behind it (``Last-Event-ID``); the page re-reads its
 live regions for the rest. A stream ends on disconnect (noticed within :data:`TICK`), at the server's
 shutdown, on a store failure (a ``failed`` event) and after its lifetime (an ``expired`` event: the idle
-time, so an open tab never keeps a session alive).
+time; the page then stops refreshing, so an unattended tab keeps its session for at most twice the idle time,
+its refreshes being requests that renew it).
 """
 
 from __future__ import annotations
