@@ -59,6 +59,7 @@ __all__ = [
     "BatchesConfig",
     "Config",
     "ConfigFile",
+    "ConsoleConfig",
     "EngineConfig",
     "GatewayConfig",
     "WebhookConfig",
@@ -69,7 +70,7 @@ __all__ = [
 
 ENV_PREFIX = "UPBIT_WITHDRAW_"
 #: Sections the environment may set (``UPBIT_WITHDRAW_<SECTION>_<KEY>``); accounts and policies are file-only.
-ENV_SECTIONS = ("engine", "gateway", "workflow", "api")
+ENV_SECTIONS = ("engine", "gateway", "workflow", "api", "console")
 #: Variables under the prefix that are not configuration keys.
 _ENV_NOT_KEYS = frozenset({"UPBIT_WITHDRAW_API_TOKEN"})
 DEFAULT_DATABASE = "sqlite:///upbit-withdraw.sqlite3"
@@ -243,6 +244,21 @@ class ApiConfig(BaseModel):
         if len(value) < 16:
             raise ConfigError(f"set {self.token_env} (at least 16 characters) or token_file", key="api.token")
         return value
+
+
+class ConsoleConfig(BaseModel):
+    """[console]: the operator console under ``/console/`` on the API's listener (engine/console/)."""
+
+    model_config = _SECTION
+
+    enabled: bool = True
+    """false: ``/console/`` is not served at all (404)."""
+    idle_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60), _NUMBER] = 30.0
+    """A console session that made no request for this long is over (log in again)."""
+    behind_tls_proxy: bool = False
+    """true: a TLS proxy is in front, so plain HTTP arriving here is the proxy's: logins from any address
+    are accepted and the session cookie is always ``Secure``. false: logins over plain HTTP are accepted
+    only from loopback addresses."""
 
 
 class WebhookDeliveryConfig(BaseModel):
@@ -488,6 +504,7 @@ class ConfigFile(BaseSettings):
     batches: BatchesConfig = Field(default_factory=BatchesConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     webhook_delivery: WebhookDeliveryConfig = Field(default_factory=WebhookDeliveryConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     @model_validator(mode="after")
     def _webhook_targets(self) -> ConfigFile:
@@ -562,6 +579,7 @@ class Config:
     batches: BatchesConfig = dataclasses.field(default_factory=BatchesConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
     webhook_delivery: WebhookDeliveryConfig = dataclasses.field(default_factory=WebhookDeliveryConfig)
+    console: ConsoleConfig = dataclasses.field(default_factory=ConsoleConfig)
 
 
 def read_secret_file(path: Path, *, key: str) -> dict[str, str]:
@@ -747,4 +765,5 @@ def load_config(
         batches=settings.batches,
         webhooks=tuple(settings.webhooks),
         webhook_delivery=settings.webhook_delivery,
+        console=settings.console,
     )

@@ -61,6 +61,10 @@ class ListFilter:
     reason: str | None = None
     reference: str | None = None
     idempotency_key: str | None = None
+    #: The exchange's uuid of the withdrawal, and its on-chain transaction id (the console's search; not
+    #: list parameters of the HTTP API).
+    exchange_uuid: str | None = None
+    txid: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     updated_after: datetime | None = None
@@ -85,6 +89,7 @@ class ListFilter:
             (self.kind, wf.kind), (self.currency, index.currency), (self.net_type, index.net_type),
             (self.account, index.account),
             (self.reason, wf.reason), (self.reference, wf.reference), (self.idempotency_key, wf.idempotency_key),
+            (self.exchange_uuid, wf.exchange_uuid), (self.txid, wf.txid),
         )  # fmt: skip
         if any(wanted is not None and wanted != value for wanted, value in equal):
             return False

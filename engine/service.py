@@ -35,6 +35,7 @@ from engine.api_webhooks import WEBHOOK_SETTINGS, WEBHOOK_WAKE
 from engine.audit import HeadsExporter
 from engine.bootstrap import build_engine, shared_budget
 from engine.config import ApiConfig, Config
+from engine.console import mount_console
 from engine.core import Engine
 from engine.errors import ConfigError, StoreUnavailable
 from engine.http_server import ServerLimits, bind_listeners, start_site
@@ -141,6 +142,7 @@ async def _serve_on(
     wake_hooks.append(dispatcher.wake)
     app[WEBHOOK_SETTINGS] = dispatcher.settings
     app[WEBHOOK_WAKE] = dispatcher.wake
+    mount_console(app, engine, config.console, keepalive=config.api.events_keepalive)  # /console/ (engine/console)
     limits = server_limits(config.api)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,6 +36,7 @@ def filter_sql(where: ListFilter, bind: SqlArgs) -> str:
     equal = (
         ("kind", where.kind), ("currency", where.currency), ("net_type", where.net_type), ("account", where.account),
         ("reason", where.reason), ("reference", where.reference), ("idempotency_key", where.idempotency_key),
+        ("exchange_uuid", where.exchange_uuid), ("txid", where.txid),
     )  # fmt: skip
     clauses.extend(f"{column} = {bind(value)}" for column, value in equal if value is not None)
     bounds = (

@@ -26,6 +26,7 @@ SECTIONS = {
     "batches": SCHEMA["properties"]["batches"],
     "accounts.default.policy.auto_resolve": {"$ref": "#/$defs/_AutoResolveRules"},
     "api": SCHEMA["properties"]["api"],
+    "console": SCHEMA["properties"]["console"],
     "webhook_delivery": SCHEMA["properties"]["webhook_delivery"],
     "webhooks": SCHEMA["properties"]["webhooks"]["items"],  # [[webhooks]], an array of tables
 }

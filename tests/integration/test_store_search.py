@@ -62,7 +62,8 @@ async def population(store: Store) -> list[Workflow]:
             idempotency_key=f"key-{n}" if n % 3 == 0 else None,
         )
         # updated_at runs in the opposite direction to created_at, so the two ranges cannot stand in for each other.
-        moved = replace(wf, updated_at=at(1000 - n * 7))
+        found = {"exchange_uuid": f"uuid-{n}", "txid": f"tx-{n % 7}"} if n % 5 == 1 else {}  # a txid may repeat
+        moved = replace(wf, updated_at=at(1000 - n * 7), **found)
         made.append(await store.commit(moved, None, owner=None))
     return made
 
@@ -86,6 +87,10 @@ FILTERS = [
     ListFilter(currency="BTC", net_type="BTC", states={State.PENDING}),
     ListFilter(account="desk-2", reason="address_not_allowed", updated_after=at(0)),
     ListFilter(currency="DOGE"),
+    ListFilter(exchange_uuid="uuid-6"),
+    ListFilter(exchange_uuid="uuid-7"),  # none has it
+    ListFilter(txid="tx-6"),
+    ListFilter(txid="tx-1", account="desk-2"),
 ]
 
 
