@@ -27,6 +27,14 @@ def _plain_logs() -> None:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _plain_logs_per_module() -> None:
+    """The same before a module's own module-scoped fixtures (a live stack logs as it starts): they are set
+    up before the per-test reset, and a module before may have left logging pointed at a stream that is
+    closed by now (the CLI configures logging on the stderr its test runner gave it)."""
+    structlog.reset_defaults()
+
+
 class SandboxAdmin:
     """A tiny client of the sandbox's /sandbox/ admin routes."""
 
