@@ -49,6 +49,7 @@ __all__ = [
     "add_event_routes",
     "event_payload",
     "format_event",
+    "stop_task",
 ]
 
 log = structlog.get_logger("engine.api")
@@ -223,9 +224,19 @@ async def _pump(request: web.Request, response: web.StreamResponse, items: Async
     except ConnectionError:
         pass  # the client went away mid-write
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await stop_task(reader, TICK)
+
+
+async def stop_task(task: asyncio.Task[None], tick: float) -> None:
+    """Cancel ``task`` and wait until it ended, cancelling again every ``tick`` while it runs: on Python 3.11
+    a cancellation that meets a finishing ``wait_for`` (the engine's stream waits in one) can be swallowed,
+    and a single ``await task`` would then wait for ever (and hold up the server's shutdown: a test's
+    teardown once took 60 s). An exception it ended with is retrieved (the stream already reported it)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=tick)
+    if not task.cancelled():
+        task.exception()
 
 
 async def _read(items: AsyncIterator[FeedItem], queue: asyncio.Queue[FeedItem | BaseException]) -> None:

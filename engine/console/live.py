@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from engine.api_events import stop_task
 from engine.errors import EngineError
 from engine.store.base import FeedItem
 
@@ -88,14 +89,8 @@ async def _pump(
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait until it ended, cancelling again while it runs: on Python 3.11 a
-    cancellation that meets a finishing ``wait_for`` (the engine's stream waits in one) can be swallowed,
-    and one ``await task`` would then wait for ever (and hold up the server's shutdown)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=TICK)
-    if not task.cancelled():
-        task.exception()  # retrieved: a store failure was already sent as a "failed" event
+    """Cancel ``task`` and wait until it really ended (see :func:`engine.api_events.stop_task`)."""
+    await stop_task(task, TICK)
 
 
 async def _read(items: AsyncIterator[FeedItem], queue: asyncio.Queue[FeedItem | BaseException]) -> None:
