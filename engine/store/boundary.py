@@ -18,17 +18,18 @@ the engine pass through untouched.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sqlite3
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
 
 from engine.errors import EngineError, StoreError, StoreUnavailable
 
-__all__ = ["postgres_error", "sqlite_error", "store_boundary"]
+__all__ = ["postgres_error", "sqlite_error", "store_boundary", "translated"]
 
 T = TypeVar("T")
 Translate = Callable[[BaseException], StoreError | None]
@@ -87,18 +88,26 @@ def postgres_error(exc: BaseException) -> StoreError | None:
     return None
 
 
+@contextlib.contextmanager
+def translated(translate: Translate) -> Iterator[None]:
+    """The boundary's rule for one block: engine errors pass, a driver error ``translate`` knows leaves as
+    the engine's store error (chained), anything else as it was."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except Exception as exc:
+        mapped = translate(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 def _guarded(method: Callable[..., Coroutine[Any, Any, Any]], translate: Translate) -> Callable[..., Any]:
     @functools.wraps(method)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with translated(translate):
             return await method(*args, **kwargs)
-        except EngineError:
-            raise
-        except Exception as exc:
-            mapped = translate(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
 
     return guarded
 

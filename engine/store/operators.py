@@ -15,17 +15,16 @@ The statements are written once, with ``?`` placeholders, and numbered for Postg
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hmac
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from engine.errors import EngineError, InvalidRequest, OperatorNotFound, StoreError
+from engine.errors import InvalidRequest, OperatorNotFound, StoreError
 from engine.operators import (
     Operator,
     Role,
@@ -39,7 +38,7 @@ from engine.operators import (
     verify_password,
 )
 from engine.store.base import Store
-from engine.store.boundary import postgres_error, sqlite_error
+from engine.store.boundary import postgres_error, sqlite_error, translated
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SQLiteStore
 
@@ -278,21 +277,6 @@ class _Operators:
             await self._write([("DELETE FROM console_sessions WHERE token_hash = ?", (token_hash(token),))])
 
 
-@contextlib.contextmanager
-def _boundary(translate: Callable[[BaseException], StoreError | None]) -> Iterator[None]:
-    """Driver errors leave as the engine's store errors (:mod:`engine.store.boundary`'s rule; applied here
-    to the dialect primitives, which every public method goes through)."""
-    try:
-        yield
-    except EngineError:
-        raise
-    except Exception as exc:
-        mapped = translate(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
-
-
 class SQLiteOperators(_Operators):
     """:class:`OperatorStore` in a :class:`~engine.store.sqlite.SQLiteStore` (writes through its writer)."""
 
@@ -303,14 +287,14 @@ class SQLiteOperators(_Operators):
         return f"<SQLiteOperators {self._store.path}>"
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> builtins.list[Sequence[Any]]:
-        with _boundary(sqlite_error):
+        with translated(sqlite_error):
             return list(await self._store._read_conn().execute_fetchall(sql, args))
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> builtins.list[int]:
         def op(db: sqlite3.Connection) -> builtins.list[int]:
             return [db.execute(sql, args).rowcount for sql, args in statements]
 
-        with _boundary(sqlite_error):
+        with translated(sqlite_error):
             counts: builtins.list[int] = await self._store._submit(op, single=len(statements) == 1)
         return counts
 
@@ -318,7 +302,7 @@ class SQLiteOperators(_Operators):
         def op(db: sqlite3.Connection) -> builtins.list[Sequence[Any]]:
             return list(db.execute(sql, args).fetchall())
 
-        with _boundary(sqlite_error):
+        with translated(sqlite_error):
             rows: builtins.list[Sequence[Any]] = await self._store._submit(op, single=True)
         return rows
 
@@ -342,12 +326,12 @@ class PostgresOperators(_Operators):
         return f"<PostgresOperators {self._store!r}>"
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> builtins.list[Sequence[Any]]:
-        with _boundary(postgres_error):
+        with translated(postgres_error):
             return list(await self._store._db().fetch(_numbered(sql), *args))
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> builtins.list[int]:
         counts: builtins.list[int] = []
-        with _boundary(postgres_error):
+        with translated(postgres_error):
             async with self._store._db().acquire() as conn, conn.transaction():
                 for sql, args in statements:
                     status = await conn.execute(_numbered(sql), *args)
@@ -355,5 +339,5 @@ class PostgresOperators(_Operators):
         return counts
 
     async def _returning(self, sql: str, args: Sequence[Any]) -> builtins.list[Sequence[Any]]:
-        with _boundary(postgres_error):
+        with translated(postgres_error):
             return list(await self._store._db().fetch(_numbered(sql), *args))
